@@ -1,0 +1,278 @@
+//! The sidecar's data-plane API (`/v1/reserve`, `/v1/commit`, `/v1/release`),
+//! called by the filter. JSON over HTTP; money is a decimal string.
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+pub const RESERVE_PATH: &str = "/v1/reserve";
+pub const COMMIT_PATH: &str = "/v1/commit";
+pub const RELEASE_PATH: &str = "/v1/release";
+
+/// A Bedrock Runtime operation, named as in its URL path segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Operation {
+    Converse,
+    ConverseStream,
+    Invoke,
+    InvokeWithResponseStream,
+}
+
+impl Operation {
+    pub fn from_path_segment(segment: &str) -> Option<Self> {
+        Some(match segment {
+            "converse" => Self::Converse,
+            "converse-stream" => Self::ConverseStream,
+            "invoke" => Self::Invoke,
+            "invoke-with-response-stream" => Self::InvokeWithResponseStream,
+            _ => return None,
+        })
+    }
+
+    pub fn as_path_segment(self) -> &'static str {
+        match self {
+            Self::Converse => "converse",
+            Self::ConverseStream => "converse-stream",
+            Self::Invoke => "invoke",
+            Self::InvokeWithResponseStream => "invoke-with-response-stream",
+        }
+    }
+
+    /// Streaming operations answer with `application/vnd.amazon.eventstream`.
+    pub fn is_streaming(self) -> bool {
+        matches!(self, Self::ConverseStream | Self::InvokeWithResponseStream)
+    }
+
+    /// Converse-family operations use Bedrock's model-neutral body shape.
+    pub fn is_converse(self) -> bool {
+        matches!(self, Self::Converse | Self::ConverseStream)
+    }
+}
+
+/// How the caller proved who it is. The sidecar resolves it to a tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Credential {
+    /// `Authorization: Bearer <key>` (boto3's `AWS_BEARER_TOKEN_BEDROCK`).
+    Bearer { key: String },
+    /// `x-tenant-id` from a trusted hop; only sent when the deployment enables it.
+    TrustedHeader { tenant_id: String },
+    /// A claim verified by Envoy's `jwt_authn` filter.
+    Jwt { tenant_id: String },
+    /// No credential was presented.
+    None,
+}
+
+/// Optional cost-attribution labels. Never used for identity.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attribution {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_center: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+}
+
+/// `POST /v1/reserve`: admit a request and hold budget for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReserveRequest {
+    /// Gateway-generated, unique; the idempotency key of the later commit.
+    pub request_id: String,
+    pub credential: Credential,
+    pub operation: Operation,
+    /// The model as the client named it, percent-decoded: a friendly alias, a model
+    /// ID, a system inference profile ID or an ARN.
+    pub model: String,
+    #[serde(default)]
+    pub attribution: Attribution,
+    /// Upper-bound estimate of input tokens.
+    pub input_tokens_estimate: u64,
+    /// The request's own output limit, when it states one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u64>,
+}
+
+/// The sidecar's answer to a reserve. Always HTTP 200 when the sidecar worked;
+/// a denial carries the Bedrock-shaped error the filter replies with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum ReserveResponse {
+    Allow(Reservation),
+    Deny(Denial),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    pub request_id: String,
+    pub tenant_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application_id: Option<String>,
+    /// The base model the request is priced as.
+    pub model_id: String,
+    /// What to put in the upstream `:path`: the tenant's application inference
+    /// profile ARN, or the resolved model ID when the tenant has none.
+    pub target_model: String,
+    /// Output token limit to enforce upstream (the tenant's cap, or the hold's
+    /// assumption when the request stated none).
+    pub max_output_tokens: u64,
+    pub hold_usd: Decimal,
+    /// Available budget after this hold.
+    pub budget_remaining_usd: Decimal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Denial {
+    /// HTTP status for the client (401, 402, 403, 429, 400…).
+    pub status: u16,
+    /// Bedrock error name for `x-amzn-ErrorType`.
+    pub error_type: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u64>,
+}
+
+/// Tokens Bedrock reported (or the gateway estimated) for one invocation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub input_tokens: u64,
+    #[serde(default)]
+    pub output_tokens: u64,
+    #[serde(default)]
+    pub cache_read_input_tokens: u64,
+    #[serde(default)]
+    pub cache_write_input_tokens: u64,
+}
+
+impl Usage {
+    pub fn is_zero(&self) -> bool {
+        *self == Usage::default()
+    }
+}
+
+/// One settled invocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commit {
+    pub request_id: String,
+    pub usage: Usage,
+    /// True when usage was not reported by Bedrock (stream cut, corrupt frames)
+    /// and the gateway estimated it from what it saw.
+    #[serde(default)]
+    pub estimated: bool,
+}
+
+/// `POST /v1/commit`: settle a batch of invocations. Idempotent per request id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitBatch {
+    pub commits: Vec<Commit>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommitOutcome {
+    /// Charged now.
+    Committed,
+    /// Already charged by an earlier delivery of the same commit.
+    Duplicate,
+    /// No reservation with this id exists; nothing was charged.
+    UnknownRequest,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitResult {
+    pub request_id: String,
+    pub outcome: CommitOutcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<Decimal>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitResponse {
+    pub results: Vec<CommitResult>,
+}
+
+/// `POST /v1/release`: Bedrock charged nothing; give the hold back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRequest {
+    pub request_id: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseResponse {
+    /// False when the hold was already settled or unknown (idempotent).
+    pub released: bool,
+}
+
+/// Error body of the sidecar API for malformed calls (HTTP 4xx/5xx).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserve_response_is_tagged_by_decision() {
+        let deny = ReserveResponse::Deny(Denial {
+            status: 402,
+            error_type: "BudgetExceededException".into(),
+            message: "no".into(),
+            retry_after_secs: None,
+        });
+        let json = serde_json::to_value(&deny).unwrap();
+        assert_eq!(json["decision"], "deny");
+        assert_eq!(json["status"], 402);
+        let back: ReserveResponse = serde_json::from_value(json).unwrap();
+        assert_eq!(back, deny);
+    }
+
+    #[test]
+    fn money_travels_as_exact_decimal_strings() {
+        let r = Reservation {
+            request_id: "r".into(),
+            tenant_id: "t".into(),
+            application_id: None,
+            model_id: "m".into(),
+            target_model: "m".into(),
+            max_output_tokens: 10,
+            hold_usd: "0.000000000000000001".parse().unwrap(),
+            budget_remaining_usd: "0.1".parse().unwrap(),
+        };
+        let json = serde_json::to_string(&ReserveResponse::Allow(r.clone())).unwrap();
+        assert!(
+            json.contains("\"hold_usd\":\"0.000000000000000001\""),
+            "{json}"
+        );
+        assert_eq!(
+            serde_json::from_str::<ReserveResponse>(&json).unwrap(),
+            ReserveResponse::Allow(r)
+        );
+    }
+
+    #[test]
+    fn credential_shapes() {
+        let c: Credential = serde_json::from_str(r#"{"type":"bearer","key":"k"}"#).unwrap();
+        assert_eq!(c, Credential::Bearer { key: "k".into() });
+        let c: Credential = serde_json::from_str(r#"{"type":"none"}"#).unwrap();
+        assert_eq!(c, Credential::None);
+    }
+
+    #[test]
+    fn operations_round_trip_through_path_segments() {
+        for op in [
+            Operation::Converse,
+            Operation::ConverseStream,
+            Operation::Invoke,
+            Operation::InvokeWithResponseStream,
+        ] {
+            assert_eq!(Operation::from_path_segment(op.as_path_segment()), Some(op));
+        }
+        assert_eq!(Operation::from_path_segment("count-tokens"), None);
+    }
+}

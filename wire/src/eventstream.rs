@@ -1,0 +1,525 @@
+//! AWS event-stream framing (`application/vnd.amazon.eventstream`), as Bedrock's
+//! streaming operations send it:
+//!
+//! ```text
+//! [u32 total_len][u32 headers_len][u32 prelude_crc]
+//! [headers][payload][u32 message_crc]
+//! ```
+//! All integers big-endian; both CRCs are IEEE CRC32; the message CRC covers every
+//! byte before it. The [`Decoder`] is incremental: feed it body chunks split at any
+//! byte and it yields whole messages, keeping only the unfinished frame.
+
+use thiserror::Error;
+
+/// Prelude (12 bytes) + message CRC (4 bytes).
+pub const FRAME_OVERHEAD: usize = 16;
+const PRELUDE_LEN: usize = 12;
+/// botocore's limits: 128 KiB of headers, 24 MiB of payload.
+pub const MAX_HEADERS_LEN: usize = 128 * 1024;
+pub const MAX_PAYLOAD_LEN: usize = 24 * 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderValue {
+    Bool(bool),
+    Byte(i8),
+    Int16(i16),
+    Int32(i32),
+    Int64(i64),
+    Bytes(Vec<u8>),
+    String(String),
+    /// Milliseconds since the Unix epoch.
+    Timestamp(i64),
+    Uuid([u8; 16]),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub name: String,
+    pub value: HeaderValue,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Message {
+    pub headers: Vec<Header>,
+    pub payload: Vec<u8>,
+}
+
+impl Message {
+    /// An `:message-type: event` message with a JSON payload, as Bedrock sends.
+    pub fn event(event_type: &str, json_payload: Vec<u8>) -> Self {
+        Self {
+            headers: vec![
+                Header::string(":event-type", event_type),
+                Header::string(":content-type", "application/json"),
+                Header::string(":message-type", "event"),
+            ],
+            payload: json_payload,
+        }
+    }
+
+    /// An `:message-type: exception` message (a modeled mid-stream error).
+    pub fn exception(exception_type: &str, json_payload: Vec<u8>) -> Self {
+        Self {
+            headers: vec![
+                Header::string(":exception-type", exception_type),
+                Header::string(":content-type", "application/json"),
+                Header::string(":message-type", "exception"),
+            ],
+            payload: json_payload,
+        }
+    }
+
+    pub fn header_str(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find_map(|h| match (&h.value, h.name == name) {
+                (HeaderValue::String(s), true) => Some(s.as_str()),
+                _ => None,
+            })
+    }
+
+    pub fn message_type(&self) -> Option<&str> {
+        self.header_str(":message-type")
+    }
+
+    pub fn event_type(&self) -> Option<&str> {
+        self.header_str(":event-type")
+    }
+
+    pub fn exception_type(&self) -> Option<&str> {
+        self.header_str(":exception-type")
+    }
+
+    /// The frame bytes, both CRCs included.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut headers = Vec::new();
+        for h in &self.headers {
+            h.encode_into(&mut headers);
+        }
+        let total = FRAME_OVERHEAD + headers.len() + self.payload.len();
+        let mut out = Vec::with_capacity(total);
+        out.extend_from_slice(&(total as u32).to_be_bytes());
+        out.extend_from_slice(&(headers.len() as u32).to_be_bytes());
+        let prelude_crc = crc32fast::hash(&out);
+        out.extend_from_slice(&prelude_crc.to_be_bytes());
+        out.extend_from_slice(&headers);
+        out.extend_from_slice(&self.payload);
+        let message_crc = crc32fast::hash(&out);
+        out.extend_from_slice(&message_crc.to_be_bytes());
+        out
+    }
+}
+
+impl Header {
+    pub fn string(name: &str, value: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            value: HeaderValue::String(value.to_owned()),
+        }
+    }
+
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        out.push(self.name.len() as u8);
+        out.extend_from_slice(self.name.as_bytes());
+        match &self.value {
+            HeaderValue::Bool(true) => out.push(0),
+            HeaderValue::Bool(false) => out.push(1),
+            HeaderValue::Byte(v) => {
+                out.push(2);
+                out.extend_from_slice(&v.to_be_bytes());
+            }
+            HeaderValue::Int16(v) => {
+                out.push(3);
+                out.extend_from_slice(&v.to_be_bytes());
+            }
+            HeaderValue::Int32(v) => {
+                out.push(4);
+                out.extend_from_slice(&v.to_be_bytes());
+            }
+            HeaderValue::Int64(v) => {
+                out.push(5);
+                out.extend_from_slice(&v.to_be_bytes());
+            }
+            HeaderValue::Bytes(v) => {
+                out.push(6);
+                out.extend_from_slice(&(v.len() as u16).to_be_bytes());
+                out.extend_from_slice(v);
+            }
+            HeaderValue::String(v) => {
+                out.push(7);
+                out.extend_from_slice(&(v.len() as u16).to_be_bytes());
+                out.extend_from_slice(v.as_bytes());
+            }
+            HeaderValue::Timestamp(v) => {
+                out.push(8);
+                out.extend_from_slice(&v.to_be_bytes());
+            }
+            HeaderValue::Uuid(v) => {
+                out.push(9);
+                out.extend_from_slice(v);
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DecodeError {
+    #[error("event-stream prelude CRC mismatch (expected {expected:#010x}, got {actual:#010x})")]
+    PreludeCrc { expected: u32, actual: u32 },
+    #[error("event-stream message CRC mismatch (expected {expected:#010x}, got {actual:#010x})")]
+    MessageCrc { expected: u32, actual: u32 },
+    #[error("event-stream frame length {total} is invalid (headers {headers} bytes)")]
+    Length { total: u32, headers: u32 },
+    #[error("event-stream header block is malformed: {0}")]
+    Header(&'static str),
+}
+
+/// Incremental frame decoder. After the first error it stays failed: a corrupt
+/// length field gives no reliable way back to a frame boundary.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already consumed (compacted lazily to avoid quadratic copies).
+    start: usize,
+    failed: Option<DecodeError>,
+}
+
+impl Decoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a body chunk. Call [`Decoder::next_message`] until it returns `None`.
+    pub fn push(&mut self, chunk: &[u8]) {
+        if self.failed.is_some() {
+            return;
+        }
+        if self.start > 0 && self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start > 4096 && self.start * 2 > self.buf.len() {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(chunk);
+    }
+
+    /// Bytes received that do not yet form a whole frame.
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    pub fn error(&self) -> Option<&DecodeError> {
+        self.failed.as_ref()
+    }
+
+    /// The next complete message, an error (once; the decoder then stops), or
+    /// `None` when more bytes are needed.
+    pub fn next_message(&mut self) -> Option<Result<Message, DecodeError>> {
+        if self.failed.is_some() {
+            return None;
+        }
+        match self.try_decode() {
+            Ok(Some(m)) => Some(Ok(m)),
+            Ok(None) => None,
+            Err(e) => {
+                self.failed = Some(e.clone());
+                self.buf = Vec::new();
+                self.start = 0;
+                Some(Err(e))
+            }
+        }
+    }
+
+    fn try_decode(&mut self) -> Result<Option<Message>, DecodeError> {
+        let data = &self.buf[self.start..];
+        if data.len() < PRELUDE_LEN {
+            return Ok(None);
+        }
+        let total = be_u32(&data[0..4]);
+        let headers_len = be_u32(&data[4..8]);
+        let prelude_crc = be_u32(&data[8..12]);
+        let actual = crc32fast::hash(&data[0..8]);
+        if actual != prelude_crc {
+            return Err(DecodeError::PreludeCrc {
+                expected: prelude_crc,
+                actual,
+            });
+        }
+        let (total_us, headers_us) = (total as usize, headers_len as usize);
+        if total_us < FRAME_OVERHEAD + headers_us
+            || headers_us > MAX_HEADERS_LEN
+            || total_us - FRAME_OVERHEAD - headers_us > MAX_PAYLOAD_LEN
+        {
+            return Err(DecodeError::Length {
+                total,
+                headers: headers_len,
+            });
+        }
+        if data.len() < total_us {
+            return Ok(None);
+        }
+        let frame = &data[..total_us];
+        let message_crc = be_u32(&frame[total_us - 4..]);
+        let actual = crc32fast::hash(&frame[..total_us - 4]);
+        if actual != message_crc {
+            return Err(DecodeError::MessageCrc {
+                expected: message_crc,
+                actual,
+            });
+        }
+        let headers = decode_headers(&frame[PRELUDE_LEN..PRELUDE_LEN + headers_us])?;
+        let payload = frame[PRELUDE_LEN + headers_us..total_us - 4].to_vec();
+        self.start += total_us;
+        Ok(Some(Message { headers, payload }))
+    }
+}
+
+fn be_u32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+fn decode_headers(mut b: &[u8]) -> Result<Vec<Header>, DecodeError> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], DecodeError> {
+        if b.len() < n {
+            return Err(DecodeError::Header("truncated header"));
+        }
+        let (head, rest) = b.split_at(n);
+        *b = rest;
+        Ok(head)
+    }
+    let mut headers = Vec::new();
+    while !b.is_empty() {
+        let name_len = take(&mut b, 1)?[0] as usize;
+        let name = std::str::from_utf8(take(&mut b, name_len)?)
+            .map_err(|_| DecodeError::Header("header name is not UTF-8"))?
+            .to_owned();
+        let value = match take(&mut b, 1)?[0] {
+            0 => HeaderValue::Bool(true),
+            1 => HeaderValue::Bool(false),
+            2 => HeaderValue::Byte(take(&mut b, 1)?[0] as i8),
+            3 => {
+                let v = take(&mut b, 2)?;
+                HeaderValue::Int16(i16::from_be_bytes([v[0], v[1]]))
+            }
+            4 => {
+                let v = take(&mut b, 4)?;
+                HeaderValue::Int32(i32::from_be_bytes([v[0], v[1], v[2], v[3]]))
+            }
+            t @ (5 | 8) => {
+                let v = take(&mut b, 8)?;
+                let mut a = [0u8; 8];
+                a.copy_from_slice(v);
+                let n = i64::from_be_bytes(a);
+                if t == 5 {
+                    HeaderValue::Int64(n)
+                } else {
+                    HeaderValue::Timestamp(n)
+                }
+            }
+            t @ (6 | 7) => {
+                let l = take(&mut b, 2)?;
+                let len = u16::from_be_bytes([l[0], l[1]]) as usize;
+                let v = take(&mut b, len)?;
+                if t == 6 {
+                    HeaderValue::Bytes(v.to_vec())
+                } else {
+                    HeaderValue::String(
+                        std::str::from_utf8(v)
+                            .map_err(|_| DecodeError::Header("string header is not UTF-8"))?
+                            .to_owned(),
+                    )
+                }
+            }
+            9 => {
+                let mut a = [0u8; 16];
+                a.copy_from_slice(take(&mut b, 16)?);
+                HeaderValue::Uuid(a)
+            }
+            _ => return Err(DecodeError::Header("unknown header value type")),
+        };
+        headers.push(Header { name, value });
+    }
+    Ok(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// botocore `tests/unit/test_eventstream.py` PAYLOAD_ONE_STR_HEADER.
+    fn botocore_vector() -> Vec<u8> {
+        let mut v = vec![
+            0x00, 0x00, 0x00, 0x3d, 0x00, 0x00, 0x00, 0x20, 0x07, 0xfd, 0x83, 0x96,
+        ];
+        v.push(12);
+        v.extend_from_slice(b"content-type");
+        v.extend_from_slice(&[7, 0, 16]);
+        v.extend_from_slice(b"application/json");
+        v.extend_from_slice(b"{'foo':'bar'}");
+        v.extend_from_slice(&[0x8d, 0x9c, 0x08, 0xb1]);
+        v
+    }
+
+    #[test]
+    fn decodes_botocore_test_vector() {
+        let mut d = Decoder::new();
+        d.push(&botocore_vector());
+        let m = d.next_message().unwrap().unwrap();
+        assert_eq!(m.header_str("content-type"), Some("application/json"));
+        assert_eq!(m.payload, b"{'foo':'bar'}");
+        assert!(d.next_message().is_none());
+        assert_eq!(d.pending(), 0);
+    }
+
+    #[test]
+    fn encodes_botocore_test_vector_byte_for_byte() {
+        let m = Message {
+            headers: vec![Header::string("content-type", "application/json")],
+            payload: b"{'foo':'bar'}".to_vec(),
+        };
+        assert_eq!(m.encode(), botocore_vector());
+    }
+
+    fn sample_stream() -> (Vec<Message>, Vec<u8>) {
+        let msgs = vec![
+            Message::event(
+                "messageStart",
+                br#"{"role":"assistant","p":"abc"}"#.to_vec(),
+            ),
+            Message::event(
+                "contentBlockDelta",
+                br#"{"contentBlockIndex":0,"delta":{"text":"hi"}}"#.to_vec(),
+            ),
+            Message {
+                headers: vec![
+                    Header {
+                        name: "b".into(),
+                        value: HeaderValue::Bool(true),
+                    },
+                    Header {
+                        name: "f".into(),
+                        value: HeaderValue::Bool(false),
+                    },
+                    Header {
+                        name: "i8".into(),
+                        value: HeaderValue::Byte(-3),
+                    },
+                    Header {
+                        name: "i16".into(),
+                        value: HeaderValue::Int16(-300),
+                    },
+                    Header {
+                        name: "i32".into(),
+                        value: HeaderValue::Int32(70000),
+                    },
+                    Header {
+                        name: "i64".into(),
+                        value: HeaderValue::Int64(-1),
+                    },
+                    Header {
+                        name: "by".into(),
+                        value: HeaderValue::Bytes(vec![1, 2, 3]),
+                    },
+                    Header {
+                        name: "ts".into(),
+                        value: HeaderValue::Timestamp(1_700_000_000_000),
+                    },
+                    Header {
+                        name: "u".into(),
+                        value: HeaderValue::Uuid([7; 16]),
+                    },
+                ],
+                payload: vec![],
+            },
+            Message::exception(
+                "throttlingException",
+                br#"{"message":"slow down"}"#.to_vec(),
+            ),
+        ];
+        let bytes = msgs.iter().flat_map(|m| m.encode()).collect();
+        (msgs, bytes)
+    }
+
+    #[test]
+    fn decodes_frames_split_at_every_byte_boundary() {
+        let (msgs, bytes) = sample_stream();
+        for split in 0..bytes.len() {
+            let mut d = Decoder::new();
+            let mut got = Vec::new();
+            for part in [&bytes[..split], &bytes[split..]] {
+                d.push(part);
+                while let Some(m) = d.next_message() {
+                    got.push(m.unwrap());
+                }
+            }
+            assert_eq!(got, msgs, "split at {split}");
+        }
+    }
+
+    #[test]
+    fn decodes_one_byte_at_a_time() {
+        let (msgs, bytes) = sample_stream();
+        let mut d = Decoder::new();
+        let mut got = Vec::new();
+        for b in &bytes {
+            d.push(std::slice::from_ref(b));
+            while let Some(m) = d.next_message() {
+                got.push(m.unwrap());
+            }
+        }
+        assert_eq!(got, msgs);
+        assert_eq!(got[3].message_type(), Some("exception"));
+        assert_eq!(got[3].exception_type(), Some("throttlingException"));
+    }
+
+    #[test]
+    fn detects_corrupt_payload_and_stops() {
+        let (_, mut bytes) = sample_stream();
+        bytes[20] ^= 0xff; // inside the first frame's headers
+        let mut d = Decoder::new();
+        d.push(&bytes);
+        assert!(matches!(
+            d.next_message(),
+            Some(Err(DecodeError::MessageCrc { .. }))
+        ));
+        assert!(d.next_message().is_none());
+        assert!(d.error().is_some());
+    }
+
+    #[test]
+    fn detects_corrupt_prelude() {
+        let mut bytes = botocore_vector();
+        bytes[3] ^= 1;
+        let mut d = Decoder::new();
+        d.push(&bytes);
+        assert!(matches!(
+            d.next_message(),
+            Some(Err(DecodeError::PreludeCrc { .. }))
+        ));
+    }
+
+    #[test]
+    fn rejects_impossible_lengths_with_valid_prelude_crc() {
+        let mut p = Vec::new();
+        p.extend_from_slice(&10u32.to_be_bytes());
+        p.extend_from_slice(&0u32.to_be_bytes());
+        let crc = crc32fast::hash(&p);
+        p.extend_from_slice(&crc.to_be_bytes());
+        let mut d = Decoder::new();
+        d.push(&p);
+        assert!(matches!(
+            d.next_message(),
+            Some(Err(DecodeError::Length { .. }))
+        ));
+    }
+
+    #[test]
+    fn truncated_frame_waits_for_more() {
+        let bytes = botocore_vector();
+        let mut d = Decoder::new();
+        d.push(&bytes[..bytes.len() - 1]);
+        assert!(d.next_message().is_none());
+        assert_eq!(d.pending(), bytes.len() - 1);
+    }
+}
