@@ -1,0 +1,143 @@
+//! The plugin configuration (`PluginConfig.configuration`, JSON), validated once
+//! in `on_configure`. Unknown keys are errors, so a typo fails loudly.
+
+use serde::Deserialize;
+use thiserror::Error;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// Refuse with 503 `ServiceUnavailableException` when the sidecar cannot answer.
+    /// The only mode for now: forwarding without a hold needs commits that carry
+    /// the whole request, which the sidecar API does not take yet.
+    #[default]
+    Closed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilterConfig {
+    /// Envoy cluster of the budget sidecar.
+    pub sidecar_cluster: String,
+    /// `:authority` sent to the sidecar.
+    pub sidecar_authority: String,
+    pub reserve_timeout_ms: u64,
+    pub commit_timeout_ms: u64,
+    pub failure_mode: FailureMode,
+    /// Largest request body accepted (Bedrock's own limit is 25,000,000 bytes).
+    pub max_request_body_bytes: usize,
+    /// Largest non-streaming response body copied for usage parsing; larger
+    /// bodies are passed on and settled from token headers or as estimated.
+    pub max_response_copy_bytes: usize,
+    /// Trust `x-tenant-id` from the client. Only for deployments where a trusted
+    /// hop in front already authenticated the caller; otherwise the header is removed.
+    pub trusted_tenant_header: bool,
+    /// Take the tenant from a `jwt_authn` claim.
+    pub jwt: Option<JwtConfig>,
+    /// Settlements sent per `/v1/commit` call.
+    pub commit_batch_size: usize,
+    /// Settlements kept for retry while the sidecar is unreachable; beyond this
+    /// they are logged and counted as dropped.
+    pub max_pending_settlements: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// `payload_in_metadata` of the `jwt_authn` provider.
+    pub payload_in_metadata: String,
+    /// Claim holding the tenant id.
+    #[serde(default = "default_claim")]
+    pub tenant_claim: String,
+}
+
+fn default_claim() -> String {
+    "sub".to_owned()
+}
+
+impl Default for FilterConfig {
+    fn default() -> Self {
+        Self {
+            sidecar_cluster: "tollgate_sidecar".to_owned(),
+            sidecar_authority: "tollgate-sidecar".to_owned(),
+            reserve_timeout_ms: 2_000,
+            commit_timeout_ms: 5_000,
+            failure_mode: FailureMode::Closed,
+            max_request_body_bytes: 25_000_000,
+            max_response_copy_bytes: 8 * 1024 * 1024,
+            trusted_tenant_header: false,
+            jwt: None,
+            commit_batch_size: 64,
+            max_pending_settlements: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("invalid tollgate filter configuration: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("invalid tollgate filter configuration: {0}")]
+    Value(String),
+}
+
+impl FilterConfig {
+    /// Parses the plugin configuration; empty means all defaults.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self::default());
+        }
+        let cfg: Self = serde_json::from_slice(bytes)?;
+        if cfg.sidecar_cluster.is_empty() {
+            return Err(ConfigError::Value(
+                "sidecar_cluster must not be empty".into(),
+            ));
+        }
+        for (name, v) in [
+            ("reserve_timeout_ms", cfg.reserve_timeout_ms),
+            ("commit_timeout_ms", cfg.commit_timeout_ms),
+            ("commit_batch_size", cfg.commit_batch_size as u64),
+            (
+                "max_pending_settlements",
+                cfg.max_pending_settlements as u64,
+            ),
+            ("max_request_body_bytes", cfg.max_request_body_bytes as u64),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Value(format!("{name} must be greater than 0")));
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_is_default() {
+        assert_eq!(FilterConfig::parse(b"").unwrap(), FilterConfig::default());
+        assert_eq!(FilterConfig::parse(b"{}").unwrap(), FilterConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = FilterConfig::parse(br#"{"sidecar_clustr":"x"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sidecar_clustr"), "{e}");
+    }
+
+    #[test]
+    fn values_are_checked() {
+        let c =
+            FilterConfig::parse(br#"{"failure_mode":"closed","jwt":{"payload_in_metadata":"p"}}"#)
+                .unwrap();
+        assert_eq!(c.failure_mode, FailureMode::Closed);
+        assert!(FilterConfig::parse(br#"{"failure_mode":"open"}"#).is_err());
+        assert_eq!(c.jwt.unwrap().tenant_claim, "sub");
+        assert!(FilterConfig::parse(br#"{"failure_mode":"maybe"}"#).is_err());
+        assert!(FilterConfig::parse(br#"{"reserve_timeout_ms":0}"#).is_err());
+    }
+}

@@ -1,0 +1,776 @@
+//! The proxy-wasm layer: Envoy callbacks in, calls to the pure modules, host calls
+//! out. Nothing here decides policy.
+//!
+//! Settlements (commit / release) must survive the HTTP stream that produced them:
+//! Envoy cancels a context's outstanding calls when the context is destroyed. So
+//! the stream enqueues them on a shared queue and the root context ships them to
+//! the sidecar, in batches, retrying with backoff until the sidecar acknowledges.
+
+use crate::config::{FailureMode, FilterConfig};
+use crate::identity;
+use crate::reply::{LocalReply, BUDGET_REMAINING_HEADER, REQUEST_ID_HEADER};
+use crate::request::{self, RequestFacts};
+use crate::route::{BedrockRoute, RouteError};
+use crate::settle::{settle, ResponseOutcome, Settlement};
+use crate::usage::{self, StreamMeter};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, SystemTime};
+use tollgate_wire::api::{
+    self, Attribution, CommitBatch, Credential, ReleaseRequest, Reservation, ReserveRequest,
+    ReserveResponse,
+};
+
+const QUEUE_NAME: &str = "tollgate.settlements";
+const TICK: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    std::panic::set_hook(Box::new(|info| {
+        log::error!("tollgate filter panicked: {info}");
+    }));
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+/// Counters exported under Envoy's `wasmcustom` stats.
+#[derive(Debug, Default, Clone, Copy)]
+struct Metrics {
+    allowed: u32,
+    denied: u32,
+    rejected: u32,
+    sidecar_errors: u32,
+    committed: u32,
+    estimated: u32,
+    released: u32,
+    retries: u32,
+    dropped: u32,
+    pending: u32,
+}
+
+impl Metrics {
+    fn define() -> Self {
+        let c = |name: &str| hostcalls::define_metric(MetricType::Counter, name).unwrap_or(0);
+        Self {
+            allowed: c("tollgate.requests.allowed"),
+            denied: c("tollgate.requests.denied"),
+            rejected: c("tollgate.requests.rejected"),
+            sidecar_errors: c("tollgate.requests.sidecar_error"),
+            committed: c("tollgate.settlements.committed"),
+            estimated: c("tollgate.settlements.estimated"),
+            released: c("tollgate.settlements.released"),
+            retries: c("tollgate.settlements.retries"),
+            dropped: c("tollgate.settlements.dropped"),
+            pending: hostcalls::define_metric(MetricType::Gauge, "tollgate.settlements.pending")
+                .unwrap_or(0),
+        }
+    }
+
+    fn inc(id: u32) {
+        if id != 0 {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+
+    fn set(id: u32, v: u64) {
+        if id != 0 {
+            let _ = hostcalls::record_metric(id, v);
+        }
+    }
+}
+
+struct Shared {
+    config: FilterConfig,
+    queue_id: u32,
+    metrics: Metrics,
+}
+
+#[derive(Default)]
+struct Root {
+    shared: Option<Rc<Shared>>,
+    pending: VecDeque<Settlement>,
+    in_flight: HashMap<u32, Vec<Settlement>>,
+    retry_at: Option<SystemTime>,
+    backoff: Duration,
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, _: usize, _: usize, _: usize) {
+        let Some(items) = self.in_flight.remove(&token) else {
+            return;
+        };
+        let status = self.get_http_call_response_header(":status");
+        if status.as_deref() == Some("200") {
+            self.backoff = Duration::ZERO;
+            self.retry_at = None;
+            if let Some(s) = &self.shared {
+                for item in &items {
+                    match item {
+                        Settlement::Commit(c) if c.estimated => Metrics::inc(s.metrics.estimated),
+                        Settlement::Commit(_) => Metrics::inc(s.metrics.committed),
+                        Settlement::Release { .. } => Metrics::inc(s.metrics.released),
+                    }
+                }
+            }
+            self.flush();
+        } else {
+            log::warn!(
+                "tollgate: sidecar answered {} to {} settlement(s); will retry",
+                status.as_deref().unwrap_or("no status (timeout or reset)"),
+                items.len()
+            );
+            for item in items.into_iter().rev() {
+                self.pending.push_front(item);
+            }
+            self.schedule_retry();
+        }
+    }
+}
+
+impl Root {
+    fn schedule_retry(&mut self) {
+        self.backoff = (self.backoff * 2).clamp(Duration::from_millis(500), MAX_BACKOFF);
+        self.retry_at = Some(self.get_current_time() + self.backoff);
+        if let Some(s) = &self.shared {
+            Metrics::inc(s.metrics.retries);
+        }
+    }
+
+    fn drain_queue(&mut self) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        while let Ok(Some(bytes)) = self.dequeue_shared_queue(shared.queue_id) {
+            match serde_json::from_slice::<Settlement>(&bytes) {
+                Ok(s) if self.pending.len() < shared.config.max_pending_settlements => {
+                    self.pending.push_back(s)
+                }
+                Ok(s) => {
+                    log::error!(
+                        "tollgate: settlement queue full ({} pending); dropping {s:?}",
+                        self.pending.len()
+                    );
+                    Metrics::inc(shared.metrics.dropped);
+                }
+                Err(e) => log::error!("tollgate: unreadable settlement on queue: {e}"),
+            }
+        }
+    }
+
+    /// Ships pending settlements: commits in batches, releases one by one.
+    fn flush(&mut self) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        if let Some(at) = self.retry_at {
+            if self.get_current_time() < at {
+                return;
+            }
+            self.retry_at = None;
+        }
+        while !self.pending.is_empty() {
+            let batch: Vec<Settlement> = match self.pending.front() {
+                Some(Settlement::Release { .. }) => self.pending.pop_front().into_iter().collect(),
+                _ => {
+                    let mut b = Vec::new();
+                    while b.len() < shared.config.commit_batch_size
+                        && matches!(self.pending.front(), Some(Settlement::Commit(_)))
+                    {
+                        b.extend(self.pending.pop_front());
+                    }
+                    b
+                }
+            };
+            let (path, body) = match batch.as_slice() {
+                [Settlement::Release { request_id, reason }] => (
+                    api::RELEASE_PATH,
+                    serde_json::to_vec(&ReleaseRequest {
+                        request_id: request_id.clone(),
+                        reason: reason.clone(),
+                    }),
+                ),
+                _ => (
+                    api::COMMIT_PATH,
+                    serde_json::to_vec(&CommitBatch {
+                        commits: batch
+                            .iter()
+                            .filter_map(|s| match s {
+                                Settlement::Commit(c) => Some(c.clone()),
+                                Settlement::Release { .. } => None,
+                            })
+                            .collect(),
+                    }),
+                ),
+            };
+            let Ok(body) = body else { continue };
+            match self.dispatch_http_call(
+                &shared.config.sidecar_cluster,
+                vec![
+                    (":method", "POST"),
+                    (":path", path),
+                    (":authority", &shared.config.sidecar_authority),
+                    ("content-type", "application/json"),
+                ],
+                Some(&body),
+                vec![],
+                Duration::from_millis(shared.config.commit_timeout_ms),
+            ) {
+                Ok(token) => {
+                    self.in_flight.insert(token, batch);
+                }
+                Err(e) => {
+                    log::warn!("tollgate: cannot reach sidecar cluster for settlements: {e:?}");
+                    for item in batch.into_iter().rev() {
+                        self.pending.push_front(item);
+                    }
+                    self.schedule_retry();
+                    break;
+                }
+            }
+        }
+        let in_flight: usize = self.in_flight.values().map(Vec::len).sum();
+        Metrics::set(
+            shared.metrics.pending,
+            (self.pending.len() + in_flight) as u64,
+        );
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let config = match FilterConfig::parse(&bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("{e}");
+                return false;
+            }
+        };
+        let queue_id = self.register_shared_queue(QUEUE_NAME);
+        self.set_tick_period(TICK);
+        self.shared = Some(Rc::new(Shared {
+            config,
+            queue_id,
+            metrics: Metrics::define(),
+        }));
+        true
+    }
+
+    fn on_queue_ready(&mut self, _: u32) {
+        self.drain_queue();
+        self.flush();
+    }
+
+    fn on_tick(&mut self) {
+        self.drain_queue();
+        self.flush();
+    }
+
+    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
+        let shared = self.shared.clone()?;
+        Some(Box::new(Exchange::new(shared)))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the request body.
+    Reading,
+    /// Waiting for the sidecar's reserve answer.
+    Reserving,
+    /// Sent upstream under a hold.
+    Forwarded,
+    /// Answered locally, or passed through untouched.
+    Done,
+}
+
+enum ResponseMeter {
+    None,
+    Json { copy: Vec<u8>, overflow: bool },
+    Stream(StreamMeter),
+}
+
+/// One client request through the gateway.
+struct Exchange {
+    shared: Rc<Shared>,
+    request_id: String,
+    phase: Phase,
+    route: Option<BedrockRoute>,
+    credential: Credential,
+    attribution: Attribution,
+    body: Vec<u8>,
+    facts: Option<RequestFacts>,
+    reserve_token: Option<u32>,
+    reservation: Option<Reservation>,
+    status: Option<u16>,
+    header_usage: Option<api::Usage>,
+    meter: ResponseMeter,
+    settled: bool,
+}
+
+impl Exchange {
+    fn new(shared: Rc<Shared>) -> Self {
+        Self {
+            shared,
+            request_id: new_request_id(),
+            phase: Phase::Reading,
+            route: None,
+            credential: Credential::None,
+            attribution: Attribution::default(),
+            body: Vec::new(),
+            facts: None,
+            reserve_token: None,
+            reservation: None,
+            status: None,
+            header_usage: None,
+            meter: ResponseMeter::None,
+            settled: false,
+        }
+    }
+
+    fn reply(&mut self, r: LocalReply) -> Action {
+        let headers = r.headers(&self.request_id);
+        let body = r.body();
+        self.send_http_response(
+            r.status,
+            headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            Some(&body),
+        );
+        self.phase = Phase::Done;
+        Action::Pause
+    }
+
+    fn reject(&mut self, r: LocalReply) -> Action {
+        Metrics::inc(self.shared.metrics.rejected);
+        log::info!(
+            "tollgate {}: rejected {} {}",
+            self.request_id,
+            r.status,
+            r.message
+        );
+        self.reply(r)
+    }
+
+    fn jwt_tenant(&self) -> Option<String> {
+        let jwt = self.shared.config.jwt.as_ref()?;
+        let bytes = self.get_property(vec![
+            "metadata",
+            "filter_metadata",
+            "envoy.filters.http.jwt_authn",
+            &jwt.payload_in_metadata,
+            &jwt.tenant_claim,
+        ])?;
+        String::from_utf8(bytes).ok()
+    }
+
+    /// Gateway attribution for Bedrock's invocation logs.
+    fn gateway_metadata(&self, r: Option<&Reservation>) -> BTreeMap<String, String> {
+        let a = &self.attribution;
+        let mut m = BTreeMap::new();
+        let tenant = r.map_or("-", |r| r.tenant_id.as_str());
+        m.insert("tenant_id".to_owned(), tenant.to_owned());
+        m.insert("request_id".to_owned(), self.request_id.clone());
+        let app = r
+            .and_then(|r| r.application_id.clone())
+            .or_else(|| a.application_id.clone());
+        for (k, v) in [
+            ("application_id", app),
+            ("cost_center", a.cost_center.clone()),
+            ("environment", a.environment.clone()),
+            ("user_id", a.user_id.clone()),
+        ] {
+            if let Some(v) = v {
+                m.insert(k.to_owned(), v);
+            }
+        }
+        m
+    }
+
+    fn start_reserve(&mut self, body: Vec<u8>) -> Action {
+        let Some(route) = self.route.clone() else {
+            return Action::Continue;
+        };
+        let facts = match RequestFacts::read(route.operation, &body) {
+            Ok(f) => f,
+            Err(e) => return self.reject(LocalReply::validation(400, e.to_string())),
+        };
+        identity::merge_body_attribution(&mut self.attribution, &facts.metadata);
+        // Check Bedrock's metadata limits now, so nothing fails after the hold.
+        let placeholder = Reservation {
+            request_id: String::new(),
+            tenant_id: "-".into(),
+            application_id: Some("-".into()),
+            model_id: String::new(),
+            target_model: String::new(),
+            max_output_tokens: 0,
+            hold_usd: Default::default(),
+            budget_remaining_usd: Default::default(),
+        };
+        if let Err(e) =
+            request::merge_metadata(&facts.metadata, &self.gateway_metadata(Some(&placeholder)))
+        {
+            return self.reject(LocalReply::validation(400, e.to_string()));
+        }
+        let req = ReserveRequest {
+            request_id: self.request_id.clone(),
+            credential: self.credential.clone(),
+            operation: route.operation,
+            model: route.model.clone(),
+            attribution: self.attribution.clone(),
+            input_tokens_estimate: facts.input_tokens_estimate,
+            max_output_tokens: facts.max_output_tokens,
+        };
+        self.body = body;
+        self.facts = Some(facts);
+        let Ok(json) = serde_json::to_vec(&req) else {
+            return self.reject(LocalReply::unavailable("cannot encode reserve request"));
+        };
+        let cfg = &self.shared.config;
+        match self.dispatch_http_call(
+            &cfg.sidecar_cluster,
+            vec![
+                (":method", "POST"),
+                (":path", api::RESERVE_PATH),
+                (":authority", &cfg.sidecar_authority),
+                ("content-type", "application/json"),
+            ],
+            Some(&json),
+            vec![],
+            Duration::from_millis(cfg.reserve_timeout_ms),
+        ) {
+            Ok(token) => {
+                self.reserve_token = Some(token);
+                self.phase = Phase::Reserving;
+                Action::Pause
+            }
+            Err(e) => self.sidecar_failed(&format!("dispatch failed: {e:?}")),
+        }
+    }
+
+    fn sidecar_failed(&mut self, why: &str) -> Action {
+        Metrics::inc(self.shared.metrics.sidecar_errors);
+        log::warn!(
+            "tollgate {}: budget sidecar unavailable: {why}",
+            self.request_id
+        );
+        match self.shared.config.failure_mode {
+            FailureMode::Closed => self.reply(LocalReply::unavailable(
+                "Tollgate budget service is unavailable; the request was not sent to Bedrock. Retry shortly.",
+            )),
+        }
+    }
+
+    fn forward(&mut self, r: Reservation) {
+        let Some(route) = self.route.clone() else {
+            return;
+        };
+        let client_md = self
+            .facts
+            .as_ref()
+            .map(|f| f.metadata.clone())
+            .unwrap_or_default();
+        let merged = request::merge_metadata(&client_md, &self.gateway_metadata(Some(&r)));
+        let rewritten = merged.and_then(|md| {
+            let body =
+                request::rewrite(route.operation, &self.body, r.max_output_tokens, Some(&md))?;
+            let header = if route.operation.is_converse() {
+                None
+            } else {
+                Some(request::metadata_header(&md)?)
+            };
+            Ok((body, header))
+        });
+        let (body, md_header) = match rewritten {
+            Ok(x) => x,
+            Err(e) => {
+                self.enqueue(Settlement::Release {
+                    request_id: self.request_id.clone(),
+                    reason: format!("request rewrite failed: {e}"),
+                });
+                self.reject(LocalReply::validation(400, e.to_string()));
+                return;
+            }
+        };
+        self.set_http_request_body(0, self.body.len(), &body);
+        self.set_http_request_header(
+            ":path",
+            Some(&BedrockRoute::upstream_path(
+                &r.target_model,
+                route.operation,
+            )),
+        );
+        self.set_http_request_header("content-length", Some(&body.len().to_string()));
+        if let Some(h) = md_header {
+            self.set_http_request_header("x-amzn-bedrock-request-metadata", Some(&h));
+        }
+        self.body = Vec::new();
+        self.reservation = Some(r);
+        self.phase = Phase::Forwarded;
+        Metrics::inc(self.shared.metrics.allowed);
+        self.resume_http_request();
+    }
+
+    fn enqueue(&self, s: Settlement) {
+        match serde_json::to_vec(&s) {
+            Ok(bytes) => {
+                if let Err(e) = self.enqueue_shared_queue(self.shared.queue_id, Some(&bytes)) {
+                    log::error!(
+                        "tollgate {}: cannot queue settlement {s:?}: {e:?}",
+                        self.request_id
+                    );
+                    Metrics::inc(self.shared.metrics.dropped);
+                }
+            }
+            Err(e) => log::error!(
+                "tollgate {}: cannot encode settlement: {e}",
+                self.request_id
+            ),
+        }
+    }
+
+    fn settle_once(&mut self) {
+        if self.settled || self.phase != Phase::Forwarded {
+            return;
+        }
+        self.settled = true;
+        let Some(route) = &self.route else { return };
+        let mut outcome = ResponseOutcome {
+            status: self.status,
+            ..Default::default()
+        };
+        match &self.meter {
+            ResponseMeter::Stream(m) => {
+                let o = m.observation();
+                outcome.usage = o.usage;
+                outcome.final_usage = o.final_usage;
+                outcome.estimated_output_tokens = o.estimated_output_tokens();
+                if let Some(e) = &o.corrupt {
+                    log::warn!(
+                        "tollgate {}: response stream corrupt ({e}); usage estimated",
+                        self.request_id
+                    );
+                }
+            }
+            ResponseMeter::Json { copy, overflow } => {
+                let from_body = (!overflow)
+                    .then(|| usage::body_usage(route.operation, copy))
+                    .flatten();
+                outcome.usage = self.header_usage.or(from_body);
+                outcome.final_usage = outcome.usage.is_some();
+                outcome.estimated_output_tokens = (copy.len() as u64).div_ceil(3);
+            }
+            ResponseMeter::None => {}
+        }
+        let input_estimate = self.facts.as_ref().map_or(0, |f| f.input_tokens_estimate);
+        let s = settle(&self.request_id, input_estimate, &outcome);
+        log::debug!("tollgate {}: settling {s:?}", self.request_id);
+        self.enqueue(s);
+    }
+}
+
+impl Context for Exchange {
+    fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
+        if self.reserve_token != Some(token) || self.phase != Phase::Reserving {
+            return;
+        }
+        self.reserve_token = None;
+        let status = self.get_http_call_response_header(":status");
+        let body = self
+            .get_http_call_response_body(0, body_size)
+            .unwrap_or_default();
+        if status.as_deref() != Some("200") {
+            self.sidecar_failed(&format!(
+                "reserve answered {}: {}",
+                status.as_deref().unwrap_or("nothing (timeout or reset)"),
+                String::from_utf8_lossy(&body)
+                    .chars()
+                    .take(200)
+                    .collect::<String>()
+            ));
+            return;
+        }
+        match serde_json::from_slice::<ReserveResponse>(&body) {
+            Ok(ReserveResponse::Allow(r)) => self.forward(r),
+            Ok(ReserveResponse::Deny(d)) => {
+                Metrics::inc(self.shared.metrics.denied);
+                log::info!(
+                    "tollgate {}: denied {} {}",
+                    self.request_id,
+                    d.status,
+                    d.error_type
+                );
+                let mut r = LocalReply::new(u32::from(d.status), &d.error_type, d.message);
+                r.retry_after_secs = d.retry_after_secs;
+                self.reply(r);
+            }
+            Err(e) => {
+                self.sidecar_failed(&format!("unreadable reserve answer: {e}"));
+            }
+        }
+    }
+}
+
+impl HttpContext for Exchange {
+    fn on_http_request_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
+        let method = self.get_http_request_header(":method").unwrap_or_default();
+        let path = self.get_http_request_header(":path").unwrap_or_default();
+        let route = match BedrockRoute::parse(&method, &path) {
+            Ok(r) => r,
+            Err(e @ (RouteError::UnknownPath(_) | RouteError::UnsupportedOperation(_))) => {
+                return self.reject(LocalReply::new(404, "ValidationException", e.to_string()))
+            }
+            Err(e) => return self.reject(LocalReply::validation(400, e.to_string())),
+        };
+        self.route = Some(route);
+        let headers = self.get_http_request_headers();
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        };
+        self.attribution = match identity::attribution(header) {
+            Ok(a) => a,
+            Err(r) => return self.reject(r),
+        };
+        let trusted = self
+            .shared
+            .config
+            .trusted_tenant_header
+            .then(|| header(identity::TENANT_HEADER))
+            .flatten();
+        self.credential =
+            match identity::credential(header("authorization"), self.jwt_tenant(), trusted) {
+                Ok(c) => c,
+                Err(r) => return self.reject(r),
+            };
+        for (name, _) in &headers {
+            if identity::is_stripped_header(name) {
+                self.set_http_request_header(name, None);
+            }
+        }
+        if end_of_stream {
+            return self.reject(LocalReply::validation(400, "request body is required"));
+        }
+        // Headers stay paused until the sidecar admits the request; this needs
+        // `allow_on_headers_stop_iteration: true` in the plugin config.
+        Action::Pause
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.phase != Phase::Reading {
+            return Action::Continue;
+        }
+        if body_size > self.shared.config.max_request_body_bytes {
+            return self.reject(LocalReply::validation(
+                413,
+                format!(
+                    "request body exceeds {} bytes",
+                    self.shared.config.max_request_body_bytes
+                ),
+            ));
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        self.start_reserve(body)
+    }
+
+    fn on_http_response_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
+        if self.phase != Phase::Forwarded {
+            return Action::Continue;
+        }
+        let status = self
+            .get_http_response_header(":status")
+            .and_then(|s| s.parse::<u16>().ok());
+        self.status = status;
+        self.set_http_response_header(REQUEST_ID_HEADER, Some(&self.request_id));
+        if let Some(r) = &self.reservation {
+            self.set_http_response_header(
+                BUDGET_REMAINING_HEADER,
+                Some(&r.budget_remaining_usd.to_string()),
+            );
+        }
+        if let (Some(route), Some(200..=299)) = (&self.route, status) {
+            self.meter = if route.operation.is_streaming() {
+                ResponseMeter::Stream(StreamMeter::new(route.operation))
+            } else {
+                if !route.operation.is_converse() {
+                    self.header_usage = usage::header_usage(|n| self.get_http_response_header(n));
+                }
+                ResponseMeter::Json {
+                    copy: Vec::new(),
+                    overflow: false,
+                }
+            };
+        }
+        if end_of_stream {
+            self.settle_once();
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.phase != Phase::Forwarded || self.settled {
+            return Action::Continue;
+        }
+        // Returning Continue each time means each call sees only the new bytes.
+        if body_size > 0 {
+            let chunk = self
+                .get_http_response_body(0, body_size)
+                .unwrap_or_default();
+            let limit = self.shared.config.max_response_copy_bytes;
+            match &mut self.meter {
+                ResponseMeter::Stream(m) => m.push(&chunk),
+                ResponseMeter::Json { copy, overflow } => {
+                    if copy.len() + chunk.len() <= limit {
+                        copy.extend_from_slice(&chunk);
+                    } else {
+                        *overflow = true;
+                    }
+                }
+                ResponseMeter::None => {}
+            }
+        }
+        if end_of_stream {
+            self.settle_once();
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        // Client abort, upstream reset: settle from what was seen.
+        self.settle_once();
+    }
+}
+
+/// 128 random bits; the sidecar's idempotency key, so never client-chosen.
+fn new_request_id() -> String {
+    let mut b = [0u8; 16];
+    if getrandom::fill(&mut b).is_err() {
+        // Fall back to time plus a counter; still unique within this VM.
+        thread_local!(static N: std::cell::Cell<u64> = const { std::cell::Cell::new(0) });
+        let n = N.with(|c| {
+            c.set(c.get() + 1);
+            c.get()
+        });
+        let t = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        b[..8].copy_from_slice(&t.to_be_bytes());
+        b[8..].copy_from_slice(&n.to_be_bytes());
+    }
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("tg-{hex}")
+}

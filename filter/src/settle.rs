@@ -1,0 +1,189 @@
+//! Turning what the gateway saw of a response into the ledger entry: a commit of
+//! the usage (exact, or estimated and flagged), or a release of the hold.
+
+use serde::{Deserialize, Serialize};
+use tollgate_wire::api::{Commit, Usage};
+
+/// What the response showed, from headers to the last byte (or the abort).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseOutcome {
+    /// `None` when no response headers arrived (client abort, stream reset).
+    pub status: Option<u16>,
+    /// Usage reported by Bedrock, possibly partial (e.g. `message_start` only).
+    pub usage: Option<Usage>,
+    /// Bedrock's final usage arrived (JSON body, token headers, `metadata` event,
+    /// `amazon-bedrock-invocationMetrics`).
+    pub final_usage: bool,
+    /// Output tokens estimated from generated text seen, for cut streams.
+    pub estimated_output_tokens: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Settlement {
+    Commit(Commit),
+    Release { request_id: String, reason: String },
+}
+
+impl Settlement {
+    pub fn request_id(&self) -> &str {
+        match self {
+            Settlement::Commit(c) => &c.request_id,
+            Settlement::Release { request_id, .. } => request_id,
+        }
+    }
+}
+
+/// Bedrock bills what it processed. An error status means nothing was charged;
+/// a 2xx that ended without final usage (stream cut, corrupt frame, mid-stream
+/// exception, client gone) is charged from what was seen and flagged `estimated`;
+/// no response at all after the request was forwarded is charged the input
+/// estimate, since Bedrock may have processed the prompt.
+pub fn settle(
+    request_id: &str,
+    input_tokens_estimate: u64,
+    outcome: &ResponseOutcome,
+) -> Settlement {
+    let commit = |usage: Usage, estimated: bool| {
+        Settlement::Commit(Commit {
+            request_id: request_id.to_owned(),
+            usage,
+            estimated,
+        })
+    };
+    match outcome.status {
+        Some(s) if !(200..300).contains(&s) => Settlement::Release {
+            request_id: request_id.to_owned(),
+            reason: format!("upstream status {s}"),
+        },
+        Some(_) => match (outcome.final_usage, outcome.usage) {
+            (true, Some(usage)) => commit(usage, false),
+            (_, partial) => {
+                let partial = partial.unwrap_or_default();
+                let input = if partial.input_tokens > 0 {
+                    partial.input_tokens
+                } else {
+                    input_tokens_estimate
+                };
+                commit(
+                    Usage {
+                        input_tokens: input,
+                        output_tokens: partial.output_tokens.max(outcome.estimated_output_tokens),
+                        ..partial
+                    },
+                    true,
+                )
+            }
+        },
+        None => commit(
+            Usage {
+                input_tokens: input_tokens_estimate,
+                ..Usage::default()
+            },
+            true,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(i: u64, o: u64) -> Usage {
+        Usage {
+            input_tokens: i,
+            output_tokens: o,
+            ..Usage::default()
+        }
+    }
+
+    #[test]
+    fn final_usage_commits_exactly() {
+        let s = settle(
+            "r",
+            999,
+            &ResponseOutcome {
+                status: Some(200),
+                usage: Some(usage(10, 20)),
+                final_usage: true,
+                estimated_output_tokens: 50,
+            },
+        );
+        assert_eq!(
+            s,
+            Settlement::Commit(Commit {
+                request_id: "r".into(),
+                usage: usage(10, 20),
+                estimated: false
+            })
+        );
+    }
+
+    #[test]
+    fn errors_release() {
+        for status in [400, 403, 429, 500, 503] {
+            let s = settle(
+                "r",
+                5,
+                &ResponseOutcome {
+                    status: Some(status),
+                    ..Default::default()
+                },
+            );
+            assert!(matches!(s, Settlement::Release { .. }), "{status}");
+        }
+    }
+
+    #[test]
+    fn cut_stream_commits_an_estimate() {
+        let s = settle(
+            "r",
+            900,
+            &ResponseOutcome {
+                status: Some(200),
+                usage: Some(usage(21, 2)),
+                final_usage: false,
+                estimated_output_tokens: 7,
+            },
+        );
+        assert_eq!(
+            s,
+            Settlement::Commit(Commit {
+                request_id: "r".into(),
+                usage: usage(21, 7),
+                estimated: true
+            })
+        );
+        let s = settle(
+            "r",
+            900,
+            &ResponseOutcome {
+                status: Some(200),
+                usage: None,
+                final_usage: false,
+                estimated_output_tokens: 0,
+            },
+        );
+        assert_eq!(
+            s,
+            Settlement::Commit(Commit {
+                request_id: "r".into(),
+                usage: usage(900, 0),
+                estimated: true
+            })
+        );
+    }
+
+    #[test]
+    fn no_response_charges_the_input_estimate() {
+        let s = settle("r", 42, &ResponseOutcome::default());
+        assert_eq!(
+            s,
+            Settlement::Commit(Commit {
+                request_id: "r".into(),
+                usage: usage(42, 0),
+                estimated: true
+            })
+        );
+    }
+}

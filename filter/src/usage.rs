@@ -1,0 +1,391 @@
+//! Token usage from Bedrock responses: Converse JSON `usage`, InvokeModel
+//! `x-amzn-bedrock-*-token-count` headers, Anthropic Messages `usage`, and the
+//! event-stream frames of the two streaming operations ([`StreamMeter`]).
+
+use base64::Engine as _;
+use serde_json::Value;
+use tollgate_wire::api::{Operation, Usage};
+use tollgate_wire::eventstream::{DecodeError, Decoder, Message};
+
+pub const INPUT_TOKENS_HEADER: &str = "x-amzn-bedrock-input-token-count";
+pub const OUTPUT_TOKENS_HEADER: &str = "x-amzn-bedrock-output-token-count";
+pub const CACHE_READ_TOKENS_HEADER: &str = "x-amzn-bedrock-cache-read-input-token-count";
+pub const CACHE_WRITE_TOKENS_HEADER: &str = "x-amzn-bedrock-cache-write-input-token-count";
+
+/// Bytes of generated text per estimated output token when Bedrock's own count
+/// never arrived. Deliberately low (English averages ~4) so estimates do not
+/// under-charge.
+const TEXT_BYTES_PER_TOKEN: u64 = 3;
+
+fn u(v: &Value, key: &str) -> Option<u64> {
+    v.get(key).and_then(Value::as_u64)
+}
+
+/// Converse `usage`: `inputTokens` excludes cached tokens, which come separately.
+pub fn converse_usage(usage: &Value) -> Option<Usage> {
+    Some(Usage {
+        input_tokens: u(usage, "inputTokens")?,
+        output_tokens: u(usage, "outputTokens")?,
+        cache_read_input_tokens: u(usage, "cacheReadInputTokens")
+            .or_else(|| u(usage, "cacheReadInputTokenCount"))
+            .unwrap_or(0),
+        cache_write_input_tokens: u(usage, "cacheWriteInputTokens")
+            .or_else(|| u(usage, "cacheWriteInputTokenCount"))
+            .unwrap_or(0),
+    })
+}
+
+/// Anthropic Messages `usage` (`input_tokens` excludes cache reads and writes).
+pub fn anthropic_usage(usage: &Value) -> Option<Usage> {
+    Some(Usage {
+        input_tokens: u(usage, "input_tokens")?,
+        output_tokens: u(usage, "output_tokens")?,
+        cache_read_input_tokens: u(usage, "cache_read_input_tokens").unwrap_or(0),
+        cache_write_input_tokens: u(usage, "cache_creation_input_tokens").unwrap_or(0),
+    })
+}
+
+/// InvokeModel token-count headers (absent on streams and errors).
+pub fn header_usage(header: impl Fn(&str) -> Option<String>) -> Option<Usage> {
+    let num = |name: &str| header(name).and_then(|v| v.trim().parse::<u64>().ok());
+    Some(Usage {
+        input_tokens: num(INPUT_TOKENS_HEADER)?,
+        output_tokens: num(OUTPUT_TOKENS_HEADER)?,
+        cache_read_input_tokens: num(CACHE_READ_TOKENS_HEADER).unwrap_or(0),
+        cache_write_input_tokens: num(CACHE_WRITE_TOKENS_HEADER).unwrap_or(0),
+    })
+}
+
+/// Usage from a complete non-streaming JSON body.
+pub fn body_usage(op: Operation, body: &[u8]) -> Option<Usage> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    match op {
+        Operation::Converse => converse_usage(v.get("usage")?),
+        // Anthropic Messages; other families report usage only in headers.
+        _ => anthropic_usage(v.get("usage")?),
+    }
+}
+
+/// What a response stream has shown so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamObservation {
+    /// Usage reported by Bedrock, merged from the events that carry it.
+    pub usage: Option<Usage>,
+    /// True once the event that closes the accounting arrived (ConverseStream
+    /// `metadata`, InvokeModel stream `amazon-bedrock-invocationMetrics`).
+    pub final_usage: bool,
+    /// Bytes of generated text seen, for an estimate when usage never arrives.
+    pub text_bytes: u64,
+    /// `:message-type: exception` frames, by exception type.
+    pub exception: Option<String>,
+    pub corrupt: Option<DecodeError>,
+    pub frames: u64,
+}
+
+impl StreamObservation {
+    /// Output tokens estimated from the text seen.
+    pub fn estimated_output_tokens(&self) -> u64 {
+        self.text_bytes.div_ceil(TEXT_BYTES_PER_TOKEN)
+    }
+}
+
+/// Incremental usage meter for an event-stream response. Each body chunk is
+/// inspected and passed on untouched; only an unfinished frame is kept.
+#[derive(Debug)]
+pub struct StreamMeter {
+    op: Operation,
+    decoder: Decoder,
+    seen: StreamObservation,
+}
+
+impl StreamMeter {
+    pub fn new(op: Operation) -> Self {
+        Self {
+            op,
+            decoder: Decoder::new(),
+            seen: StreamObservation::default(),
+        }
+    }
+
+    pub fn push(&mut self, chunk: &[u8]) {
+        if self.seen.corrupt.is_some() {
+            return;
+        }
+        self.decoder.push(chunk);
+        while let Some(next) = self.decoder.next_message() {
+            match next {
+                Ok(m) => {
+                    self.seen.frames += 1;
+                    self.observe(&m);
+                }
+                Err(e) => self.seen.corrupt = Some(e),
+            }
+        }
+    }
+
+    pub fn observation(&self) -> &StreamObservation {
+        &self.seen
+    }
+
+    fn observe(&mut self, m: &Message) {
+        match m.message_type() {
+            Some("exception") | Some("error") => {
+                let kind = m
+                    .exception_type()
+                    .or_else(|| m.header_str(":error-code"))
+                    .unwrap_or("unknown");
+                self.seen.exception = Some(kind.to_owned());
+                return;
+            }
+            Some("event") | None => {}
+            Some(_) => return,
+        }
+        let Ok(payload) = serde_json::from_slice::<Value>(&m.payload) else {
+            return;
+        };
+        match (self.op, m.event_type()) {
+            (Operation::ConverseStream, Some("contentBlockDelta")) => {
+                if let Some(delta) = payload.get("delta") {
+                    self.seen.text_bytes += delta_text_len(delta);
+                }
+            }
+            (Operation::ConverseStream, Some("metadata")) => {
+                if let Some(usage) = payload.get("usage").and_then(converse_usage) {
+                    self.seen.usage = Some(usage);
+                    self.seen.final_usage = true;
+                }
+            }
+            (Operation::InvokeWithResponseStream, Some("chunk")) => {
+                let Some(bytes) = payload.get("bytes").and_then(Value::as_str) else {
+                    return;
+                };
+                let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(bytes) else {
+                    return;
+                };
+                if let Ok(inner) = serde_json::from_slice::<Value>(&decoded) {
+                    self.observe_invoke_chunk(&inner);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Anthropic Messages stream events inside InvokeModel `chunk`s, plus the
+    /// `amazon-bedrock-invocationMetrics` Bedrock appends to the last chunk of
+    /// every model family.
+    fn observe_invoke_chunk(&mut self, v: &Value) {
+        match v.get("type").and_then(Value::as_str) {
+            Some("message_start") => {
+                if let Some(usage) = v.pointer("/message/usage").and_then(anthropic_usage) {
+                    self.seen.usage = Some(usage);
+                }
+            }
+            Some("message_delta") => {
+                // `output_tokens` here is cumulative.
+                if let Some(out) = v.pointer("/usage/output_tokens").and_then(Value::as_u64) {
+                    let usage = self.seen.usage.get_or_insert_with(Usage::default);
+                    usage.output_tokens = out;
+                }
+            }
+            Some("content_block_delta") => {
+                if let Some(delta) = v.get("delta") {
+                    self.seen.text_bytes += delta_text_len(delta);
+                }
+            }
+            _ => {
+                // Non-Anthropic families stream their text in family fields.
+                for key in ["outputText", "generation", "completion"] {
+                    if let Some(s) = v.get(key).and_then(Value::as_str) {
+                        self.seen.text_bytes += s.len() as u64;
+                    }
+                }
+            }
+        }
+        if let Some(metrics) = v.get("amazon-bedrock-invocationMetrics") {
+            if let (Some(input), Some(output)) = (
+                u(metrics, "inputTokenCount"),
+                u(metrics, "outputTokenCount"),
+            ) {
+                let prior = self.seen.usage.unwrap_or_default();
+                self.seen.usage = Some(Usage {
+                    input_tokens: input,
+                    output_tokens: output,
+                    cache_read_input_tokens: u(metrics, "cacheReadInputTokenCount")
+                        .unwrap_or(prior.cache_read_input_tokens),
+                    cache_write_input_tokens: u(metrics, "cacheWriteInputTokenCount")
+                        .unwrap_or(prior.cache_write_input_tokens),
+                });
+                self.seen.final_usage = true;
+            }
+        }
+    }
+}
+
+fn delta_text_len(delta: &Value) -> u64 {
+    ["text", "partial_json", "thinking", "input"]
+        .iter()
+        .filter_map(|k| delta.get(*k).and_then(Value::as_str))
+        .chain(delta.pointer("/toolUse/input").and_then(Value::as_str))
+        .chain(
+            delta
+                .pointer("/reasoningContent/text")
+                .and_then(Value::as_str),
+        )
+        .map(|s| s.len() as u64)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ev(kind: &str, v: Value) -> Vec<u8> {
+        Message::event(kind, serde_json::to_vec(&v).unwrap()).encode()
+    }
+
+    fn chunk(v: Value) -> Vec<u8> {
+        let b = base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(&v).unwrap());
+        ev("chunk", json!({"bytes": b, "p": "abcdef"}))
+    }
+
+    #[test]
+    fn converse_body_usage_with_cache() {
+        let body = br#"{"output":{},"usage":{"inputTokens":11,"outputTokens":264,"cacheWriteInputTokens":1028,"totalTokens":1303}}"#;
+        assert_eq!(
+            body_usage(Operation::Converse, body),
+            Some(Usage {
+                input_tokens: 11,
+                output_tokens: 264,
+                cache_read_input_tokens: 0,
+                cache_write_input_tokens: 1028
+            })
+        );
+    }
+
+    #[test]
+    fn anthropic_body_usage() {
+        let body = br#"{"type":"message","usage":{"input_tokens":21,"output_tokens":22,"cache_read_input_tokens":5,"cache_creation_input_tokens":7}}"#;
+        assert_eq!(
+            body_usage(Operation::Invoke, body),
+            Some(Usage {
+                input_tokens: 21,
+                output_tokens: 22,
+                cache_read_input_tokens: 5,
+                cache_write_input_tokens: 7
+            })
+        );
+        assert_eq!(body_usage(Operation::Invoke, b"{not json"), None);
+    }
+
+    #[test]
+    fn invoke_headers() {
+        let h = |name: &str| match name {
+            INPUT_TOKENS_HEADER => Some("21".to_string()),
+            OUTPUT_TOKENS_HEADER => Some(" 22 ".to_string()),
+            _ => None,
+        };
+        assert_eq!(
+            header_usage(h),
+            Some(Usage {
+                input_tokens: 21,
+                output_tokens: 22,
+                ..Usage::default()
+            })
+        );
+        assert_eq!(header_usage(|_| None), None);
+    }
+
+    fn converse_stream() -> Vec<u8> {
+        [
+            ev("messageStart", json!({"role":"assistant","p":"abc"})),
+            ev("contentBlockDelta", json!({"contentBlockIndex":0,"delta":{"text":"Hello world"},"p":"ab"})),
+            ev("contentBlockStop", json!({"contentBlockIndex":0})),
+            ev("messageStop", json!({"stopReason":"end_turn"})),
+            ev("metadata", json!({"metrics":{"latencyMs":1841},"p":"abcdefghijklmnopqrst","usage":{"inputTokens":259,"outputTokens":64,"totalTokens":323}})),
+        ]
+        .concat()
+    }
+
+    #[test]
+    fn converse_stream_usage_at_any_split() {
+        let bytes = converse_stream();
+        for split in (0..bytes.len()).step_by(7) {
+            let mut m = StreamMeter::new(Operation::ConverseStream);
+            m.push(&bytes[..split]);
+            m.push(&bytes[split..]);
+            let o = m.observation();
+            assert!(o.final_usage);
+            assert_eq!(
+                o.usage,
+                Some(Usage {
+                    input_tokens: 259,
+                    output_tokens: 64,
+                    ..Usage::default()
+                })
+            );
+            assert_eq!(o.text_bytes, 11);
+            assert_eq!(o.frames, 5);
+        }
+    }
+
+    #[test]
+    fn invoke_stream_anthropic_usage() {
+        let bytes = [
+            chunk(json!({"type":"message_start","message":{"usage":{"input_tokens":21,"output_tokens":2,"cache_read_input_tokens":3}}})),
+            chunk(json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi!"}})),
+            chunk(json!({"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":22}})),
+        ]
+        .concat();
+        let mut m = StreamMeter::new(Operation::InvokeWithResponseStream);
+        m.push(&bytes);
+        assert!(!m.observation().final_usage);
+        assert_eq!(
+            m.observation().usage,
+            Some(Usage {
+                input_tokens: 21,
+                output_tokens: 22,
+                cache_read_input_tokens: 3,
+                cache_write_input_tokens: 0
+            })
+        );
+        m.push(&chunk(json!({"type":"message_stop","amazon-bedrock-invocationMetrics":{"inputTokenCount":21,"outputTokenCount":22,"invocationLatency":2033,"firstByteLatency":1229}})));
+        assert!(m.observation().final_usage);
+        assert_eq!(
+            m.observation().usage,
+            Some(Usage {
+                input_tokens: 21,
+                output_tokens: 22,
+                cache_read_input_tokens: 3,
+                cache_write_input_tokens: 0
+            })
+        );
+    }
+
+    #[test]
+    fn exception_frames_and_corruption_are_recorded() {
+        let mut m = StreamMeter::new(Operation::ConverseStream);
+        m.push(&ev("contentBlockDelta", json!({"delta":{"text":"abcdef"}})));
+        m.push(
+            &Message::exception(
+                "modelStreamErrorException",
+                br#"{"message":"boom"}"#.to_vec(),
+            )
+            .encode(),
+        );
+        assert_eq!(
+            m.observation().exception.as_deref(),
+            Some("modelStreamErrorException")
+        );
+        assert_eq!(m.observation().estimated_output_tokens(), 2);
+
+        let mut bytes = converse_stream();
+        let n = bytes.len();
+        bytes[n - 30] ^= 0x55; // inside the metadata frame
+        let mut m = StreamMeter::new(Operation::ConverseStream);
+        m.push(&bytes);
+        assert!(m.observation().corrupt.is_some());
+        assert!(!m.observation().final_usage);
+        assert_eq!(m.observation().frames, 4);
+    }
+}
