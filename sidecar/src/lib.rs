@@ -1,1 +1,19 @@
+//! Tollgate budget sidecar: per-tenant budgets, holds and commits for the Envoy
+//! filter, plus the admin API, metrics and the `tollgate-sidecar` CLI.
 
+pub mod alerts;
+pub mod api;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod keys;
+pub mod ledger;
+pub mod metrics;
+pub mod pricing;
+pub mod seed;
+pub mod server;
+pub mod service;
+pub mod store;
+
+pub use error::{Error, Result};

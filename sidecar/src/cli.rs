@@ -1,0 +1,240 @@
+//! Command-line client for the admin API (`tollgate-sidecar tenants|keys|prices|…`).
+
+use crate::config::{
+    AliasesCommand, ClientArgs, Command, KeysCommand, PricesCommand, ProfilesCommand,
+    TenantsCommand,
+};
+use crate::error::{Error, Result};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+/// Percent-encodes one path segment (model IDs contain `:`; keep it readable).
+fn seg(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':' | b'@') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Client {
+    fn new(args: &ClientArgs) -> Result<Self> {
+        let token = args
+            .admin_token
+            .clone()
+            .filter(|t| !t.trim().is_empty())
+            .ok_or_else(|| {
+                Error::invalid("set TOLLGATE_ADMIN_TOKEN (or --admin-token) to use the admin API")
+            })?;
+        Ok(Self {
+            http: reqwest::Client::new(),
+            base: args.url.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<String> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            let msg = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v.get("message").and_then(Value::as_str).map(String::from))
+                .unwrap_or(text);
+            return Err(Error::invalid(format!("{status}: {msg}")));
+        }
+        Ok(text)
+    }
+
+    async fn print(&self, method: Method, path: &str, body: Option<Value>) -> Result<()> {
+        let text = self.call(method, path, body).await?;
+        match serde_json::from_str::<Value>(&text) {
+            Ok(v) => println!("{}", serde_json::to_string_pretty(&v)?),
+            Err(_) if text.is_empty() => {}
+            Err(_) => print!("{text}"),
+        }
+        Ok(())
+    }
+}
+
+pub async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Serve(_) => Err(Error::Internal("serve is not a client command".into())),
+        Command::Tenants(a) => {
+            let c = Client::new(&a.client)?;
+            match a.command {
+                TenantsCommand::Set {
+                    tenant,
+                    budget,
+                    alert_threshold,
+                    reset_cycle,
+                    allowed_models,
+                    default_model,
+                    max_tokens_cap,
+                    rpm,
+                    inactive,
+                } => {
+                    let body = json!({
+                        "budget_usd": budget.to_string(),
+                        "alert_threshold": alert_threshold.to_string(),
+                        "reset_cycle": reset_cycle,
+                        "active": !inactive,
+                        "allowed_models": allowed_models,
+                        "default_model": default_model,
+                        "max_tokens_cap": max_tokens_cap,
+                        "rate_limit_rpm": rpm,
+                    });
+                    c.print(
+                        Method::PUT,
+                        &format!("/v1/tenants/{}", seg(&tenant)),
+                        Some(body),
+                    )
+                    .await
+                }
+                TenantsCommand::Get { tenant, period } => {
+                    let q = period
+                        .map(|p| format!("?period={}", seg(&p)))
+                        .unwrap_or_default();
+                    c.print(
+                        Method::GET,
+                        &format!("/v1/tenants/{}{q}", seg(&tenant)),
+                        None,
+                    )
+                    .await
+                }
+                TenantsCommand::List => c.print(Method::GET, "/v1/tenants", None).await,
+            }
+        }
+        Command::Keys(a) => {
+            let c = Client::new(&a.client)?;
+            match a.command {
+                KeysCommand::Issue {
+                    tenant,
+                    application,
+                } => {
+                    c.print(
+                        Method::POST,
+                        &format!("/v1/tenants/{}/keys", seg(&tenant)),
+                        Some(json!({ "application_id": application })),
+                    )
+                    .await?;
+                    eprintln!("Store the key now: it is not shown again.");
+                    Ok(())
+                }
+                KeysCommand::Revoke { tenant, key_id } => {
+                    c.call(
+                        Method::DELETE,
+                        &format!("/v1/tenants/{}/keys/{}", seg(&tenant), seg(&key_id)),
+                        None,
+                    )
+                    .await?;
+                    println!("revoked {key_id}");
+                    Ok(())
+                }
+            }
+        }
+        Command::Prices(a) => {
+            let c = Client::new(&a.client)?;
+            match a.command {
+                PricesCommand::Set {
+                    model,
+                    input,
+                    output,
+                    cache_read,
+                    cache_write,
+                } => {
+                    let body = json!({
+                        "input": input.to_string(),
+                        "output": output.to_string(),
+                        "cache_read": cache_read.map(|d| d.to_string()),
+                        "cache_write": cache_write.map(|d| d.to_string()),
+                    });
+                    c.print(
+                        Method::PUT,
+                        &format!("/v1/pricing/{}", seg(&model)),
+                        Some(body),
+                    )
+                    .await
+                }
+                PricesCommand::List => c.print(Method::GET, "/v1/pricing", None).await,
+            }
+        }
+        Command::Profiles(a) => {
+            let c = Client::new(&a.client)?;
+            match a.command {
+                ProfilesCommand::Map {
+                    tenant,
+                    model,
+                    arn,
+                    application,
+                } => {
+                    let body = json!({ "application_id": application, "model": model, "arn": arn });
+                    c.print(
+                        Method::PUT,
+                        &format!("/v1/tenants/{}/profiles", seg(&tenant)),
+                        Some(body),
+                    )
+                    .await
+                }
+                ProfilesCommand::List { tenant } => {
+                    c.print(
+                        Method::GET,
+                        &format!("/v1/tenants/{}/profiles", seg(&tenant)),
+                        None,
+                    )
+                    .await
+                }
+            }
+        }
+        Command::Aliases(a) => {
+            let c = Client::new(&a.client)?;
+            match a.command {
+                AliasesCommand::Set { alias, model_id } => {
+                    c.print(
+                        Method::PUT,
+                        &format!("/v1/aliases/{}", seg(&alias)),
+                        Some(json!({ "model_id": model_id })),
+                    )
+                    .await
+                }
+                AliasesCommand::List => c.print(Method::GET, "/v1/aliases", None).await,
+            }
+        }
+        Command::Usage(a) => {
+            let c = Client::new(&a.client)?;
+            let mut q = vec![
+                format!("group_by={}", seg(&a.group_by)),
+                format!("format={}", seg(&a.format)),
+            ];
+            if let Some(f) = &a.from {
+                q.push(format!("from={}", seg(f)));
+            }
+            if let Some(t) = &a.to {
+                q.push(format!("to={}", seg(t)));
+            }
+            if let Some(t) = &a.tenant {
+                q.push(format!("tenant={}", seg(t)));
+            }
+            c.print(Method::GET, &format!("/v1/usage?{}", q.join("&")), None)
+                .await
+        }
+    }
+}

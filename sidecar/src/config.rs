@@ -1,0 +1,251 @@
+//! Command line and environment (clap).
+
+use crate::pricing::parse_decimal_arg;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use rust_decimal::Decimal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tollgate-sidecar",
+    version,
+    about = "Tollgate budget sidecar: per-tenant Bedrock budgets, holds, commits and cost attribution"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar (data plane, admin API, metrics).
+    Serve(ServeArgs),
+    /// Manage tenants.
+    Tenants(TenantsArgs),
+    /// Issue and revoke tenant bearer keys.
+    Keys(KeysArgs),
+    /// Manage the price table (USD per 1M tokens).
+    Prices(PricesArgs),
+    /// Map (tenant, application, model) to an application inference profile ARN.
+    Profiles(ProfilesArgs),
+    /// Manage friendly model aliases.
+    Aliases(AliasesArgs),
+    /// Usage and cost report.
+    Usage(UsageArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (keep it on loopback: the data plane has no auth).
+    #[arg(long, env = "TOLLGATE_LISTEN", default_value = "127.0.0.1:9190")]
+    pub listen: SocketAddr,
+    /// SQLite ledger file (created if missing).
+    #[arg(long, env = "TOLLGATE_DB", default_value = ".tollgate/ledger.db")]
+    pub db: PathBuf,
+    /// JSON seed file applied (upserted) at startup.
+    #[arg(long, env = "TOLLGATE_SEED")]
+    pub seed: Option<PathBuf>,
+    /// Seconds an uncommitted hold lives before the sweeper releases it.
+    #[arg(long, env = "TOLLGATE_HOLD_TTL_SECS", default_value_t = 600)]
+    pub hold_ttl_secs: u64,
+    /// Output tokens a hold assumes when the request states no limit.
+    #[arg(
+        long,
+        env = "TOLLGATE_DEFAULT_MAX_OUTPUT_TOKENS",
+        default_value_t = 4096
+    )]
+    pub default_max_output_tokens: u64,
+    /// One invocation costing more than this (USD) fires a `high_cost` alert.
+    #[arg(long, env = "TOLLGATE_HIGH_COST_THRESHOLD_USD", default_value = "10", value_parser = parse_decimal_arg)]
+    pub high_cost_threshold_usd: Decimal,
+    /// Webhook URL that receives alerts as JSON POSTs (repeatable; env: comma-separated).
+    #[arg(long = "webhook", env = "TOLLGATE_WEBHOOKS", value_delimiter = ',')]
+    pub webhooks: Vec<String>,
+    /// Seconds between sweeps for expired holds.
+    #[arg(long, env = "TOLLGATE_SWEEP_INTERVAL_SECS", default_value_t = 5)]
+    pub sweep_interval_secs: u64,
+    /// Log format.
+    #[arg(long, env = "TOLLGATE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Where the admin API is and how to authenticate to it.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Base URL of the sidecar.
+    #[arg(
+        long,
+        env = "TOLLGATE_URL",
+        default_value = "http://127.0.0.1:9190",
+        global = true
+    )]
+    pub url: String,
+    /// Admin token (normally from the environment).
+    #[arg(
+        long = "admin-token",
+        env = "TOLLGATE_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub admin_token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TenantsArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: TenantsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantsCommand {
+    /// Create or replace a tenant's configuration.
+    Set {
+        tenant: String,
+        /// Budget per period, USD.
+        #[arg(long, value_parser = parse_decimal_arg)]
+        budget: Decimal,
+        /// Fraction of the budget (0–1) that fires the threshold alert.
+        #[arg(long, default_value = "0.8", value_parser = parse_decimal_arg)]
+        alert_threshold: Decimal,
+        /// monthly, daily or none.
+        #[arg(long, default_value = "monthly")]
+        reset_cycle: String,
+        /// Allowed model (alias or ID; repeatable). None: every priced model.
+        #[arg(long = "allowed-model")]
+        allowed_models: Vec<String>,
+        #[arg(long)]
+        default_model: Option<String>,
+        /// Cap on output tokens per request.
+        #[arg(long)]
+        max_tokens_cap: Option<u64>,
+        /// Requests per minute.
+        #[arg(long)]
+        rpm: Option<u32>,
+        /// Create the tenant disabled.
+        #[arg(long)]
+        inactive: bool,
+    },
+    /// Show a tenant's configuration, live balance and alerts.
+    Get {
+        tenant: String,
+        /// Show another period's balance (e.g. 2026-10).
+        #[arg(long)]
+        period: Option<String>,
+    },
+    /// List tenants.
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: KeysCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Issue a bearer key (printed once).
+    Issue {
+        tenant: String,
+        #[arg(long)]
+        application: Option<String>,
+    },
+    /// Revoke a key (effective immediately).
+    Revoke { tenant: String, key_id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct PricesArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: PricesCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PricesCommand {
+    /// Set a model's prices (USD per 1M tokens).
+    Set {
+        model: String,
+        #[arg(long, value_parser = parse_decimal_arg)]
+        input: Decimal,
+        #[arg(long, value_parser = parse_decimal_arg)]
+        output: Decimal,
+        #[arg(long, value_parser = parse_decimal_arg)]
+        cache_read: Option<Decimal>,
+        #[arg(long, value_parser = parse_decimal_arg)]
+        cache_write: Option<Decimal>,
+    },
+    /// List the price table.
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct ProfilesArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: ProfilesCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProfilesCommand {
+    /// Map (tenant, [application], model) to an application inference profile ARN.
+    Map {
+        tenant: String,
+        model: String,
+        arn: String,
+        #[arg(long)]
+        application: Option<String>,
+    },
+    /// List a tenant's mappings.
+    List { tenant: String },
+}
+
+#[derive(Debug, Args)]
+pub struct AliasesArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: AliasesCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AliasesCommand {
+    /// Point a friendly name at a model ID.
+    Set { alias: String, model_id: String },
+    /// List aliases.
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Comma-separated: tenant, application, model, cost_center, environment, user.
+    #[arg(long, default_value = "tenant")]
+    pub group_by: String,
+    /// RFC 3339 start (inclusive).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// RFC 3339 end (exclusive).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Only this tenant.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// json or csv.
+    #[arg(long, default_value = "json")]
+    pub format: String,
+}

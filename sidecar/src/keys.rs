@@ -1,0 +1,67 @@
+//! Bearer keys: `tg_<base64url of 32 random bytes>`, stored only as SHA-256 hashes.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+/// A new tenant key from the thread-local CSPRNG (ChaCha, seeded by the OS).
+pub fn generate_key() -> String {
+    format!("tg_{}", random_b64(32))
+}
+
+/// A new admin token (same shape, other prefix).
+pub fn generate_admin_token() -> String {
+    format!("tga_{}", random_b64(32))
+}
+
+/// Public identifier of a key (safe to log and to use in URLs).
+pub fn generate_key_id() -> String {
+    let mut b = [0u8; 8];
+    rand::rng().fill_bytes(&mut b);
+    format!("key_{}", hex::encode(b))
+}
+
+fn random_b64(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    rand::rng().fill_bytes(&mut b);
+    URL_SAFE_NO_PAD.encode(b)
+}
+
+/// Hex SHA-256 of a key: the only form a key is stored in.
+pub fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// Compares two secrets in time independent of where they differ.
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    let (ha, hb) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
+    ha.iter()
+        .zip(hb.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_shape() {
+        let k = generate_key();
+        assert!(k.starts_with("tg_"));
+        assert_eq!(URL_SAFE_NO_PAD.decode(&k[3..]).unwrap().len(), 32);
+        assert_ne!(k, generate_key());
+        assert!(generate_key_id().starts_with("key_"));
+    }
+
+    #[test]
+    fn hashing_and_comparison() {
+        assert_eq!(
+            hash_key("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(constant_time_eq("same", "same"));
+        assert!(!constant_time_eq("same", "diff"));
+    }
+}

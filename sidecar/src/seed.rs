@@ -1,0 +1,89 @@
+//! Seed file: aliases, prices and tenants (with profiles and plaintext keys, which
+//! are stored hashed), applied idempotently at startup. See `examples/seed.json`.
+
+use crate::error::{Error, Result};
+use crate::pricing::{de_decimal, de_opt_decimal, PriceInput};
+use crate::service::{Service, TenantInput};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedFile {
+    /// Free-form provenance note (where the prices come from, and when).
+    #[serde(default)]
+    pub source: Option<serde_json::Value>,
+    #[serde(default)]
+    pub aliases: BTreeMap<String, String>,
+    #[serde(default)]
+    pub pricing: Vec<SeedPrice>,
+    #[serde(default)]
+    pub tenants: Vec<TenantInput>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedPrice {
+    pub model_id: String,
+    #[serde(deserialize_with = "de_decimal")]
+    pub input: Decimal,
+    #[serde(deserialize_with = "de_decimal")]
+    pub output: Decimal,
+    #[serde(default, deserialize_with = "de_opt_decimal")]
+    pub cache_read: Option<Decimal>,
+    #[serde(default, deserialize_with = "de_opt_decimal")]
+    pub cache_write: Option<Decimal>,
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// What a seed run changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SeedSummary {
+    pub aliases: usize,
+    pub prices: usize,
+    pub tenants: usize,
+}
+
+pub fn parse(text: &str) -> Result<SeedFile> {
+    serde_json::from_str(text).map_err(|e| Error::invalid(format!("seed file: {e}")))
+}
+
+pub async fn apply_file(service: &Service, path: &Path) -> Result<SeedSummary> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::invalid(format!("cannot read seed file {}: {e}", path.display())))?;
+    apply(service, parse(&text)?).await
+}
+
+pub async fn apply(service: &Service, seed: SeedFile) -> Result<SeedSummary> {
+    let mut summary = SeedSummary::default();
+    for (alias, model_id) in &seed.aliases {
+        service.put_alias(alias, model_id).await?;
+        summary.aliases += 1;
+    }
+    for p in seed.pricing {
+        let price = PriceInput {
+            input: p.input,
+            output: p.output,
+            cache_read: p.cache_read,
+            cache_write: p.cache_write,
+        }
+        .into_price(&p.model_id)
+        .map_err(|e| Error::invalid(format!("seed pricing {}: {e}", p.model_id)))?;
+        service.store.put_price(&price).await?;
+        summary.prices += 1;
+    }
+    for t in seed.tenants {
+        let Some(id) = t.tenant_id.clone() else {
+            return Err(Error::invalid("seed tenants[].tenant_id is required"));
+        };
+        service
+            .put_tenant(&id, t)
+            .await
+            .map_err(|e| Error::invalid(format!("seed tenant {id}: {e}")))?;
+        summary.tenants += 1;
+    }
+    Ok(summary)
+}

@@ -1,0 +1,141 @@
+//! Wiring: open the store, apply the seed, build the router, run the sweeper and
+//! serve until SIGINT/SIGTERM.
+
+use crate::alerts::Alerter;
+use crate::api::{router, AppState};
+use crate::clock::{Clock, SystemClock};
+use crate::config::ServeArgs;
+use crate::error::Result;
+use crate::keys;
+use crate::metrics::Metrics;
+use crate::service::{Service, Settings};
+use crate::store::sqlite::SqliteStore;
+use crate::store::Store;
+use axum::Router;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Everything needed to build a sidecar (tests construct this directly).
+#[derive(Clone)]
+pub struct Options {
+    pub db: PathBuf,
+    pub seed: Option<PathBuf>,
+    pub settings: Settings,
+    pub webhooks: Vec<String>,
+    pub admin_token: String,
+    pub clock: Arc<dyn Clock>,
+}
+
+pub struct Sidecar {
+    pub router: Router,
+    pub service: Arc<Service>,
+}
+
+/// Opens the ledger, applies the seed, and builds the routes.
+pub async fn build(opts: &Options) -> Result<Sidecar> {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&opts.db)?);
+    let service = Arc::new(Service::new(
+        store,
+        opts.clock.clone(),
+        opts.settings.clone(),
+        Arc::new(Metrics::new()),
+        Alerter::new(opts.webhooks.clone()),
+    ));
+    if let Some(seed) = &opts.seed {
+        let s = crate::seed::apply_file(&service, seed).await?;
+        tracing::info!(
+            seed = %seed.display(),
+            aliases = s.aliases,
+            prices = s.prices,
+            tenants = s.tenants,
+            "seed applied"
+        );
+    }
+    let router = router(AppState {
+        service: service.clone(),
+        admin_token: Arc::from(opts.admin_token.as_str()),
+    });
+    Ok(Sidecar { router, service })
+}
+
+/// Releases expired holds every `interval` until the process ends.
+pub fn spawn_sweeper(service: Arc<Service>, interval: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = service.sweep().await {
+                tracing::error!(error = %e, "sweep failed");
+            }
+        }
+    })
+}
+
+fn admin_token_from_env() -> String {
+    match std::env::var("TOLLGATE_ADMIN_TOKEN") {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+        _ => {
+            let t = keys::generate_admin_token();
+            tracing::warn!(
+                "TOLLGATE_ADMIN_TOKEN is not set; generated admin token for this run: {t}"
+            );
+            t
+        }
+    }
+}
+
+/// `tollgate-sidecar serve`.
+pub async fn serve(args: ServeArgs) -> Result<()> {
+    let opts = Options {
+        db: args.db.clone(),
+        seed: args.seed.clone(),
+        settings: Settings {
+            hold_ttl_secs: args.hold_ttl_secs,
+            default_max_output_tokens: args.default_max_output_tokens,
+            high_cost_threshold_usd: args.high_cost_threshold_usd,
+        },
+        webhooks: args.webhooks.clone(),
+        admin_token: admin_token_from_env(),
+        clock: Arc::new(SystemClock),
+    };
+    let sidecar = build(&opts).await?;
+    tracing::info!(db = %opts.db.display(), "ledger open");
+    let sweeper = spawn_sweeper(
+        sidecar.service.clone(),
+        Duration::from_secs(args.sweep_interval_secs.max(1)),
+    );
+    let listener = TcpListener::bind(args.listen).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!("listening on {addr}");
+    axum::serve(listener, sidecar.router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    sweeper.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}

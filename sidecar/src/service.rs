@@ -1,0 +1,756 @@
+//! The ledger service: reserve / commit / release / sweep, and the admin
+//! operations, on top of a [`Store`]. Shared by the HTTP API, the seed loader and
+//! tests.
+
+use crate::alerts::Alerter;
+use crate::clock::{to_millis, Clock};
+use crate::error::{Error, Result};
+use crate::keys;
+use crate::ledger::{self, AlertKind, RateLimiter, ResetCycle};
+use crate::metrics::{Metrics, Outcome};
+use crate::pricing::{self, de_decimal, de_opt_decimal, ModelPrice};
+use crate::store::{
+    AlertRecord, ApiKeyRecord, Balance, CommitApplied, Hold, HoldState, Profile, ReserveOutcome,
+    Store, TenantConfig,
+};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Instant;
+use tollgate_wire::api::{
+    CommitBatch, CommitOutcome, CommitResponse, CommitResult, Credential, Denial, ReleaseRequest,
+    ReleaseResponse, ReserveRequest, ReserveResponse,
+};
+
+/// Tunables of the ledger (from the command line).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How long a hold lives without a commit before the sweeper expires it.
+    pub hold_ttl_secs: u64,
+    /// Output tokens assumed when a request states no limit.
+    pub default_max_output_tokens: u64,
+    /// One invocation costing more than this fires a `high_cost` alert.
+    pub high_cost_threshold_usd: Decimal,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            hold_ttl_secs: 600,
+            default_max_output_tokens: 4096,
+            high_cost_threshold_usd: Decimal::TEN,
+        }
+    }
+}
+
+/// Largest commit batch accepted in one call.
+pub const MAX_COMMIT_BATCH: usize = 1000;
+
+pub const MISSING_CREDENTIAL: &str = "Missing credential: send Authorization: Bearer <key> (AWS_BEARER_TOKEN_BEDROCK) with a key issued by your Tollgate administrator.";
+pub const INVALID_TOKEN: &str = "The security token included in the request is invalid.";
+
+fn deny(status: u16, error_type: &str, message: impl Into<String>) -> Denial {
+    Denial {
+        status,
+        error_type: error_type.to_string(),
+        message: message.into(),
+        retry_after_secs: None,
+    }
+}
+
+/// `PUT /v1/tenants/{tenant}` body (and a seed file's tenant entry).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantInput {
+    /// Optional; must equal the tenant in the path when given.
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    #[serde(deserialize_with = "de_decimal")]
+    pub budget_usd: Decimal,
+    /// Fraction of the budget (0–1) at which the `threshold` alert fires; default 0.8.
+    #[serde(default, deserialize_with = "de_opt_decimal")]
+    pub alert_threshold: Option<Decimal>,
+    /// `monthly` (default), `daily` or `none`.
+    #[serde(default)]
+    pub reset_cycle: Option<String>,
+    #[serde(default)]
+    pub active: Option<bool>,
+    #[serde(default)]
+    pub allowed_models: Vec<String>,
+    #[serde(default)]
+    pub default_model: Option<String>,
+    #[serde(default)]
+    pub max_tokens_cap: Option<u64>,
+    #[serde(default)]
+    pub rate_limit_rpm: Option<u32>,
+    /// Profile ARNs to map (upserted; existing mappings not listed stay).
+    #[serde(default)]
+    pub profiles: Vec<ProfileInput>,
+    /// Existing plaintext keys to import (stored hashed; already known keys are
+    /// left alone, so revoked ones stay revoked).
+    #[serde(default)]
+    pub keys: Vec<KeyImport>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileInput {
+    #[serde(default)]
+    pub application_id: Option<String>,
+    pub model: String,
+    pub arn: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyImport {
+    pub key: String,
+    #[serde(default)]
+    pub application_id: Option<String>,
+}
+
+/// Tenant and application ids: 1–128 of `[A-Za-z0-9._:@-]`.
+pub fn validate_id(field: &str, id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '@' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "{field} must be 1 to 128 characters of A-Z a-z 0-9 . _ : @ -, got {id:?}"
+        )))
+    }
+}
+
+pub struct Service {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    limiter: RateLimiter,
+    alerter: Alerter,
+}
+
+/// Everything `GET /v1/tenants/{tenant}` shows.
+#[derive(Debug, Clone)]
+pub struct TenantDetails {
+    pub config: TenantConfig,
+    pub balance: Balance,
+    pub alerts: Vec<AlertRecord>,
+    pub profiles: Vec<Profile>,
+    pub keys: Vec<ApiKeyRecord>,
+}
+
+impl Service {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        alerter: Alerter,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            settings,
+            metrics,
+            limiter: RateLimiter::default(),
+            alerter,
+        }
+    }
+
+    /// Alias → model ID (single level); anything else is returned unchanged.
+    pub async fn resolve_alias(&self, name: &str) -> Result<String> {
+        Ok(self
+            .store
+            .get_alias(name)
+            .await?
+            .unwrap_or_else(|| name.to_string()))
+    }
+
+    /// The price for a resolved model ID: the exact entry, else the entry without
+    /// its geo prefix.
+    pub async fn price_for(&self, model_id: &str) -> Result<Option<ModelPrice>> {
+        for key in pricing::price_lookup_keys(model_id) {
+            if let Some(p) = self.store.get_price(key).await? {
+                return Ok(Some(p));
+            }
+        }
+        Ok(None)
+    }
+
+    // ---------------------------------------------------------------- data plane
+
+    pub async fn reserve(&self, req: ReserveRequest) -> Result<ReserveResponse> {
+        let started = Instant::now();
+        let result = self.reserve_inner(req).await;
+        self.metrics
+            .observe_reserve(started.elapsed().as_secs_f64());
+        match result {
+            Ok((tenant, outcome, response)) => {
+                self.metrics.request(&tenant, outcome);
+                Ok(response)
+            }
+            Err(e) => {
+                self.metrics.request("unknown", Outcome::Failed);
+                Err(e)
+            }
+        }
+    }
+
+    async fn reserve_inner(
+        &self,
+        req: ReserveRequest,
+    ) -> Result<(String, Outcome, ReserveResponse)> {
+        if req.request_id.is_empty() || req.request_id.len() > 256 {
+            return Err(Error::invalid("request_id must be 1 to 256 characters"));
+        }
+        let now = self.clock.now();
+        let unknown = || "unknown".to_string();
+        let denied =
+            |tenant: String, outcome, d: Denial| Ok((tenant, outcome, ReserveResponse::Deny(d)));
+
+        // 1. Credential → tenant.
+        let (tenant_id, key_application) = match &req.credential {
+            Credential::None => {
+                return denied(
+                    unknown(),
+                    Outcome::DeniedAuth,
+                    deny(401, "UnrecognizedClientException", MISSING_CREDENTIAL),
+                )
+            }
+            Credential::Bearer { key } => match self.store.find_key(&keys::hash_key(key)).await? {
+                Some(k) => (k.tenant_id, k.application_id),
+                None => {
+                    return denied(
+                        unknown(),
+                        Outcome::DeniedAuth,
+                        deny(403, "UnrecognizedClientException", INVALID_TOKEN),
+                    )
+                }
+            },
+            Credential::TrustedHeader { tenant_id } | Credential::Jwt { tenant_id } => {
+                (tenant_id.clone(), None)
+            }
+        };
+        let Some(tenant) = self.store.get_tenant(&tenant_id).await? else {
+            let d = match req.credential {
+                Credential::Bearer { .. } => {
+                    deny(403, "UnrecognizedClientException", INVALID_TOKEN)
+                }
+                _ => deny(
+                    403,
+                    "AccessDeniedException",
+                    format!("Tenant {tenant_id} is not registered with this gateway."),
+                ),
+            };
+            return denied(unknown(), Outcome::DeniedAuth, d);
+        };
+        let tid = tenant.tenant_id.clone();
+        if !tenant.active {
+            return denied(
+                tid.clone(),
+                Outcome::DeniedAuth,
+                deny(
+                    403,
+                    "AccessDeniedException",
+                    format!("Tenant {tid} is inactive."),
+                ),
+            );
+        }
+
+        // Idempotent replay of a reserve already answered.
+        if let Some(existing) = self.store.get_hold(&req.request_id).await? {
+            return Ok(self.replay(&tid, &existing));
+        }
+
+        let mut attribution = req.attribution.clone();
+        if key_application.is_some() {
+            attribution.application_id = key_application;
+        }
+
+        // 2. Model: alias / model ID / system profile ID / this tenant's ARN.
+        let requested = match req.model.trim() {
+            "" => match &tenant.default_model {
+                Some(m) => m.clone(),
+                None => {
+                    return denied(
+                        tid,
+                        Outcome::DeniedModel,
+                        deny(400, "ValidationException", "The request names no model."),
+                    )
+                }
+            },
+            m => m.to_string(),
+        };
+        let (model_id, profile_arn) = if pricing::is_arn(&requested) {
+            let profiles = self.store.list_profiles(&tid).await?;
+            match profiles.into_iter().find(|p| p.arn == requested) {
+                Some(p) => (p.model_id, Some(p.arn)),
+                None => {
+                    return denied(
+                        tid.clone(),
+                        Outcome::DeniedModel,
+                        deny(
+                            403,
+                            "AccessDeniedException",
+                            format!(
+                                "The inference profile {requested} is not mapped to tenant {tid}."
+                            ),
+                        ),
+                    )
+                }
+            }
+        } else {
+            (self.resolve_alias(&requested).await?, None)
+        };
+        if !tenant.allowed_models.is_empty() {
+            let (_, base) = pricing::split_geo_prefix(&model_id);
+            let mut allowed = false;
+            for entry in &tenant.allowed_models {
+                let resolved = self.resolve_alias(entry).await?;
+                if resolved == model_id || resolved == base {
+                    allowed = true;
+                    break;
+                }
+            }
+            if !allowed {
+                return denied(
+                    tid.clone(),
+                    Outcome::DeniedModel,
+                    deny(
+                        403,
+                        "AccessDeniedException",
+                        format!("Tenant {tid} is not allowed to use model {model_id}."),
+                    ),
+                );
+            }
+        }
+        let Some(price) = self.price_for(&model_id).await? else {
+            return denied(
+                tid,
+                Outcome::DeniedModel,
+                deny(
+                    400,
+                    "ValidationException",
+                    format!("no price configured for model {model_id}"),
+                ),
+            );
+        };
+
+        // 3. Rate limit.
+        if let Some(rpm) = tenant.rate_limit_rpm {
+            if let Err(retry) = self.limiter.check(&tid, rpm, now) {
+                let mut d = deny(
+                    429,
+                    "ThrottlingException",
+                    format!("Rate limit exceeded for tenant {tid}: {rpm} requests per minute."),
+                );
+                d.retry_after_secs = Some(retry);
+                return denied(tid, Outcome::DeniedRate, d);
+            }
+        }
+
+        // 4. Hold.
+        let max_out = ledger::max_output_tokens(
+            req.max_output_tokens,
+            self.settings.default_max_output_tokens,
+            tenant.max_tokens_cap,
+        );
+        let rates = price.rates();
+        let hold_usd = rates
+            .hold(req.input_tokens_estimate, max_out)
+            .map_err(|_| Error::invalid("input_tokens_estimate is too large"))?;
+        let target_model = match profile_arn {
+            Some(arn) => arn,
+            None => self
+                .profile_for(&tid, attribution.application_id.as_deref(), &model_id)
+                .await?
+                .unwrap_or_else(|| model_id.clone()),
+        };
+        let period = ledger::period_key(tenant.reset_cycle, now);
+        let now_ms = to_millis(now);
+        let ttl_ms =
+            i64::try_from(self.settings.hold_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let hold = Hold {
+            request_id: req.request_id.clone(),
+            tenant_id: tid.clone(),
+            period: period.clone(),
+            model_id,
+            target_model,
+            attribution,
+            max_output_tokens: max_out,
+            hold_usd,
+            budget_remaining_usd: Decimal::ZERO,
+            rates,
+            created_at_ms: now_ms,
+            expires_at_ms: now_ms.saturating_add(ttl_ms),
+            state: HoldState::Open,
+        };
+        match self.store.reserve(&hold, tenant.budget_usd).await? {
+            ReserveOutcome::Admitted => {
+                let stored = self
+                    .store
+                    .get_hold(&hold.request_id)
+                    .await?
+                    .ok_or_else(|| Error::Internal("hold vanished after reserve".into()))?;
+                self.metrics.remaining(&tid, stored.budget_remaining_usd);
+                Ok((
+                    tid,
+                    Outcome::Approved,
+                    ReserveResponse::Allow(stored.reservation()),
+                ))
+            }
+            ReserveOutcome::Existing(existing) => Ok(self.replay(&tid, &existing)),
+            ReserveOutcome::Insufficient {
+                available,
+                spent,
+                budget,
+            } => {
+                self.metrics.remaining(&tid, available);
+                self.fire(AlertRecord {
+                    tenant_id: tid.clone(),
+                    period,
+                    kind: AlertKind::Exhausted,
+                    fired_at_ms: now_ms,
+                    spent_usd: spent,
+                    budget_usd: budget,
+                    request_id: Some(req.request_id.clone()),
+                    cost_usd: None,
+                })
+                .await;
+                let mut d = deny(
+                    402,
+                    "BudgetExceededException",
+                    format!(
+                        "Budget exhausted for tenant {tid}: available ${}, this request needs up to ${}",
+                        available.normalize(),
+                        hold_usd.normalize()
+                    ),
+                );
+                d.retry_after_secs = None;
+                Ok((tid, Outcome::DeniedBudget, ReserveResponse::Deny(d)))
+            }
+        }
+    }
+
+    fn replay(&self, tenant_id: &str, existing: &Hold) -> (String, Outcome, ReserveResponse) {
+        if existing.tenant_id == tenant_id {
+            (
+                tenant_id.to_string(),
+                Outcome::Approved,
+                ReserveResponse::Allow(existing.reservation()),
+            )
+        } else {
+            (
+                tenant_id.to_string(),
+                Outcome::DeniedAuth,
+                ReserveResponse::Deny(deny(
+                    400,
+                    "ValidationException",
+                    format!("request id {} is already in use", existing.request_id),
+                )),
+            )
+        }
+    }
+
+    /// The tenant's profile ARN for (application, model), else for (no application, model).
+    async fn profile_for(
+        &self,
+        tenant_id: &str,
+        application_id: Option<&str>,
+        model_id: &str,
+    ) -> Result<Option<String>> {
+        let profiles = self.store.list_profiles(tenant_id).await?;
+        let find = |app: Option<&str>| {
+            profiles
+                .iter()
+                .find(|p| p.model_id == model_id && p.application_id.as_deref() == app)
+                .map(|p| p.arn.clone())
+        };
+        Ok(application_id
+            .and_then(|a| find(Some(a)))
+            .or_else(|| find(None)))
+    }
+
+    pub async fn commit(&self, batch: CommitBatch) -> Result<CommitResponse> {
+        if batch.commits.len() > MAX_COMMIT_BATCH {
+            return Err(Error::invalid(format!(
+                "commits: at most {MAX_COMMIT_BATCH} per batch"
+            )));
+        }
+        let started = Instant::now();
+        let mut results = Vec::with_capacity(batch.commits.len());
+        for c in batch.commits {
+            let now_ms = to_millis(self.clock.now());
+            let applied = self
+                .store
+                .commit(&c.request_id, &c.usage, c.estimated, now_ms)
+                .await?;
+            let (outcome, cost_usd) = match applied {
+                CommitApplied::Unknown => (CommitOutcome::UnknownRequest, None),
+                CommitApplied::Duplicate { cost } => (CommitOutcome::Duplicate, cost),
+                CommitApplied::Committed { cost, hold, totals } => {
+                    self.metrics
+                        .committed(&hold.tenant_id, &hold.model_id, &c.usage, cost);
+                    self.metrics.remaining(&hold.tenant_id, totals.available());
+                    let threshold = match self.store.get_tenant(&hold.tenant_id).await? {
+                        Some(t) => t.alert_threshold,
+                        None => Decimal::ONE,
+                    };
+                    for kind in ledger::alerts_after_commit(
+                        totals.counters.spent_usd,
+                        totals.budget_usd,
+                        threshold,
+                        cost,
+                        self.settings.high_cost_threshold_usd,
+                    ) {
+                        self.fire(AlertRecord {
+                            tenant_id: hold.tenant_id.clone(),
+                            period: hold.period.clone(),
+                            kind,
+                            fired_at_ms: now_ms,
+                            spent_usd: totals.counters.spent_usd,
+                            budget_usd: totals.budget_usd,
+                            request_id: Some(c.request_id.clone()),
+                            cost_usd: Some(cost),
+                        })
+                        .await;
+                    }
+                    (CommitOutcome::Committed, Some(cost))
+                }
+            };
+            results.push(CommitResult {
+                request_id: c.request_id,
+                outcome,
+                cost_usd,
+            });
+        }
+        self.metrics.observe_commit(started.elapsed().as_secs_f64());
+        Ok(CommitResponse { results })
+    }
+
+    pub async fn release(&self, req: ReleaseRequest) -> Result<ReleaseResponse> {
+        let now_ms = to_millis(self.clock.now());
+        let released = self.store.release(&req.request_id, now_ms).await?;
+        if released {
+            tracing::debug!(request_id = %req.request_id, reason = %req.reason, "hold released");
+        }
+        Ok(ReleaseResponse { released })
+    }
+
+    /// Expires holds past their TTL; returns how many.
+    pub async fn sweep(&self) -> Result<u64> {
+        let n = self.store.expire_holds(to_millis(self.clock.now())).await?;
+        if n > 0 {
+            tracing::info!(expired = n, "expired stale holds");
+        }
+        Ok(n)
+    }
+
+    /// Records an alert once per (tenant, period, kind) and delivers it.
+    async fn fire(&self, alert: AlertRecord) {
+        match self.store.record_alert(&alert).await {
+            Ok(true) => {
+                self.metrics.alert(alert.kind.as_str());
+                self.alerter.deliver(&alert);
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "could not record alert"),
+        }
+    }
+
+    // ---------------------------------------------------------------- admin
+
+    pub fn current_period(&self, cfg: &TenantConfig) -> String {
+        ledger::period_key(cfg.reset_cycle, self.clock.now())
+    }
+
+    pub async fn put_tenant(&self, tenant_id: &str, input: TenantInput) -> Result<TenantConfig> {
+        validate_id("tenant_id", tenant_id)?;
+        if let Some(body_id) = &input.tenant_id {
+            if body_id != tenant_id {
+                return Err(Error::invalid(format!(
+                    "tenant_id {body_id:?} in the body does not match {tenant_id:?} in the path"
+                )));
+            }
+        }
+        if input.budget_usd < Decimal::ZERO {
+            return Err(Error::invalid("budget_usd must not be negative"));
+        }
+        let alert_threshold = input.alert_threshold.unwrap_or(Decimal::new(8, 1));
+        if alert_threshold < Decimal::ZERO || alert_threshold > Decimal::ONE {
+            return Err(Error::invalid("alert_threshold must be between 0 and 1"));
+        }
+        let reset_cycle = match input.reset_cycle.as_deref() {
+            None => ResetCycle::Monthly,
+            Some(s) => ResetCycle::parse(s).ok_or_else(|| {
+                Error::invalid(format!(
+                    "reset_cycle must be monthly, daily or none, got {s:?}"
+                ))
+            })?,
+        };
+        for m in input
+            .allowed_models
+            .iter()
+            .chain(input.default_model.iter())
+        {
+            pricing::validate_model_id(m)
+                .map_err(|e| Error::invalid(format!("allowed_models/default_model: {e}")))?;
+        }
+        if input.max_tokens_cap == Some(0) {
+            return Err(Error::invalid("max_tokens_cap must be at least 1"));
+        }
+        if input.rate_limit_rpm == Some(0) {
+            return Err(Error::invalid("rate_limit_rpm must be at least 1"));
+        }
+        let default_model = match &input.default_model {
+            Some(m) => Some(self.resolve_alias(m).await?),
+            None => None,
+        };
+        let cfg = TenantConfig {
+            tenant_id: tenant_id.to_string(),
+            budget_usd: input.budget_usd,
+            alert_threshold,
+            reset_cycle,
+            active: input.active.unwrap_or(true),
+            allowed_models: input.allowed_models,
+            default_model,
+            max_tokens_cap: input.max_tokens_cap,
+            rate_limit_rpm: input.rate_limit_rpm,
+        };
+        // Validate everything before writing anything.
+        for p in &input.profiles {
+            Self::check_profile(p)?;
+        }
+        for k in &input.keys {
+            if k.key.len() < 16 {
+                return Err(Error::invalid("keys[].key must be at least 16 characters"));
+            }
+            if let Some(a) = &k.application_id {
+                validate_id("keys[].application_id", a)?;
+            }
+        }
+        self.store
+            .put_tenant(&cfg, &self.current_period(&cfg))
+            .await?;
+        for p in input.profiles {
+            self.put_profile(tenant_id, p).await?;
+        }
+        for k in input.keys {
+            self.store
+                .insert_key(&ApiKeyRecord {
+                    key_id: keys::generate_key_id(),
+                    tenant_id: tenant_id.to_string(),
+                    application_id: k.application_id,
+                    key_hash: keys::hash_key(&k.key),
+                    created_at_ms: to_millis(self.clock.now()),
+                    revoked: false,
+                })
+                .await?;
+        }
+        Ok(cfg)
+    }
+
+    fn check_profile(p: &ProfileInput) -> Result<()> {
+        if let Some(a) = &p.application_id {
+            validate_id("application_id", a)?;
+        }
+        pricing::validate_model_id(&p.model).map_err(|e| Error::invalid(format!("model: {e}")))?;
+        pricing::validate_profile_arn(&p.arn).map_err(Error::invalid)?;
+        Ok(())
+    }
+
+    pub async fn require_tenant(&self, tenant_id: &str) -> Result<TenantConfig> {
+        self.store
+            .get_tenant(tenant_id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("tenant {tenant_id} not found")))
+    }
+
+    pub async fn tenant_details(&self, tenant_id: &str) -> Result<TenantDetails> {
+        let config = self.require_tenant(tenant_id).await?;
+        let period = self.current_period(&config);
+        let balance = self
+            .store
+            .balance(tenant_id, &period, config.budget_usd)
+            .await?;
+        Ok(TenantDetails {
+            balance,
+            alerts: self.store.list_alerts(tenant_id).await?,
+            profiles: self.store.list_profiles(tenant_id).await?,
+            keys: self.store.list_keys(tenant_id).await?,
+            config,
+        })
+    }
+
+    /// A period's balance (any period, for history).
+    pub async fn balance(&self, tenant_id: &str, period: &str) -> Result<Balance> {
+        let config = self.require_tenant(tenant_id).await?;
+        self.store
+            .balance(tenant_id, period, config.budget_usd)
+            .await
+    }
+
+    /// Issues a key; returns the record and the plaintext (shown once).
+    pub async fn issue_key(
+        &self,
+        tenant_id: &str,
+        application_id: Option<String>,
+    ) -> Result<(ApiKeyRecord, String)> {
+        self.require_tenant(tenant_id).await?;
+        if let Some(a) = &application_id {
+            validate_id("application_id", a)?;
+        }
+        let key = keys::generate_key();
+        let record = ApiKeyRecord {
+            key_id: keys::generate_key_id(),
+            tenant_id: tenant_id.to_string(),
+            application_id,
+            key_hash: keys::hash_key(&key),
+            created_at_ms: to_millis(self.clock.now()),
+            revoked: false,
+        };
+        if !self.store.insert_key(&record).await? {
+            return Err(Error::Internal("key collision, try again".into()));
+        }
+        Ok((record, key))
+    }
+
+    pub async fn revoke_key(&self, tenant_id: &str, key_id: &str) -> Result<()> {
+        let now_ms = to_millis(self.clock.now());
+        if self.store.revoke_key(tenant_id, key_id, now_ms).await? {
+            Ok(())
+        } else {
+            Err(Error::not_found(format!(
+                "key {key_id} of tenant {tenant_id} not found"
+            )))
+        }
+    }
+
+    pub async fn put_profile(&self, tenant_id: &str, input: ProfileInput) -> Result<Profile> {
+        self.require_tenant(tenant_id).await?;
+        Self::check_profile(&input)?;
+        let profile = Profile {
+            tenant_id: tenant_id.to_string(),
+            application_id: input.application_id,
+            model_id: self.resolve_alias(&input.model).await?,
+            arn: input.arn,
+        };
+        self.store.put_profile(&profile).await?;
+        Ok(profile)
+    }
+
+    pub async fn put_alias(&self, alias: &str, model_id: &str) -> Result<()> {
+        pricing::validate_model_id(alias).map_err(|e| Error::invalid(format!("alias: {e}")))?;
+        pricing::validate_model_id(model_id)
+            .map_err(|e| Error::invalid(format!("model_id: {e}")))?;
+        if pricing::is_arn(alias) {
+            return Err(Error::invalid("alias must not be an ARN"));
+        }
+        self.store.put_alias(alias, model_id).await
+    }
+}

@@ -1,0 +1,270 @@
+//! The ledger's storage interface and its records.
+//!
+//! Every method that changes a balance is **one atomic operation** (an SQLite
+//! `BEGIN IMMEDIATE` transaction here; one conditional `UpdateItem` in a DynamoDB
+//! store), so several sidecars could share one ledger.
+
+pub mod sqlite;
+
+use crate::error::Result;
+use crate::ledger::{AlertKind, ResetCycle};
+use crate::pricing::{ModelPrice, Rates};
+use async_trait::async_trait;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use tollgate_wire::api::{Attribution, Reservation, Usage};
+
+/// A tenant's configuration (`TenantConfigs` in the DynamoDB layout).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantConfig {
+    pub tenant_id: String,
+    pub budget_usd: Decimal,
+    pub alert_threshold: Decimal,
+    pub reset_cycle: ResetCycle,
+    pub active: bool,
+    pub allowed_models: Vec<String>,
+    pub default_model: Option<String>,
+    pub max_tokens_cap: Option<u64>,
+    pub rate_limit_rpm: Option<u32>,
+}
+
+/// (tenant, application, model) → application inference profile ARN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Profile {
+    pub tenant_id: String,
+    pub application_id: Option<String>,
+    /// Resolved model ID (aliases are resolved when the mapping is stored).
+    pub model_id: String,
+    pub arn: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    pub key_id: String,
+    pub tenant_id: String,
+    pub application_id: Option<String>,
+    /// Hex SHA-256 of the key.
+    #[serde(skip_serializing)]
+    pub key_hash: String,
+    pub created_at_ms: i64,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldState {
+    Open,
+    Committed,
+    Released,
+    Expired,
+}
+
+impl HoldState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Committed => "committed",
+            Self::Released => "released",
+            Self::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "open" => Self::Open,
+            "committed" => Self::Committed,
+            "released" => Self::Released,
+            "expired" => Self::Expired,
+            _ => return None,
+        })
+    }
+}
+
+/// A reservation's budget hold (one row per request id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub request_id: String,
+    pub tenant_id: String,
+    pub period: String,
+    pub model_id: String,
+    pub target_model: String,
+    pub attribution: Attribution,
+    pub max_output_tokens: u64,
+    pub hold_usd: Decimal,
+    /// Available budget right after the hold (replayed on duplicate reserves).
+    pub budget_remaining_usd: Decimal,
+    /// Price snapshot the commit is charged at.
+    pub rates: Rates,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub state: HoldState,
+}
+
+impl Hold {
+    pub fn reservation(&self) -> Reservation {
+        Reservation {
+            request_id: self.request_id.clone(),
+            tenant_id: self.tenant_id.clone(),
+            application_id: self.attribution.application_id.clone(),
+            model_id: self.model_id.clone(),
+            target_model: self.target_model.clone(),
+            max_output_tokens: self.max_output_tokens,
+            hold_usd: self.hold_usd,
+            budget_remaining_usd: self.budget_remaining_usd,
+        }
+    }
+}
+
+/// Outcome of [`Store::reserve`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReserveOutcome {
+    /// The hold was moved into `reserved`.
+    Admitted,
+    /// A hold with this request id already exists (idempotent replay).
+    Existing(Box<Hold>),
+    /// The hold does not fit.
+    Insufficient {
+        available: Decimal,
+        spent: Decimal,
+        budget: Decimal,
+    },
+}
+
+/// Outcome of [`Store::commit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitApplied {
+    Committed {
+        cost: Decimal,
+        hold: Box<Hold>,
+        /// The period's totals after the commit.
+        totals: Totals,
+    },
+    Duplicate {
+        cost: Option<Decimal>,
+    },
+    Unknown,
+}
+
+/// Token and request counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub spent_usd: Decimal,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_input_tokens: u64,
+    pub cache_write_input_tokens: u64,
+    pub requests: u64,
+}
+
+/// The `ALL` row of a tenant's period.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub period: String,
+    pub budget_usd: Decimal,
+    pub reserved_usd: Decimal,
+    pub counters: Counters,
+}
+
+impl Totals {
+    pub fn available(&self) -> Decimal {
+        crate::ledger::available(self.budget_usd, self.counters.spent_usd, self.reserved_usd)
+    }
+}
+
+/// A period's balance with its per-model breakdown.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Balance {
+    pub totals: Totals,
+    pub by_model: BTreeMap<String, Counters>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertRecord {
+    pub tenant_id: String,
+    pub period: String,
+    pub kind: AlertKind,
+    pub fired_at_ms: i64,
+    pub spent_usd: Decimal,
+    pub budget_usd: Decimal,
+    pub request_id: Option<String>,
+    pub cost_usd: Option<Decimal>,
+}
+
+/// One settled invocation (the usage log the reports are built from).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRecord {
+    pub request_id: String,
+    pub tenant_id: String,
+    pub model_id: String,
+    pub attribution: Attribution,
+    pub usage: Usage,
+    pub cost_usd: Decimal,
+    pub estimated: bool,
+    pub at_ms: i64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // --- configuration -------------------------------------------------------
+    /// Upserts a tenant. The current period's budget (if its row exists) follows
+    /// the new configured budget; earlier periods keep theirs.
+    async fn put_tenant(&self, cfg: &TenantConfig, current_period: &str) -> Result<()>;
+    async fn get_tenant(&self, tenant_id: &str) -> Result<Option<TenantConfig>>;
+    async fn list_tenants(&self) -> Result<Vec<TenantConfig>>;
+
+    async fn put_price(&self, price: &ModelPrice) -> Result<()>;
+    async fn get_price(&self, model_id: &str) -> Result<Option<ModelPrice>>;
+    async fn list_prices(&self) -> Result<Vec<ModelPrice>>;
+
+    async fn put_alias(&self, alias: &str, model_id: &str) -> Result<()>;
+    async fn get_alias(&self, alias: &str) -> Result<Option<String>>;
+    async fn list_aliases(&self) -> Result<BTreeMap<String, String>>;
+
+    async fn put_profile(&self, profile: &Profile) -> Result<()>;
+    async fn list_profiles(&self, tenant_id: &str) -> Result<Vec<Profile>>;
+
+    // --- keys ----------------------------------------------------------------
+    /// Inserts a key; returns false (and changes nothing) if its hash is known.
+    async fn insert_key(&self, key: &ApiKeyRecord) -> Result<bool>;
+    /// A non-revoked key by hash.
+    async fn find_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>>;
+    async fn list_keys(&self, tenant_id: &str) -> Result<Vec<ApiKeyRecord>>;
+    /// Returns false when no such key belongs to the tenant.
+    async fn revoke_key(&self, tenant_id: &str, key_id: &str, now_ms: i64) -> Result<bool>;
+
+    // --- ledger --------------------------------------------------------------
+    async fn get_hold(&self, request_id: &str) -> Result<Option<Hold>>;
+    /// Atomically: create the period row with `period_budget` if missing, check
+    /// `budget − spent − reserved ≥ hold`, add the hold to `reserved` and record
+    /// it (with `budget_remaining_usd` set to the available amount after it).
+    async fn reserve(&self, hold: &Hold, period_budget: Decimal) -> Result<ReserveOutcome>;
+    /// Atomically settles a hold at its price snapshot: `spent += cost`, and
+    /// `reserved −= hold` when it was still open. Idempotent per request id.
+    async fn commit(
+        &self,
+        request_id: &str,
+        usage: &Usage,
+        estimated: bool,
+        now_ms: i64,
+    ) -> Result<CommitApplied>;
+    /// Gives an open hold back; false when it was not open.
+    async fn release(&self, request_id: &str, now_ms: i64) -> Result<bool>;
+    /// Expires open holds whose expiry is ≤ now; returns how many.
+    async fn expire_holds(&self, now_ms: i64) -> Result<u64>;
+    /// A period's balance; a period without a row shows `default_budget` unspent.
+    async fn balance(
+        &self,
+        tenant_id: &str,
+        period: &str,
+        default_budget: Decimal,
+    ) -> Result<Balance>;
+
+    // --- alerts and reports ----------------------------------------------------
+    /// Records an alert unless one of the same (tenant, period, kind) exists;
+    /// returns whether it was recorded (and so must be delivered).
+    async fn record_alert(&self, alert: &AlertRecord) -> Result<bool>;
+    async fn list_alerts(&self, tenant_id: &str) -> Result<Vec<AlertRecord>>;
+    /// Usage rows with `from_ms ≤ at < to_ms`.
+    async fn usage(&self, from_ms: Option<i64>, to_ms: Option<i64>) -> Result<Vec<UsageRecord>>;
+}

@@ -1,0 +1,932 @@
+//! Embedded store: SQLite (WAL, `synchronous=FULL`) on local disk.
+//!
+//! One connection behind a mutex, used from `spawn_blocking`. Every balance change
+//! runs in a single `BEGIN IMMEDIATE` transaction, so the check-and-move of a hold
+//! is atomic even across processes sharing the file. Money is stored as decimal
+//! text and only ever added with `rust_decimal`.
+
+use super::*;
+use crate::error::Error;
+use crate::ledger::AlertKind;
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS tenants (
+    tenant_id TEXT PRIMARY KEY,
+    budget_usd TEXT NOT NULL,
+    alert_threshold TEXT NOT NULL,
+    reset_cycle TEXT NOT NULL,
+    active INTEGER NOT NULL,
+    allowed_models TEXT NOT NULL,
+    default_model TEXT,
+    max_tokens_cap INTEGER,
+    rate_limit_rpm INTEGER
+);
+CREATE TABLE IF NOT EXISTS pricing (
+    model_id TEXT PRIMARY KEY,
+    input TEXT NOT NULL,
+    output TEXT NOT NULL,
+    cache_read TEXT,
+    cache_write TEXT
+);
+CREATE TABLE IF NOT EXISTS aliases (
+    alias TEXT PRIMARY KEY,
+    model_id TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS profiles (
+    tenant_id TEXT NOT NULL,
+    application_id TEXT NOT NULL DEFAULT '',
+    model_id TEXT NOT NULL,
+    arn TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, application_id, model_id)
+);
+CREATE INDEX IF NOT EXISTS profiles_by_arn ON profiles (tenant_id, arn);
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id TEXT PRIMARY KEY,
+    key_hash TEXT NOT NULL UNIQUE,
+    tenant_id TEXT NOT NULL,
+    application_id TEXT,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+-- TenantBudgets: one row per (tenant, period, scope); scope 'ALL' is the tenant
+-- total (budget and reserved live there), other scopes are model IDs.
+CREATE TABLE IF NOT EXISTS budgets (
+    tenant_id TEXT NOT NULL,
+    period TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    budget_usd TEXT NOT NULL DEFAULT '0',
+    spent_usd TEXT NOT NULL DEFAULT '0',
+    reserved_usd TEXT NOT NULL DEFAULT '0',
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_read_input_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_write_input_tokens INTEGER NOT NULL DEFAULT 0,
+    requests INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant_id, period, scope)
+);
+CREATE TABLE IF NOT EXISTS holds (
+    request_id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    period TEXT NOT NULL,
+    model_id TEXT NOT NULL,
+    target_model TEXT NOT NULL,
+    application_id TEXT,
+    cost_center TEXT,
+    environment TEXT,
+    user_id TEXT,
+    max_output_tokens INTEGER NOT NULL,
+    hold_usd TEXT NOT NULL,
+    budget_remaining_usd TEXT NOT NULL,
+    rate_input TEXT NOT NULL,
+    rate_output TEXT NOT NULL,
+    rate_cache_read TEXT NOT NULL,
+    rate_cache_write TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    settled_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS holds_open_by_expiry ON holds (state, expires_at);
+CREATE TABLE IF NOT EXISTS usage (
+    request_id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    application_id TEXT,
+    model_id TEXT NOT NULL,
+    cost_center TEXT,
+    environment TEXT,
+    user_id TEXT,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cache_read_input_tokens INTEGER NOT NULL,
+    cache_write_input_tokens INTEGER NOT NULL,
+    cost_usd TEXT NOT NULL,
+    estimated INTEGER NOT NULL,
+    at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_by_time ON usage (at);
+CREATE TABLE IF NOT EXISTS alerts (
+    tenant_id TEXT NOT NULL,
+    period TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    fired_at INTEGER NOT NULL,
+    spent_usd TEXT NOT NULL,
+    budget_usd TEXT NOT NULL,
+    request_id TEXT,
+    cost_usd TEXT,
+    PRIMARY KEY (tenant_id, period, kind)
+);
+"#;
+
+/// Decimal column stored as text.
+struct Dec(Decimal);
+
+impl ToSql for Dec {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.0.to_string()))
+    }
+}
+
+impl FromSql for Dec {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let s = value.as_str()?;
+        s.parse::<Decimal>()
+            .map(Dec)
+            .map_err(|e| FromSqlError::Other(Box::new(e)))
+    }
+}
+
+fn dec(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<Decimal> {
+    Ok(row.get::<_, Dec>(idx)?.0)
+}
+
+fn opt_dec(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<Option<Decimal>> {
+    Ok(row.get::<_, Option<Dec>>(idx)?.map(|d| d.0))
+}
+
+fn u(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<u64> {
+    Ok(u64::try_from(row.get::<_, i64>(idx)?).unwrap_or(0))
+}
+
+fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the ledger file and its schema.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir)?;
+            }
+        }
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn with<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("store task failed: {e}")))?
+    }
+}
+
+const TENANT_COLS: &str = "tenant_id, budget_usd, alert_threshold, reset_cycle, active, allowed_models, default_model, max_tokens_cap, rate_limit_rpm";
+
+fn tenant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TenantConfig>> {
+    let cycle: String = row.get(3)?;
+    let allowed: String = row.get(5)?;
+    let built = (|| {
+        let reset_cycle = ResetCycle::parse(&cycle)
+            .ok_or_else(|| Error::Corrupt(format!("reset_cycle {cycle:?}")))?;
+        let allowed_models: Vec<String> = serde_json::from_str(&allowed)
+            .map_err(|e| Error::Corrupt(format!("allowed_models: {e}")))?;
+        Ok::<_, Error>((reset_cycle, allowed_models))
+    })();
+    let (reset_cycle, allowed_models) = match built {
+        Ok(v) => v,
+        Err(e) => return Ok(Err(e)),
+    };
+    Ok(Ok(TenantConfig {
+        tenant_id: row.get(0)?,
+        budget_usd: dec(row, 1)?,
+        alert_threshold: dec(row, 2)?,
+        reset_cycle,
+        active: row.get::<_, i64>(4)? != 0,
+        allowed_models,
+        default_model: row.get(6)?,
+        max_tokens_cap: row
+            .get::<_, Option<i64>>(7)?
+            .map(|v| u64::try_from(v).unwrap_or(0)),
+        rate_limit_rpm: row
+            .get::<_, Option<i64>>(8)?
+            .map(|v| u32::try_from(v).unwrap_or(0)),
+    }))
+}
+
+const HOLD_COLS: &str = "request_id, tenant_id, period, model_id, target_model, application_id, cost_center, environment, user_id, max_output_tokens, hold_usd, budget_remaining_usd, rate_input, rate_output, rate_cache_read, rate_cache_write, created_at, expires_at, state";
+
+fn hold_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Hold> {
+    let state: String = row.get(18)?;
+    let state = HoldState::parse(&state).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            18,
+            rusqlite::types::Type::Text,
+            format!("unknown hold state {state:?}").into(),
+        )
+    })?;
+    Ok(Hold {
+        request_id: row.get(0)?,
+        tenant_id: row.get(1)?,
+        period: row.get(2)?,
+        model_id: row.get(3)?,
+        target_model: row.get(4)?,
+        attribution: Attribution {
+            application_id: row.get(5)?,
+            cost_center: row.get(6)?,
+            environment: row.get(7)?,
+            user_id: row.get(8)?,
+        },
+        max_output_tokens: u(row, 9)?,
+        hold_usd: dec(row, 10)?,
+        budget_remaining_usd: dec(row, 11)?,
+        rates: Rates {
+            input: dec(row, 12)?,
+            output: dec(row, 13)?,
+            cache_read: dec(row, 14)?,
+            cache_write: dec(row, 15)?,
+        },
+        created_at_ms: row.get(16)?,
+        expires_at_ms: row.get(17)?,
+        state,
+    })
+}
+
+fn get_hold_tx(conn: &Connection, request_id: &str) -> Result<Option<Hold>> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {HOLD_COLS} FROM holds WHERE request_id = ?1"),
+            params![request_id],
+            hold_from_row,
+        )
+        .optional()?)
+}
+
+const BUDGET_COLS: &str = "budget_usd, spent_usd, reserved_usd, input_tokens, output_tokens, cache_read_input_tokens, cache_write_input_tokens, requests";
+
+fn totals_from_row(period: &str, row: &rusqlite::Row<'_>) -> rusqlite::Result<Totals> {
+    Ok(Totals {
+        period: period.to_string(),
+        budget_usd: dec(row, 0)?,
+        reserved_usd: dec(row, 2)?,
+        counters: Counters {
+            spent_usd: dec(row, 1)?,
+            input_tokens: u(row, 3)?,
+            output_tokens: u(row, 4)?,
+            cache_read_input_tokens: u(row, 5)?,
+            cache_write_input_tokens: u(row, 6)?,
+            requests: u(row, 7)?,
+        },
+    })
+}
+
+fn load_row(tx: &Connection, tenant: &str, period: &str, scope: &str) -> Result<Option<Totals>> {
+    Ok(tx
+        .query_row(
+            &format!(
+                "SELECT {BUDGET_COLS} FROM budgets WHERE tenant_id = ?1 AND period = ?2 AND scope = ?3"
+            ),
+            params![tenant, period, scope],
+            |row| totals_from_row(period, row),
+        )
+        .optional()?)
+}
+
+fn ensure_row(
+    tx: &Connection,
+    tenant: &str,
+    period: &str,
+    scope: &str,
+    budget: Decimal,
+) -> Result<()> {
+    tx.execute(
+        "INSERT OR IGNORE INTO budgets (tenant_id, period, scope, budget_usd) VALUES (?1, ?2, ?3, ?4)",
+        params![tenant, period, scope, Dec(budget)],
+    )?;
+    Ok(())
+}
+
+fn store_row(tx: &Connection, tenant: &str, scope: &str, t: &Totals) -> Result<()> {
+    let c = &t.counters;
+    tx.execute(
+        "UPDATE budgets SET spent_usd = ?4, reserved_usd = ?5, input_tokens = ?6, output_tokens = ?7,
+            cache_read_input_tokens = ?8, cache_write_input_tokens = ?9, requests = ?10
+         WHERE tenant_id = ?1 AND period = ?2 AND scope = ?3",
+        params![
+            tenant,
+            t.period,
+            scope,
+            Dec(c.spent_usd),
+            Dec(t.reserved_usd),
+            i(c.input_tokens),
+            i(c.output_tokens),
+            i(c.cache_read_input_tokens),
+            i(c.cache_write_input_tokens),
+            i(c.requests)
+        ],
+    )?;
+    Ok(())
+}
+
+fn add_usage(c: &mut Counters, usage: &Usage, cost: Decimal) {
+    c.spent_usd += cost;
+    c.input_tokens = c.input_tokens.saturating_add(usage.input_tokens);
+    c.output_tokens = c.output_tokens.saturating_add(usage.output_tokens);
+    c.cache_read_input_tokens = c
+        .cache_read_input_tokens
+        .saturating_add(usage.cache_read_input_tokens);
+    c.cache_write_input_tokens = c
+        .cache_write_input_tokens
+        .saturating_add(usage.cache_write_input_tokens);
+    c.requests = c.requests.saturating_add(1);
+}
+
+fn set_state(tx: &Transaction<'_>, request_id: &str, state: HoldState, now_ms: i64) -> Result<()> {
+    tx.execute(
+        "UPDATE holds SET state = ?2, settled_at = ?3 WHERE request_id = ?1",
+        params![request_id, state.as_str(), now_ms],
+    )?;
+    Ok(())
+}
+
+/// `reserved −= hold` on the hold's period row (never below zero).
+fn unreserve(tx: &Transaction<'_>, hold: &Hold) -> Result<()> {
+    if let Some(mut t) = load_row(tx, &hold.tenant_id, &hold.period, "ALL")? {
+        t.reserved_usd = (t.reserved_usd - hold.hold_usd).max(Decimal::ZERO);
+        store_row(tx, &hold.tenant_id, "ALL", &t)?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn put_tenant(&self, cfg: &TenantConfig, current_period: &str) -> Result<()> {
+        let cfg = cfg.clone();
+        let period = current_period.to_string();
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO tenants ({TENANT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                     ON CONFLICT (tenant_id) DO UPDATE SET budget_usd = excluded.budget_usd,
+                       alert_threshold = excluded.alert_threshold, reset_cycle = excluded.reset_cycle,
+                       active = excluded.active, allowed_models = excluded.allowed_models,
+                       default_model = excluded.default_model, max_tokens_cap = excluded.max_tokens_cap,
+                       rate_limit_rpm = excluded.rate_limit_rpm"
+                ),
+                params![
+                    cfg.tenant_id,
+                    Dec(cfg.budget_usd),
+                    Dec(cfg.alert_threshold),
+                    cfg.reset_cycle.as_str(),
+                    cfg.active,
+                    serde_json::to_string(&cfg.allowed_models)?,
+                    cfg.default_model,
+                    cfg.max_tokens_cap.map(i),
+                    cfg.rate_limit_rpm.map(i64::from),
+                ],
+            )?;
+            tx.execute(
+                "UPDATE budgets SET budget_usd = ?3 WHERE tenant_id = ?1 AND period = ?2 AND scope = 'ALL'",
+                params![cfg.tenant_id, period, Dec(cfg.budget_usd)],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_tenant(&self, tenant_id: &str) -> Result<Option<TenantConfig>> {
+        let id = tenant_id.to_string();
+        self.with(move |conn| {
+            conn.query_row(
+                &format!("SELECT {TENANT_COLS} FROM tenants WHERE tenant_id = ?1"),
+                params![id],
+                tenant_from_row,
+            )
+            .optional()?
+            .transpose()
+        })
+        .await
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<TenantConfig>> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {TENANT_COLS} FROM tenants ORDER BY tenant_id"
+            ))?;
+            let rows = stmt.query_map([], tenant_from_row)?;
+            let mut out = Vec::new();
+            for r in rows {
+                out.push(r??);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn put_price(&self, price: &ModelPrice) -> Result<()> {
+        let p = price.clone();
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT INTO pricing (model_id, input, output, cache_read, cache_write) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (model_id) DO UPDATE SET input = excluded.input, output = excluded.output,
+                   cache_read = excluded.cache_read, cache_write = excluded.cache_write",
+                params![
+                    p.model_id,
+                    Dec(p.input),
+                    Dec(p.output),
+                    p.cache_read.map(Dec),
+                    p.cache_write.map(Dec)
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_price(&self, model_id: &str) -> Result<Option<ModelPrice>> {
+        let id = model_id.to_string();
+        self.with(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT model_id, input, output, cache_read, cache_write FROM pricing WHERE model_id = ?1",
+                    params![id],
+                    price_from_row,
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn list_prices(&self) -> Result<Vec<ModelPrice>> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT model_id, input, output, cache_read, cache_write FROM pricing ORDER BY model_id",
+            )?;
+            let rows = stmt.query_map([], price_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn put_alias(&self, alias: &str, model_id: &str) -> Result<()> {
+        let (a, m) = (alias.to_string(), model_id.to_string());
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT INTO aliases (alias, model_id) VALUES (?1, ?2)
+                 ON CONFLICT (alias) DO UPDATE SET model_id = excluded.model_id",
+                params![a, m],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_alias(&self, alias: &str) -> Result<Option<String>> {
+        let a = alias.to_string();
+        self.with(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT model_id FROM aliases WHERE alias = ?1",
+                    params![a],
+                    |r| r.get(0),
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn list_aliases(&self) -> Result<BTreeMap<String, String>> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare("SELECT alias, model_id FROM aliases")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<rusqlite::Result<BTreeMap<_, _>>>()?)
+        })
+        .await
+    }
+
+    async fn put_profile(&self, profile: &Profile) -> Result<()> {
+        let p = profile.clone();
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT INTO profiles (tenant_id, application_id, model_id, arn) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (tenant_id, application_id, model_id) DO UPDATE SET arn = excluded.arn",
+                params![
+                    p.tenant_id,
+                    p.application_id.unwrap_or_default(),
+                    p.model_id,
+                    p.arn
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_profiles(&self, tenant_id: &str) -> Result<Vec<Profile>> {
+        let t = tenant_id.to_string();
+        self.with(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT tenant_id, application_id, model_id, arn FROM profiles WHERE tenant_id = ?1
+                 ORDER BY application_id, model_id",
+            )?;
+            let rows = stmt.query_map(params![t], |r| {
+                let app: String = r.get(1)?;
+                Ok(Profile {
+                    tenant_id: r.get(0)?,
+                    application_id: (!app.is_empty()).then_some(app),
+                    model_id: r.get(2)?,
+                    arn: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn insert_key(&self, key: &ApiKeyRecord) -> Result<bool> {
+        let k = key.clone();
+        self.with(move |conn| {
+            let n = conn.execute(
+                "INSERT OR IGNORE INTO api_keys (key_id, key_hash, tenant_id, application_id, created_at, revoked_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, NULL)",
+                params![k.key_id, k.key_hash, k.tenant_id, k.application_id, k.created_at_ms],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn find_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>> {
+        let h = key_hash.to_string();
+        self.with(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT key_id, key_hash, tenant_id, application_id, created_at, revoked_at FROM api_keys
+                     WHERE key_hash = ?1 AND revoked_at IS NULL",
+                    params![h],
+                    key_from_row,
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn list_keys(&self, tenant_id: &str) -> Result<Vec<ApiKeyRecord>> {
+        let t = tenant_id.to_string();
+        self.with(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT key_id, key_hash, tenant_id, application_id, created_at, revoked_at FROM api_keys
+                 WHERE tenant_id = ?1 ORDER BY created_at, key_id",
+            )?;
+            let rows = stmt.query_map(params![t], key_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn revoke_key(&self, tenant_id: &str, key_id: &str, now_ms: i64) -> Result<bool> {
+        let (t, k) = (tenant_id.to_string(), key_id.to_string());
+        self.with(move |conn| {
+            let exists: Option<i64> = conn
+                .query_row(
+                    "SELECT 1 FROM api_keys WHERE tenant_id = ?1 AND key_id = ?2",
+                    params![t, k],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            conn.execute(
+                "UPDATE api_keys SET revoked_at = ?3 WHERE tenant_id = ?1 AND key_id = ?2 AND revoked_at IS NULL",
+                params![t, k, now_ms],
+            )?;
+            Ok(exists.is_some())
+        })
+        .await
+    }
+
+    async fn get_hold(&self, request_id: &str) -> Result<Option<Hold>> {
+        let id = request_id.to_string();
+        self.with(move |conn| get_hold_tx(conn, &id)).await
+    }
+
+    async fn reserve(&self, hold: &Hold, period_budget: Decimal) -> Result<ReserveOutcome> {
+        let h = hold.clone();
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some(existing) = get_hold_tx(&tx, &h.request_id)? {
+                return Ok(ReserveOutcome::Existing(Box::new(existing)));
+            }
+            ensure_row(&tx, &h.tenant_id, &h.period, "ALL", period_budget)?;
+            let mut t = load_row(&tx, &h.tenant_id, &h.period, "ALL")?
+                .ok_or_else(|| Error::Internal("period row vanished".into()))?;
+            let available = t.available();
+            if !crate::ledger::admits(available, h.hold_usd) {
+                return Ok(ReserveOutcome::Insufficient {
+                    available,
+                    spent: t.counters.spent_usd,
+                    budget: t.budget_usd,
+                });
+            }
+            t.reserved_usd += h.hold_usd;
+            store_row(&tx, &h.tenant_id, "ALL", &t)?;
+            let remaining = t.available();
+            tx.execute(
+                &format!(
+                    "INSERT INTO holds ({HOLD_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
+                     ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
+                ),
+                params![
+                    h.request_id,
+                    h.tenant_id,
+                    h.period,
+                    h.model_id,
+                    h.target_model,
+                    h.attribution.application_id,
+                    h.attribution.cost_center,
+                    h.attribution.environment,
+                    h.attribution.user_id,
+                    i(h.max_output_tokens),
+                    Dec(h.hold_usd),
+                    Dec(remaining),
+                    Dec(h.rates.input),
+                    Dec(h.rates.output),
+                    Dec(h.rates.cache_read),
+                    Dec(h.rates.cache_write),
+                    h.created_at_ms,
+                    h.expires_at_ms,
+                    HoldState::Open.as_str(),
+                ],
+            )?;
+            tx.commit()?;
+            Ok(ReserveOutcome::Admitted)
+        })
+        .await
+    }
+
+    async fn commit(
+        &self,
+        request_id: &str,
+        usage: &Usage,
+        estimated: bool,
+        now_ms: i64,
+    ) -> Result<CommitApplied> {
+        let id = request_id.to_string();
+        let usage = *usage;
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let Some(hold) = get_hold_tx(&tx, &id)? else {
+                return Ok(CommitApplied::Unknown);
+            };
+            if hold.state == HoldState::Committed {
+                let cost: Option<Dec> = tx
+                    .query_row(
+                        "SELECT cost_usd FROM usage WHERE request_id = ?1",
+                        params![id],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                return Ok(CommitApplied::Duplicate {
+                    cost: cost.map(|c| c.0),
+                });
+            }
+            let cost = hold.rates.cost(&usage).map_err(|_| {
+                Error::invalid(format!("usage of request {id} overflows the cost arithmetic"))
+            })?;
+            ensure_row(&tx, &hold.tenant_id, &hold.period, "ALL", Decimal::ZERO)?;
+            let mut total = load_row(&tx, &hold.tenant_id, &hold.period, "ALL")?
+                .ok_or_else(|| Error::Internal("period row vanished".into()))?;
+            if hold.state == HoldState::Open {
+                total.reserved_usd = (total.reserved_usd - hold.hold_usd).max(Decimal::ZERO);
+            }
+            add_usage(&mut total.counters, &usage, cost);
+            store_row(&tx, &hold.tenant_id, "ALL", &total)?;
+            ensure_row(&tx, &hold.tenant_id, &hold.period, &hold.model_id, Decimal::ZERO)?;
+            let mut per_model = load_row(&tx, &hold.tenant_id, &hold.period, &hold.model_id)?
+                .ok_or_else(|| Error::Internal("model row vanished".into()))?;
+            add_usage(&mut per_model.counters, &usage, cost);
+            store_row(&tx, &hold.tenant_id, &hold.model_id, &per_model)?;
+            set_state(&tx, &id, HoldState::Committed, now_ms)?;
+            let a = &hold.attribution;
+            tx.execute(
+                "INSERT INTO usage (request_id, tenant_id, application_id, model_id, cost_center, environment,
+                   user_id, input_tokens, output_tokens, cache_read_input_tokens, cache_write_input_tokens,
+                   cost_usd, estimated, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                params![
+                    id,
+                    hold.tenant_id,
+                    a.application_id,
+                    hold.model_id,
+                    a.cost_center,
+                    a.environment,
+                    a.user_id,
+                    i(usage.input_tokens),
+                    i(usage.output_tokens),
+                    i(usage.cache_read_input_tokens),
+                    i(usage.cache_write_input_tokens),
+                    Dec(cost),
+                    estimated,
+                    now_ms
+                ],
+            )?;
+            tx.commit()?;
+            Ok(CommitApplied::Committed {
+                cost,
+                hold: Box::new(hold),
+                totals: total,
+            })
+        })
+        .await
+    }
+
+    async fn release(&self, request_id: &str, now_ms: i64) -> Result<bool> {
+        let id = request_id.to_string();
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let Some(hold) = get_hold_tx(&tx, &id)? else {
+                return Ok(false);
+            };
+            if hold.state != HoldState::Open {
+                return Ok(false);
+            }
+            unreserve(&tx, &hold)?;
+            set_state(&tx, &id, HoldState::Released, now_ms)?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn expire_holds(&self, now_ms: i64) -> Result<u64> {
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let holds = {
+                let mut stmt = tx.prepare(&format!(
+                    "SELECT {HOLD_COLS} FROM holds WHERE state = 'open' AND expires_at <= ?1"
+                ))?;
+                let rows = stmt.query_map(params![now_ms], hold_from_row)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()?
+            };
+            for hold in &holds {
+                unreserve(&tx, hold)?;
+                set_state(&tx, &hold.request_id, HoldState::Expired, now_ms)?;
+            }
+            tx.commit()?;
+            Ok(holds.len() as u64)
+        })
+        .await
+    }
+
+    async fn balance(
+        &self,
+        tenant_id: &str,
+        period: &str,
+        default_budget: Decimal,
+    ) -> Result<Balance> {
+        let (t, p) = (tenant_id.to_string(), period.to_string());
+        self.with(move |conn| {
+            let totals = load_row(conn, &t, &p, "ALL")?.unwrap_or_else(|| Totals {
+                period: p.clone(),
+                budget_usd: default_budget,
+                ..Default::default()
+            });
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {BUDGET_COLS}, scope FROM budgets WHERE tenant_id = ?1 AND period = ?2 AND scope <> 'ALL'"
+            ))?;
+            let rows = stmt.query_map(params![t, p], |row| {
+                Ok((row.get::<_, String>(8)?, totals_from_row(&p, row)?.counters))
+            })?;
+            let by_model = rows.collect::<rusqlite::Result<BTreeMap<_, _>>>()?;
+            Ok(Balance { totals, by_model })
+        })
+        .await
+    }
+
+    async fn record_alert(&self, alert: &AlertRecord) -> Result<bool> {
+        let a = alert.clone();
+        self.with(move |conn| {
+            let n = conn.execute(
+                "INSERT OR IGNORE INTO alerts (tenant_id, period, kind, fired_at, spent_usd, budget_usd, request_id, cost_usd)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    a.tenant_id,
+                    a.period,
+                    a.kind.as_str(),
+                    a.fired_at_ms,
+                    Dec(a.spent_usd),
+                    Dec(a.budget_usd),
+                    a.request_id,
+                    a.cost_usd.map(Dec)
+                ],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn list_alerts(&self, tenant_id: &str) -> Result<Vec<AlertRecord>> {
+        let t = tenant_id.to_string();
+        self.with(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT tenant_id, period, kind, fired_at, spent_usd, budget_usd, request_id, cost_usd
+                 FROM alerts WHERE tenant_id = ?1 ORDER BY fired_at, kind",
+            )?;
+            let rows = stmt.query_map(params![t], |r| {
+                let kind: String = r.get(2)?;
+                Ok((
+                    kind,
+                    AlertRecord {
+                        tenant_id: r.get(0)?,
+                        period: r.get(1)?,
+                        kind: AlertKind::Threshold,
+                        fired_at_ms: r.get(3)?,
+                        spent_usd: dec(r, 4)?,
+                        budget_usd: dec(r, 5)?,
+                        request_id: r.get(6)?,
+                        cost_usd: opt_dec(r, 7)?,
+                    },
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (kind, mut rec) = row?;
+                rec.kind = AlertKind::parse(&kind)
+                    .ok_or_else(|| Error::Corrupt(format!("alert kind {kind:?}")))?;
+                out.push(rec);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn usage(&self, from_ms: Option<i64>, to_ms: Option<i64>) -> Result<Vec<UsageRecord>> {
+        self.with(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT request_id, tenant_id, application_id, model_id, cost_center, environment, user_id,
+                   input_tokens, output_tokens, cache_read_input_tokens, cache_write_input_tokens,
+                   cost_usd, estimated, at
+                 FROM usage WHERE at >= ?1 AND at < ?2 ORDER BY at",
+            )?;
+            let rows = stmt.query_map(
+                params![from_ms.unwrap_or(i64::MIN), to_ms.unwrap_or(i64::MAX)],
+                |r| {
+                    Ok(UsageRecord {
+                        request_id: r.get(0)?,
+                        tenant_id: r.get(1)?,
+                        attribution: Attribution {
+                            application_id: r.get(2)?,
+                            cost_center: r.get(4)?,
+                            environment: r.get(5)?,
+                            user_id: r.get(6)?,
+                        },
+                        model_id: r.get(3)?,
+                        usage: Usage {
+                            input_tokens: u(r, 7)?,
+                            output_tokens: u(r, 8)?,
+                            cache_read_input_tokens: u(r, 9)?,
+                            cache_write_input_tokens: u(r, 10)?,
+                        },
+                        cost_usd: dec(r, 11)?,
+                        estimated: r.get::<_, i64>(12)? != 0,
+                        at_ms: r.get(13)?,
+                    })
+                },
+            )?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+}
+
+fn price_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ModelPrice> {
+    Ok(ModelPrice {
+        model_id: r.get(0)?,
+        input: dec(r, 1)?,
+        output: dec(r, 2)?,
+        cache_read: opt_dec(r, 3)?,
+        cache_write: opt_dec(r, 4)?,
+    })
+}
+
+fn key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKeyRecord> {
+    Ok(ApiKeyRecord {
+        key_id: r.get(0)?,
+        key_hash: r.get(1)?,
+        tenant_id: r.get(2)?,
+        application_id: r.get(3)?,
+        created_at_ms: r.get(4)?,
+        revoked: r.get::<_, Option<i64>>(5)?.is_some(),
+    })
+}

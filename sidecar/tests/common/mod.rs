@@ -1,0 +1,243 @@
+//! In-process sidecar on an ephemeral loopback port with a temp SQLite file.
+#![allow(dead_code)]
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use time::macros::datetime;
+use tollgate_sidecar::clock::ManualClock;
+use tollgate_sidecar::server::{build, Options};
+use tollgate_sidecar::service::{Service, Settings};
+
+pub const TOKEN: &str = "test-admin-token";
+pub const SONNET: &str = "anthropic.claude-3-sonnet-20240229-v1:0";
+pub const HAIKU: &str = "anthropic.claude-3-haiku-20240307-v1:0";
+
+pub struct TestSidecar {
+    pub url: String,
+    pub http: reqwest::Client,
+    pub service: Arc<Service>,
+    pub clock: Arc<ManualClock>,
+    pub db: PathBuf,
+    server: tokio::task::JoinHandle<()>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for TestSidecar {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+#[derive(Default)]
+pub struct Setup {
+    pub settings: Settings,
+    pub webhooks: Vec<String>,
+    pub seed: Option<PathBuf>,
+}
+
+impl TestSidecar {
+    pub async fn start() -> Self {
+        Self::start_with(Setup::default()).await
+    }
+
+    pub async fn start_with(setup: Setup) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("ledger.db");
+        let mut s = Self::open(&db, setup).await;
+        s._dir = Some(dir);
+        s
+    }
+
+    /// Opens (or reopens) a sidecar on an existing database path.
+    pub async fn open(db: &Path, setup: Setup) -> Self {
+        let clock = Arc::new(ManualClock::new(datetime!(2026-11-23 12:00 UTC)));
+        let opts = Options {
+            db: db.to_path_buf(),
+            seed: setup.seed,
+            settings: setup.settings,
+            webhooks: setup.webhooks,
+            admin_token: TOKEN.to_string(),
+            clock: clock.clone(),
+        };
+        let sidecar = build(&opts).await.expect("build sidecar");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let router = sidecar.router;
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        let me = Self {
+            url: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+            service: sidecar.service,
+            clock,
+            db: db.to_path_buf(),
+            server,
+            _dir: None,
+        };
+        me.base_config().await;
+        me
+    }
+
+    async fn base_config(&self) {
+        for (alias, id) in [("claude-3-sonnet", SONNET), ("claude-3-haiku", HAIKU)] {
+            let (st, _) = self
+                .admin(
+                    "PUT",
+                    &format!("/v1/aliases/{alias}"),
+                    Some(json!({"model_id": id})),
+                )
+                .await;
+            assert_eq!(st, StatusCode::OK);
+        }
+        let (st, _) = self
+            .admin(
+                "PUT",
+                &format!("/v1/pricing/{SONNET}"),
+                Some(json!({"input": "3.00", "output": "15.00"})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK);
+        let (st, _) = self
+            .admin(
+                "PUT",
+                &format!("/v1/pricing/{HAIKU}"),
+                Some(json!({"input": 0.25, "output": 1.25, "cache_read": "0.03", "cache_write": "0.30"})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK);
+    }
+
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, String) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(method, format!("{}{}", self.url, path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("send");
+        let status = resp.status();
+        (status, resp.text().await.expect("body"))
+    }
+
+    /// Sends a literal JSON text with the admin token.
+    pub async fn raw_text(&self, method: &str, path: &str, body: &str) -> (StatusCode, String) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let resp = self
+            .http
+            .request(method, format!("{}{}", self.url, path))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("send");
+        let status = resp.status();
+        (status, resp.text().await.expect("body"))
+    }
+
+    pub async fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let (st, text) = self.raw(method, path, Some(TOKEN), body).await;
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (st, v)
+    }
+
+    pub async fn data(&self, path: &str, body: Value) -> Value {
+        let (st, text) = self.raw("POST", path, None, Some(body)).await;
+        assert_eq!(st, StatusCode::OK, "{path}: {text}");
+        serde_json::from_str(&text).expect("json")
+    }
+
+    /// Creates a tenant; returns a fresh bearer key for it.
+    pub async fn tenant(&self, id: &str, extra: Value) -> String {
+        let mut body =
+            json!({"budget_usd": "10.00", "alert_threshold": "0.8", "reset_cycle": "monthly"});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        let (st, v) = self
+            .admin("PUT", &format!("/v1/tenants/{id}"), Some(body))
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        let (st, v) = self
+            .admin(
+                "POST",
+                &format!("/v1/tenants/{id}/keys"),
+                Some(json!({"application_id": null})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{v}");
+        v["key"].as_str().expect("key").to_string()
+    }
+
+    pub async fn reserve(
+        &self,
+        request_id: &str,
+        key: &str,
+        model: &str,
+        input: u64,
+        max_out: Option<u64>,
+    ) -> Value {
+        let mut body = json!({
+            "request_id": request_id,
+            "credential": {"type": "bearer", "key": key},
+            "operation": "converse",
+            "model": model,
+            "input_tokens_estimate": input,
+        });
+        if let Some(m) = max_out {
+            body["max_output_tokens"] = json!(m);
+        }
+        self.data("/v1/reserve", body).await
+    }
+
+    pub async fn commit(&self, request_id: &str, input: u64, output: u64) -> Value {
+        self.data(
+            "/v1/commit",
+            json!({"commits": [{"request_id": request_id, "usage": {"input_tokens": input, "output_tokens": output}}]}),
+        )
+        .await
+    }
+
+    pub async fn balance(&self, tenant: &str) -> Value {
+        let (st, v) = self
+            .admin("GET", &format!("/v1/tenants/{tenant}"), None)
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        v
+    }
+}
+
+pub fn dec(v: &Value) -> rust_decimal::Decimal {
+    v.as_str()
+        .unwrap_or_else(|| panic!("not a decimal string: {v}"))
+        .parse()
+        .expect("decimal")
+}
+
+pub fn d(s: &str) -> rust_decimal::Decimal {
+    s.parse().expect("decimal")
+}

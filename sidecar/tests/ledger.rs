@@ -1,0 +1,774 @@
+//! End-to-end ledger behaviour through the HTTP API.
+
+mod common;
+
+use common::*;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use time::macros::datetime;
+use tollgate_sidecar::service::Settings;
+
+const ARN_A: &str =
+    "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/tenantasonnet";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reserve_then_commit_charges_exactly() {
+    let s = TestSidecar::start().await;
+    let key = s.tenant("acme", json!({})).await;
+
+    let r = s
+        .reserve("req-1", &key, "claude-3-sonnet", 1234, Some(567))
+        .await;
+    assert_eq!(r["decision"], "allow", "{r}");
+    assert_eq!(r["tenant_id"], "acme");
+    assert_eq!(r["model_id"], SONNET);
+    assert_eq!(r["target_model"], SONNET);
+    assert_eq!(r["max_output_tokens"], 567);
+    assert_eq!(r["hold_usd"], "0.012207");
+    assert_eq!(dec(&r["budget_remaining_usd"]), d("9.987793"));
+
+    let b = s.balance("acme").await;
+    assert_eq!(dec(&b["balance"]["reserved_usd"]), d("0.012207"));
+
+    let c = s.commit("req-1", 1000, 500).await;
+    assert_eq!(c["results"][0]["outcome"], "committed", "{c}");
+    assert_eq!(c["results"][0]["cost_usd"], "0.0105");
+
+    let b = s.balance("acme").await;
+    let bal = &b["balance"];
+    assert_eq!(bal["period"], "2026-11");
+    assert_eq!(dec(&bal["budget_usd"]), d("10"));
+    assert_eq!(dec(&bal["spent_usd"]), d("0.0105"));
+    assert_eq!(dec(&bal["reserved_usd"]), d("0"));
+    assert_eq!(dec(&bal["available_usd"]), d("9.9895"));
+    assert_eq!(bal["input_tokens"], 1000);
+    assert_eq!(bal["output_tokens"], 500);
+    assert_eq!(bal["requests"], 1);
+    assert_eq!(dec(&bal["by_model"][SONNET]["spent_usd"]), d("0.0105"));
+    assert_eq!(bal["by_model"][SONNET]["requests"], 1);
+
+    // Usage report, JSON and CSV.
+    let (st, u) = s
+        .admin("GET", "/v1/usage?group_by=tenant,model", None)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{u}");
+    assert_eq!(u["rows"][0]["tenant"], "acme");
+    assert_eq!(u["rows"][0]["model"], SONNET);
+    assert_eq!(u["rows"][0]["requests"], 1);
+    assert_eq!(u["rows"][0]["cost_usd"], "0.0105");
+    let (st, csv) = s
+        .raw(
+            "GET",
+            "/v1/usage?group_by=tenant&format=csv",
+            Some(TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(csv.starts_with("tenant,requests,"), "{csv}");
+    assert!(csv.contains("acme,1,0,1000,500,0,0,0.0105"), "{csv}");
+    let (st, u) = s
+        .admin("GET", "/v1/usage?from=2026-12-01T00:00:00Z", None)
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(u["rows"].as_array().map(Vec::len), Some(0));
+    let (st, _) = s.admin("GET", "/v1/usage?group_by=planet", None).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+
+    // Metrics saw it.
+    let (st, m) = s.raw("GET", "/metrics", None, None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(
+        m.contains(r#"tollgate_requests_total{tenant="acme",outcome="approved"} 1"#),
+        "{m}"
+    );
+    assert!(m.contains("tollgate_tokens_total"), "{m}");
+    assert!(m.contains("tollgate_cost_usd_total"), "{m}");
+    assert!(m.contains("tollgate_budget_remaining_usd"), "{m}");
+    assert!(m.contains("tollgate_reserve_seconds"), "{m}");
+    assert!(m.contains("tollgate_commit_seconds"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reserve_is_idempotent_and_commit_duplicates_are_noops() {
+    let s = TestSidecar::start().await;
+    let key = s.tenant("acme", json!({})).await;
+    let first = s.reserve("req-1", &key, SONNET, 100, Some(100)).await;
+    let again = s.reserve("req-1", &key, SONNET, 100, Some(100)).await;
+    assert_eq!(first, again);
+    let b = s.balance("acme").await;
+    assert_eq!(dec(&b["balance"]["reserved_usd"]), d("0.0018"));
+
+    assert_eq!(
+        s.commit("req-1", 10, 10).await["results"][0]["outcome"],
+        "committed"
+    );
+    let dup = s.commit("req-1", 999, 999).await;
+    assert_eq!(dup["results"][0]["outcome"], "duplicate");
+    assert_eq!(dup["results"][0]["cost_usd"], "0.00018");
+    let b = s.balance("acme").await;
+    assert_eq!(dec(&b["balance"]["spent_usd"]), d("0.00018"));
+    assert_eq!(b["balance"]["requests"], 1);
+
+    let unknown = s.commit("nope", 1, 1).await;
+    assert_eq!(unknown["results"][0]["outcome"], "unknown_request");
+    assert!(unknown["results"][0].get("cost_usd").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn release_returns_the_hold() {
+    let s = TestSidecar::start().await;
+    let key = s.tenant("acme", json!({})).await;
+    s.reserve("req-1", &key, SONNET, 1000, Some(1000)).await;
+    let rel = s
+        .data(
+            "/v1/release",
+            json!({"request_id": "req-1", "reason": "upstream 500"}),
+        )
+        .await;
+    assert_eq!(rel, json!({"released": true}));
+    let again = s
+        .data(
+            "/v1/release",
+            json!({"request_id": "req-1", "reason": "retry"}),
+        )
+        .await;
+    assert_eq!(again, json!({"released": false}));
+    let b = s.balance("acme").await;
+    assert_eq!(dec(&b["balance"]["reserved_usd"]), d("0"));
+    assert_eq!(dec(&b["balance"]["available_usd"]), d("10"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exhausted_budget_is_402_with_available_amount() {
+    let s = TestSidecar::start().await;
+    let key = s.tenant("acme", json!({"budget_usd": "0.01"})).await;
+    // 100 in + 500 out of Sonnet = 0.0003 + 0.0075 = 0.0078.
+    assert_eq!(
+        s.reserve("r1", &key, SONNET, 100, Some(500)).await["decision"],
+        "allow"
+    );
+    let r = s.reserve("r2", &key, SONNET, 100, Some(500)).await;
+    assert_eq!(r["decision"], "deny", "{r}");
+    assert_eq!(r["status"], 402);
+    assert_eq!(r["error_type"], "BudgetExceededException");
+    assert_eq!(
+        r["message"],
+        "Budget exhausted for tenant acme: available $0.0022, this request needs up to $0.0078"
+    );
+    let b = s.balance("acme").await;
+    let alerts = b["alerts"].as_array().expect("alerts");
+    assert_eq!(alerts.len(), 1, "{b}");
+    assert_eq!(alerts[0]["kind"], "exhausted");
+    // Once per period.
+    s.reserve("r3", &key, SONNET, 100, Some(500)).await;
+    assert_eq!(
+        s.balance("acme").await["alerts"].as_array().map(Vec::len),
+        Some(1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn concurrent_cycles_never_exceed_the_budget() {
+    let s = Arc::new(TestSidecar::start().await);
+    // Each hold: 100 in (0.0003) + 100 out (0.0015) = 0.0018; 50 fit in 0.09.
+    let key = s.tenant("tight", json!({"budget_usd": "0.09"})).await;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let s = s.clone();
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            let id = format!("c-{i}");
+            let r = s.reserve(&id, &key, SONNET, 100, Some(100)).await;
+            if r["decision"] == "allow" {
+                let c = s.commit(&id, 100, 100).await;
+                assert_eq!(c["results"][0]["outcome"], "committed");
+                true
+            } else {
+                assert_eq!(r["status"], 402, "{r}");
+                false
+            }
+        }));
+    }
+    let mut admitted = 0;
+    for t in tasks {
+        if t.await.expect("task") {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 50);
+    let b = s.balance("tight").await;
+    let bal = &b["balance"];
+    let (budget, spent, reserved, available) = (
+        dec(&bal["budget_usd"]),
+        dec(&bal["spent_usd"]),
+        dec(&bal["reserved_usd"]),
+        dec(&bal["available_usd"]),
+    );
+    assert!(spent <= budget);
+    assert_eq!(spent, d("0.09"));
+    assert_eq!(spent + reserved + available, budget);
+    assert_eq!(bal["requests"], 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn late_commit_after_expiry_debits_once() {
+    let s = TestSidecar::start_with(Setup {
+        settings: Settings {
+            hold_ttl_secs: 60,
+            ..Settings::default()
+        },
+        ..Setup::default()
+    })
+    .await;
+    let key = s.tenant("acme", json!({})).await;
+    s.reserve("late", &key, SONNET, 1000, Some(1000)).await;
+    assert_eq!(
+        s.service.sweep().await.expect("sweep"),
+        0,
+        "not yet expired"
+    );
+    s.clock.advance(time::Duration::seconds(61));
+    assert_eq!(s.service.sweep().await.expect("sweep"), 1);
+    let b = s.balance("acme").await;
+    assert_eq!(dec(&b["balance"]["reserved_usd"]), d("0"));
+    // The hold is gone, so release is a no-op, but the commit still debits once.
+    let rel = s
+        .data("/v1/release", json!({"request_id": "late", "reason": "x"}))
+        .await;
+    assert_eq!(rel["released"], false);
+    assert_eq!(
+        s.commit("late", 1000, 1000).await["results"][0]["outcome"],
+        "committed"
+    );
+    assert_eq!(
+        s.commit("late", 1000, 1000).await["results"][0]["outcome"],
+        "duplicate"
+    );
+    let b = s.balance("acme").await;
+    assert_eq!(dec(&b["balance"]["spent_usd"]), d("0.018"));
+    assert_eq!(dec(&b["balance"]["reserved_usd"]), d("0"));
+    assert_eq!(dec(&b["balance"]["available_usd"]), d("9.982"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revoked_keys_stop_working_and_missing_credentials_are_401() {
+    let s = TestSidecar::start().await;
+    let key = s.tenant("acme", json!({})).await;
+    assert!(key.starts_with("tg_"));
+    assert_eq!(
+        s.reserve("a", &key, SONNET, 1, Some(1)).await["decision"],
+        "allow"
+    );
+    let b = s.balance("acme").await;
+    let key_id = b["keys"][0]["key_id"].as_str().expect("key id").to_string();
+    assert!(
+        b.to_string().find(&key).is_none(),
+        "the key itself is never shown again"
+    );
+
+    let (st, _) = s
+        .admin("DELETE", &format!("/v1/tenants/acme/keys/{key_id}"), None)
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let r = s.reserve("b", &key, SONNET, 1, Some(1)).await;
+    assert_eq!(r["decision"], "deny");
+    assert_eq!(r["status"], 403);
+    assert_eq!(r["error_type"], "UnrecognizedClientException");
+    assert_eq!(
+        r["message"],
+        "The security token included in the request is invalid."
+    );
+    let (st, _) = s
+        .admin("DELETE", "/v1/tenants/acme/keys/key_doesnotexist", None)
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+
+    let r = s
+        .data(
+            "/v1/reserve",
+            json!({"request_id": "c", "credential": {"type": "none"}, "operation": "converse",
+                   "model": SONNET, "input_tokens_estimate": 1}),
+        )
+        .await;
+    assert_eq!(r["status"], 401);
+    assert_eq!(r["error_type"], "UnrecognizedClientException");
+    assert!(r["message"]
+        .as_str()
+        .is_some_and(|m| m.starts_with("Missing credential")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn application_keys_and_profiles_route_to_arns() {
+    let s = TestSidecar::start().await;
+    let key_a = s
+        .tenant(
+            "tenant-a",
+            json!({"profiles": [{"model": "claude-3-sonnet", "arn": ARN_A}]}),
+        )
+        .await;
+    let key_b = s.tenant("tenant-b", json!({})).await;
+
+    // Tenant A by alias: routed to its profile.
+    let r = s
+        .reserve("a1", &key_a, "claude-3-sonnet", 10, Some(10))
+        .await;
+    assert_eq!(r["target_model"], ARN_A, "{r}");
+    assert_eq!(r["model_id"], SONNET);
+    // Tenant A by its own ARN: priced as the mapped base model.
+    let r = s.reserve("a2", &key_a, ARN_A, 10, Some(10)).await;
+    assert_eq!(r["decision"], "allow", "{r}");
+    assert_eq!(r["model_id"], SONNET);
+    assert_eq!(r["target_model"], ARN_A);
+    // Tenant B may not use tenant A's ARN.
+    let r = s.reserve("b1", &key_b, ARN_A, 10, Some(10)).await;
+    assert_eq!(r["decision"], "deny");
+    assert_eq!(r["status"], 403);
+    assert_eq!(r["error_type"], "AccessDeniedException");
+
+    // An application-bound key overrides attribution and picks the app's profile.
+    let app_arn = "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/appchat";
+    let (st, v) = s
+        .admin(
+            "PUT",
+            "/v1/tenants/tenant-a/profiles",
+            Some(json!({"application_id": "chat", "model": SONNET, "arn": app_arn})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (st, v) = s
+        .admin(
+            "POST",
+            "/v1/tenants/tenant-a/keys",
+            Some(json!({"application_id": "chat"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    assert_eq!(v["application_id"], "chat");
+    let app_key = v["key"].as_str().expect("key").to_string();
+    let r = s
+        .data(
+            "/v1/reserve",
+            json!({"request_id": "a3", "credential": {"type": "bearer", "key": app_key},
+                   "operation": "converse-stream", "model": "claude-3-sonnet",
+                   "attribution": {"application_id": "spoofed", "cost_center": "cc-1"},
+                   "input_tokens_estimate": 1, "max_output_tokens": 1}),
+        )
+        .await;
+    assert_eq!(r["application_id"], "chat", "{r}");
+    assert_eq!(r["target_model"], app_arn);
+
+    // Bad ARN format is refused by the admin API.
+    let (st, v) = s
+        .admin(
+            "PUT",
+            "/v1/tenants/tenant-a/profiles",
+            Some(json!({"model": SONNET, "arn": "arn:aws:bedrock:us-east-1:1:foo/bar"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert!(
+        v["message"].as_str().is_some_and(|m| m.contains("arn")),
+        "{v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn model_rules_rate_limits_and_inactive_tenants() {
+    let s = TestSidecar::start().await;
+    let key = s
+        .tenant(
+            "acme",
+            json!({"allowed_models": ["claude-3-haiku"], "max_tokens_cap": 1000, "rate_limit_rpm": 3}),
+        )
+        .await;
+    // Allowed by alias in the list, requested by full ID; cap clamps max tokens.
+    let r = s.reserve("m1", &key, HAIKU, 100, None).await;
+    assert_eq!(r["decision"], "allow", "{r}");
+    assert_eq!(r["max_output_tokens"], 1000);
+    // Geo-prefixed profile of an allowed model: allowed, priced by the base entry.
+    let r = s
+        .reserve("m2", &key, &format!("us.{HAIKU}"), 100, Some(10))
+        .await;
+    assert_eq!(r["decision"], "allow", "{r}");
+    assert_eq!(r["model_id"], format!("us.{HAIKU}"));
+    // Not in the allowed list.
+    let r = s
+        .reserve("m3", &key, "claude-3-sonnet", 100, Some(10))
+        .await;
+    assert_eq!(r["status"], 403, "{r}");
+    assert_eq!(r["error_type"], "AccessDeniedException");
+    assert!(r["message"].as_str().is_some_and(|m| m.contains(SONNET)));
+    // Third allowed request in the minute, then throttled.
+    assert_eq!(
+        s.reserve("m4", &key, HAIKU, 1, Some(1)).await["decision"],
+        "allow"
+    );
+    let r = s.reserve("m5", &key, HAIKU, 1, Some(1)).await;
+    assert_eq!(r["status"], 429, "{r}");
+    assert_eq!(r["error_type"], "ThrottlingException");
+    assert_eq!(r["retry_after_secs"], 20);
+    s.clock.advance(time::Duration::seconds(20));
+    assert_eq!(
+        s.reserve("m6", &key, HAIKU, 1, Some(1)).await["decision"],
+        "allow"
+    );
+
+    // No price → 400, never charged as zero.
+    let key2 = s.tenant("open", json!({})).await;
+    let r = s
+        .reserve("p1", &key2, "amazon.nova-lite-v1:0", 1, Some(1))
+        .await;
+    assert_eq!(r["status"], 400);
+    assert_eq!(r["error_type"], "ValidationException");
+    assert_eq!(
+        r["message"],
+        "no price configured for model amazon.nova-lite-v1:0"
+    );
+
+    // Inactive tenant.
+    let (st, _) = s
+        .admin(
+            "PUT",
+            "/v1/tenants/open",
+            Some(json!({"budget_usd": 5, "active": false})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let r = s.reserve("p2", &key2, SONNET, 1, Some(1)).await;
+    assert_eq!(r["status"], 403);
+    assert_eq!(r["error_type"], "AccessDeniedException");
+
+    // Trusted header / JWT identities name the tenant directly.
+    s.clock.advance(time::Duration::seconds(60));
+    let r = s
+        .data(
+            "/v1/reserve",
+            json!({"request_id": "h1", "credential": {"type": "trusted_header", "tenant_id": "ghost"},
+                   "operation": "invoke", "model": SONNET, "input_tokens_estimate": 1}),
+        )
+        .await;
+    assert_eq!(r["status"], 403);
+    let r = s
+        .data(
+            "/v1/reserve",
+            json!({"request_id": "h2", "credential": {"type": "jwt", "tenant_id": "acme"},
+                   "operation": "invoke", "model": HAIKU, "input_tokens_estimate": 1,
+                   "max_output_tokens": 1}),
+        )
+        .await;
+    assert_eq!(r["decision"], "allow", "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_api_requires_the_token_and_validates_input() {
+    let s = TestSidecar::start().await;
+    let (st, body) = s.raw("GET", "/v1/tenants", None, None).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert!(v["message"].is_string());
+    let (st, _) = s.raw("GET", "/v1/tenants", Some("wrong"), None).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, _) = s
+        .raw(
+            "PUT",
+            "/v1/pricing/x",
+            None,
+            Some(json!({"input": 1, "output": 1})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+
+    for (body, field) in [
+        (json!({"budget_usd": "-1"}), "budget_usd"),
+        (
+            json!({"budget_usd": "1", "alert_threshold": "1.5"}),
+            "alert_threshold",
+        ),
+        (
+            json!({"budget_usd": "1", "reset_cycle": "weekly"}),
+            "reset_cycle",
+        ),
+        (json!({"budget_usd": "abc"}), "decimal"),
+        (
+            json!({"budget_usd": "1", "max_tokens_cap": 0}),
+            "max_tokens_cap",
+        ),
+        (json!({"budget": "1"}), "budget"),
+    ] {
+        let (st, v) = s.admin("PUT", "/v1/tenants/t1", Some(body.clone())).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+        let msg = v["message"].as_str().unwrap_or_default();
+        assert!(msg.contains(field), "{body}: {msg}");
+    }
+    // Numbers are parsed exactly from their JSON text.
+    let (st, text) = s
+        .raw_text(
+            "PUT",
+            "/v1/tenants/t1",
+            r#"{"budget_usd": 1.10, "alert_threshold": 0.30000000000000000001}"#,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{text}");
+    let v: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(v["budget_usd"], "1.10");
+    assert_eq!(v["alert_threshold"], "0.30000000000000000001");
+    let (st, v) = s
+        .admin("PUT", "/v1/tenants/t1", Some(json!({"budget_usd": "1.10"})))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["budget_usd"], "1.10");
+    assert_eq!(v["alert_threshold"], "0.8");
+    assert_eq!(v["reset_cycle"], "monthly");
+    let (st, v) = s.admin("GET", "/v1/tenants", None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["tenants"][0]["tenant_id"], "t1");
+    let (st, _) = s.admin("GET", "/v1/tenants/nobody", None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, v) = s.admin("GET", "/v1/pricing", None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["pricing"].as_array().map(Vec::len), Some(2));
+
+    let (st, _) = s.raw("GET", "/healthz", None, None).await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, body) = s.raw("POST", "/v1/reserve", None, None).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert!(serde_json::from_str::<Value>(&body).is_ok_and(|v| v["message"].is_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn threshold_alert_fires_once_per_period_and_reaches_webhooks() {
+    // A loopback webhook receiver.
+    let received = Arc::new(tokio::sync::Mutex::new(Vec::<Value>::new()));
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().await.push(v);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hook = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+
+    let s = TestSidecar::start_with(Setup {
+        webhooks: vec![hook],
+        ..Setup::default()
+    })
+    .await;
+    let key = s
+        .tenant(
+            "acme",
+            json!({"budget_usd": "1.00", "alert_threshold": "0.5"}),
+        )
+        .await;
+    // 0.3 each: 100000 input tokens of Sonnet.
+    for i in 0..3 {
+        let id = format!("t{i}");
+        assert_eq!(
+            s.reserve(&id, &key, SONNET, 100_000, Some(0)).await["decision"],
+            "allow"
+        );
+        s.commit(&id, 100_000, 0).await;
+    }
+    let b = s.balance("acme").await;
+    let alerts: Vec<&Value> = b["alerts"]
+        .as_array()
+        .expect("alerts")
+        .iter()
+        .filter(|a| a["kind"] == "threshold")
+        .collect();
+    assert_eq!(alerts.len(), 1, "{b}");
+    assert_eq!(alerts[0]["period"], "2026-11");
+    assert_eq!(dec(&alerts[0]["spent_usd"]), d("0.6"));
+
+    for _ in 0..100 {
+        if !received.lock().await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let got = received.lock().await.clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["level"], "ALERT");
+    assert_eq!(got[0]["kind"], "threshold");
+    assert_eq!(got[0]["tenantId"], "acme");
+    assert_eq!(got[0]["period"], "2026-11");
+    assert_eq!(got[0]["spentUsd"], "0.6");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn high_cost_alert() {
+    let s = TestSidecar::start_with(Setup {
+        settings: Settings {
+            high_cost_threshold_usd: d("0.01"),
+            ..Settings::default()
+        },
+        ..Setup::default()
+    })
+    .await;
+    let key = s.tenant("acme", json!({})).await;
+    s.reserve("h", &key, SONNET, 10_000, Some(10)).await;
+    s.commit("h", 10_000, 10).await; // 0.03015
+    let b = s.balance("acme").await;
+    assert_eq!(b["alerts"][0]["kind"], "high_cost", "{b}");
+    assert_eq!(b["alerts"][0]["cost_usd"], "0.03015");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn period_rollover_starts_from_the_configured_budget() {
+    let s = TestSidecar::start().await;
+    let key = s.tenant("acme", json!({"budget_usd": "1.00"})).await;
+    s.reserve("nov", &key, SONNET, 200_000, Some(0)).await;
+    s.commit("nov", 200_000, 0).await; // 0.6
+    let b = s.balance("acme").await;
+    assert_eq!(dec(&b["balance"]["available_usd"]), d("0.4"));
+
+    s.clock.set(datetime!(2026-12-01 00:00:01 UTC));
+    let r = s.reserve("dec", &key, SONNET, 200_000, Some(0)).await;
+    assert_eq!(r["decision"], "allow", "{r}");
+    assert_eq!(dec(&r["budget_remaining_usd"]), d("0.4"));
+    let b = s.balance("acme").await;
+    assert_eq!(b["balance"]["period"], "2026-12");
+    assert_eq!(dec(&b["balance"]["budget_usd"]), d("1.00"));
+    assert_eq!(dec(&b["balance"]["spent_usd"]), d("0"));
+    assert_eq!(dec(&b["balance"]["reserved_usd"]), d("0.6"));
+
+    let (st, old) = s
+        .admin("GET", "/v1/tenants/acme?period=2026-11", None)
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(old["balance"]["period"], "2026-11");
+    assert_eq!(dec(&old["balance"]["spent_usd"]), d("0.6"));
+    let (_, u) = s
+        .admin(
+            "GET",
+            "/v1/usage?from=2026-11-01T00:00:00Z&to=2026-12-01T00:00:00Z",
+            None,
+        )
+        .await;
+    assert_eq!(u["rows"][0]["requests"], 1, "{u}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ledger_survives_reopening() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("nested/ledger.db");
+    let key;
+    {
+        let s = TestSidecar::open(&db, Setup::default()).await;
+        key = s.tenant("acme", json!({})).await;
+        s.reserve("r1", &key, SONNET, 1000, Some(1000)).await;
+        s.commit("r1", 1000, 1000).await;
+        s.reserve("r2", &key, SONNET, 1000, Some(1000)).await;
+    }
+    let s = TestSidecar::open(&db, Setup::default()).await;
+    let b = s.balance("acme").await;
+    assert_eq!(dec(&b["balance"]["spent_usd"]), d("0.018"));
+    assert_eq!(dec(&b["balance"]["reserved_usd"]), d("0.018"));
+    // The key and the open hold survived too.
+    assert_eq!(
+        s.commit("r2", 1, 1).await["results"][0]["outcome"],
+        "committed"
+    );
+    assert_eq!(
+        s.commit("r1", 1, 1).await["results"][0]["outcome"],
+        "duplicate"
+    );
+    assert_eq!(
+        s.reserve("r3", &key, SONNET, 1, Some(1)).await["decision"],
+        "allow"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn example_seed_loads_and_is_idempotent() {
+    let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/seed.json");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("ledger.db");
+    let setup = || Setup {
+        seed: Some(seed.clone()),
+        ..Setup::default()
+    };
+    {
+        let s = TestSidecar::open(&db, setup()).await;
+        let r = s
+            .reserve(
+                "s1",
+                "tg_demo_tenant_demo1_key",
+                "claude-3-sonnet",
+                100,
+                None,
+            )
+            .await;
+        assert_eq!(r["decision"], "allow", "{r}");
+        assert_eq!(r["tenant_id"], "tenant-demo1");
+        assert_eq!(r["max_output_tokens"], 4000);
+        assert_eq!(
+            r["target_model"],
+            "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/demo1sonnet"
+        );
+        let r = s
+            .reserve(
+                "s2",
+                "tg_demo_tenant_demo2_key",
+                "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+                1_000_000,
+                Some(0),
+            )
+            .await;
+        assert_eq!(r["hold_usd"], "3.3", "{r}");
+    }
+    let s = TestSidecar::open(&db, setup()).await;
+    let b = s.balance("tenant-demo1").await;
+    assert_eq!(
+        b["keys"].as_array().map(Vec::len),
+        Some(1),
+        "seed keys are not duplicated"
+    );
+    assert_eq!(dec(&b["balance"]["reserved_usd"]), d("0.0603"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_lists_every_route() {
+    let s = TestSidecar::start().await;
+    let (st, body) = s.raw("GET", "/openapi.json", None, None).await;
+    assert_eq!(st, StatusCode::OK);
+    let v: Value = serde_json::from_str(&body).expect("openapi json");
+    assert!(v["openapi"].as_str().is_some_and(|o| o.starts_with("3.1")));
+    for (path, method) in [
+        ("/v1/reserve", "post"),
+        ("/v1/commit", "post"),
+        ("/v1/release", "post"),
+        ("/v1/tenants", "get"),
+        ("/v1/tenants/{tenant}", "put"),
+        ("/v1/tenants/{tenant}", "get"),
+        ("/v1/tenants/{tenant}/keys", "post"),
+        ("/v1/tenants/{tenant}/keys/{key_id}", "delete"),
+        ("/v1/tenants/{tenant}/profiles", "put"),
+        ("/v1/tenants/{tenant}/profiles", "get"),
+        ("/v1/pricing", "get"),
+        ("/v1/pricing/{model_id}", "put"),
+        ("/v1/pricing/{model_id}", "get"),
+        ("/v1/aliases", "get"),
+        ("/v1/aliases/{alias}", "put"),
+        ("/v1/usage", "get"),
+        ("/healthz", "get"),
+        ("/metrics", "get"),
+        ("/openapi.json", "get"),
+    ] {
+        assert!(
+            v["paths"][path][method].is_object(),
+            "{method} {path} missing"
+        );
+    }
+}

