@@ -35,6 +35,8 @@ WASM = Path(
     )
 )
 ENVOY = os.environ.get("ENVOY_BIN", str(REPO / ".tollgate/venv/bin/envoy"))
+TLS_DIR = Path(os.environ.get("TOLLGATE_TLS_DIR", REPO / ".tollgate/tls"))
+CA = TLS_DIR / "ca.pem"
 EMULATOR_AKID = "AKIATOLLGATEEMULATOR"
 EMULATOR_SECRET = "tollgate-emulator-secret"
 REGION = "us-east-1"
@@ -76,6 +78,8 @@ def emulator_envoy_config(wasm: Path, listener: int, admin: int, emulator: int, 
         EMULATOR_SECRET_ACCESS_KEY=EMULATOR_SECRET,
         BEDROCK_PORT=emulator,
         SIDECAR_PORT=sidecar,
+        TLS_CERT=TLS_DIR / "gateway.pem",
+        TLS_KEY=TLS_DIR / "gateway.key",
     )
 
 
@@ -155,7 +159,7 @@ class Stack:
     # --- endpoints -------------------------------------------------------
     @property
     def gateway_url(self) -> str:
-        return f"http://127.0.0.1:{self.listener}"
+        return f"https://127.0.0.1:{self.listener}"
 
     @property
     def sidecar_url(self) -> str:
@@ -250,7 +254,7 @@ class BearerClient:
     def call(self, op: str, **kwargs: Any) -> Any:
         with self._env():
             client = boto3.client(
-                "bedrock-runtime", endpoint_url=self.endpoint, region_name=REGION,
+                "bedrock-runtime", endpoint_url=self.endpoint, region_name=REGION, verify=str(CA),
                 config=botocore.config.Config(retries={"total_max_attempts": 1}, read_timeout=30),
             )
             result = getattr(client, op)(**kwargs)

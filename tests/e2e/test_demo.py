@@ -5,14 +5,14 @@ import os
 import subprocess
 import sys
 
-from harness import REPO
+from harness import CA, REPO
 
 
 def test_budget_exhaustion_demo(stack):
     r = subprocess.run(
         [sys.executable, str(REPO / "examples/demo_budget_exhaustion.py"),
          "--gateway", stack.gateway_url, "--sidecar", stack.sidecar_url],
-        env={**os.environ, "TOLLGATE_ADMIN_TOKEN": stack.admin_token},
+        env={**os.environ, "TOLLGATE_ADMIN_TOKEN": stack.admin_token, "AWS_CA_BUNDLE": str(CA)},
         capture_output=True, text=True, timeout=300,
     )
     assert r.returncode == 0, r.stdout + r.stderr

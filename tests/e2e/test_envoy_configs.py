@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from harness import ENVOY, REPO, WASM, emulator_envoy_config, render_template
+from harness import ENVOY, REPO, TLS_DIR, WASM, emulator_envoy_config, render_template
 
 
 def validate(tmp_path, text: str) -> None:
@@ -25,12 +25,14 @@ def test_aws_config_validates(tmp_path, tls):
         REPO / "envoy/aws.yaml", ENVOY_ADMIN_PORT=9901, LISTENER_PORT=10000, WASM_PATH=WASM,
         AWS_REGION="eu-west-1", BEDROCK_HOST="bedrock-runtime.eu-west-1.amazonaws.com",
         BEDROCK_PORT=443 if tls else 80, SIDECAR_PORT=9190,
+        TLS_CERT=TLS_DIR / "gateway.pem", TLS_KEY=TLS_DIR / "gateway.key",
     )
     if not tls:
         start = text.index("    # BEGIN TLS")
         end = text.index("    # END TLS\n") + len("    # END TLS\n")
         text = text[:start] + text[end:]
     assert ("UpstreamTlsContext" in text) == tls
+    assert "DownstreamTlsContext" in text
     validate(tmp_path, text)
 
 

@@ -15,7 +15,7 @@ import botocore.exceptions
 import pytest
 import requests
 
-from harness import cost
+from harness import CA, cost
 
 HAIKU = "anthropic.claude-3-haiku-20240307-v1:0"
 HAIKU_PRICE = {"input": "0.25", "output": "1.25", "cache_read": "0.03", "cache_write": "0.30"}
@@ -142,7 +142,8 @@ def test_refusals_are_bedrock_shaped_and_never_forwarded(stack, tenant):
     tenant_id, key = tenant
     stack.clear_emulator()
     cases = [
-        (None, HAIKU, 401, "UnrecognizedClientException"),
+        # boto3 without a Tollgate key signs with whatever AWS keys it has: not a tenant.
+        (None, HAIKU, 403, "UnrecognizedClientException"),
         ("tg_not_a_real_key", HAIKU, 403, "UnrecognizedClientException"),
         (key, "anthropic.claude-3-opus-20240229-v1:0", 403, "AccessDeniedException"),
         (key, "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/someoneelse", 403,
@@ -154,6 +155,11 @@ def test_refusals_are_bedrock_shaped_and_never_forwarded(stack, tenant):
         assert err.response["Error"]["Code"] == code, (k, model, err.response)
         assert err.response["Error"]["Message"]
         assert err.response["ResponseMetadata"]["HTTPHeaders"]["x-tollgate-request-id"].startswith("tg-")
+    # No credential at all.
+    r = requests.post(f"{stack.gateway_url}/model/{HAIKU}/converse", json={"messages": messages("x")},
+                      timeout=10, verify=CA)
+    assert r.status_code == 401, r.text
+    assert r.headers["x-amzn-errortype"] == "UnrecognizedClientException"
     assert stack.emulator_requests() == []
 
 
@@ -171,11 +177,11 @@ def test_malformed_requests_get_validation_errors(stack, tenant):
         (f"{base}/", b"{}", 404),
     ]
     for url, body, status in cases:
-        r = requests.post(url, data=body, headers=auth, timeout=10)
+        r = requests.post(url, data=body, headers=auth, timeout=10, verify=CA)
         assert r.status_code == status, (url, body, r.status_code, r.text)
         assert r.headers["x-amzn-errortype"] == "ValidationException"
         assert json.loads(r.text)["message"]
-    r = requests.get(f"{base}/model/{HAIKU}/converse", headers=auth, timeout=10)
+    r = requests.get(f"{base}/model/{HAIKU}/converse", headers=auth, timeout=10, verify=CA)
     assert r.status_code == 400 and r.headers["x-amzn-errortype"] == "ValidationException"
     assert stack.emulator_requests() == []
 
@@ -187,11 +193,11 @@ def test_forged_tenant_header_is_ignored(stack, tenant, tenant_id):
     stack.clear_emulator()
     # No credential but a claimed tenant: refused (trusted header is off by default).
     r = requests.post(f"{stack.gateway_url}/model/{HAIKU}/converse", json={"messages": messages("x")},
-                      headers={"x-tenant-id": victim}, timeout=10)
+                      headers={"x-tenant-id": victim}, timeout=10, verify=CA)
     assert r.status_code == 401
     # A real key plus someone else's tenant header: charged to the key's tenant.
     r = requests.post(f"{stack.gateway_url}/model/{HAIKU}/converse", json={"messages": messages("x")},
-                      headers={"x-tenant-id": victim, "Authorization": f"Bearer {key}"}, timeout=10)
+                      headers={"x-tenant-id": victim, "Authorization": f"Bearer {key}"}, timeout=10, verify=CA)
     assert r.status_code == 200, r.text
     assert "x-tenant-id" not in stack.emulator_requests()[-1]["headers"]
     stack.settled(tenant_id, 1)

