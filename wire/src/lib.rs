@@ -6,3 +6,5 @@
 
 pub mod api;
 pub mod eventstream;
+#[cfg(feature = "sigv4")]
+pub mod sigv4;

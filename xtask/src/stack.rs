@@ -107,19 +107,7 @@ impl Stack {
             .stdout(file.try_clone()?)
             .stderr(file)
             .current_dir(repo_root());
-        // SAFETY: prctl is async-signal-safe; runs in the child before exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {name}: {cmd:?}"))?;
-        if let Ok(mut pids) = CHILDREN.lock() {
-            pids.push(child.id());
-        }
+        let child = spawn_attached(&mut cmd).with_context(|| format!("cannot start {name}"))?;
         self.procs.push(Proc { name, child, log });
         Ok(())
     }
@@ -232,6 +220,25 @@ impl Stack {
             pids.clear();
         }
     }
+}
+
+/// Spawns a child that dies with us: registered for the signal handler, and
+/// `PR_SET_PDEATHSIG` for when we are killed outright.
+fn spawn_attached(cmd: &mut Command) -> Result<Child> {
+    // SAFETY: prctl is async-signal-safe; runs in the child before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if let Ok(mut pids) = CHILDREN.lock() {
+        pids.push(child.id());
+    }
+    Ok(child)
 }
 
 impl Drop for Stack {
@@ -428,17 +435,20 @@ pub fn demo(tools: &Tools) -> Result<()> {
         &emulator_envoy_config(tools, ports, "us-east-1")?,
         ports,
     )?;
-    let status = Command::new(tools.python())
+    let mut client = Command::new(tools.python());
+    client
         .arg(repo_root().join("examples/demo_budget_exhaustion.py"))
         .args([
             "--gateway",
             &format!("https://127.0.0.1:{}", ports.listener),
         ])
-        .env("AWS_CA_BUNDLE", tools.tls_ca())
         .args(["--sidecar", &format!("http://127.0.0.1:{}", ports.sidecar)])
+        .env("AWS_CA_BUNDLE", tools.tls_ca())
         .env("TOLLGATE_ADMIN_TOKEN", &admin_token)
-        .current_dir(repo_root())
-        .status()
+        .env("PYTHONUNBUFFERED", "1")
+        .current_dir(repo_root());
+    let status = spawn_attached(&mut client)?
+        .wait()
         .context("running examples/demo_budget_exhaustion.py")?;
     stack.stop();
     if !status.success() {

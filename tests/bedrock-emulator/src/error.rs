@@ -2,8 +2,8 @@
 
 use thiserror::Error;
 
-use crate::sigv4::SigV4Error;
 use crate::tokens::BodyError;
+use tollgate_wire::sigv4::SigV4Error;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ApiError {

@@ -50,13 +50,13 @@
 mod error;
 mod respond;
 mod server;
-mod sigv4;
 mod tokens;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+use tollgate_wire::sigv4;
 
 /// Deterministic Amazon Bedrock Runtime emulator (SigV4-verifying).
 #[derive(Debug, Parser)]

@@ -16,8 +16,8 @@ use time::OffsetDateTime;
 
 use crate::error::ApiError;
 use crate::respond::{self, StreamFault, StreamScript};
-use crate::sigv4::{self, Credentials, SignedRequest};
 use crate::tokens::{self, Plan};
+use tollgate_wire::sigv4::{self, Credentials, SignedRequest};
 
 /// Most records kept by the inspection API.
 pub const MAX_RECORDS: usize = 10_000;
@@ -405,7 +405,7 @@ fn authenticate(
         raw_path,
         raw_query,
         headers,
-        body,
+        payload_sha256: &sigv4::sha256_hex(body),
     };
     sigv4::verify(&req, &st.config.credentials, OffsetDateTime::now_utc())
         .map(Some)

@@ -1,5 +1,6 @@
 //! AWS Signature Version 4 verification (and signing, for tests), as Bedrock
-//! Runtime checks it.
+//! Runtime checks it. Used by the Bedrock emulator and by the sidecar to verify
+//! tenants' SigV4 credentials (feature `sigv4`).
 //!
 //! The canonical URI is the raw request path (as received, still percent-encoded)
 //! after dot-segment removal, percent-encoded once more with botocore's
@@ -38,7 +39,9 @@ pub struct SignedRequest<'a> {
     pub raw_query: Option<&'a str>,
     /// All request headers; names in any case. Repeated names are allowed.
     pub headers: &'a [(String, String)],
-    pub body: &'a [u8],
+    /// Lowercase hex SHA-256 of the body as received. A gateway hashes the body
+    /// where it buffers it and sends only the hash to the verifier.
+    pub payload_sha256: &'a str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -277,7 +280,7 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 pub fn canonical_request(req: &SignedRequest<'_>, signed_headers: &[String]) -> String {
     let payload_hash = match header(req.headers, "x-amz-content-sha256") {
         Some(UNSIGNED_PAYLOAD) => UNSIGNED_PAYLOAD.to_owned(),
-        _ => sha256_hex(req.body),
+        _ => req.payload_sha256.to_owned(),
     };
     format!(
         "{}\n{}\n{}\n{}\n{}\n{}",
@@ -352,7 +355,7 @@ pub fn verify(
         ));
     }
     if let Some(claimed) = header(req.headers, "x-amz-content-sha256") {
-        if claimed != UNSIGNED_PAYLOAD && !claimed.eq_ignore_ascii_case(&sha256_hex(req.body)) {
+        if claimed != UNSIGNED_PAYLOAD && !claimed.eq_ignore_ascii_case(req.payload_sha256) {
             return Err(SigV4Error::PayloadHashMismatch);
         }
     }
@@ -380,7 +383,6 @@ pub fn verify(
 /// Signs a request the way botocore does (all given headers plus `host` and
 /// `x-amz-date` are signed). Returns the `Authorization` header value.
 /// `headers` must already contain `host` and `x-amz-date`.
-#[cfg(test)]
 pub fn sign(req: &SignedRequest<'_>, creds: &Credentials, amz_date: &str) -> String {
     let mut signed: Vec<String> = req
         .headers
@@ -442,7 +444,7 @@ mod tests {
             raw_path: "/",
             raw_query: None,
             headers: &headers,
-            body: b"",
+            payload_sha256: &sha256_hex(b""),
         };
         let signed = vec!["host".to_owned(), "x-amz-date".to_owned()];
         assert_eq!(
@@ -493,7 +495,7 @@ mod tests {
             raw_path: ARN_PATH,
             raw_query: None,
             headers: &headers,
-            body: ARN_BODY,
+            payload_sha256: &sha256_hex(ARN_BODY),
         };
         assert_eq!(
             canonical_uri(ARN_PATH),
@@ -517,7 +519,7 @@ mod tests {
             raw_path: path,
             raw_query: None,
             headers: &headers,
-            body,
+            payload_sha256: &sha256_hex(body),
         };
         let auth = sign(&req, &emulator_creds(), date);
         headers.push(("authorization".into(), auth));
@@ -538,7 +540,7 @@ mod tests {
             raw_path: path,
             raw_query: None,
             headers: &headers,
-            body: b"{}",
+            payload_sha256: &sha256_hex(b"{}"),
         };
         let now = parse_amz_date(date).unwrap();
         assert!(verify(&req, &emulator_creds(), now).is_ok());
@@ -567,13 +569,13 @@ mod tests {
             raw_path: "/model/m/converse",
             raw_query: None,
             headers: &headers,
-            body: b"{}",
+            payload_sha256: &sha256_hex(b"{}"),
         };
         assert!(verify(&req, &emulator_creds(), now).is_ok());
 
         // Body tampered.
         let bad_body = SignedRequest {
-            body: b"{ }",
+            payload_sha256: &sha256_hex(b"{ }"),
             ..req.clone()
         };
         let e = verify(&bad_body, &emulator_creds(), now).unwrap_err();
@@ -628,7 +630,7 @@ mod tests {
             raw_path: "/model/m/invoke",
             raw_query: None,
             headers: &headers,
-            body: b"{}",
+            payload_sha256: &sha256_hex(b"{}"),
         };
         assert_eq!(
             verify(&req, &emulator_creds(), now),
@@ -650,7 +652,7 @@ mod tests {
             raw_path: "/model/m/invoke",
             raw_query: None,
             headers: &headers,
-            body: b"anything",
+            payload_sha256: &sha256_hex(b"anything"),
         };
         let auth = sign(&req, &emulator_creds(), date);
         headers.push(("authorization".into(), auth));
@@ -659,7 +661,7 @@ mod tests {
             raw_path: "/model/m/invoke",
             raw_query: None,
             headers: &headers,
-            body: b"anything",
+            payload_sha256: &sha256_hex(b"anything"),
         };
         assert!(verify(&req, &emulator_creds(), now).is_ok());
     }
