@@ -649,11 +649,15 @@ impl HttpContext for Exchange {
             .trusted_tenant_header
             .then(|| header(identity::TENANT_HEADER))
             .flatten();
-        self.credential =
-            match identity::credential(header("authorization"), self.jwt_tenant(), trusted) {
-                Ok(c) => c,
-                Err(r) => return self.reject(r),
-            };
+        let received = identity::ReceivedRequest {
+            method: &method,
+            path: &path,
+            headers: &headers,
+        };
+        self.credential = match identity::credential(&received, self.jwt_tenant(), trusted) {
+            Ok(c) => c,
+            Err(r) => return self.reject(r),
+        };
         for (name, _) in &headers {
             if identity::is_stripped_header(name) {
                 self.set_http_request_header(name, None);
@@ -684,6 +688,9 @@ impl HttpContext for Exchange {
             return Action::Pause;
         }
         let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        if let Credential::Sigv4(proof) = &mut self.credential {
+            proof.payload_sha256 = identity::sha256_hex(&body);
+        }
         self.start_reserve(body)
     }
 

@@ -3,7 +3,7 @@
 
 use crate::reply::LocalReply;
 use crate::request::valid_metadata_value;
-use tollgate_wire::api::{Attribution, Credential};
+use tollgate_wire::api::{Attribution, Credential, SigV4Proof};
 
 pub const TENANT_HEADER: &str = "x-tenant-id";
 pub const ATTRIBUTION_HEADERS: [&str; 4] = [
@@ -13,14 +13,31 @@ pub const ATTRIBUTION_HEADERS: [&str; 4] = [
     "x-user-id",
 ];
 
-/// Picks the credential in order of preference: bearer key, SigV4, JWT claim,
-/// trusted tenant header.
+pub const SIGV4_ALGORITHM: &str = "AWS4-HMAC-SHA256";
+
+/// The request as received, for SigV4 verification.
+pub struct ReceivedRequest<'a> {
+    pub method: &'a str,
+    /// `:path`, query included.
+    pub path: &'a str,
+    /// All request headers, pseudo-headers included.
+    pub headers: &'a [(String, String)],
+}
+
+/// Picks the credential in order of preference: bearer key, SigV4 signature
+/// (verified by the sidecar; `payload_sha256` is filled in once the body is
+/// read), JWT claim, trusted tenant header.
 pub fn credential(
-    authorization: Option<&str>,
+    req: &ReceivedRequest<'_>,
     jwt_tenant: Option<String>,
     trusted_tenant: Option<&str>,
 ) -> Result<Credential, LocalReply> {
-    if let Some(auth) = authorization.map(str::trim) {
+    let authorization = req
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        .map(|(_, v)| v.trim());
+    if let Some(auth) = authorization {
         let (scheme, rest) = auth.split_once(' ').unwrap_or((auth, ""));
         if scheme.eq_ignore_ascii_case("bearer") {
             let key = rest.trim();
@@ -35,12 +52,8 @@ pub fn credential(
                 key: key.to_owned(),
             });
         }
-        if scheme == "AWS4-HMAC-SHA256" && jwt_tenant.is_none() && trusted_tenant.is_none() {
-            return Err(LocalReply::new(
-                403,
-                "UnrecognizedClientException",
-                "SigV4 tenant credentials are not enabled on this gateway; send the Tollgate key as Authorization: Bearer <key> (AWS_BEARER_TOKEN_BEDROCK)",
-            ));
+        if scheme == SIGV4_ALGORITHM {
+            return sigv4_proof(req, rest).map(Credential::Sigv4);
         }
     }
     if let Some(tenant_id) = jwt_tenant.filter(|t| !t.is_empty()) {
@@ -52,6 +65,64 @@ pub fn credential(
         });
     }
     Ok(Credential::None)
+}
+
+/// Collects what the sidecar needs to check a SigV4 signature: the headers the
+/// client signed (`host` is Envoy's `:authority`), as received.
+fn sigv4_proof(req: &ReceivedRequest<'_>, auth_params: &str) -> Result<SigV4Proof, LocalReply> {
+    let signed = auth_params
+        .split(',')
+        .filter_map(|p| p.trim().strip_prefix("SignedHeaders="))
+        .next()
+        .ok_or_else(|| {
+            LocalReply::new(
+                403,
+                "IncompleteSignatureException",
+                "Authorization header lacks SignedHeaders",
+            )
+        })?;
+    let mut headers = Vec::new();
+    for name in signed.split(';').map(str::trim).filter(|n| !n.is_empty()) {
+        let wanted = if name == "host" { ":authority" } else { name };
+        for (_, v) in req
+            .headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(wanted))
+        {
+            headers.push((name.to_ascii_lowercase(), v.clone()));
+        }
+    }
+    for always in ["authorization", "x-amz-date", "x-amz-content-sha256"] {
+        if !signed.split(';').any(|n| n.trim() == always) {
+            if let Some((_, v)) = req
+                .headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(always))
+            {
+                headers.push((always.to_owned(), v.clone()));
+            }
+        }
+    }
+    let (raw_path, raw_query) = match req.path.split_once('?') {
+        Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+        None => (req.path.to_owned(), None),
+    };
+    Ok(SigV4Proof {
+        method: req.method.to_owned(),
+        raw_path,
+        raw_query,
+        headers,
+        payload_sha256: String::new(),
+    })
+}
+
+/// Lowercase hex SHA-256, the SigV4 payload hash.
+pub fn sha256_hex(body: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Reads the attribution headers; a value Bedrock could not log is refused.
@@ -103,44 +174,92 @@ pub fn is_stripped_header(name: &str) -> bool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn bearer_wins() {
-        assert_eq!(
-            credential(Some("Bearer abc"), Some("jwt-t".into()), Some("hdr")).unwrap(),
-            Credential::Bearer { key: "abc".into() }
-        );
-        assert_eq!(
-            credential(Some("bearer   abc "), None, None).unwrap(),
-            Credential::Bearer { key: "abc".into() }
-        );
-        assert_eq!(
-            credential(Some("Bearer "), None, None).unwrap_err().status,
-            401
-        );
+    fn with_auth(auth: Option<&str>, f: impl FnOnce(&ReceivedRequest<'_>)) {
+        let mut headers = vec![
+            (":authority".to_string(), "gw.example:10000".to_string()),
+            ("x-amz-date".to_string(), "20261123T200000Z".to_string()),
+            ("content-type".to_string(), "application/json".to_string()),
+            ("x-other".to_string(), "not signed".to_string()),
+        ];
+        if let Some(a) = auth {
+            headers.push(("authorization".to_string(), a.to_string()));
+        }
+        f(&ReceivedRequest {
+            method: "POST",
+            path: "/model/m%3A0/converse?x=1",
+            headers: &headers,
+        });
     }
 
     #[test]
-    fn sigv4_is_refused_clearly_until_enabled() {
-        let e = credential(Some("AWS4-HMAC-SHA256 Credential=AKID/..."), None, None).unwrap_err();
-        assert_eq!(e.status, 403);
-        assert_eq!(e.error_type, "UnrecognizedClientException");
+    fn bearer_wins() {
+        with_auth(Some("Bearer abc"), |r| {
+            assert_eq!(
+                credential(r, Some("jwt-t".into()), Some("hdr")).unwrap(),
+                Credential::Bearer { key: "abc".into() }
+            );
+        });
+        with_auth(Some("bearer   abc "), |r| {
+            assert_eq!(
+                credential(r, None, None).unwrap(),
+                Credential::Bearer { key: "abc".into() }
+            );
+        });
+        with_auth(Some("Bearer "), |r| {
+            assert_eq!(credential(r, None, None).unwrap_err().status, 401)
+        });
+    }
+
+    #[test]
+    fn sigv4_proof_carries_the_signed_headers_as_received() {
+        let auth = "AWS4-HMAC-SHA256 Credential=TGAKX/20261123/us-east-1/bedrock/aws4_request, SignedHeaders=content-type;host;x-amz-date, Signature=abc";
+        with_auth(Some(auth), |r| {
+            let Ok(Credential::Sigv4(p)) = credential(r, Some("jwt".into()), None) else {
+                panic!("expected a SigV4 proof");
+            };
+            assert_eq!(p.method, "POST");
+            assert_eq!(p.raw_path, "/model/m%3A0/converse");
+            assert_eq!(p.raw_query.as_deref(), Some("x=1"));
+            let names: Vec<&str> = p.headers.iter().map(|(k, _)| k.as_str()).collect();
+            assert_eq!(
+                names,
+                ["content-type", "host", "x-amz-date", "authorization"]
+            );
+            assert_eq!(p.headers[1].1, "gw.example:10000");
+        });
+        with_auth(Some("AWS4-HMAC-SHA256 Credential=X, Signature=abc"), |r| {
+            assert_eq!(
+                credential(r, None, None).unwrap_err().error_type,
+                "IncompleteSignatureException"
+            );
+        });
     }
 
     #[test]
     fn fallbacks() {
+        with_auth(None, |r| {
+            assert_eq!(
+                credential(r, Some("t1".into()), None).unwrap(),
+                Credential::Jwt {
+                    tenant_id: "t1".into()
+                }
+            );
+            assert_eq!(
+                credential(r, None, Some("t2")).unwrap(),
+                Credential::TrustedHeader {
+                    tenant_id: "t2".into()
+                }
+            );
+            assert_eq!(credential(r, None, None).unwrap(), Credential::None);
+        });
+    }
+
+    #[test]
+    fn payload_hash() {
         assert_eq!(
-            credential(None, Some("t1".into()), None).unwrap(),
-            Credential::Jwt {
-                tenant_id: "t1".into()
-            }
+            sha256_hex(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
-        assert_eq!(
-            credential(None, None, Some("t2")).unwrap(),
-            Credential::TrustedHeader {
-                tenant_id: "t2".into()
-            }
-        );
-        assert_eq!(credential(None, None, None).unwrap(), Credential::None);
     }
 
     #[test]

@@ -120,6 +120,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tenants/{tenant}/keys", post(issue_key))
         .route("/v1/tenants/{tenant}/keys/{key_id}", delete(revoke_key))
         .route(
+            "/v1/tenants/{tenant}/sigv4-credentials",
+            post(issue_sigv4).get(list_sigv4),
+        )
+        .route(
+            "/v1/tenants/{tenant}/sigv4-credentials/{access_key_id}",
+            delete(revoke_sigv4),
+        )
+        .route(
             "/v1/tenants/{tenant}/profiles",
             put(put_profile).get(list_profiles),
         )
@@ -339,6 +347,49 @@ async fn issue_key(
         })),
     )
         .into_response())
+}
+
+async fn issue_sigv4(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(tenant): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let body: IssueKeyBody = if body.iter().all(u8::is_ascii_whitespace) {
+        IssueKeyBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| Error::invalid(format!("invalid JSON body: {e}")))?
+    };
+    let (record, secret) = s.service.issue_sigv4(&tenant, body.application_id).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({
+            "access_key_id": record.access_key_id,
+            "secret_access_key": secret,
+            "tenant_id": record.tenant_id,
+            "application_id": record.application_id,
+        })),
+    )
+        .into_response())
+}
+
+async fn list_sigv4(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(tenant): Path<String>,
+) -> ApiResult<Response> {
+    let creds = s.service.list_sigv4(&tenant).await?;
+    Ok(Json(serde_json::json!({ "credentials": creds })).into_response())
+}
+
+async fn revoke_sigv4(
+    _: Admin,
+    State(s): State<AppState>,
+    Path((tenant, access_key_id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    s.service.revoke_sigv4(&tenant, &access_key_id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn revoke_key(

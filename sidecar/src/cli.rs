@@ -123,6 +123,38 @@ pub async fn run(command: Command) -> Result<()> {
                 TenantsCommand::List => c.print(Method::GET, "/v1/tenants", None).await,
             }
         }
+        Command::Sigv4(a) => {
+            let c = Client::new(&a.client)?;
+            match a.command {
+                KeysCommand::Issue {
+                    tenant,
+                    application,
+                } => {
+                    c.print(
+                        Method::POST,
+                        &format!("/v1/tenants/{}/sigv4-credentials", seg(&tenant)),
+                        Some(json!({ "application_id": application })),
+                    )
+                    .await?;
+                    eprintln!("Store the secret access key now: it is not shown again.");
+                    Ok(())
+                }
+                KeysCommand::Revoke { tenant, key_id } => {
+                    c.call(
+                        Method::DELETE,
+                        &format!(
+                            "/v1/tenants/{}/sigv4-credentials/{}",
+                            seg(&tenant),
+                            seg(&key_id)
+                        ),
+                        None,
+                    )
+                    .await?;
+                    println!("revoked {key_id}");
+                    Ok(())
+                }
+            }
+        }
         Command::Keys(a) => {
             let c = Client::new(&a.client)?;
             match a.command {

@@ -25,6 +25,8 @@ pub enum Command {
     Tenants(TenantsArgs),
     /// Issue and revoke tenant bearer keys.
     Keys(KeysArgs),
+    /// Issue and revoke tenant SigV4 credentials (access key id + secret).
+    Sigv4(KeysArgs),
     /// Manage the price table (USD per 1M tokens).
     Prices(PricesArgs),
     /// Map (tenant, application, model) to an application inference profile ARN.

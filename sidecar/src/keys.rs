@@ -28,6 +28,24 @@ fn random_b64(n: usize) -> String {
     URL_SAFE_NO_PAD.encode(b)
 }
 
+/// A SigV4 access key id: `TGAK` + 16 characters of base32, 20 in all like AWS's
+/// (SDKs and the AWS CLI accept any such string).
+pub fn generate_access_key_id() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut b = [0u8; 16];
+    rand::rng().fill_bytes(&mut b);
+    let tail: String = b
+        .iter()
+        .map(|x| ALPHABET[(*x & 31) as usize] as char)
+        .collect();
+    format!("TGAK{tail}")
+}
+
+/// A SigV4 secret access key: 40 characters, like AWS's.
+pub fn generate_secret_access_key() -> String {
+    random_b64(30)
+}
+
 /// Hex SHA-256 of a key: the only form a key is stored in.
 pub fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))

@@ -11,6 +11,7 @@ pub mod keys;
 pub mod ledger;
 pub mod metrics;
 pub mod pricing;
+pub mod seal;
 pub mod seed;
 pub mod server;
 pub mod service;

@@ -96,6 +96,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             hold_ttl_secs: args.hold_ttl_secs,
             default_max_output_tokens: args.default_max_output_tokens,
             high_cost_threshold_usd: args.high_cost_threshold_usd,
+            sealing_key: crate::seal::SealingKey::from_env()?,
         },
         webhooks: args.webhooks.clone(),
         admin_token: admin_token_from_env(),

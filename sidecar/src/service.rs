@@ -9,6 +9,7 @@ use crate::keys;
 use crate::ledger::{self, AlertKind, RateLimiter, ResetCycle};
 use crate::metrics::{Metrics, Outcome};
 use crate::pricing::{self, de_decimal, de_opt_decimal, ModelPrice};
+use crate::store::SigV4CredentialRecord;
 use crate::store::{
     AlertRecord, ApiKeyRecord, Balance, CommitApplied, Hold, HoldState, Profile, ReserveOutcome,
     Store, TenantConfig,
@@ -19,8 +20,9 @@ use std::sync::Arc;
 use std::time::Instant;
 use tollgate_wire::api::{
     CommitBatch, CommitOutcome, CommitResponse, CommitResult, Credential, Denial, ReleaseRequest,
-    ReleaseResponse, ReserveRequest, ReserveResponse,
+    ReleaseResponse, ReserveRequest, ReserveResponse, SigV4Proof,
 };
+use tollgate_wire::sigv4;
 
 /// Tunables of the ledger (from the command line).
 #[derive(Debug, Clone)]
@@ -31,6 +33,9 @@ pub struct Settings {
     pub default_max_output_tokens: u64,
     /// One invocation costing more than this fires a `high_cost` alert.
     pub high_cost_threshold_usd: Decimal,
+    /// Seals SigV4 secrets at rest; without it SigV4 credentials cannot be
+    /// issued or verified.
+    pub sealing_key: Option<crate::seal::SealingKey>,
 }
 
 impl Default for Settings {
@@ -39,6 +44,7 @@ impl Default for Settings {
             hold_ttl_secs: 600,
             default_max_output_tokens: 4096,
             high_cost_threshold_usd: Decimal::TEN,
+            sealing_key: None,
         }
     }
 }
@@ -235,10 +241,14 @@ impl Service {
             Credential::TrustedHeader { tenant_id } | Credential::Jwt { tenant_id } => {
                 (tenant_id.clone(), None)
             }
+            Credential::Sigv4(proof) => match self.verify_sigv4(proof, now).await? {
+                Ok(cred) => (cred.tenant_id, cred.application_id),
+                Err(d) => return denied(unknown(), Outcome::DeniedAuth, d),
+            },
         };
         let Some(tenant) = self.store.get_tenant(&tenant_id).await? else {
             let d = match req.credential {
-                Credential::Bearer { .. } => {
+                Credential::Bearer { .. } | Credential::Sigv4(_) => {
                     deny(403, "UnrecognizedClientException", INVALID_TOKEN)
                 }
                 _ => deny(
@@ -693,6 +703,115 @@ impl Service {
         self.store
             .balance(tenant_id, period, config.budget_usd)
             .await
+    }
+
+    /// Verifies a client's SigV4 signature with the secret this sidecar issued.
+    /// The outer error is a failure of the sidecar; the inner one a denial.
+    async fn verify_sigv4(
+        &self,
+        proof: &SigV4Proof,
+        now: time::OffsetDateTime,
+    ) -> Result<std::result::Result<SigV4CredentialRecord, Denial>> {
+        let auth_value = proof
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default();
+        let auth = match sigv4::AuthHeader::parse(auth_value) {
+            Ok(a) => a,
+            Err(e) => {
+                return Ok(Err(deny(
+                    403,
+                    "IncompleteSignatureException",
+                    e.to_string(),
+                )))
+            }
+        };
+        let Some(record) = self
+            .store
+            .find_sigv4_credential(&auth.access_key_id)
+            .await?
+        else {
+            return Ok(Err(deny(403, "UnrecognizedClientException", INVALID_TOKEN)));
+        };
+        let Some(sealing) = &self.settings.sealing_key else {
+            return Err(Error::Internal(format!(
+                "SigV4 credential {} presented but {} is not set on the sidecar",
+                record.access_key_id,
+                crate::seal::SECRET_KEY_ENV
+            )));
+        };
+        let creds = sigv4::Credentials {
+            access_key_id: record.access_key_id.clone(),
+            secret_access_key: sealing.open(&record.sealed_secret)?,
+            // Clients sign for the region they think Bedrock is in; the gateway
+            // re-signs for its own, so any region is accepted here.
+            region: auth.region.clone(),
+            service: "bedrock".into(),
+        };
+        let req = sigv4::SignedRequest {
+            method: &proof.method,
+            raw_path: &proof.raw_path,
+            raw_query: proof.raw_query.as_deref(),
+            headers: &proof.headers,
+            payload_sha256: &proof.payload_sha256,
+        };
+        Ok(match sigv4::verify(&req, &creds, now) {
+            Ok(_) => Ok(record),
+            Err(e) => Err(deny(403, e.error_type(), e.to_string())),
+        })
+    }
+
+    /// Issues a SigV4 credential; the secret is returned once and stored sealed.
+    pub async fn issue_sigv4(
+        &self,
+        tenant_id: &str,
+        application_id: Option<String>,
+    ) -> Result<(SigV4CredentialRecord, String)> {
+        self.require_tenant(tenant_id).await?;
+        if let Some(a) = &application_id {
+            validate_id("application_id", a)?;
+        }
+        let Some(sealing) = &self.settings.sealing_key else {
+            return Err(Error::invalid(format!(
+                "SigV4 credentials need {} on the sidecar (32 bytes, e.g. `openssl rand -hex 32`) to seal secrets at rest",
+                crate::seal::SECRET_KEY_ENV
+            )));
+        };
+        let secret = keys::generate_secret_access_key();
+        let record = SigV4CredentialRecord {
+            access_key_id: keys::generate_access_key_id(),
+            tenant_id: tenant_id.to_string(),
+            application_id,
+            sealed_secret: sealing.seal(&secret)?,
+            created_at_ms: to_millis(self.clock.now()),
+            revoked: false,
+        };
+        if !self.store.insert_sigv4_credential(&record).await? {
+            return Err(Error::Internal("access key id collision, try again".into()));
+        }
+        Ok((record, secret))
+    }
+
+    pub async fn revoke_sigv4(&self, tenant_id: &str, access_key_id: &str) -> Result<()> {
+        let now_ms = to_millis(self.clock.now());
+        if self
+            .store
+            .revoke_sigv4_credential(tenant_id, access_key_id, now_ms)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(Error::not_found(format!(
+                "SigV4 credential {access_key_id} of tenant {tenant_id} not found"
+            )))
+        }
+    }
+
+    pub async fn list_sigv4(&self, tenant_id: &str) -> Result<Vec<SigV4CredentialRecord>> {
+        self.require_tenant(tenant_id).await?;
+        self.store.list_sigv4_credentials(tenant_id).await
     }
 
     /// Issues a key; returns the record and the plaintext (shown once).

@@ -117,6 +117,7 @@ def spawn(name: str, cmd: list[str], workdir: Path, env: dict[str, str] | None =
 class Stack:
     workdir: Path
     admin_token: str = field(default_factory=lambda: secrets.token_hex(16))
+    secret_key: str = field(default_factory=lambda: secrets.token_hex(32))
     listener: int = field(default_factory=free_port)
     envoy_admin: int = field(default_factory=free_port)
     sidecar_port: int = field(default_factory=free_port)
@@ -140,7 +141,7 @@ class Stack:
     def start_sidecar(self) -> None:
         p = spawn("sidecar", [str(BIN_DIR / "tollgate-sidecar"), "serve", "--listen", f"127.0.0.1:{self.sidecar_port}",
                               "--db", str(self.workdir / "ledger.db")], self.workdir,
-                  env={"TOLLGATE_ADMIN_TOKEN": self.admin_token})
+                  env={"TOLLGATE_ADMIN_TOKEN": self.admin_token, "TOLLGATE_SECRET_KEY": self.secret_key})
         self.procs["sidecar"] = p
         wait_http(f"{self.sidecar_url}/healthz", p.popen, p.log)
 
@@ -192,6 +193,10 @@ class Stack:
         self.admin("PUT", f"/v1/tenants/{tenant}", body)
         return self.admin("POST", f"/v1/tenants/{tenant}/keys", {"application_id": None}, expect=201)["key"]
 
+    def issue_sigv4(self, tenant: str) -> tuple[str, str]:
+        c = self.admin("POST", f"/v1/tenants/{tenant}/sigv4-credentials", {"application_id": None}, expect=201)
+        return c["access_key_id"], c["secret_access_key"]
+
     def map_profile(self, tenant: str, model: str, arn: str, application_id: str | None = None) -> None:
         self.admin("PUT", f"/v1/tenants/{tenant}/profiles", {"application_id": application_id, "model": model, "arn": arn})
 
@@ -221,6 +226,20 @@ class Stack:
     # --- clients ----------------------------------------------------------
     def bedrock(self, key: str | None) -> "BearerClient":
         return BearerClient(self.gateway_url, key)
+
+
+def sigv4_client(endpoint: str, akid: str, secret: str):
+    """boto3 signing with tenant SigV4 credentials issued by the sidecar."""
+    saved = os.environ.pop("AWS_BEARER_TOKEN_BEDROCK", None)
+    try:
+        return boto3.client(
+            "bedrock-runtime", endpoint_url=endpoint, region_name=REGION, verify=str(CA),
+            aws_access_key_id=akid, aws_secret_access_key=secret,
+            config=botocore.config.Config(retries={"total_max_attempts": 1}, read_timeout=30),
+        )
+    finally:
+        if saved is not None:
+            os.environ["AWS_BEARER_TOKEN_BEDROCK"] = saved
 
 
 class BearerClient:

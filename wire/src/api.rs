@@ -59,8 +59,27 @@ pub enum Credential {
     TrustedHeader { tenant_id: String },
     /// A claim verified by Envoy's `jwt_authn` filter.
     Jwt { tenant_id: String },
+    /// A SigV4 signature made with credentials the sidecar issued. The sidecar
+    /// verifies it (the secret never leaves the sidecar) over the request exactly
+    /// as the gateway received it.
+    Sigv4(SigV4Proof),
     /// No credential was presented.
     None,
+}
+
+/// What the sidecar needs to verify a client's SigV4 signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigV4Proof {
+    pub method: String,
+    /// Path as received, still percent-encoded, without the query.
+    pub raw_path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_query: Option<String>,
+    /// `authorization`, `x-amz-date` and every header named in SignedHeaders
+    /// (`host` taken from `:authority`), lowercase names, values as received.
+    pub headers: Vec<(String, String)>,
+    /// Lowercase hex SHA-256 of the body as received.
+    pub payload_sha256: String,
 }
 
 /// Optional cost-attribution labels. Never used for identity.

@@ -164,7 +164,8 @@ impl Stack {
             .args(["--listen", &format!("127.0.0.1:{}", ports.sidecar)])
             .arg("--db")
             .arg(db)
-            .env("TOLLGATE_ADMIN_TOKEN", admin_token);
+            .env("TOLLGATE_ADMIN_TOKEN", admin_token)
+            .env("TOLLGATE_SECRET_KEY", secret_key()?);
         if let Some(seed) = seed {
             cmd.arg("--seed").arg(seed);
         }
@@ -267,6 +268,25 @@ pub fn http_status(port: u16, path: &str) -> Option<u16> {
     let n = s.read(&mut buf).ok()?;
     let head = String::from_utf8_lossy(&buf[..n]);
     head.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The key sealing SigV4 secrets: `TOLLGATE_SECRET_KEY` when set, else one kept
+/// in `.tollgate/secret.key` so issued credentials survive restarts.
+fn secret_key() -> Result<String> {
+    if let Ok(k) = std::env::var("TOLLGATE_SECRET_KEY") {
+        if !k.trim().is_empty() {
+            return Ok(k);
+        }
+    }
+    let path = state_dir().join("secret.key");
+    if let Ok(k) = std::fs::read_to_string(&path) {
+        return Ok(k.trim().to_owned());
+    }
+    let k = random_token()? + &random_token()?[..16];
+    std::fs::create_dir_all(state_dir())?;
+    std::fs::write(&path, &k)?;
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    Ok(k)
 }
 
 fn random_token() -> Result<String> {

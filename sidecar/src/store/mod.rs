@@ -51,6 +51,19 @@ pub struct ApiKeyRecord {
     pub revoked: bool,
 }
 
+/// A SigV4 credential issued to a tenant. The secret is stored sealed
+/// (AES-256-GCM under `TOLLGATE_SECRET_KEY`), never in clear.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigV4CredentialRecord {
+    pub access_key_id: String,
+    pub tenant_id: String,
+    pub application_id: Option<String>,
+    #[serde(skip_serializing)]
+    pub sealed_secret: String,
+    pub created_at_ms: i64,
+    pub revoked: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HoldState {
@@ -232,6 +245,23 @@ pub trait Store: Send + Sync + 'static {
     async fn list_keys(&self, tenant_id: &str) -> Result<Vec<ApiKeyRecord>>;
     /// Returns false when no such key belongs to the tenant.
     async fn revoke_key(&self, tenant_id: &str, key_id: &str, now_ms: i64) -> Result<bool>;
+
+    // --- SigV4 credentials ----------------------------------------------------
+    /// Returns false if the access key id already exists.
+    async fn insert_sigv4_credential(&self, cred: &SigV4CredentialRecord) -> Result<bool>;
+    /// A non-revoked credential by access key id.
+    async fn find_sigv4_credential(
+        &self,
+        access_key_id: &str,
+    ) -> Result<Option<SigV4CredentialRecord>>;
+    async fn list_sigv4_credentials(&self, tenant_id: &str) -> Result<Vec<SigV4CredentialRecord>>;
+    /// Returns false when no such credential belongs to the tenant.
+    async fn revoke_sigv4_credential(
+        &self,
+        tenant_id: &str,
+        access_key_id: &str,
+        now_ms: i64,
+    ) -> Result<bool>;
 
     // --- ledger --------------------------------------------------------------
     async fn get_hold(&self, request_id: &str) -> Result<Option<Hold>>;

@@ -52,6 +52,14 @@ CREATE TABLE IF NOT EXISTS api_keys (
     created_at INTEGER NOT NULL,
     revoked_at INTEGER
 );
+CREATE TABLE IF NOT EXISTS sigv4_credentials (
+    access_key_id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    application_id TEXT,
+    sealed_secret TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
 -- TenantBudgets: one row per (tenant, period, scope); scope 'ALL' is the tenant
 -- total (budget and reserved live there), other scopes are model IDs.
 CREATE TABLE IF NOT EXISTS budgets (
@@ -556,6 +564,68 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn insert_sigv4_credential(&self, cred: &SigV4CredentialRecord) -> Result<bool> {
+        let c = cred.clone();
+        self.with(move |conn| {
+            let n = conn.execute(
+                "INSERT OR IGNORE INTO sigv4_credentials (access_key_id, tenant_id, application_id, sealed_secret, created_at, revoked_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, NULL)",
+                params![c.access_key_id, c.tenant_id, c.application_id, c.sealed_secret, c.created_at_ms],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn find_sigv4_credential(
+        &self,
+        access_key_id: &str,
+    ) -> Result<Option<SigV4CredentialRecord>> {
+        let a = access_key_id.to_string();
+        self.with(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT access_key_id, tenant_id, application_id, sealed_secret, created_at, revoked_at
+                     FROM sigv4_credentials WHERE access_key_id = ?1 AND revoked_at IS NULL",
+                    params![a],
+                    sigv4_from_row,
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn list_sigv4_credentials(&self, tenant_id: &str) -> Result<Vec<SigV4CredentialRecord>> {
+        let t = tenant_id.to_string();
+        self.with(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT access_key_id, tenant_id, application_id, sealed_secret, created_at, revoked_at
+                 FROM sigv4_credentials WHERE tenant_id = ?1 ORDER BY created_at, access_key_id",
+            )?;
+            let rows = stmt.query_map(params![t], sigv4_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn revoke_sigv4_credential(
+        &self,
+        tenant_id: &str,
+        access_key_id: &str,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let (t, a) = (tenant_id.to_string(), access_key_id.to_string());
+        self.with(move |conn| {
+            let n = conn.execute(
+                "UPDATE sigv4_credentials SET revoked_at = COALESCE(revoked_at, ?3)
+                 WHERE tenant_id = ?1 AND access_key_id = ?2",
+                params![t, a, now_ms],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
     async fn insert_key(&self, key: &ApiKeyRecord) -> Result<bool> {
         let k = key.clone();
         self.with(move |conn| {
@@ -917,6 +987,17 @@ fn price_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ModelPrice> {
         output: dec(r, 2)?,
         cache_read: opt_dec(r, 3)?,
         cache_write: opt_dec(r, 4)?,
+    })
+}
+
+fn sigv4_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SigV4CredentialRecord> {
+    Ok(SigV4CredentialRecord {
+        access_key_id: r.get(0)?,
+        tenant_id: r.get(1)?,
+        application_id: r.get(2)?,
+        sealed_secret: r.get(3)?,
+        created_at_ms: r.get(4)?,
+        revoked: r.get::<_, Option<i64>>(5)?.is_some(),
     })
 }
 
