@@ -157,6 +157,19 @@ class Stack:
         for p in reversed(list(self.procs.values())):
             p.stop()
 
+    def kill_sidecar(self) -> None:
+        """SIGKILL, as a crash would."""
+        self.procs["sidecar"].kill9()
+
+    def restart_sidecar(self) -> None:
+        """Starts the sidecar again on the same port and ledger."""
+        self.start_sidecar()
+
+    def usage(self, tenant: str) -> dict:
+        rows = self.admin("GET", f"/v1/usage?group_by=tenant&tenant={tenant}")["rows"]
+        assert len(rows) == 1, rows
+        return rows[0]
+
     # --- endpoints -------------------------------------------------------
     @property
     def gateway_url(self) -> str:

@@ -424,7 +424,9 @@ fn stream_response(
         rec["usage"] = usage_json(plan);
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    let delay = st.config.stream_delay;
+    let delay = plan
+        .stream_delay_ms
+        .map_or(st.config.stream_delay, Duration::from_millis);
     tokio::spawn(async move {
         for (i, frame) in script.frames.into_iter().enumerate() {
             if i > 0 && !delay.is_zero() {

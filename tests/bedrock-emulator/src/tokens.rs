@@ -58,6 +58,8 @@ pub struct Plan {
     pub cache: Option<CacheTokens>,
     /// `[[fault:NAME]]` found in the text (first one wins).
     pub fault_marker: Option<String>,
+    /// `[[delay:MS]]`: pause between stream frames for this request (first wins).
+    pub stream_delay_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -164,7 +166,14 @@ pub fn plan(converse: bool, model: &str, body: &Value) -> Result<Plan, BodyError
     let output_tokens = output_tokens_for(input_tokens, max);
     let mut cache: Option<CacheTokens> = None;
     let mut fault_marker = None;
+    let mut stream_delay_ms = None;
     for t in &texts {
+        if stream_delay_ms.is_none() {
+            stream_delay_ms = markers(t, "[[delay:")
+                .into_iter()
+                .find_map(|m| m.trim().parse::<u64>().ok())
+                .map(|ms| ms.min(10_000));
+        }
         for c in cache_markers(t) {
             let acc = cache.get_or_insert_with(CacheTokens::default);
             acc.read += c.read;
@@ -183,6 +192,7 @@ pub fn plan(converse: bool, model: &str, body: &Value) -> Result<Plan, BodyError
         hit_max_tokens: output_tokens < 20 + input_tokens / 2,
         cache,
         fault_marker,
+        stream_delay_ms,
     })
 }
 
@@ -438,6 +448,7 @@ mod tests {
             })
         );
         assert_eq!(p.fault_marker.as_deref(), Some("throttle"));
+        assert_eq!(p.stream_delay_ms, None);
         assert_eq!(p.total_tokens(), p.input_tokens + p.output_tokens + 110);
         assert!(cache_markers("[[cache:read=1").is_empty());
     }
