@@ -153,6 +153,27 @@ class Stack:
         self.procs["envoy"] = p
         wait_http(f"http://127.0.0.1:{self.envoy_admin}/ready", p.popen, p.log)
 
+    def start_edge_envoy(self, name: str, plugin_config: dict, jwt_provider: str | None = None) -> str:
+        """Another Envoy in front of the same sidecar and emulator, with its own
+        plugin configuration and optionally a `jwt_authn` filter before Tollgate.
+        Returns its gateway URL."""
+        listener, admin = free_port(), free_port()
+        text = emulator_envoy_config(WASM, listener, admin, self.emulator_port, self.sidecar_port)
+        default_cfg = '{"sidecar_cluster": "tollgate_sidecar", "failure_mode": "closed"}'
+        assert default_cfg in text
+        text = text.replace(default_cfg, json.dumps(plugin_config))
+        if jwt_provider:
+            anchor = "          - name: tollgate\n"
+            assert anchor in text
+            text = text.replace(anchor, jwt_provider + anchor)
+        cfg = self.workdir / f"envoy-{name}.yaml"
+        cfg.write_text(text)
+        p = spawn(f"envoy-{name}", [ENVOY, "-c", str(cfg), "--concurrency", "1", "--log-level", "warn",
+                                    "--base-id", str(admin)], self.workdir)
+        self.procs[f"envoy-{name}"] = p
+        wait_http(f"http://127.0.0.1:{admin}/ready", p.popen, p.log)
+        return f"https://127.0.0.1:{listener}"
+
     def stop(self) -> None:
         for p in reversed(list(self.procs.values())):
             p.stop()
