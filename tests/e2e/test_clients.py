@@ -30,6 +30,7 @@ ANTHROPIC_VERSION = "bedrock-2023-05-31"
 @pytest.fixture(scope="module", autouse=True)
 def prices(stack):
     stack.set_price(HAIKU, **PRICE)
+    stack.admin("PUT", "/v1/aliases/claude-3-haiku", {"model_id": HAIKU})
 
 
 def arn_for(tenant: str) -> str:
@@ -204,3 +205,59 @@ def test_anthropic_bedrock_budget_refusal_is_not_retried(stack, tenant_id):
     assert e.value.status_code == 402
     assert "Budget exhausted" in str(e.value)
     assert stack.emulator_requests() == []
+
+
+def test_langchain_chat_bedrock_converse(stack, tenant):
+    from langchain_aws import ChatBedrockConverse
+
+    tenant_id, _, akid, secret = tenant
+    llm = ChatBedrockConverse(model=HAIKU, region_name="us-east-1", max_tokens=100,
+                              client=sigv4_client(stack.gateway_url, akid, secret))
+    reply = llm.invoke("Say hello through LangChain " * 5)
+    streamed = "".join(str(chunk.content) for chunk in llm.stream("Stream through LangChain " * 5))
+    recs = check_charged_exactly(stack, tenant_id, 2)
+    assert reply.usage_metadata["input_tokens"] == recs[0]["usage"]["input_tokens"]
+    assert reply.usage_metadata["output_tokens"] == recs[0]["usage"]["output_tokens"]
+    assert streamed
+
+
+def test_curl_converse_and_raw_event_stream(stack, tenant, tmp_path):
+    import subprocess
+
+    import botocore.eventstream
+
+    tenant_id, key, _, _ = tenant
+    body = json.dumps({"messages": [{"role": "user", "content": [{"text": "curl says hi " * 10}]}]})
+    base = ["curl", "-sS", "--fail-with-body", "--cacert", str(CA), "-H", f"Authorization: Bearer {key}",
+            "-H", "content-type: application/json", "-d", body]
+    out = subprocess.run(base + ["-D", str(tmp_path / "h"), f"{stack.gateway_url}/model/claude-3-haiku/converse"],
+                         capture_output=True, check=True, timeout=30)
+    reply = json.loads(out.stdout)
+    headers = (tmp_path / "h").read_text().lower()
+    assert "x-tollgate-request-id: tg-" in headers
+    raw = subprocess.run(base + [f"{stack.gateway_url}/model/{HAIKU}/converse-stream"],
+                         capture_output=True, check=True, timeout=30).stdout
+    buf = botocore.eventstream.EventStreamBuffer()
+    buf.add_data(raw)
+    events = [m.headers[":event-type"] for m in buf]
+    assert events[0] == "messageStart" and events[-1] == "metadata"
+    recs = check_charged_exactly(stack, tenant_id, 2)
+    assert reply["usage"]["outputTokens"] == recs[0]["usage"]["output_tokens"]
+
+
+def test_envoy_exports_filter_metrics(stack, tenant):
+    _, key, _, _ = tenant
+    import requests as rq
+
+    def counter(name: str) -> int:
+        text = rq.get(f"http://127.0.0.1:{stack.envoy_admin}/stats?filter=tollgate", timeout=5).text
+        for line in text.splitlines():
+            if line.startswith(f"wasmcustom.tollgate.{name}:"):
+                return int(line.split(":")[1])
+        return 0
+
+    allowed, denied = counter("requests.allowed"), counter("requests.rejected")
+    stack.bedrock(key).call("converse", modelId=HAIKU, messages=[{"role": "user", "content": [{"text": "m"}]}])
+    rq.post(f"{stack.gateway_url}/nope", verify=str(CA), timeout=10)
+    assert counter("requests.allowed") == allowed + 1
+    assert counter("requests.rejected") == denied + 1
