@@ -172,6 +172,9 @@ pub fn is_stripped_header(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    // The same tests run natively and, under wasm-bindgen-test, on wasm32.
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
     use super::*;
 
     fn with_auth(auth: Option<&str>, f: impl FnOnce(&ReceivedRequest<'_>)) {

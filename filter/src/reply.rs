@@ -57,6 +57,9 @@ impl LocalReply {
 
 #[cfg(test)]
 mod tests {
+    // The same tests run natively and, under wasm-bindgen-test, on wasm32.
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
     use super::*;
 
     #[test]

@@ -286,6 +286,9 @@ fn set_pointer(root: &mut Value, pointer: &str, value: Value) {
 
 #[cfg(test)]
 mod tests {
+    // The same tests run natively and, under wasm-bindgen-test, on wasm32.
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
     use super::*;
     use serde_json::json;
 

@@ -87,6 +87,9 @@ pub fn settle(
 
 #[cfg(test)]
 mod tests {
+    // The same tests run natively and, under wasm-bindgen-test, on wasm32.
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
     use super::*;
 
     fn usage(i: u64, o: u64) -> Usage {

@@ -237,6 +237,9 @@ fn delta_text_len(delta: &Value) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    // The same tests run natively and, under wasm-bindgen-test, on wasm32.
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
     use super::*;
     use serde_json::json;
 

@@ -1,8 +1,10 @@
 //! `cargo xtask …`: everything a developer or CI runs, each command installing
 //! what it needs first.
 
+mod fuzz;
 mod setup;
 mod stack;
+mod wasmtest;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -31,6 +33,12 @@ enum Cmd {
     Demo,
     /// Everything CI runs.
     Test,
+    /// Fuzz the event-stream decoder and body readers (needs nightly).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
 }
 
 #[derive(clap::Args, Clone)]
@@ -99,6 +107,7 @@ fn main() -> Result<()> {
             let tools = setup::setup()?;
             test(&tools)
         }
+        Cmd::Fuzz { seconds } => fuzz::fuzz(seconds),
     }
 }
 
@@ -106,6 +115,8 @@ fn test(tools: &setup::Tools) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     println!("==> unit and integration tests (cargo test --workspace)");
     run(Command::new(&cargo).args(["test", "--workspace", "--quiet"]))?;
+    println!("==> the filter's pure core and the wire crate on wasm32 (wasm-bindgen-test, node)");
+    wasmtest::test(tools)?;
     setup::build_all(tools, false)?;
     println!("==> end-to-end tests (pytest tests/e2e: real Envoy + filter + sidecar + emulator)");
     let mut py = Command::new(tools.python());

@@ -83,7 +83,7 @@ impl Tools {
     }
 }
 
-fn have(cmd: &str, args: &[&str]) -> bool {
+pub(crate) fn have(cmd: &str, args: &[&str]) -> bool {
     Command::new(cmd)
         .args(args)
         .stdout(Stdio::null())
