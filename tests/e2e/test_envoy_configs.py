@@ -41,3 +41,51 @@ def test_a_broken_config_is_refused(tmp_path):
     cfg.write_text(emulator_envoy_config(WASM, 10000, 9901, 9180, 9190).replace("allow_on_headers_stop_iteration", "allow_on_headers_stop"))
     r = subprocess.run([ENVOY, "--mode", "validate", "-c", str(cfg)], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
+
+
+def test_istio_envoyfilter_patches_are_valid_envoy_config(tmp_path):
+    """The EnvoyFilter's patches (sidecar cluster, Tollgate Wasm filter, signer),
+    placed into a standalone bootstrap, validate with the Envoy we ship against."""
+    import yaml
+
+    docs = list(yaml.safe_load_all((REPO / "envoy/istio/tollgate-envoyfilter.yaml").read_text()))
+    patches = docs[0]["spec"]["configPatches"]
+    cluster = next(p["patch"]["value"] for p in patches if p["applyTo"] == "CLUSTER")
+    filters = [p["patch"]["value"] for p in patches if p["applyTo"] == "HTTP_FILTER"]
+    assert [f["name"] for f in filters] == ["tollgate", "envoy.filters.http.aws_request_signing"]
+    wasm_cfg = filters[0]["typed_config"]["config"]
+    assert wasm_cfg["allow_on_headers_stop_iteration"] is True
+    wasm_cfg["vm_config"]["code"]["local"]["filename"] = str(WASM)
+    cluster["type"] = "STATIC"
+    cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["address"] = "127.0.0.1"
+    bootstrap = {
+        "static_resources": {
+            "listeners": [{
+                "name": "gw", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 10443}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "gw",
+                        "route_config": {"virtual_hosts": [{"name": "b", "domains": ["*"], "routes": [
+                            {"match": {"prefix": "/"}, "route": {"cluster": "tollgate_sidecar"}}]}]},
+                        "http_filters": filters + [{"name": "envoy.filters.http.router", "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+                    }}]}],
+            }],
+            "clusters": [cluster],
+        }
+    }
+    validate(tmp_path, yaml.safe_dump(bootstrap))
+
+
+def test_istio_manifests_parse():
+    import yaml
+
+    kinds = []
+    for f in sorted((REPO / "envoy/istio").glob("*.yaml")):
+        for doc in yaml.safe_load_all(f.read_text()):
+            assert doc["apiVersion"] and doc["metadata"]["name"], f
+            kinds.append(doc["kind"])
+    for k in ["EnvoyFilter", "Deployment", "Service", "ServiceEntry", "DestinationRule", "Gateway", "VirtualService"]:
+        assert k in kinds
