@@ -113,10 +113,10 @@ impl FilterConfig {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     // The same tests run natively and, under wasm-bindgen-test, on wasm32.
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
-    use super::*;
 
     #[test]
     fn empty_is_default() {

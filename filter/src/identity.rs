@@ -172,10 +172,10 @@ pub fn is_stripped_header(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     // The same tests run natively and, under wasm-bindgen-test, on wasm32.
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
-    use super::*;
 
     fn with_auth(auth: Option<&str>, f: impl FnOnce(&ReceivedRequest<'_>)) {
         let mut headers = vec![

@@ -57,10 +57,10 @@ impl LocalReply {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     // The same tests run natively and, under wasm-bindgen-test, on wasm32.
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
-    use super::*;
 
     #[test]
     fn budget_reply_is_bedrock_shaped_and_not_retryable() {

@@ -286,11 +286,11 @@ fn set_pointer(root: &mut Value, pointer: &str, value: Value) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use serde_json::json;
     // The same tests run natively and, under wasm-bindgen-test, on wasm32.
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
-    use super::*;
-    use serde_json::json;
 
     fn facts(op: Operation, v: Value) -> RequestFacts {
         RequestFacts::read(op, &serde_json::to_vec(&v).unwrap()).unwrap()

@@ -104,10 +104,10 @@ pub fn percent_decode(s: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     // The same tests run natively and, under wasm-bindgen-test, on wasm32.
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
-    use super::*;
 
     const ARN: &str =
         "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/1arbu5hu2sjr";

@@ -237,11 +237,11 @@ fn delta_text_len(delta: &Value) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use serde_json::json;
     // The same tests run natively and, under wasm-bindgen-test, on wasm32.
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
-    use super::*;
-    use serde_json::json;
 
     fn ev(kind: &str, v: Value) -> Vec<u8> {
         Message::event(kind, serde_json::to_vec(&v).unwrap()).encode()

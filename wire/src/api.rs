@@ -234,10 +234,10 @@ pub struct ApiError {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     // The same tests run natively and, under wasm-bindgen-test, on wasm32.
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
-    use super::*;
 
     #[test]
     fn reserve_response_is_tagged_by_decision() {

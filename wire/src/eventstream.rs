@@ -345,10 +345,10 @@ fn decode_headers(mut b: &[u8]) -> Result<Vec<Header>, DecodeError> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     // The same tests run natively and, under wasm-bindgen-test, on wasm32.
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
-    use super::*;
 
     /// botocore `tests/unit/test_eventstream.py` PAYLOAD_ONE_STR_HEADER.
     fn botocore_vector() -> Vec<u8> {
