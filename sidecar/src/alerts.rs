@@ -42,10 +42,68 @@ impl From<&AlertRecord> for AlertEvent {
     }
 }
 
+/// Body of webhook POSTs: the alert JSON itself, or a Slack-compatible
+/// `{"text": "…"}` message (Slack, Mattermost, Teams' Slack-compatible hooks…).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    #[default]
+    Json,
+    Slack,
+}
+
+impl WebhookFormat {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "json" => Some(Self::Json),
+            "slack" => Some(Self::Slack),
+            _ => None,
+        }
+    }
+}
+
+/// A readable one-sentence description of an alert (the Slack message text).
+pub fn sentence(e: &AlertEvent) -> String {
+    let spent = e.spent_usd.round_dp(4).normalize();
+    let budget = e.budget_usd.round_dp(4).normalize();
+    let pct = if e.budget_usd > Decimal::ZERO {
+        format!(
+            " ({}%)",
+            (e.spent_usd * Decimal::ONE_HUNDRED / e.budget_usd)
+                .round_dp(1)
+                .normalize()
+        )
+    } else {
+        String::new()
+    };
+    match e.kind {
+        "threshold" => format!(
+            ":warning: Tollgate: tenant {} has spent ${spent} of its ${budget} budget{pct} for period {}, crossing its alert threshold.",
+            e.tenant_id, e.period
+        ),
+        "exhausted" => format!(
+            ":no_entry: Tollgate: tenant {} has exhausted its ${budget} budget for period {} (spent ${spent}); further requests are refused with 402.",
+            e.tenant_id, e.period
+        ),
+        "high_cost" => format!(
+            ":moneybag: Tollgate: a single request{} of tenant {} cost ${}, above the high-cost threshold (period {}: ${spent} of ${budget} spent).",
+            e.request_id.as_deref().map(|r| format!(" ({r})")).unwrap_or_default(),
+            e.tenant_id,
+            e.cost_usd.unwrap_or_default().round_dp(4).normalize(),
+            e.period
+        ),
+        other => format!(
+            "Tollgate: {other} alert for tenant {} in period {}: ${spent} of ${budget} spent.",
+            e.tenant_id, e.period
+        ),
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Alerter {
     webhooks: Vec<String>,
     client: reqwest::Client,
+    format: WebhookFormat,
 }
 
 /// Attempts per webhook: the first try plus 3 retries.
@@ -57,7 +115,17 @@ impl Alerter {
             .timeout(Duration::from_secs(5))
             .build()
             .unwrap_or_default();
-        Self { webhooks, client }
+        Self {
+            webhooks,
+            client,
+            format: WebhookFormat::Json,
+        }
+    }
+
+    /// Sets the webhook body format.
+    pub fn with_format(mut self, format: WebhookFormat) -> Self {
+        self.format = format;
+        self
     }
 
     /// Logs the alert and hands it to the webhooks in the background.
@@ -70,10 +138,14 @@ impl Alerter {
             let mut err = std::io::stderr().lock();
             let _ = writeln!(err, "{line}");
         }
+        let payload = match self.format {
+            WebhookFormat::Json => line,
+            WebhookFormat::Slack => serde_json::json!({ "text": sentence(&event) }).to_string(),
+        };
         for url in &self.webhooks {
             let client = self.client.clone();
             let url = url.clone();
-            let body = line.clone();
+            let body = payload.clone();
             tokio::spawn(async move {
                 let mut backoff = Duration::from_millis(250);
                 for attempt in 1..=ATTEMPTS {
@@ -97,5 +169,38 @@ impl Alerter {
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slack_sentences_read_well() {
+        let mut e = AlertEvent {
+            level: "ALERT",
+            kind: "threshold",
+            tenant_id: "acme".into(),
+            period: "2026-11".into(),
+            spent_usd: "8.00".parse().unwrap(),
+            budget_usd: "10".parse().unwrap(),
+            request_id: Some("r1".into()),
+            cost_usd: Some("0.5".parse().unwrap()),
+            fired_at: String::new(),
+        };
+        assert_eq!(
+            sentence(&e),
+            ":warning: Tollgate: tenant acme has spent $8 of its $10 budget (80%) for period 2026-11, crossing its alert threshold."
+        );
+        e.kind = "high_cost";
+        e.cost_usd = Some("12.345678".parse().unwrap());
+        assert!(
+            sentence(&e).contains("(r1) of tenant acme cost $12.3457"),
+            "{}",
+            sentence(&e)
+        );
+        assert_eq!(WebhookFormat::parse("slack"), Some(WebhookFormat::Slack));
+        assert_eq!(WebhookFormat::parse("xml"), None);
     }
 }

@@ -78,6 +78,11 @@ impl Client {
 pub async fn run(command: Command) -> Result<()> {
     match command {
         Command::Serve(_) => Err(Error::Internal("serve is not a client command".into())),
+        Command::Dynamodb(a) => match a.command {
+            crate::config::DynamodbCommand::Init => {
+                crate::store::dynamodb::init_command(&a.options.store_options()).await
+            }
+        },
         Command::Tenants(a) => {
             let c = Client::new(&a.client)?;
             match a.command {
@@ -90,6 +95,7 @@ pub async fn run(command: Command) -> Result<()> {
                     default_model,
                     max_tokens_cap,
                     rpm,
+                    tpm,
                     inactive,
                 } => {
                     let body = json!({
@@ -101,6 +107,7 @@ pub async fn run(command: Command) -> Result<()> {
                         "default_model": default_model,
                         "max_tokens_cap": max_tokens_cap,
                         "rate_limit_rpm": rpm,
+                        "rate_limit_tpm": tpm,
                     });
                     c.print(
                         Method::PUT,

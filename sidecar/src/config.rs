@@ -35,6 +35,23 @@ pub enum Command {
     Aliases(AliasesArgs),
     /// Usage and cost report.
     Usage(UsageArgs),
+    /// Manage the DynamoDB tables of the shared store.
+    Dynamodb(DynamodbArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WebhookFormatArg {
+    Json,
+    Slack,
+}
+
+impl From<WebhookFormatArg> for crate::alerts::WebhookFormat {
+    fn from(f: WebhookFormatArg) -> Self {
+        match f {
+            WebhookFormatArg::Json => Self::Json,
+            WebhookFormatArg::Slack => Self::Slack,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -70,12 +87,83 @@ pub struct ServeArgs {
     /// Webhook URL that receives alerts as JSON POSTs (repeatable; env: comma-separated).
     #[arg(long = "webhook", env = "TOLLGATE_WEBHOOKS", value_delimiter = ',')]
     pub webhooks: Vec<String>,
+    /// Webhook body: `json` (the alert itself) or `slack` (`{"text": "…"}`).
+    #[arg(
+        long,
+        env = "TOLLGATE_WEBHOOK_FORMAT",
+        value_enum,
+        default_value = "json"
+    )]
+    pub webhook_format: WebhookFormatArg,
+    /// Distinct values per metrics label (tenant, model, application, cost_center,
+    /// environment) before new ones are reported as `other`.
+    #[arg(long, env = "TOLLGATE_METRICS_MAX_LABEL_VALUES", default_value_t = crate::metrics::DEFAULT_MAX_LABEL_VALUES)]
+    pub metrics_max_label_values: usize,
+    /// Write one CloudWatch EMF JSON line per committed invocation to this file
+    /// (appended) or to `stdout`.
+    #[arg(long, env = "TOLLGATE_EMF_OUTPUT")]
+    pub emf_output: Option<String>,
+    /// CloudWatch namespace of the EMF metrics.
+    #[arg(long, env = "TOLLGATE_EMF_NAMESPACE", default_value = crate::emf::DEFAULT_NAMESPACE)]
+    pub emf_namespace: String,
     /// Seconds between sweeps for expired holds.
     #[arg(long, env = "TOLLGATE_SWEEP_INTERVAL_SECS", default_value_t = 5)]
     pub sweep_interval_secs: u64,
     /// Log format.
     #[arg(long, env = "TOLLGATE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Ledger store: sqlite (embedded, default) or dynamodb (shared by a fleet;
+    /// configured by the AWS SDK's standard chain, e.g. AWS_REGION and
+    /// AWS_ENDPOINT_URL_DYNAMODB).
+    #[arg(long, env = "TOLLGATE_STORE", value_enum, default_value = "sqlite")]
+    pub store: StoreKind,
+    #[command(flatten)]
+    pub dynamodb: DynamodbOptions,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    Sqlite,
+    Dynamodb,
+}
+
+/// Options of the DynamoDB store.
+#[derive(Debug, Clone, Args)]
+pub struct DynamodbOptions {
+    /// Prefix of every DynamoDB table name (e.g. `prod-`).
+    #[arg(long, env = "TOLLGATE_DYNAMODB_TABLE_PREFIX", default_value = "")]
+    pub dynamodb_table_prefix: String,
+    /// `ModelPricing` partition (`region` key) the price table lives under.
+    #[arg(
+        long,
+        env = "TOLLGATE_DYNAMODB_PRICING_REGION",
+        default_value = "global"
+    )]
+    pub dynamodb_pricing_region: String,
+}
+
+impl DynamodbOptions {
+    pub fn store_options(&self) -> crate::store::dynamodb::DynamoOptions {
+        crate::store::dynamodb::DynamoOptions {
+            table_prefix: self.dynamodb_table_prefix.clone(),
+            pricing_region: self.dynamodb_pricing_region.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DynamodbArgs {
+    #[command(flatten)]
+    pub options: DynamodbOptions,
+    #[command(subcommand)]
+    pub command: DynamodbCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DynamodbCommand {
+    /// Create the tables that are missing (PAY_PER_REQUEST) and wait until they
+    /// are ACTIVE. Idempotent.
+    Init,
 }
 
 /// Where the admin API is and how to authenticate to it.
@@ -132,6 +220,9 @@ pub enum TenantsCommand {
         /// Requests per minute.
         #[arg(long)]
         rpm: Option<u32>,
+        /// Tokens per minute (input estimate + max output, corrected at commit).
+        #[arg(long)]
+        tpm: Option<u64>,
         /// Create the tenant disabled.
         #[arg(long)]
         inactive: bool,

@@ -66,9 +66,11 @@ pub fn available(budget: Decimal, spent: Decimal, reserved: Decimal) -> Decimal 
     budget - spent - reserved
 }
 
-/// The hard-cap admission rule.
+/// The hard-cap admission rule. A zero hold takes nothing and always fits, so a
+/// request already served (`failure_mode: open`) is recorded even when the
+/// tenant is overdrawn.
 pub fn admits(available: Decimal, hold: Decimal) -> bool {
-    available >= hold
+    hold.is_zero() || available >= hold
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -153,6 +155,124 @@ impl RateLimiter {
     }
 }
 
+/// Nanoseconds per minute: one token is `NS_PER_MINUTE` bucket units, and a bucket
+/// of `tpm` tokens per minute refills `tpm` units per nanosecond.
+const NS_PER_MINUTE: i128 = 60_000_000_000;
+
+#[derive(Debug, Clone, Copy)]
+struct TokenBucket {
+    /// Bucket level in units (tokens × `NS_PER_MINUTE`); negative while in debt.
+    level: i128,
+    /// When `level` was last refilled, ns since the epoch.
+    at_ns: i128,
+}
+
+#[derive(Debug, Clone)]
+struct TokenCharge {
+    tenant: String,
+    tokens: u64,
+    at_ns: i128,
+}
+
+#[derive(Debug, Default)]
+struct TokenState {
+    buckets: HashMap<String, TokenBucket>,
+    /// Tokens charged at reserve time per request id, corrected at commit.
+    charges: HashMap<String, TokenCharge>,
+}
+
+/// Per-tenant tokens-per-minute limiter: a bucket of `tpm` tokens refilled
+/// continuously at `tpm` per minute. A reserve takes `input estimate + max output`
+/// tokens; the commit corrects the charge to the actual tokens (refunding what was
+/// not used, or going into debt for an overrun); a release refunds it. In memory,
+/// per sidecar (like [`RateLimiter`]).
+#[derive(Debug, Default)]
+pub struct TokenRateLimiter {
+    state: Mutex<TokenState>,
+}
+
+impl TokenRateLimiter {
+    fn refill(bucket: &mut TokenBucket, tpm: u64, now_ns: i128) {
+        let cap = i128::from(tpm) * NS_PER_MINUTE;
+        let elapsed = (now_ns - bucket.at_ns).max(0);
+        bucket.level = bucket
+            .level
+            .saturating_add(elapsed.saturating_mul(i128::from(tpm)))
+            .min(cap);
+        bucket.at_ns = bucket.at_ns.max(now_ns);
+    }
+
+    /// Takes `tokens` from the tenant's bucket for `request_id`. A request larger
+    /// than the whole bucket is admitted once the bucket is full (and leaves it in
+    /// debt). `Err(secs)` tells when to retry.
+    pub fn try_take(
+        &self,
+        tenant: &str,
+        request_id: &str,
+        tpm: u64,
+        tokens: u64,
+        now: OffsetDateTime,
+    ) -> Result<(), u64> {
+        if tpm == 0 {
+            return Err(60);
+        }
+        let now_ns = now.unix_timestamp_nanos();
+        let cap = i128::from(tpm) * NS_PER_MINUTE;
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let bucket = st.buckets.entry(tenant.to_string()).or_insert(TokenBucket {
+            level: cap,
+            at_ns: now_ns,
+        });
+        Self::refill(bucket, tpm, now_ns);
+        let need = i128::from(tokens.min(tpm)) * NS_PER_MINUTE;
+        if bucket.level < need {
+            let wait_ns = (need - bucket.level + i128::from(tpm) - 1) / i128::from(tpm);
+            let secs = (wait_ns + 999_999_999) / 1_000_000_000;
+            return Err(u64::try_from(secs.max(1)).unwrap_or(60));
+        }
+        bucket.level -= i128::from(tokens) * NS_PER_MINUTE;
+        st.charges.insert(
+            request_id.to_string(),
+            TokenCharge {
+                tenant: tenant.to_string(),
+                tokens,
+                at_ns: now_ns,
+            },
+        );
+        Ok(())
+    }
+
+    /// Replaces the reserve-time charge of `request_id` by the `actual` tokens.
+    /// Unknown requests (e.g. reserved before a restart) are left alone.
+    pub fn settle(&self, request_id: &str, actual: u64) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = st.charges.remove(request_id) {
+            if let Some(b) = st.buckets.get_mut(&c.tenant) {
+                let diff = i128::from(c.tokens) - i128::from(actual);
+                b.level = b.level.saturating_add(diff * NS_PER_MINUTE);
+            }
+        }
+    }
+
+    /// Gives back the whole reserve-time charge (request refused or released).
+    pub fn refund(&self, request_id: &str) {
+        self.settle(request_id, 0);
+    }
+
+    /// Forgets charges older than `max_age` (their commit is not coming).
+    pub fn prune(&self, now: OffsetDateTime, max_age: time::Duration) {
+        let cutoff = now.unix_timestamp_nanos() - max_age.whole_nanoseconds();
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.charges.retain(|_, c| c.at_ns >= cutoff);
+    }
+
+    /// Tokens left in a tenant's bucket (tests and diagnostics); `None` if unseen.
+    pub fn level(&self, tenant: &str) -> Option<i128> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.buckets.get(tenant).map(|b| b.level / NS_PER_MINUTE)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,5 +339,42 @@ mod tests {
         assert_eq!(rl.check("b", 3, t0), Ok(()), "tenants are independent");
         assert_eq!(rl.check("a", 3, t0 + time::Duration::seconds(20)), Ok(()));
         assert!(rl.check("a", 3, t0 + time::Duration::seconds(20)).is_err());
+    }
+
+    #[test]
+    fn token_limiter_charges_estimate_and_corrects_at_commit() {
+        let tl = TokenRateLimiter::default();
+        let t0 = datetime!(2026-11-23 12:00 UTC);
+        assert_eq!(tl.try_take("a", "r1", 1000, 600, t0), Ok(()));
+        assert_eq!(tl.level("a"), Some(400));
+        // 600 more do not fit: 200 tokens short at 1000/min = 12 s.
+        assert_eq!(tl.try_take("a", "r2", 1000, 600, t0), Err(12));
+        // The commit used only 100 of the 600: 500 come back.
+        tl.settle("r1", 100);
+        assert_eq!(tl.level("a"), Some(900));
+        assert_eq!(tl.try_take("a", "r2", 1000, 600, t0), Ok(()));
+        // An overrun puts the bucket in debt.
+        tl.settle("r2", 1500);
+        assert_eq!(tl.level("a"), Some(-600));
+        assert_eq!(tl.try_take("a", "r3", 1000, 1, t0), Err(37));
+        // Refill is continuous and capped at tpm.
+        let later = t0 + time::Duration::minutes(5);
+        assert_eq!(tl.try_take("a", "r3", 1000, 10, later), Ok(()));
+        assert_eq!(tl.level("a"), Some(990));
+        tl.refund("r3");
+        assert_eq!(tl.level("a"), Some(1000));
+        tl.settle("r3", 999); // already settled: no effect
+        assert_eq!(tl.level("a"), Some(1000));
+        // Larger than the bucket: admitted when full, then in debt.
+        assert_eq!(tl.try_take("b", "big", 100, 250, t0), Ok(()));
+        assert_eq!(tl.level("b"), Some(-150));
+        assert!(tl.try_take("b", "big2", 100, 250, t0).is_err());
+        tl.prune(t0 + time::Duration::hours(1), time::Duration::minutes(10));
+        tl.settle("big", 0);
+        assert_eq!(
+            tl.level("b"),
+            Some(-150),
+            "pruned charges are not corrected"
+        );
     }
 }

@@ -4,6 +4,13 @@
 //! `tollgate_budget_remaining_usd` a float gauge. Prometheus samples are float64,
 //! so these are approximate views for dashboards; the ledger itself and
 //! `GET /v1/usage` are exact decimals.
+//!
+//! Cardinality guard: every label that carries a caller-influenced value (tenant,
+//! model, application, cost_center, environment) keeps at most
+//! `max_label_values` distinct values per label name (`--metrics-max-label-values`,
+//! default 1000); later new values are reported as `other`, so a flood of
+//! made-up ids cannot grow the exposition without bound. An absent attribution is
+//! the empty string (which Prometheus treats as an absent label).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -13,8 +20,45 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
-use tollgate_wire::api::Usage;
+use std::sync::Mutex;
+use tollgate_wire::api::{Attribution, Usage};
+
+/// Default cap on distinct values per label.
+pub const DEFAULT_MAX_LABEL_VALUES: usize = 1000;
+
+/// Store operations counted by `tollgate_store_errors_total{op}`.
+pub const STORE_OPS: [&str; 4] = ["reserve", "commit", "release", "sweep"];
+
+/// The value reported once a label's cap is reached.
+pub const OVERFLOW_LABEL: &str = "other";
+
+/// Remembers which values each label has shown and folds new ones into
+/// [`OVERFLOW_LABEL`] past the cap.
+#[derive(Debug)]
+struct LabelGuard {
+    max: usize,
+    seen: Mutex<HashMap<&'static str, HashSet<String>>>,
+}
+
+impl LabelGuard {
+    fn value(&self, label: &'static str, value: &str) -> String {
+        if value.is_empty() {
+            return String::new();
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let set = seen.entry(label).or_default();
+        if set.contains(value) {
+            return value.to_string();
+        }
+        if set.len() < self.max {
+            set.insert(value.to_string());
+            return value.to_string();
+        }
+        OVERFLOW_LABEL.to_string()
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -50,12 +94,23 @@ struct TokenLabels {
     tenant: String,
     model: String,
     kind: String,
+    application: String,
+    cost_center: String,
+    environment: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CostLabels {
     tenant: String,
     model: String,
+    application: String,
+    cost_center: String,
+    environment: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreErrorLabels {
+    op: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -75,8 +130,10 @@ pub struct Metrics {
     cost: Family<CostLabels, Counter<f64, AtomicU64>>,
     remaining: Family<TenantLabels, Gauge<f64, AtomicU64>>,
     alerts: Family<AlertLabels, Counter>,
+    store_errors: Family<StoreErrorLabels, Counter>,
     reserve_seconds: Histogram,
     commit_seconds: Histogram,
+    guard: LabelGuard,
 }
 
 impl Default for Metrics {
@@ -87,12 +144,19 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        Self::with_max_label_values(DEFAULT_MAX_LABEL_VALUES)
+    }
+
+    /// Metrics whose tenant/model/attribution labels keep at most `max` distinct
+    /// values each (at least 1).
+    pub fn with_max_label_values(max: usize) -> Self {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         let tokens = Family::<TokenLabels, Counter>::default();
         let cost = Family::<CostLabels, Counter<f64, AtomicU64>>::default();
         let remaining = Family::<TenantLabels, Gauge<f64, AtomicU64>>::default();
         let alerts = Family::<AlertLabels, Counter>::default();
+        let store_errors = Family::<StoreErrorLabels, Counter>::default();
         let reserve_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         let commit_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         registry.register(
@@ -102,7 +166,7 @@ impl Metrics {
         );
         registry.register(
             "tollgate_tokens",
-            "Committed tokens by tenant, model and kind (input, output, cache_read, cache_write)",
+            "Committed tokens by tenant, model, kind (input, output, cache_read, cache_write) and attribution",
             tokens.clone(),
         );
         registry.register(
@@ -116,6 +180,15 @@ impl Metrics {
             remaining.clone(),
         );
         registry.register("tollgate_alerts", "Alerts fired, by kind", alerts.clone());
+        // Present from the start (at 0), so alerting on it needs no absent() dance.
+        for op in STORE_OPS {
+            let _ = store_errors.get_or_create(&StoreErrorLabels { op: op.to_string() });
+        }
+        registry.register(
+            "tollgate_store_errors",
+            "Ledger store failures by operation (reserve, commit, release, sweep)",
+            store_errors.clone(),
+        );
         registry.register(
             "tollgate_reserve_seconds",
             "Time to answer a reserve",
@@ -133,21 +206,41 @@ impl Metrics {
             cost,
             remaining,
             alerts,
+            store_errors,
             reserve_seconds,
             commit_seconds,
+            guard: LabelGuard {
+                max: max.max(1),
+                seen: Mutex::new(HashMap::new()),
+            },
         }
     }
 
     pub fn request(&self, tenant: &str, outcome: Outcome) {
         self.requests
             .get_or_create(&RequestLabels {
-                tenant: tenant.to_string(),
+                tenant: self.guard.value("tenant", tenant),
                 outcome: outcome.as_str().to_string(),
             })
             .inc();
     }
 
-    pub fn committed(&self, tenant: &str, model: &str, usage: &Usage, cost: Decimal) {
+    pub fn committed(
+        &self,
+        tenant: &str,
+        model: &str,
+        attribution: &Attribution,
+        usage: &Usage,
+        cost: Decimal,
+    ) {
+        let tenant = self.guard.value("tenant", tenant);
+        let model = self.guard.value("model", model);
+        let attr = |label: &'static str, v: &Option<String>| {
+            self.guard.value(label, v.as_deref().unwrap_or_default())
+        };
+        let application = attr("application", &attribution.application_id);
+        let cost_center = attr("cost_center", &attribution.cost_center);
+        let environment = attr("environment", &attribution.environment);
         for (kind, n) in [
             ("input", usage.input_tokens),
             ("output", usage.output_tokens),
@@ -157,17 +250,23 @@ impl Metrics {
             if n > 0 {
                 self.tokens
                     .get_or_create(&TokenLabels {
-                        tenant: tenant.to_string(),
-                        model: model.to_string(),
+                        tenant: tenant.clone(),
+                        model: model.clone(),
                         kind: kind.to_string(),
+                        application: application.clone(),
+                        cost_center: cost_center.clone(),
+                        environment: environment.clone(),
                     })
                     .inc_by(n);
             }
         }
         self.cost
             .get_or_create(&CostLabels {
-                tenant: tenant.to_string(),
-                model: model.to_string(),
+                tenant,
+                model,
+                application,
+                cost_center,
+                environment,
             })
             .inc_by(cost.to_f64().unwrap_or(0.0));
     }
@@ -175,9 +274,16 @@ impl Metrics {
     pub fn remaining(&self, tenant: &str, available: Decimal) {
         self.remaining
             .get_or_create(&TenantLabels {
-                tenant: tenant.to_string(),
+                tenant: self.guard.value("tenant", tenant),
             })
             .set(available.to_f64().unwrap_or(0.0));
+    }
+
+    /// A store operation failed.
+    pub fn store_error(&self, op: &'static str) {
+        self.store_errors
+            .get_or_create(&StoreErrorLabels { op: op.to_string() })
+            .inc();
     }
 
     pub fn alert(&self, kind: &str) {
@@ -203,5 +309,52 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_capped_per_label() {
+        let m = Metrics::with_max_label_values(2);
+        for t in ["a", "b", "c", "d", "a"] {
+            m.request(t, Outcome::Approved);
+        }
+        m.remaining("zzz", Decimal::ONE);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"tollgate_requests_total{tenant="a",outcome="approved"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tollgate_requests_total{tenant="b",outcome="approved"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tollgate_requests_total{tenant="other",outcome="approved"} 2"#),
+            "{text}"
+        );
+        assert!(!text.contains(r#"tenant="c""#), "{text}");
+        assert!(
+            text.contains(r#"tollgate_budget_remaining_usd{tenant="other"} 1"#),
+            "{text}"
+        );
+        // Other labels have their own budget of values.
+        let attr = Attribution {
+            application_id: Some("app1".into()),
+            ..Default::default()
+        };
+        let usage = Usage {
+            input_tokens: 5,
+            ..Default::default()
+        };
+        for model in ["m1", "m2", "m3"] {
+            m.committed("a", model, &attr, &usage, Decimal::ONE);
+        }
+        let text = m.encode();
+        assert!(text.contains(r#"tollgate_tokens_total{tenant="a",model="m2",kind="input",application="app1",cost_center="",environment=""} 5"#), "{text}");
+        assert!(text.contains(r#"tollgate_cost_usd_total{tenant="a",model="other",application="app1",cost_center="",environment=""} 1"#), "{text}");
     }
 }

@@ -4,11 +4,12 @@
 use crate::alerts::Alerter;
 use crate::api::{router, AppState};
 use crate::clock::{Clock, SystemClock};
-use crate::config::ServeArgs;
+use crate::config::{ServeArgs, StoreKind};
 use crate::error::Result;
 use crate::keys;
 use crate::metrics::Metrics;
 use crate::service::{Service, Settings};
+use crate::store::dynamodb::DynamoStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 use axum::Router;
@@ -33,16 +34,42 @@ pub struct Sidecar {
     pub service: Arc<Service>,
 }
 
-/// Opens the ledger, applies the seed, and builds the routes.
+/// Opens the SQLite ledger at `opts.db`, applies the seed, and builds the routes.
 pub async fn build(opts: &Options) -> Result<Sidecar> {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&opts.db)?);
-    let service = Arc::new(Service::new(
-        store,
-        opts.clock.clone(),
-        opts.settings.clone(),
-        Arc::new(Metrics::new()),
-        Alerter::new(opts.webhooks.clone()),
-    ));
+    build_with_store(opts, store).await
+}
+
+/// Opens the store `serve` was configured with.
+pub async fn open_store(args: &ServeArgs) -> Result<Arc<dyn Store>> {
+    Ok(match args.store {
+        StoreKind::Sqlite => Arc::new(SqliteStore::open(&args.db)?),
+        StoreKind::Dynamodb => {
+            Arc::new(DynamoStore::connect(&args.dynamodb.store_options()).await?)
+        }
+    })
+}
+
+/// Like [`build`] on a given store (`opts.db` is then unused).
+pub async fn build_with_store(opts: &Options, store: Arc<dyn Store>) -> Result<Sidecar> {
+    let service = Arc::new(
+        Service::new(
+            store,
+            opts.clock.clone(),
+            opts.settings.clone(),
+            Arc::new(Metrics::with_max_label_values(
+                opts.settings.metrics_max_label_values,
+            )),
+            Alerter::new(opts.webhooks.clone()).with_format(opts.settings.webhook_format),
+        )
+        .with_emf(match &opts.settings.emf_output {
+            Some(target) => Some(crate::emf::EmfWriter::start(
+                target,
+                &opts.settings.emf_namespace,
+            )?),
+            None => None,
+        }),
+    );
     if let Some(seed) = &opts.seed {
         let s = crate::seed::apply_file(&service, seed).await?;
         tracing::info!(
@@ -97,13 +124,23 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             default_max_output_tokens: args.default_max_output_tokens,
             high_cost_threshold_usd: args.high_cost_threshold_usd,
             sealing_key: crate::seal::SealingKey::from_env()?,
+            metrics_max_label_values: args.metrics_max_label_values,
+            webhook_format: args.webhook_format.into(),
+            emf_output: args.emf_output.as_deref().map(crate::emf::EmfTarget::parse),
+            emf_namespace: args.emf_namespace.clone(),
         },
         webhooks: args.webhooks.clone(),
         admin_token: admin_token_from_env(),
         clock: Arc::new(SystemClock),
     };
-    let sidecar = build(&opts).await?;
-    tracing::info!(db = %opts.db.display(), "ledger open");
+    let sidecar = build_with_store(&opts, open_store(&args).await?).await?;
+    match args.store {
+        StoreKind::Sqlite => tracing::info!(db = %opts.db.display(), "ledger open (sqlite)"),
+        StoreKind::Dynamodb => tracing::info!(
+            table_prefix = %args.dynamodb.dynamodb_table_prefix,
+            "ledger open (dynamodb)"
+        ),
+    }
     let sweeper = spawn_sweeper(
         sidecar.service.clone(),
         Duration::from_secs(args.sweep_interval_secs.max(1)),

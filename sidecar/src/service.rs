@@ -4,9 +4,10 @@
 
 use crate::alerts::Alerter;
 use crate::clock::{to_millis, Clock};
+use crate::emf::{EmfRecord, EmfWriter};
 use crate::error::{Error, Result};
 use crate::keys;
-use crate::ledger::{self, AlertKind, RateLimiter, ResetCycle};
+use crate::ledger::{self, AlertKind, RateLimiter, ResetCycle, TokenRateLimiter};
 use crate::metrics::{Metrics, Outcome};
 use crate::pricing::{self, de_decimal, de_opt_decimal, ModelPrice};
 use crate::store::SigV4CredentialRecord;
@@ -15,7 +16,7 @@ use crate::store::{
     Store, TenantConfig,
 };
 use rust_decimal::Decimal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Instant;
 use tollgate_wire::api::{
@@ -36,6 +37,14 @@ pub struct Settings {
     /// Seals SigV4 secrets at rest; without it SigV4 credentials cannot be
     /// issued or verified.
     pub sealing_key: Option<crate::seal::SealingKey>,
+    /// Distinct values kept per metrics label before folding into `other`.
+    pub metrics_max_label_values: usize,
+    /// Body format of alert webhooks.
+    pub webhook_format: crate::alerts::WebhookFormat,
+    /// Where to write CloudWatch EMF lines (one per committed invocation).
+    pub emf_output: Option<crate::emf::EmfTarget>,
+    /// EMF namespace.
+    pub emf_namespace: String,
 }
 
 impl Default for Settings {
@@ -45,8 +54,21 @@ impl Default for Settings {
             default_max_output_tokens: 4096,
             high_cost_threshold_usd: Decimal::TEN,
             sealing_key: None,
+            metrics_max_label_values: crate::metrics::DEFAULT_MAX_LABEL_VALUES,
+            webhook_format: crate::alerts::WebhookFormat::Json,
+            emf_output: None,
+            emf_namespace: crate::emf::DEFAULT_NAMESPACE.to_string(),
         }
     }
+}
+
+/// How a reserve is judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    /// The normal path: budget and rate limits apply.
+    Checked,
+    /// A request already served without a hold (`failure_mode: open`).
+    Unreserved,
 }
 
 /// Largest commit batch accepted in one call.
@@ -89,6 +111,10 @@ pub struct TenantInput {
     pub max_tokens_cap: Option<u64>,
     #[serde(default)]
     pub rate_limit_rpm: Option<u32>,
+    /// Tokens per minute (input estimate + max output at reserve, corrected to
+    /// the actual tokens at commit).
+    #[serde(default)]
+    pub rate_limit_tpm: Option<u64>,
     /// Profile ARNs to map (upserted; existing mappings not listed stay).
     #[serde(default)]
     pub profiles: Vec<ProfileInput>,
@@ -137,13 +163,25 @@ pub struct Service {
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
     limiter: RateLimiter,
+    tokens: TokenRateLimiter,
     alerter: Alerter,
+    emf: Option<EmfWriter>,
+}
+
+/// A tenant's configuration as the admin API shows it: [`TenantConfig`] plus the
+/// limits kept beside it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TenantSettings {
+    #[serde(flatten)]
+    pub config: TenantConfig,
+    pub rate_limit_tpm: Option<u64>,
 }
 
 /// Everything `GET /v1/tenants/{tenant}` shows.
 #[derive(Debug, Clone)]
 pub struct TenantDetails {
     pub config: TenantConfig,
+    pub rate_limit_tpm: Option<u64>,
     pub balance: Balance,
     pub alerts: Vec<AlertRecord>,
     pub profiles: Vec<Profile>,
@@ -164,8 +202,16 @@ impl Service {
             settings,
             metrics,
             limiter: RateLimiter::default(),
+            tokens: TokenRateLimiter::default(),
             alerter,
+            emf: None,
         }
+    }
+
+    /// Writes one EMF line per committed invocation through `emf`.
+    pub fn with_emf(mut self, emf: Option<EmfWriter>) -> Self {
+        self.emf = emf;
+        self
     }
 
     /// Alias → model ID (single level); anything else is returned unchanged.
@@ -192,7 +238,7 @@ impl Service {
 
     pub async fn reserve(&self, req: ReserveRequest) -> Result<ReserveResponse> {
         let started = Instant::now();
-        let result = self.reserve_inner(req).await;
+        let result = self.reserve_inner(req, Admission::Checked).await;
         self.metrics
             .observe_reserve(started.elapsed().as_secs_f64());
         match result {
@@ -202,6 +248,7 @@ impl Service {
             }
             Err(e) => {
                 self.metrics.request("unknown", Outcome::Failed);
+                self.count_store_error("reserve", &e);
                 Err(e)
             }
         }
@@ -210,6 +257,7 @@ impl Service {
     async fn reserve_inner(
         &self,
         req: ReserveRequest,
+        admission: Admission,
     ) -> Result<(String, Outcome, ReserveResponse)> {
         if req.request_id.is_empty() || req.request_id.len() > 256 {
             return Err(Error::invalid("request_id must be 1 to 256 characters"));
@@ -241,7 +289,7 @@ impl Service {
             Credential::TrustedHeader { tenant_id } | Credential::Jwt { tenant_id } => {
                 (tenant_id.clone(), None)
             }
-            Credential::Sigv4(proof) => match self.verify_sigv4(proof, now).await? {
+            Credential::Sigv4(proof) => match self.verify_sigv4(proof, now, admission).await? {
                 Ok(cred) => (cred.tenant_id, cred.application_id),
                 Err(d) => return denied(unknown(), Outcome::DeniedAuth, d),
             },
@@ -351,29 +399,96 @@ impl Service {
             );
         };
 
-        // 3. Rate limit.
-        if let Some(rpm) = tenant.rate_limit_rpm {
-            if let Err(retry) = self.limiter.check(&tid, rpm, now) {
-                let mut d = deny(
-                    429,
-                    "ThrottlingException",
-                    format!("Rate limit exceeded for tenant {tid}: {rpm} requests per minute."),
-                );
-                d.retry_after_secs = Some(retry);
-                return denied(tid, Outcome::DeniedRate, d);
-            }
-        }
-
-        // 4. Hold.
+        // 3. Rate limit (not for requests already served while we were down).
         let max_out = ledger::max_output_tokens(
             req.max_output_tokens,
             self.settings.default_max_output_tokens,
             tenant.max_tokens_cap,
         );
+        if admission == Admission::Checked {
+            if let Some(rpm) = tenant.rate_limit_rpm {
+                if let Err(retry) = self.limiter.check(&tid, rpm, now) {
+                    let mut d = deny(
+                        429,
+                        "ThrottlingException",
+                        format!("Rate limit exceeded for tenant {tid}: {rpm} requests per minute."),
+                    );
+                    d.retry_after_secs = Some(retry);
+                    return denied(tid, Outcome::DeniedRate, d);
+                }
+            }
+
+            // Tokens per minute: input estimate + max output now, corrected at commit.
+            if let Some(tpm) = self.store.get_tenant_tpm(&tid).await? {
+                let tokens = req.input_tokens_estimate.saturating_add(max_out);
+                if let Err(retry) = self
+                    .tokens
+                    .try_take(&tid, &req.request_id, tpm, tokens, now)
+                {
+                    let mut d = deny(
+                        429,
+                        "ThrottlingException",
+                        format!(
+                            "Rate limit exceeded for tenant {tid}: {tpm} tokens per minute (this request may use up to {tokens})."
+                        ),
+                    );
+                    d.retry_after_secs = Some(retry);
+                    return denied(tid, Outcome::DeniedRate, d);
+                }
+            }
+        }
+
+        // 4. Hold.
+        let placed = self
+            .place_hold(
+                admission,
+                &req,
+                &tenant,
+                max_out,
+                &price,
+                profile_arn,
+                model_id,
+                attribution,
+                now,
+            )
+            .await;
+        match placed {
+            Ok((outcome, true)) => Ok(outcome),
+            Ok((outcome, false)) => {
+                // Refused or replayed: give the token charge back.
+                self.tokens.refund(&req.request_id);
+                Ok(outcome)
+            }
+            Err(e) => {
+                self.tokens.refund(&req.request_id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Sizes and places the hold; the flag tells whether a new hold was admitted.
+    #[allow(clippy::too_many_arguments)]
+    async fn place_hold(
+        &self,
+        admission: Admission,
+        req: &ReserveRequest,
+        tenant: &TenantConfig,
+        max_out: u64,
+        price: &ModelPrice,
+        profile_arn: Option<String>,
+        model_id: String,
+        attribution: tollgate_wire::api::Attribution,
+        now: time::OffsetDateTime,
+    ) -> Result<((String, Outcome, ReserveResponse), bool)> {
+        let tid = tenant.tenant_id.clone();
         let rates = price.rates();
-        let hold_usd = rates
-            .hold(req.input_tokens_estimate, max_out)
-            .map_err(|_| Error::invalid("input_tokens_estimate is too large"))?;
+        let hold_usd = match admission {
+            Admission::Checked => rates
+                .hold(req.input_tokens_estimate, max_out)
+                .map_err(|_| Error::invalid("input_tokens_estimate is too large"))?,
+            // Already served: nothing to hold, the commit follows at once.
+            Admission::Unreserved => Decimal::ZERO,
+        };
         let target_model = match profile_arn {
             Some(arn) => arn,
             None => self
@@ -409,12 +524,15 @@ impl Service {
                     .ok_or_else(|| Error::Internal("hold vanished after reserve".into()))?;
                 self.metrics.remaining(&tid, stored.budget_remaining_usd);
                 Ok((
-                    tid,
-                    Outcome::Approved,
-                    ReserveResponse::Allow(stored.reservation()),
+                    (
+                        tid,
+                        Outcome::Approved,
+                        ReserveResponse::Allow(stored.reservation()),
+                    ),
+                    true,
                 ))
             }
-            ReserveOutcome::Existing(existing) => Ok(self.replay(&tid, &existing)),
+            ReserveOutcome::Existing(existing) => Ok((self.replay(&tid, &existing), false)),
             ReserveOutcome::Insufficient {
                 available,
                 spent,
@@ -442,7 +560,40 @@ impl Service {
                     ),
                 );
                 d.retry_after_secs = None;
-                Ok((tid, Outcome::DeniedBudget, ReserveResponse::Deny(d)))
+                Ok((
+                    (tid, Outcome::DeniedBudget, ReserveResponse::Deny(d)),
+                    false,
+                ))
+            }
+        }
+    }
+
+    /// Records a zero hold for a request the gateway forwarded without one
+    /// (`failure_mode: open`), so the commit that follows charges it like any
+    /// other. Identity, model and price are checked as at reserve; budget and rate
+    /// limits are not: the request was already served. False when it cannot be
+    /// attributed (the commit is then reported as unknown).
+    async fn admit_unreserved(&self, request_id: &str, req: &ReserveRequest) -> Result<bool> {
+        if req.request_id != request_id {
+            return Err(Error::invalid(
+                "unreserved.request_id must match the commit's request_id",
+            ));
+        }
+        if self.store.get_hold(request_id).await?.is_some() {
+            return Ok(true);
+        }
+        let (tenant, _, response) = self
+            .reserve_inner(req.clone(), Admission::Unreserved)
+            .await?;
+        match response {
+            ReserveResponse::Allow(_) => {
+                tracing::warn!(request_id, tenant = %tenant, "charging a request forwarded without a hold (failure_mode open)");
+                Ok(true)
+            }
+            ReserveResponse::Deny(d) => {
+                tracing::warn!(request_id, status = d.status, error = %d.error_type, message = %d.message,
+                    "cannot attribute a request forwarded without a hold; not charged");
+                Ok(false)
             }
         }
     }
@@ -496,16 +647,61 @@ impl Service {
         let mut results = Vec::with_capacity(batch.commits.len());
         for c in batch.commits {
             let now_ms = to_millis(self.clock.now());
-            let applied = self
+            if let Some(req) = &c.unreserved {
+                if !self.admit_unreserved(&c.request_id, req).await? {
+                    results.push(CommitResult {
+                        request_id: c.request_id.clone(),
+                        outcome: CommitOutcome::UnknownRequest,
+                        cost_usd: None,
+                    });
+                    continue;
+                }
+            }
+            let applied = match self
                 .store
                 .commit(&c.request_id, &c.usage, c.estimated, now_ms)
-                .await?;
+                .await
+            {
+                Ok(a) => a,
+                Err(e) => {
+                    self.count_store_error("commit", &e);
+                    return Err(e);
+                }
+            };
             let (outcome, cost_usd) = match applied {
                 CommitApplied::Unknown => (CommitOutcome::UnknownRequest, None),
                 CommitApplied::Duplicate { cost } => (CommitOutcome::Duplicate, cost),
                 CommitApplied::Committed { cost, hold, totals } => {
-                    self.metrics
-                        .committed(&hold.tenant_id, &hold.model_id, &c.usage, cost);
+                    self.metrics.committed(
+                        &hold.tenant_id,
+                        &hold.model_id,
+                        &hold.attribution,
+                        &c.usage,
+                        cost,
+                    );
+                    let u = &c.usage;
+                    self.tokens.settle(
+                        &c.request_id,
+                        u.input_tokens
+                            .saturating_add(u.output_tokens)
+                            .saturating_add(u.cache_read_input_tokens)
+                            .saturating_add(u.cache_write_input_tokens),
+                    );
+                    if let Some(emf) = &self.emf {
+                        let a = &hold.attribution;
+                        emf.record(&EmfRecord {
+                            timestamp_ms: now_ms,
+                            request_id: &c.request_id,
+                            tenant_id: &hold.tenant_id,
+                            application_id: a.application_id.as_deref(),
+                            model_id: &hold.model_id,
+                            cost_center: a.cost_center.as_deref(),
+                            environment: a.environment.as_deref(),
+                            cost_usd: cost,
+                            input_tokens: u.input_tokens,
+                            output_tokens: u.output_tokens,
+                        });
+                    }
                     self.metrics.remaining(&hold.tenant_id, totals.available());
                     let threshold = match self.store.get_tenant(&hold.tenant_id).await? {
                         Some(t) => t.alert_threshold,
@@ -545,8 +741,15 @@ impl Service {
 
     pub async fn release(&self, req: ReleaseRequest) -> Result<ReleaseResponse> {
         let now_ms = to_millis(self.clock.now());
-        let released = self.store.release(&req.request_id, now_ms).await?;
+        let released = match self.store.release(&req.request_id, now_ms).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.count_store_error("release", &e);
+                return Err(e);
+            }
+        };
         if released {
+            self.tokens.refund(&req.request_id);
             tracing::debug!(request_id = %req.request_id, reason = %req.reason, "hold released");
         }
         Ok(ReleaseResponse { released })
@@ -554,11 +757,32 @@ impl Service {
 
     /// Expires holds past their TTL; returns how many.
     pub async fn sweep(&self) -> Result<u64> {
-        let n = self.store.expire_holds(to_millis(self.clock.now())).await?;
+        let now = self.clock.now();
+        let ttl = time::Duration::seconds(
+            i64::try_from(self.settings.hold_ttl_secs).unwrap_or(i64::MAX / 2_000_000_000),
+        );
+        self.tokens.prune(now, ttl + time::Duration::minutes(1));
+        let n = match self.store.expire_holds(to_millis(now)).await {
+            Ok(n) => n,
+            Err(e) => {
+                self.count_store_error("sweep", &e);
+                return Err(e);
+            }
+        };
         if n > 0 {
             tracing::info!(expired = n, "expired stale holds");
         }
         Ok(n)
+    }
+
+    /// Counts failures of the ledger store (not the caller's mistakes).
+    fn count_store_error(&self, op: &'static str, e: &Error) {
+        if !matches!(
+            e,
+            Error::Invalid(_) | Error::NotFound(_) | Error::Unauthorized(_)
+        ) {
+            self.metrics.store_error(op);
+        }
     }
 
     /// Records an alert once per (tenant, period, kind) and delivers it.
@@ -579,7 +803,7 @@ impl Service {
         ledger::period_key(cfg.reset_cycle, self.clock.now())
     }
 
-    pub async fn put_tenant(&self, tenant_id: &str, input: TenantInput) -> Result<TenantConfig> {
+    pub async fn put_tenant(&self, tenant_id: &str, input: TenantInput) -> Result<TenantSettings> {
         validate_id("tenant_id", tenant_id)?;
         if let Some(body_id) = &input.tenant_id {
             if body_id != tenant_id {
@@ -617,6 +841,9 @@ impl Service {
         if input.rate_limit_rpm == Some(0) {
             return Err(Error::invalid("rate_limit_rpm must be at least 1"));
         }
+        if input.rate_limit_tpm == Some(0) {
+            return Err(Error::invalid("rate_limit_tpm must be at least 1"));
+        }
         let default_model = match &input.default_model {
             Some(m) => Some(self.resolve_alias(m).await?),
             None => None,
@@ -647,6 +874,9 @@ impl Service {
         self.store
             .put_tenant(&cfg, &self.current_period(&cfg))
             .await?;
+        self.store
+            .put_tenant_tpm(tenant_id, input.rate_limit_tpm)
+            .await?;
         for p in input.profiles {
             self.put_profile(tenant_id, p).await?;
         }
@@ -662,7 +892,23 @@ impl Service {
                 })
                 .await?;
         }
-        Ok(cfg)
+        Ok(TenantSettings {
+            config: cfg,
+            rate_limit_tpm: input.rate_limit_tpm,
+        })
+    }
+
+    /// Every tenant with its limits (admin listing).
+    pub async fn list_tenant_settings(&self) -> Result<Vec<TenantSettings>> {
+        let mut out = Vec::new();
+        for config in self.store.list_tenants().await? {
+            let rate_limit_tpm = self.store.get_tenant_tpm(&config.tenant_id).await?;
+            out.push(TenantSettings {
+                config,
+                rate_limit_tpm,
+            });
+        }
+        Ok(out)
     }
 
     fn check_profile(p: &ProfileInput) -> Result<()> {
@@ -693,6 +939,7 @@ impl Service {
             alerts: self.store.list_alerts(tenant_id).await?,
             profiles: self.store.list_profiles(tenant_id).await?,
             keys: self.store.list_keys(tenant_id).await?,
+            rate_limit_tpm: self.store.get_tenant_tpm(tenant_id).await?,
             config,
         })
     }
@@ -711,7 +958,19 @@ impl Service {
         &self,
         proof: &SigV4Proof,
         now: time::OffsetDateTime,
+        admission: Admission,
     ) -> Result<std::result::Result<SigV4CredentialRecord, Denial>> {
+        // An unreserved commit arrives after the response, possibly long after the
+        // signature was made; the gateway checked its age when it forwarded it.
+        let now = match admission {
+            Admission::Checked => now,
+            Admission::Unreserved => proof
+                .headers
+                .iter()
+                .find(|(k, _)| k == "x-amz-date")
+                .and_then(|(_, v)| sigv4::parse_amz_date(v.trim()))
+                .unwrap_or(now),
+        };
         let auth_value = proof
             .headers
             .iter()

@@ -772,3 +772,50 @@ async fn openapi_lists_every_route() {
         );
     }
 }
+
+/// `failure_mode: open`: a request served while the sidecar was down arrives as a
+/// commit carrying its reserve; it is identified, priced and charged once, even
+/// past the budget, and an unidentifiable one is not charged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreserved_commits_are_charged_once() {
+    let s = TestSidecar::start().await;
+    let key = s.tenant("acme", json!({"budget_usd": "0.01"})).await;
+    let unreserved = |id: &str, key: &str| {
+        json!({
+            "request_id": id,
+            "credential": {"type": "bearer", "key": key},
+            "operation": "converse",
+            "model": "claude-3-sonnet",
+            "input_tokens_estimate": 10,
+            "max_output_tokens": 100,
+        })
+    };
+    let commit = |id: &str, key: &str| {
+        json!({"commits": [{
+            "request_id": id,
+            "usage": {"input_tokens": 1000, "output_tokens": 1000},
+            "unreserved": unreserved(id, key),
+        }]})
+    };
+    // 1000 × $3 + 1000 × $15 per 1M = $0.018: more than the whole budget.
+    let c = s.data("/v1/commit", commit("open-1", &key)).await;
+    assert_eq!(c["results"][0]["outcome"], "committed", "{c}");
+    assert_eq!(c["results"][0]["cost_usd"], "0.018");
+    let c = s.data("/v1/commit", commit("open-1", &key)).await;
+    assert_eq!(c["results"][0]["outcome"], "duplicate", "{c}");
+    // A second one still lands although the tenant is overdrawn.
+    let c = s.data("/v1/commit", commit("open-2", &key)).await;
+    assert_eq!(c["results"][0]["outcome"], "committed", "{c}");
+    let c = s.data("/v1/commit", commit("open-3", "tg_not_a_key")).await;
+    assert_eq!(c["results"][0]["outcome"], "unknown_request", "{c}");
+
+    let b = s.balance("acme").await;
+    assert_eq!(dec(&b["balance"]["spent_usd"]), d("0.036"));
+    assert_eq!(dec(&b["balance"]["reserved_usd"]), d("0"));
+    assert_eq!(b["balance"]["requests"], 2);
+    // Normal admission still refuses while overdrawn.
+    let r = s
+        .reserve("after", &key, "claude-3-sonnet", 1, Some(1))
+        .await;
+    assert_eq!(r["decision"], "deny", "{r}");
+}

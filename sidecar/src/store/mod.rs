@@ -4,6 +4,7 @@
 //! `BEGIN IMMEDIATE` transaction here; one conditional `UpdateItem` in a DynamoDB
 //! store), so several sidecars could share one ledger.
 
+pub mod dynamodb;
 pub mod sqlite;
 
 use crate::error::Result;
@@ -297,4 +298,21 @@ pub trait Store: Send + Sync + 'static {
     async fn list_alerts(&self, tenant_id: &str) -> Result<Vec<AlertRecord>>;
     /// Usage rows with `from_ms ≤ at < to_ms`.
     async fn usage(&self, from_ms: Option<i64>, to_ms: Option<i64>) -> Result<Vec<UsageRecord>>;
+
+    // --- limits added after the original layout --------------------------------
+    /// Stores a tenant's tokens-per-minute limit (`None` clears it). Kept apart
+    /// from [`TenantConfig`] so a store adds it without a layout change; a store
+    /// that cannot keep it refuses a `Some`.
+    async fn put_tenant_tpm(&self, tenant_id: &str, tpm: Option<u64>) -> Result<()> {
+        match tpm {
+            None => Ok(()),
+            Some(_) => Err(crate::error::Error::invalid(format!(
+                "rate_limit_tpm is not supported by this store (tenant {tenant_id})"
+            ))),
+        }
+    }
+    /// A tenant's tokens-per-minute limit, if any.
+    async fn get_tenant_tpm(&self, _tenant_id: &str) -> Result<Option<u64>> {
+        Ok(None)
+    }
 }

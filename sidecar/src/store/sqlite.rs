@@ -13,7 +13,9 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-const SCHEMA: &str = r#"
+/// Schema version 1: the original layout. `IF NOT EXISTS` throughout, so a ledger
+/// created before versioning (`user_version` 0, same tables) adopts it unchanged.
+const SCHEMA_V1: &str = r#"
 CREATE TABLE IF NOT EXISTS tenants (
     tenant_id TEXT PRIMARY KEY,
     budget_usd TEXT NOT NULL,
@@ -129,6 +131,47 @@ CREATE TABLE IF NOT EXISTS alerts (
 );
 "#;
 
+/// Version 2: per-tenant tokens-per-minute limit.
+const SCHEMA_V2: &str = "ALTER TABLE tenants ADD COLUMN rate_limit_tpm INTEGER;";
+
+/// Ordered schema migrations: entry `i` takes a database from `user_version` `i`
+/// to `i + 1`. Append only; never edit a released entry.
+pub const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+
+/// The schema version this binary writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the database to [`SCHEMA_VERSION`] in one transaction (all pending
+/// migrations or none). A database written by a newer binary is refused.
+pub fn migrate(conn: &mut Connection) -> Result<i64> {
+    apply_migrations(conn, MIGRATIONS)
+}
+
+/// [`migrate`] with an explicit migration list (tests exercise failures with it).
+/// Returns the version the database had before.
+pub fn apply_migrations(conn: &mut Connection, migrations: &[&str]) -> Result<i64> {
+    let target = migrations.len() as i64;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > target {
+        return Err(Error::Corrupt(format!(
+            "ledger schema version {version} is newer than this tollgate-sidecar supports \
+             ({target}); upgrade the binary (refusing to open rather than risk the ledger)"
+        )));
+    }
+    let from = usize::try_from(version.max(0)).unwrap_or(0);
+    for (i, m) in migrations.iter().enumerate().skip(from) {
+        tx.execute_batch(m).map_err(|e| {
+            Error::Internal(format!("schema migration {} -> {} failed: {e}", i, i + 1))
+        })?;
+    }
+    if version != target {
+        tx.pragma_update(None, "user_version", target)?;
+    }
+    tx.commit()?;
+    Ok(version)
+}
+
 /// Decimal column stored as text.
 struct Dec(Decimal);
 
@@ -175,11 +218,14 @@ impl SqliteStore {
                 std::fs::create_dir_all(dir)?;
             }
         }
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.execute_batch(SCHEMA)?;
+        let from = migrate(&mut conn)?;
+        if from != SCHEMA_VERSION {
+            tracing::info!(from, to = SCHEMA_VERSION, "ledger schema migrated");
+        }
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -937,6 +983,36 @@ impl Store for SqliteStore {
                 out.push(rec);
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn put_tenant_tpm(&self, tenant_id: &str, tpm: Option<u64>) -> Result<()> {
+        let t = tenant_id.to_string();
+        self.with(move |conn| {
+            let n = conn.execute(
+                "UPDATE tenants SET rate_limit_tpm = ?2 WHERE tenant_id = ?1",
+                params![t, tpm.map(i)],
+            )?;
+            if n == 0 {
+                return Err(Error::not_found(format!("tenant {t} not found")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_tenant_tpm(&self, tenant_id: &str) -> Result<Option<u64>> {
+        let t = tenant_id.to_string();
+        self.with(move |conn| {
+            let v: Option<Option<i64>> = conn
+                .query_row(
+                    "SELECT rate_limit_tpm FROM tenants WHERE tenant_id = ?1",
+                    params![t],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(v.flatten().map(|v| u64::try_from(v).unwrap_or(0)))
         })
         .await
     }

@@ -1,0 +1,2035 @@
+//! Shared store: Amazon DynamoDB, so a fleet of sidecars can share one ledger.
+//!
+//! # Layout (table names carry an optional prefix, see [`Tables`])
+//!
+//! | table                       | key                                   | holds |
+//! |-----------------------------|---------------------------------------|-------|
+//! | `TenantConfigs`             | `tenantId`                            | tenant configuration |
+//! | `TenantBudgets`             | `tenantId`, `modelId` = `period#ALL` / `period#<model>` | balances |
+//! | `ModelPricing`              | `region`, `modelId`                   | prices (USD per 1M tokens) |
+//! | `TollgateAliases`           | `alias`                               | friendly model names |
+//! | `TollgateProfiles`          | `tenantId`, `profileKey` = `<app>#<model>` | inference profile ARNs |
+//! | `TollgateKeys`              | `keyHash`; GSI `byTenant` (`tenantId`, `keyId`) | bearer keys |
+//! | `TollgateSigV4Credentials`  | `accessKeyId`; GSI `byTenant` (`tenantId`, `accessKeyId`) | SigV4 credentials |
+//! | `TollgateHolds`             | `requestId`; sparse GSI `bySweep` (`sweepShard`, `sweepAt`) | holds |
+//! | `TollgateUsage`             | `requestId`                           | usage log |
+//! | `TollgateAlerts`            | `tenantId`, `periodKind` = `period#kind` | fired alerts |
+//!
+//! Money is a DynamoDB `N` written from `rust_decimal::Decimal::to_string()` and
+//! only ever added by DynamoDB's exact decimal arithmetic (`ADD`), never a float.
+//!
+//! # Ledger protocol (no transactions: dynalite has no `TransactWriteItems`)
+//!
+//! Every balance change is **one conditional `UpdateItem`** on the period's `ALL`
+//! row, which keeps `available = totalBudget − totalCost − reserved` up to date in
+//! every update so admission can be a plain condition (`available >= :hold`).
+//! Besides the numbers the row carries two small string sets that make every
+//! balance change idempotent across retries and crashes:
+//!
+//! - `openHolds`: request ids whose hold is currently counted in `reserved`.
+//!   Adding a hold requires `NOT contains(openHolds, :id)`; giving it back (commit,
+//!   release, expiry) requires `contains(openHolds, :id)` and removes it in the
+//!   same update. So a hold enters and leaves `reserved` at most once each.
+//! - `settling`: request ids whose charge has been applied while the hold item is
+//!   still `committing`. A charge requires `NOT contains(settling, :id)`, so a
+//!   retried or recovered commit never charges twice. The id is removed once the
+//!   hold item says `committed` (from then on the hold state is the guard), so the
+//!   set only holds in-flight commits and stays small.
+//!
+//! Hold items move through `pending → open → committing → committed`, or
+//! `open → released | expired` (and `expired | released → committing` for late
+//! commits). Every transition is a conditional update on the current state. The
+//! order of writes is chosen so that every crash window is recoverable:
+//!
+//! - **reserve**: (R1) put the hold `pending` with `attribute_not_exists(requestId)`;
+//!   (R2) `ALL` row `ADD reserved :h, available -:h, openHolds {id}` if
+//!   `available >= :h AND NOT contains(openHolds, :id)`; (R3) hold `pending → open`
+//!   with `budgetRemainingUsd`. A denied hold deletes its `pending` item.
+//!   *Crash after R1*: the pending hold is invisible to `get_hold`; a retried
+//!   reserve finds it and re-runs R2/R3 (idempotent through `openHolds`); else the
+//!   sweeper expires it at its TTL, where the give-back is a no-op because the id
+//!   is not in `openHolds`. *Crash after R2*: same, and the sweeper's give-back
+//!   finds the id and returns the money.
+//! - **commit**: (C1) hold `pending|open|expired|released → committing`, storing
+//!   usage and cost (the claim: exactly one caller wins it, duplicates see
+//!   `committing`/`committed` and answer `Duplicate`); (C2) `ALL` row charge:
+//!   open-style `ADD totalCost :c, reserved -:h, available :h-:c, … DELETE
+//!   openHolds {id} ADD settling {id}` if `contains(openHolds, :id) AND NOT
+//!   contains(settling, :id)`, else late-style (no `reserved` change) if `NOT
+//!   contains(openHolds, :id) AND NOT contains(settling, :id)`; (C3) per-model row
+//!   upsert with the same `settling` guard; (C4) usage record
+//!   (`attribute_not_exists`); (C5) hold `committing → committed`; (C6) remove the
+//!   id from both rows' `settling`. *Crash anywhere in C2–C5*: the hold stays
+//!   `committing` and sits in the sweep index with `sweepAt = claim + grace`; the
+//!   sweeper (any sidecar) claims the recovery by bumping `sweepAt` conditionally
+//!   and re-runs C2–C6, each of which is a no-op if already applied.
+//!   *Crash in C6*: a stale id in `settling` (a few bytes, harmless).
+//! - **release / expiry**: give-back first — `ALL` row `ADD reserved -:h,
+//!   available :h DELETE openHolds {id}` if `contains(openHolds, :id)` — then the
+//!   hold `open|pending → released|expired`. *Crash between*: the hold stays open
+//!   and the sweeper repeats both steps; the give-back is then a no-op. A commit
+//!   racing a release/expiry is charged exactly once: if the give-back came first
+//!   its charge is late-style, otherwise open-style.
+//!
+//! Residual risk, by design of a transaction-free protocol: a sidecar that stalls
+//! (e.g. is paused) for longer than the hold TTL between R1 and R2, or longer than
+//! the recovery grace between C1 and C2, can race the sweeper's repair of its own
+//! half-done operation. SDK timeouts (10 s per operation) keep ordinary slowness
+//! far below both bounds.
+//!
+//! # Errors
+//!
+//! Conditional-check failures are outcomes, handled above. Everything else maps to
+//! [`Error::Internal`] with the operation, table and a hint; throttling, 5xx,
+//! timeouts and connection failures are marked *transient* (the SDK has already
+//! retried them with backoff; the caller may retry the request).
+
+use super::*;
+use crate::error::Error;
+use crate::ledger::AlertKind;
+use aws_config::BehaviorVersion;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
+    KeyType, Projection, ProjectionType, ReturnValue, ScalarAttributeType, TableStatus,
+};
+use aws_sdk_dynamodb::Client;
+use std::collections::HashMap;
+use std::time::Duration;
+
+type Item = HashMap<String, AttributeValue>;
+/// A filter expression with its attribute names and values.
+type Filter<'a> = (
+    &'a str,
+    HashMap<String, String>,
+    HashMap<String, AttributeValue>,
+);
+
+/// Shards of the holds' sweep index (spreads the sparse GSI's partition key).
+const SWEEP_SHARDS: u32 = 8;
+/// How long a `committing` hold may sit before the sweeper completes it.
+const RECOVERY_GRACE_MS: i64 = 60_000;
+/// Bounded retries of optimistic loops (races, not errors).
+const MAX_ATTEMPTS: usize = 16;
+
+const ALL: &str = "ALL";
+
+/// Store options (CLI: `--dynamodb-table-prefix`, `--dynamodb-pricing-region`).
+#[derive(Debug, Clone)]
+pub struct DynamoOptions {
+    /// Prepended to every table name (e.g. `prod-`).
+    pub table_prefix: String,
+    /// `ModelPricing` partition key the price table lives under.
+    pub pricing_region: String,
+}
+
+impl Default for DynamoOptions {
+    fn default() -> Self {
+        Self {
+            table_prefix: String::new(),
+            pricing_region: "global".into(),
+        }
+    }
+}
+
+/// Physical table names.
+#[derive(Debug, Clone)]
+pub struct Tables {
+    pub tenants: String,
+    pub budgets: String,
+    pub pricing: String,
+    pub aliases: String,
+    pub profiles: String,
+    pub keys: String,
+    pub sigv4: String,
+    pub holds: String,
+    pub usage: String,
+    pub alerts: String,
+}
+
+impl Tables {
+    pub fn new(prefix: &str) -> Self {
+        let t = |n: &str| format!("{prefix}{n}");
+        Self {
+            tenants: t("TenantConfigs"),
+            budgets: t("TenantBudgets"),
+            pricing: t("ModelPricing"),
+            aliases: t("TollgateAliases"),
+            profiles: t("TollgateProfiles"),
+            keys: t("TollgateKeys"),
+            sigv4: t("TollgateSigV4Credentials"),
+            holds: t("TollgateHolds"),
+            usage: t("TollgateUsage"),
+            alerts: t("TollgateAlerts"),
+        }
+    }
+
+    /// (name, hash key, range key, GSIs as (index, hash, range)).
+    #[allow(clippy::type_complexity)]
+    fn definitions(
+        &self,
+    ) -> Vec<(
+        &str,
+        &'static str,
+        Option<&'static str>,
+        Vec<(&'static str, &'static str, &'static str)>,
+    )> {
+        vec![
+            (&self.tenants, "tenantId", None, vec![]),
+            (&self.budgets, "tenantId", Some("modelId"), vec![]),
+            (&self.pricing, "region", Some("modelId"), vec![]),
+            (&self.aliases, "alias", None, vec![]),
+            (&self.profiles, "tenantId", Some("profileKey"), vec![]),
+            (
+                &self.keys,
+                "keyHash",
+                None,
+                vec![("byTenant", "tenantId", "keyId")],
+            ),
+            (
+                &self.sigv4,
+                "accessKeyId",
+                None,
+                vec![("byTenant", "tenantId", "accessKeyId")],
+            ),
+            (
+                &self.holds,
+                "requestId",
+                None,
+                vec![("bySweep", "sweepShard", "sweepAt")],
+            ),
+            (&self.usage, "requestId", None, vec![]),
+            (&self.alerts, "tenantId", Some("periodKind"), vec![]),
+        ]
+    }
+}
+
+/// Key attribute types (everything is a string except the sweep index's range).
+fn attr_type(name: &str) -> ScalarAttributeType {
+    if name == "sweepAt" {
+        ScalarAttributeType::N
+    } else {
+        ScalarAttributeType::S
+    }
+}
+
+pub struct DynamoStore {
+    client: Client,
+    t: Tables,
+    pricing_region: String,
+}
+
+// ---------------------------------------------------------------------------
+// errors
+
+/// A failed call: the condition did not hold (an outcome), or a real error.
+enum Fail {
+    Condition,
+    Err(Error),
+}
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Self {
+        Fail::Err(e)
+    }
+}
+
+fn ddb_error<E, R>(op: &str, table: &str, err: SdkError<E, R>) -> Fail
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let code = err.code().unwrap_or_default().to_string();
+    let message = err.message().unwrap_or_default().to_string();
+    if code == "ConditionalCheckFailedException" {
+        return Fail::Condition;
+    }
+    let hint = match &err {
+        SdkError::TimeoutError(_) => {
+            "timed out (transient; the SDK already retried — retry later)".to_string()
+        }
+        SdkError::DispatchFailure(d) => {
+            let why = if d.is_io() || d.is_timeout() {
+                "cannot reach the DynamoDB endpoint"
+            } else {
+                "request could not be sent"
+            };
+            format!(
+                "{why} (transient): check AWS_ENDPOINT_URL_DYNAMODB / AWS_REGION and the network; {}",
+                aws_sdk_dynamodb::error::DisplayErrorContext(&err)
+            )
+        }
+        SdkError::ConstructionFailure(_) => format!(
+            "request could not be built: {} (are AWS credentials configured? set \
+             AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or an instance role)",
+            aws_sdk_dynamodb::error::DisplayErrorContext(&err)
+        ),
+        _ => match code.as_str() {
+            "ResourceNotFoundException" => format!(
+                "table {table} does not exist: run `tollgate-sidecar dynamodb init` \
+                 with the same --dynamodb-table-prefix ({message})"
+            ),
+            "ProvisionedThroughputExceededException"
+            | "ThrottlingException"
+            | "RequestLimitExceeded"
+            | "InternalServerError"
+            | "ServiceUnavailable"
+            | "LimitExceededException" => {
+                format!("{code} (transient; the SDK already retried — retry later): {message}")
+            }
+            "AccessDeniedException"
+            | "UnrecognizedClientException"
+            | "InvalidSignatureException"
+            | "MissingAuthenticationTokenException"
+            | "ExpiredTokenException" => format!(
+                "{code}: the AWS credentials are missing, wrong or lack dynamodb:* on {table}: {message}"
+            ),
+            "ItemCollectionSizeLimitExceededException" | "ValidationException" => {
+                format!("{code}: {message}")
+            }
+            "" => format!("{}", aws_sdk_dynamodb::error::DisplayErrorContext(&err)),
+            _ => format!("{code}: {message}"),
+        },
+    };
+    Fail::Err(Error::Internal(format!("DynamoDB {op} on {table}: {hint}")))
+}
+
+/// For calls whose conditional failure is not expected.
+fn hard(f: Fail, what: &str) -> Error {
+    match f {
+        Fail::Err(e) => e,
+        Fail::Condition => Error::Internal(format!("unexpected conditional failure in {what}")),
+    }
+}
+
+/// `Ok(true)` applied, `Ok(false)` the condition did not hold.
+fn applied<T>(r: std::result::Result<T, Fail>) -> Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(Fail::Condition) => Ok(None),
+        Err(Fail::Err(e)) => Err(e),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// attribute values
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(d: Decimal) -> AttributeValue {
+    AttributeValue::N(d.to_string())
+}
+
+fn nu(v: u64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn ni(v: i64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn ss(v: &str) -> AttributeValue {
+    AttributeValue::Ss(vec![v.to_string()])
+}
+
+fn put_opt(item: &mut Item, k: &str, v: Option<AttributeValue>) {
+    if let Some(v) = v {
+        item.insert(k.to_string(), v);
+    }
+}
+
+fn names(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect()
+}
+
+fn vals(pairs: Vec<(&str, AttributeValue)>) -> HashMap<String, AttributeValue> {
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+fn corrupt(table: &str, attr: &str, why: &str) -> Error {
+    Error::Corrupt(format!("{table}.{attr}: {why}"))
+}
+
+struct Get<'a> {
+    item: &'a Item,
+    table: &'a str,
+}
+
+impl<'a> Get<'a> {
+    fn new(item: &'a Item, table: &'a str) -> Self {
+        Self { item, table }
+    }
+
+    fn opt_s(&self, k: &str) -> Result<Option<String>> {
+        match self.item.get(k) {
+            None | Some(AttributeValue::Null(_)) => Ok(None),
+            Some(AttributeValue::S(v)) => Ok(Some(v.clone())),
+            Some(_) => Err(corrupt(self.table, k, "not a string")),
+        }
+    }
+
+    fn s(&self, k: &str) -> Result<String> {
+        self.opt_s(k)?
+            .ok_or_else(|| corrupt(self.table, k, "missing"))
+    }
+
+    fn opt_n(&self, k: &str) -> Result<Option<&'a str>> {
+        match self.item.get(k) {
+            None | Some(AttributeValue::Null(_)) => Ok(None),
+            Some(AttributeValue::N(v)) => Ok(Some(v.as_str())),
+            Some(_) => Err(corrupt(self.table, k, "not a number")),
+        }
+    }
+
+    fn opt_dec(&self, k: &str) -> Result<Option<Decimal>> {
+        self.opt_n(k)?
+            .map(|v| {
+                // DynamoDB may answer in exponent form (e.g. `1E+1`).
+                v.parse::<Decimal>()
+                    .or_else(|_| Decimal::from_scientific(v))
+                    .map_err(|e| corrupt(self.table, k, &e.to_string()))
+            })
+            .transpose()
+    }
+
+    fn dec(&self, k: &str) -> Result<Decimal> {
+        Ok(self.opt_dec(k)?.unwrap_or_default())
+    }
+
+    fn u64(&self, k: &str) -> Result<u64> {
+        Ok(self.opt_u64(k)?.unwrap_or(0))
+    }
+
+    fn opt_u64(&self, k: &str) -> Result<Option<u64>> {
+        self.opt_dec(k)?
+            .map(|d| u64::try_from(d).map_err(|e| corrupt(self.table, k, &e.to_string())))
+            .transpose()
+    }
+
+    fn i64(&self, k: &str) -> Result<i64> {
+        Ok(self.opt_i64(k)?.unwrap_or(0))
+    }
+
+    fn opt_i64(&self, k: &str) -> Result<Option<i64>> {
+        self.opt_dec(k)?
+            .map(|d| i64::try_from(d).map_err(|e| corrupt(self.table, k, &e.to_string())))
+            .transpose()
+    }
+
+    fn bool(&self, k: &str) -> Result<bool> {
+        match self.item.get(k) {
+            None | Some(AttributeValue::Null(_)) => Ok(false),
+            Some(AttributeValue::Bool(b)) => Ok(*b),
+            Some(_) => Err(corrupt(self.table, k, "not a boolean")),
+        }
+    }
+
+    fn strings(&self, k: &str) -> Result<Vec<String>> {
+        match self.item.get(k) {
+            None | Some(AttributeValue::Null(_)) => Ok(Vec::new()),
+            Some(AttributeValue::L(l)) => l
+                .iter()
+                .map(|v| match v {
+                    AttributeValue::S(s) => Ok(s.clone()),
+                    _ => Err(corrupt(self.table, k, "list of non-strings")),
+                })
+                .collect(),
+            Some(AttributeValue::Ss(v)) => Ok(v.clone()),
+            Some(_) => Err(corrupt(self.table, k, "not a list")),
+        }
+    }
+
+    fn set_contains(&self, k: &str, v: &str) -> bool {
+        matches!(self.item.get(k), Some(AttributeValue::Ss(set)) if set.iter().any(|x| x == v))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// holds
+
+/// Hold state as stored (the trait's [`HoldState`] plus the two transient states).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DState {
+    /// Written by R1, not yet counted in `reserved` (or counting in flight).
+    Pending,
+    Open,
+    /// Claimed by a commit; the charge may or may not be applied yet.
+    Committing,
+    Committed,
+    Released,
+    Expired,
+}
+
+impl DState {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Open => "open",
+            Self::Committing => "committing",
+            Self::Committed => "committed",
+            Self::Released => "released",
+            Self::Expired => "expired",
+        }
+    }
+
+    fn parse(v: &str) -> Option<Self> {
+        Some(match v {
+            "pending" => Self::Pending,
+            "open" => Self::Open,
+            "committing" => Self::Committing,
+            "committed" => Self::Committed,
+            "released" => Self::Released,
+            "expired" => Self::Expired,
+            _ => return None,
+        })
+    }
+
+    /// As the trait reports it (a `committing` hold is as good as committed).
+    fn public(self) -> HoldState {
+        match self {
+            Self::Pending | Self::Open => HoldState::Open,
+            Self::Committing | Self::Committed => HoldState::Committed,
+            Self::Released => HoldState::Released,
+            Self::Expired => HoldState::Expired,
+        }
+    }
+}
+
+/// A hold item as read back.
+#[derive(Debug, Clone)]
+struct DHold {
+    hold: Hold,
+    state: DState,
+    /// Set on `committing`/`committed`.
+    cost: Option<Decimal>,
+    usage: Usage,
+    estimated: bool,
+    settled_at_ms: i64,
+    sweep_at: Option<i64>,
+}
+
+fn shard(request_id: &str) -> String {
+    // FNV-1a: stable across processes and releases (unlike std's hasher).
+    let mut h: u32 = 0x811c_9dc5;
+    for b in request_id.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("s{}", h % SWEEP_SHARDS)
+}
+
+fn hold_item(h: &Hold) -> Item {
+    let mut item = Item::new();
+    item.insert("requestId".into(), s(&h.request_id));
+    item.insert("tenantId".into(), s(&h.tenant_id));
+    item.insert("period".into(), s(&h.period));
+    item.insert("modelId".into(), s(&h.model_id));
+    item.insert("targetModel".into(), s(&h.target_model));
+    let a = &h.attribution;
+    put_opt(&mut item, "applicationId", a.application_id.clone().map(s));
+    put_opt(&mut item, "costCenter", a.cost_center.clone().map(s));
+    put_opt(&mut item, "environment", a.environment.clone().map(s));
+    put_opt(&mut item, "userId", a.user_id.clone().map(s));
+    item.insert("maxOutputTokens".into(), nu(h.max_output_tokens));
+    item.insert("holdUsd".into(), n(h.hold_usd));
+    item.insert("rateInput".into(), n(h.rates.input));
+    item.insert("rateOutput".into(), n(h.rates.output));
+    item.insert("rateCacheRead".into(), n(h.rates.cache_read));
+    item.insert("rateCacheWrite".into(), n(h.rates.cache_write));
+    item.insert("createdAt".into(), ni(h.created_at_ms));
+    item.insert("expiresAt".into(), ni(h.expires_at_ms));
+    item.insert("state".into(), s(DState::Pending.as_str()));
+    item.insert("sweepShard".into(), s(shard(&h.request_id)));
+    item.insert("sweepAt".into(), ni(h.expires_at_ms));
+    item
+}
+
+fn hold_from_item(item: &Item, table: &str) -> Result<DHold> {
+    let g = Get::new(item, table);
+    let state_s = g.s("state")?;
+    let state = DState::parse(&state_s)
+        .ok_or_else(|| corrupt(table, "state", &format!("unknown hold state {state_s:?}")))?;
+    let hold = Hold {
+        request_id: g.s("requestId")?,
+        tenant_id: g.s("tenantId")?,
+        period: g.s("period")?,
+        model_id: g.s("modelId")?,
+        target_model: g.s("targetModel")?,
+        attribution: Attribution {
+            application_id: g.opt_s("applicationId")?,
+            cost_center: g.opt_s("costCenter")?,
+            environment: g.opt_s("environment")?,
+            user_id: g.opt_s("userId")?,
+        },
+        max_output_tokens: g.u64("maxOutputTokens")?,
+        hold_usd: g.dec("holdUsd")?,
+        budget_remaining_usd: g.dec("budgetRemainingUsd")?,
+        rates: Rates {
+            input: g.dec("rateInput")?,
+            output: g.dec("rateOutput")?,
+            cache_read: g.dec("rateCacheRead")?,
+            cache_write: g.dec("rateCacheWrite")?,
+        },
+        created_at_ms: g.i64("createdAt")?,
+        expires_at_ms: g.i64("expiresAt")?,
+        state: state.public(),
+    };
+    Ok(DHold {
+        hold,
+        state,
+        cost: g.opt_dec("costUsd")?,
+        usage: Usage {
+            input_tokens: g.u64("inputTokens")?,
+            output_tokens: g.u64("outputTokens")?,
+            cache_read_input_tokens: g.u64("cacheReadInputTokens")?,
+            cache_write_input_tokens: g.u64("cacheWriteInputTokens")?,
+        },
+        estimated: g.bool("estimated")?,
+        settled_at_ms: g.i64("settledAt")?,
+        sweep_at: g.opt_i64("sweepAt")?,
+    })
+}
+
+fn budget_sk(period: &str, scope: &str) -> String {
+    format!("{period}#{scope}")
+}
+
+fn totals_from_item(item: &Item, table: &str, period: &str) -> Result<Totals> {
+    let g = Get::new(item, table);
+    Ok(Totals {
+        period: period.to_string(),
+        budget_usd: g.dec("totalBudget")?,
+        reserved_usd: g.dec("reserved")?,
+        counters: counters_from(&g)?,
+    })
+}
+
+fn counters_from(g: &Get<'_>) -> Result<Counters> {
+    Ok(Counters {
+        spent_usd: g.dec("totalCost")?,
+        input_tokens: g.u64("inputTokens")?,
+        output_tokens: g.u64("outputTokens")?,
+        cache_read_input_tokens: g.u64("cacheReadInputTokens")?,
+        cache_write_input_tokens: g.u64("cacheWriteInputTokens")?,
+        requests: g.u64("requests")?,
+    })
+}
+
+fn tenant_from_item(item: &Item, table: &str) -> Result<TenantConfig> {
+    let g = Get::new(item, table);
+    let cycle = g.s("resetCycle")?;
+    Ok(TenantConfig {
+        tenant_id: g.s("tenantId")?,
+        budget_usd: g.dec("budgetUsd")?,
+        alert_threshold: g.dec("alertThreshold")?,
+        reset_cycle: ResetCycle::parse(&cycle)
+            .ok_or_else(|| corrupt(table, "resetCycle", &format!("{cycle:?}")))?,
+        active: g.bool("isActive")?,
+        allowed_models: g.strings("allowedModels")?,
+        default_model: g.opt_s("defaultModelId")?,
+        max_tokens_cap: g.opt_u64("maxTokens")?,
+        rate_limit_rpm: g
+            .opt_u64("rateLimit")?
+            .map(|v| u32::try_from(v).unwrap_or(u32::MAX)),
+    })
+}
+
+fn price_from_item(item: &Item, table: &str) -> Result<ModelPrice> {
+    let g = Get::new(item, table);
+    Ok(ModelPrice {
+        model_id: g.s("modelId")?,
+        input: g.dec("inputCost")?,
+        output: g.dec("outputCost")?,
+        cache_read: g.opt_dec("cacheReadCost")?,
+        cache_write: g.opt_dec("cacheWriteCost")?,
+    })
+}
+
+fn key_from_item(item: &Item, table: &str) -> Result<ApiKeyRecord> {
+    let g = Get::new(item, table);
+    Ok(ApiKeyRecord {
+        key_id: g.s("keyId")?,
+        tenant_id: g.s("tenantId")?,
+        application_id: g.opt_s("applicationId")?,
+        key_hash: g.s("keyHash")?,
+        created_at_ms: g.i64("createdAt")?,
+        revoked: g.opt_n("revokedAt")?.is_some(),
+    })
+}
+
+fn sigv4_from_item(item: &Item, table: &str) -> Result<SigV4CredentialRecord> {
+    let g = Get::new(item, table);
+    Ok(SigV4CredentialRecord {
+        access_key_id: g.s("accessKeyId")?,
+        tenant_id: g.s("tenantId")?,
+        application_id: g.opt_s("applicationId")?,
+        sealed_secret: g.s("sealedSecret")?,
+        created_at_ms: g.i64("createdAt")?,
+        revoked: g.opt_n("revokedAt")?.is_some(),
+    })
+}
+
+fn alert_from_item(item: &Item, table: &str) -> Result<AlertRecord> {
+    let g = Get::new(item, table);
+    let kind = g.s("kind")?;
+    Ok(AlertRecord {
+        tenant_id: g.s("tenantId")?,
+        period: g.s("period")?,
+        kind: AlertKind::parse(&kind)
+            .ok_or_else(|| corrupt(table, "kind", &format!("{kind:?}")))?,
+        fired_at_ms: g.i64("firedAt")?,
+        spent_usd: g.dec("spentUsd")?,
+        budget_usd: g.dec("budgetUsd")?,
+        request_id: g.opt_s("requestId")?,
+        cost_usd: g.opt_dec("costUsd")?,
+    })
+}
+
+fn usage_from_item(item: &Item, table: &str) -> Result<UsageRecord> {
+    let g = Get::new(item, table);
+    Ok(UsageRecord {
+        request_id: g.s("requestId")?,
+        tenant_id: g.s("tenantId")?,
+        model_id: g.s("modelId")?,
+        attribution: Attribution {
+            application_id: g.opt_s("applicationId")?,
+            cost_center: g.opt_s("costCenter")?,
+            environment: g.opt_s("environment")?,
+            user_id: g.opt_s("userId")?,
+        },
+        usage: Usage {
+            input_tokens: g.u64("inputTokens")?,
+            output_tokens: g.u64("outputTokens")?,
+            cache_read_input_tokens: g.u64("cacheReadInputTokens")?,
+            cache_write_input_tokens: g.u64("cacheWriteInputTokens")?,
+        },
+        cost_usd: g.dec("costUsd")?,
+        estimated: g.bool("estimated")?,
+        at_ms: g.i64("at")?,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// the store
+
+impl DynamoStore {
+    /// Connects with the SDK's standard configuration chain (`AWS_REGION`,
+    /// `AWS_ENDPOINT_URL_DYNAMODB`, `AWS_ACCESS_KEY_ID`/`AWS_PROFILE`/roles, …).
+    pub async fn connect(opts: &DynamoOptions) -> Result<Self> {
+        let conf = aws_config::defaults(BehaviorVersion::latest()).load().await;
+        if conf.region().is_none() {
+            return Err(Error::invalid(
+                "the DynamoDB store needs a region: set AWS_REGION (or a profile with a region)",
+            ));
+        }
+        Ok(Self::from_sdk_config(&conf, opts))
+    }
+
+    /// A store on an explicit SDK configuration (tests point it at dynalite).
+    pub fn from_sdk_config(conf: &aws_config::SdkConfig, opts: &DynamoOptions) -> Self {
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .operation_timeout(Duration::from_secs(10))
+            .operation_attempt_timeout(Duration::from_secs(3))
+            .connect_timeout(Duration::from_secs(3))
+            .build();
+        let conf = aws_sdk_dynamodb::config::Builder::from(conf)
+            .timeout_config(timeouts)
+            .build();
+        Self {
+            client: Client::from_conf(conf),
+            t: Tables::new(&opts.table_prefix),
+            pricing_region: if opts.pricing_region.is_empty() {
+                "global".into()
+            } else {
+                opts.pricing_region.clone()
+            },
+        }
+    }
+
+    pub fn tables(&self) -> &Tables {
+        &self.t
+    }
+
+    /// Creates the tables that do not exist (PAY_PER_REQUEST) and waits until all
+    /// are ACTIVE. Returns (table, created) per table. Idempotent.
+    pub async fn init_tables(&self) -> Result<Vec<(String, bool)>> {
+        let mut out = Vec::new();
+        for (name, hash, range, gsis) in self.t.definitions() {
+            let mut attrs: Vec<&str> = vec![hash];
+            attrs.extend(range);
+            for (_, h, r) in &gsis {
+                attrs.push(*h);
+                attrs.push(*r);
+            }
+            attrs.sort_unstable();
+            attrs.dedup();
+            let build = |e: aws_sdk_dynamodb::error::BuildError| {
+                Error::Internal(format!("table definition {name}: {e}"))
+            };
+            let key = |h: &str, r: Option<&str>| -> Result<Vec<KeySchemaElement>> {
+                let mut v = vec![KeySchemaElement::builder()
+                    .attribute_name(h)
+                    .key_type(KeyType::Hash)
+                    .build()
+                    .map_err(build)?];
+                if let Some(r) = r {
+                    v.push(
+                        KeySchemaElement::builder()
+                            .attribute_name(r)
+                            .key_type(KeyType::Range)
+                            .build()
+                            .map_err(build)?,
+                    );
+                }
+                Ok(v)
+            };
+            let mut req = self
+                .client
+                .create_table()
+                .table_name(name)
+                .billing_mode(BillingMode::PayPerRequest)
+                .set_key_schema(Some(key(hash, range)?));
+            for a in attrs {
+                req = req.attribute_definitions(
+                    AttributeDefinition::builder()
+                        .attribute_name(a)
+                        .attribute_type(attr_type(a))
+                        .build()
+                        .map_err(build)?,
+                );
+            }
+            for (index, h, r) in gsis {
+                req = req.global_secondary_indexes(
+                    GlobalSecondaryIndex::builder()
+                        .index_name(index)
+                        .set_key_schema(Some(key(h, Some(r))?))
+                        .projection(
+                            Projection::builder()
+                                .projection_type(ProjectionType::All)
+                                .build(),
+                        )
+                        .build()
+                        .map_err(build)?,
+                );
+            }
+            let created = match req.send().await {
+                Ok(_) => true,
+                Err(e) if e.code() == Some("ResourceInUseException") => false,
+                Err(e) => return Err(hard(ddb_error("CreateTable", name, e), "CreateTable")),
+            };
+            out.push((name.to_string(), created));
+        }
+        for (name, _) in &out {
+            self.wait_active(name).await?;
+        }
+        Ok(out)
+    }
+
+    async fn wait_active(&self, table: &str) -> Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let d = self
+                .client
+                .describe_table()
+                .table_name(table)
+                .send()
+                .await
+                .map_err(|e| hard(ddb_error("DescribeTable", table, e), "DescribeTable"))?;
+            let status = d.table().and_then(|t| t.table_status().cloned());
+            let gsis_active = d
+                .table()
+                .map(|t| {
+                    t.global_secondary_indexes().iter().all(|g| {
+                        g.index_status()
+                            .is_none_or(|s| *s == aws_sdk_dynamodb::types::IndexStatus::Active)
+                    })
+                })
+                .unwrap_or(true);
+            if status == Some(TableStatus::Active) && gsis_active {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::Internal(format!(
+                    "DynamoDB table {table} is not ACTIVE after 120 s (status {status:?})"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    // --- small helpers ---------------------------------------------------------
+
+    async fn get(&self, table: &str, key: Vec<(&str, AttributeValue)>) -> Result<Option<Item>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(table)
+            .set_key(Some(vals(key)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| hard(ddb_error("GetItem", table, e), "GetItem"))?;
+        Ok(out.item)
+    }
+
+    /// PutItem; with `unique_attr`, only if no item has that key yet.
+    async fn put(
+        &self,
+        table: &str,
+        item: Item,
+        unique_attr: Option<&str>,
+    ) -> std::result::Result<(), Fail> {
+        let mut req = self
+            .client
+            .put_item()
+            .table_name(table)
+            .set_item(Some(item));
+        if let Some(a) = unique_attr {
+            req = req
+                .condition_expression("attribute_not_exists(#k)")
+                .expression_attribute_names("#k", a);
+        }
+        req.send()
+            .await
+            .map(|_| ())
+            .map_err(|e| ddb_error("PutItem", table, e))
+    }
+
+    async fn query_all(
+        &self,
+        table: &str,
+        index: Option<&str>,
+        key_condition: &str,
+        names_: HashMap<String, String>,
+        values: HashMap<String, AttributeValue>,
+    ) -> Result<Vec<Item>> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let res = self
+                .client
+                .query()
+                .table_name(table)
+                .set_index_name(index.map(String::from))
+                .key_condition_expression(key_condition)
+                .set_expression_attribute_names(Some(names_.clone()))
+                .set_expression_attribute_values(Some(values.clone()))
+                .set_consistent_read(index.is_none().then_some(true))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| hard(ddb_error("Query", table, e), "Query"))?;
+            out.extend(res.items.unwrap_or_default());
+            match res.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn scan_all(&self, table: &str, filter: Option<Filter<'_>>) -> Result<Vec<Item>> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let mut req = self
+                .client
+                .scan()
+                .table_name(table)
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take());
+            if let Some((f, nm, vs)) = &filter {
+                req = req
+                    .filter_expression(*f)
+                    .set_expression_attribute_names(Some(nm.clone()))
+                    .set_expression_attribute_values(Some(vs.clone()));
+            }
+            let res = req
+                .send()
+                .await
+                .map_err(|e| hard(ddb_error("Scan", table, e), "Scan"))?;
+            out.extend(res.items.unwrap_or_default());
+            match res.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// UpdateItem returning the new item (ALL_NEW).
+    async fn update(
+        &self,
+        table: &str,
+        key: Vec<(&str, AttributeValue)>,
+        update: &str,
+        condition: Option<&str>,
+        names_: &[(&str, &str)],
+        values: Vec<(&str, AttributeValue)>,
+    ) -> std::result::Result<Item, Fail> {
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(table)
+            .set_key(Some(vals(key)))
+            .update_expression(update)
+            .set_condition_expression(condition.map(String::from))
+            .set_expression_attribute_names((!names_.is_empty()).then(|| names(names_)))
+            .return_values(ReturnValue::AllNew);
+        if !values.is_empty() {
+            req = req.set_expression_attribute_values(Some(vals(values)));
+        }
+        req.send()
+            .await
+            .map(|o| o.attributes.unwrap_or_default())
+            .map_err(|e| ddb_error("UpdateItem", table, e))
+    }
+
+    fn all_key(&self, tenant: &str, period: &str) -> Vec<(&'static str, AttributeValue)> {
+        vec![
+            ("tenantId", s(tenant)),
+            ("modelId", s(budget_sk(period, ALL))),
+        ]
+    }
+
+    async fn get_all_row(&self, tenant: &str, period: &str) -> Result<Option<Item>> {
+        self.get(&self.t.budgets, self.all_key(tenant, period))
+            .await
+    }
+
+    /// Creates the period's `ALL` row unless it exists (lazily, on first use).
+    async fn ensure_all_row(&self, tenant: &str, period: &str, budget: Decimal) -> Result<()> {
+        let mut item = Item::new();
+        item.insert("tenantId".into(), s(tenant));
+        item.insert("modelId".into(), s(budget_sk(period, ALL)));
+        item.insert("period".into(), s(period));
+        item.insert("scope".into(), s(ALL));
+        item.insert("totalBudget".into(), n(budget));
+        item.insert("totalCost".into(), n(Decimal::ZERO));
+        item.insert("reserved".into(), n(Decimal::ZERO));
+        item.insert("available".into(), n(budget));
+        for k in [
+            "inputTokens",
+            "outputTokens",
+            "cacheReadInputTokens",
+            "cacheWriteInputTokens",
+            "requests",
+        ] {
+            item.insert(k.into(), nu(0));
+        }
+        applied(self.put(&self.t.budgets, item, Some("tenantId")).await)?;
+        Ok(())
+    }
+
+    async fn raw_hold(&self, request_id: &str) -> Result<Option<DHold>> {
+        self.get(&self.t.holds, vec![("requestId", s(request_id))])
+            .await?
+            .map(|i| hold_from_item(&i, &self.t.holds))
+            .transpose()
+    }
+
+    /// Conditional hold-state transition; `None` when the state was not `from`.
+    async fn transition(
+        &self,
+        request_id: &str,
+        from: &[DState],
+        update: &str,
+        mut extra_values: Vec<(&str, AttributeValue)>,
+    ) -> Result<Option<Item>> {
+        let placeholders: Vec<String> = (0..from.len()).map(|i| format!(":from{i}")).collect();
+        let cond = format!("#state IN ({})", placeholders.join(", "));
+        for (i, st) in from.iter().enumerate() {
+            let name: &'static str = match i {
+                0 => ":from0",
+                1 => ":from1",
+                2 => ":from2",
+                3 => ":from3",
+                _ => return Err(Error::Internal("too many source states".into())),
+            };
+            extra_values.push((name, s(st.as_str())));
+        }
+        let mut nm = vec![("#state", "state")];
+        for (alias, attr) in [
+            ("#sweepShard", "sweepShard"),
+            ("#sweepAt", "sweepAt"),
+            ("#est", "estimated"),
+        ] {
+            if update.contains(alias) {
+                nm.push((alias, attr));
+            }
+        }
+        applied(
+            self.update(
+                &self.t.holds,
+                vec![("requestId", s(request_id))],
+                update,
+                Some(&cond),
+                &nm,
+                extra_values,
+            )
+            .await,
+        )
+    }
+
+    /// Gives a counted hold back to the period row. `true` if this call did it.
+    async fn give_back(&self, h: &Hold) -> Result<bool> {
+        let r = self
+            .update(
+                &self.t.budgets,
+                self.all_key(&h.tenant_id, &h.period),
+                "ADD #reserved :nh, #available :h DELETE #openHolds :idset",
+                Some("contains(#openHolds, :id)"),
+                &[
+                    ("#reserved", "reserved"),
+                    ("#available", "available"),
+                    ("#openHolds", "openHolds"),
+                ],
+                vec![
+                    (":nh", n(-h.hold_usd)),
+                    (":h", n(h.hold_usd)),
+                    (":idset", ss(&h.request_id)),
+                    (":id", s(&h.request_id)),
+                ],
+            )
+            .await;
+        Ok(applied(r)?.is_some())
+    }
+
+    /// R2 (+R3): counts a pending hold in `reserved` if it fits. Idempotent.
+    async fn count_hold(&self, h: &Hold, period_budget: Decimal) -> Result<ReserveOutcome> {
+        for _ in 0..MAX_ATTEMPTS {
+            let r = self
+                .update(
+                    &self.t.budgets,
+                    self.all_key(&h.tenant_id, &h.period),
+                    "ADD #reserved :h, #available :nh, #openHolds :idset",
+                    // A zero hold takes nothing and always fits (ledger::admits).
+                    Some(if h.hold_usd.is_zero() {
+                        "attribute_exists(#available) AND NOT contains(#openHolds, :id)"
+                    } else {
+                        "#available >= :h AND NOT contains(#openHolds, :id)"
+                    }),
+                    &[
+                        ("#reserved", "reserved"),
+                        ("#available", "available"),
+                        ("#openHolds", "openHolds"),
+                    ],
+                    vec![
+                        (":h", n(h.hold_usd)),
+                        (":nh", n(-h.hold_usd)),
+                        (":idset", ss(&h.request_id)),
+                        (":id", s(&h.request_id)),
+                    ],
+                )
+                .await;
+            let remaining = match applied(r)? {
+                Some(row) => Get::new(&row, &self.t.budgets).dec("available")?,
+                None => {
+                    let Some(row) = self.get_all_row(&h.tenant_id, &h.period).await? else {
+                        self.ensure_all_row(&h.tenant_id, &h.period, period_budget)
+                            .await?;
+                        continue;
+                    };
+                    let g = Get::new(&row, &self.t.budgets);
+                    if g.set_contains("openHolds", &h.request_id) {
+                        // Already counted (a retried or concurrent duplicate reserve).
+                        g.dec("available")?
+                    } else {
+                        let t = totals_from_item(&row, &self.t.budgets, &h.period)?;
+                        let available = g.dec("available")?;
+                        if crate::ledger::admits(available, h.hold_usd) {
+                            continue; // budget was freed since the update: try again
+                        }
+                        self.drop_pending(h).await?;
+                        return Ok(ReserveOutcome::Insufficient {
+                            available,
+                            spent: t.counters.spent_usd,
+                            budget: t.budget_usd,
+                        });
+                    }
+                }
+            };
+            // R3: pending → open with the remaining budget to replay.
+            let done = self
+                .transition(
+                    &h.request_id,
+                    &[DState::Pending],
+                    "SET #state = :open, budgetRemainingUsd = :rem",
+                    vec![(":open", s(DState::Open.as_str())), (":rem", n(remaining))],
+                )
+                .await?;
+            if done.is_some() {
+                return Ok(ReserveOutcome::Admitted);
+            }
+            return match self.raw_hold(&h.request_id).await? {
+                // A concurrent duplicate confirmed it, or it was already settled.
+                Some(d) if d.state != DState::Pending => {
+                    if d.state != DState::Open {
+                        // Released, expired or claimed by a commit while we were
+                        // counting it: if our R2 landed after that settlement,
+                        // give it back (a no-op when the settlement saw it).
+                        self.give_back(&d.hold).await?;
+                    }
+                    Ok(ReserveOutcome::Existing(Box::new(d.hold)))
+                }
+                Some(_) => Err(Error::Internal(format!(
+                    "hold {} stayed pending; retry the reserve",
+                    h.request_id
+                ))),
+                // Deleted by a concurrent duplicate that was denied: undo ours.
+                None => {
+                    self.give_back(h).await?;
+                    let row = self.get_all_row(&h.tenant_id, &h.period).await?;
+                    let t = row
+                        .map(|r| totals_from_item(&r, &self.t.budgets, &h.period))
+                        .transpose()?
+                        .unwrap_or_default();
+                    Ok(ReserveOutcome::Insufficient {
+                        available: t.available(),
+                        spent: t.counters.spent_usd,
+                        budget: t.budget_usd,
+                    })
+                }
+            };
+        }
+        Err(Error::Internal(format!(
+            "reserve {}: too much contention on the budget row (transient; retry)",
+            h.request_id
+        )))
+    }
+
+    /// Deletes a denied `pending` hold, so a later retry is evaluated afresh.
+    async fn drop_pending(&self, h: &Hold) -> Result<()> {
+        let r = self
+            .client
+            .delete_item()
+            .table_name(&self.t.holds)
+            .key("requestId", s(&h.request_id))
+            .condition_expression("#state = :pending")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":pending", s(DState::Pending.as_str()))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| ddb_error("DeleteItem", &self.t.holds, e));
+        applied(r)?;
+        // A concurrent duplicate may have counted it in the meantime: undo that.
+        self.give_back(h).await?;
+        Ok(())
+    }
+
+    /// C2–C6 for a `committing` hold; idempotent. Returns the period totals.
+    async fn finish_commit(&self, d: &DHold, now_ms: i64) -> Result<Totals> {
+        let h = &d.hold;
+        let cost = d
+            .cost
+            .ok_or_else(|| corrupt(&self.t.holds, "costUsd", "missing on a committing hold"))?;
+        let u = &d.usage;
+        let id = &h.request_id;
+        let counters: Vec<(&str, AttributeValue)> = vec![
+            (":c", n(cost)),
+            (":it", nu(u.input_tokens)),
+            (":ot", nu(u.output_tokens)),
+            (":cr", nu(u.cache_read_input_tokens)),
+            (":cw", nu(u.cache_write_input_tokens)),
+            (":one", nu(1)),
+            (":idset", ss(id)),
+            (":id", s(id)),
+        ];
+        let counter_names: [(&str, &str); 9] = [
+            ("#cost", "totalCost"),
+            ("#it", "inputTokens"),
+            ("#ot", "outputTokens"),
+            ("#cr", "cacheReadInputTokens"),
+            ("#cw", "cacheWriteInputTokens"),
+            ("#req", "requests"),
+            ("#settling", "settling"),
+            ("#openHolds", "openHolds"),
+            ("#available", "available"),
+        ];
+        let counter_add =
+            "#cost :c, #it :it, #ot :ot, #cr :cr, #cw :cw, #req :one, #settling :idset";
+
+        // C2: the period's ALL row.
+        let mut totals = None;
+        for _ in 0..MAX_ATTEMPTS {
+            // Open-style: the hold is still counted in `reserved`.
+            let mut v = counters.clone();
+            v.push((":nh", n(-h.hold_usd)));
+            v.push((":delta", n(h.hold_usd - cost)));
+            let mut nm = counter_names.to_vec();
+            nm.push(("#reserved", "reserved"));
+            let r = self
+                .update(
+                    &self.t.budgets,
+                    self.all_key(&h.tenant_id, &h.period),
+                    &format!(
+                        "ADD {counter_add}, #reserved :nh, #available :delta DELETE #openHolds :idset"
+                    ),
+                    Some("contains(#openHolds, :id) AND NOT contains(#settling, :id)"),
+                    &nm,
+                    v,
+                )
+                .await;
+            if let Some(row) = applied(r)? {
+                totals = Some(totals_from_item(&row, &self.t.budgets, &h.period)?);
+                break;
+            }
+            // Late-style: the hold was given back (expired/released) or never counted.
+            let mut v = counters.clone();
+            v.push((":nc", n(-cost)));
+            let r = self
+                .update(
+                    &self.t.budgets,
+                    self.all_key(&h.tenant_id, &h.period),
+                    &format!("ADD {counter_add}, #available :nc"),
+                    Some(
+                        "attribute_exists(tenantId) AND NOT contains(#openHolds, :id) \
+                         AND NOT contains(#settling, :id)",
+                    ),
+                    &counter_names,
+                    v,
+                )
+                .await;
+            if let Some(row) = applied(r)? {
+                totals = Some(totals_from_item(&row, &self.t.budgets, &h.period)?);
+                break;
+            }
+            match self.get_all_row(&h.tenant_id, &h.period).await? {
+                // The row never existed (reserve crashed before R2): like SQLite,
+                // start it with a zero budget rather than lose the charge.
+                None => {
+                    self.ensure_all_row(&h.tenant_id, &h.period, Decimal::ZERO)
+                        .await?
+                }
+                Some(row) => {
+                    if Get::new(&row, &self.t.budgets).set_contains("settling", id) {
+                        // Already charged by an earlier attempt.
+                        totals = Some(totals_from_item(&row, &self.t.budgets, &h.period)?);
+                        break;
+                    }
+                    // A give-back or a late R2 moved the id between our two tries.
+                }
+            }
+        }
+        let totals = totals.ok_or_else(|| {
+            Error::Internal(format!(
+                "commit {id}: too much contention on the budget row (transient; retry)"
+            ))
+        })?;
+
+        // C3: the per-model row (created by the update if missing).
+        let model_key = vec![
+            ("tenantId", s(&h.tenant_id)),
+            ("modelId", s(budget_sk(&h.period, &h.model_id))),
+        ];
+        let mut v = counters.clone();
+        v.push((":p", s(&h.period)));
+        v.push((":m", s(&h.model_id)));
+        let mut nm: Vec<(&str, &str)> = counter_names
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != "#openHolds" && *k != "#available")
+            .collect();
+        nm.push(("#period", "period"));
+        nm.push(("#scope", "scope"));
+        applied(
+            self.update(
+                &self.t.budgets,
+                model_key.clone(),
+                &format!("SET #period = :p, #scope = :m ADD {counter_add}"),
+                Some("NOT contains(#settling, :id)"),
+                &nm,
+                v,
+            )
+            .await,
+        )?;
+
+        // C4: the usage record (first writer wins; same content on retries).
+        let mut item = Item::new();
+        item.insert("requestId".into(), s(id));
+        item.insert("tenantId".into(), s(&h.tenant_id));
+        item.insert("modelId".into(), s(&h.model_id));
+        let a = &h.attribution;
+        put_opt(&mut item, "applicationId", a.application_id.clone().map(s));
+        put_opt(&mut item, "costCenter", a.cost_center.clone().map(s));
+        put_opt(&mut item, "environment", a.environment.clone().map(s));
+        put_opt(&mut item, "userId", a.user_id.clone().map(s));
+        item.insert("inputTokens".into(), nu(u.input_tokens));
+        item.insert("outputTokens".into(), nu(u.output_tokens));
+        item.insert("cacheReadInputTokens".into(), nu(u.cache_read_input_tokens));
+        item.insert(
+            "cacheWriteInputTokens".into(),
+            nu(u.cache_write_input_tokens),
+        );
+        item.insert("costUsd".into(), n(cost));
+        item.insert("estimated".into(), AttributeValue::Bool(d.estimated));
+        item.insert("at".into(), ni(d.settled_at_ms));
+        item.insert("period".into(), s(&h.period));
+        applied(self.put(&self.t.usage, item, Some("requestId")).await)?;
+
+        // C5: committing → committed (leaves the sweep index).
+        self.transition(
+            id,
+            &[DState::Committing],
+            "SET #state = :committed, finishedAt = :now REMOVE #sweepShard, #sweepAt",
+            vec![
+                (":committed", s(DState::Committed.as_str())),
+                (":now", ni(now_ms)),
+            ],
+        )
+        .await?;
+
+        // C6: the hold state guards from now on; drop the markers.
+        for key in [self.all_key(&h.tenant_id, &h.period), model_key] {
+            applied(
+                self.update(
+                    &self.t.budgets,
+                    key,
+                    "DELETE #settling :idset",
+                    Some("attribute_exists(tenantId)"),
+                    &[("#settling", "settling")],
+                    vec![(":idset", ss(id))],
+                )
+                .await,
+            )?;
+        }
+        Ok(totals)
+    }
+
+    /// Gives an open (or pending) hold back and moves it to `to`.
+    async fn settle_unused(&self, d: &DHold, to: DState, now_ms: i64) -> Result<bool> {
+        // Give-back first (see the module docs): a crash after it leaves an open
+        // hold whose repeat give-back is a no-op.
+        self.give_back(&d.hold).await?;
+        let done = self
+            .transition(
+                &d.hold.request_id,
+                &[DState::Open, DState::Pending],
+                "SET #state = :to, settledAt = :now REMOVE #sweepShard, #sweepAt",
+                vec![(":to", s(to.as_str())), (":now", ni(now_ms))],
+            )
+            .await?;
+        Ok(done.is_some())
+    }
+}
+
+#[async_trait]
+impl Store for DynamoStore {
+    async fn put_tenant(&self, cfg: &TenantConfig, current_period: &str) -> Result<()> {
+        let mut item = Item::new();
+        item.insert("tenantId".into(), s(&cfg.tenant_id));
+        item.insert("budgetUsd".into(), n(cfg.budget_usd));
+        item.insert("alertThreshold".into(), n(cfg.alert_threshold));
+        item.insert("resetCycle".into(), s(cfg.reset_cycle.as_str()));
+        item.insert("isActive".into(), AttributeValue::Bool(cfg.active));
+        item.insert(
+            "allowedModels".into(),
+            AttributeValue::L(cfg.allowed_models.iter().map(s).collect()),
+        );
+        put_opt(
+            &mut item,
+            "defaultModelId",
+            cfg.default_model.clone().map(s),
+        );
+        put_opt(&mut item, "maxTokens", cfg.max_tokens_cap.map(nu));
+        put_opt(
+            &mut item,
+            "rateLimit",
+            cfg.rate_limit_rpm.map(|v| nu(u64::from(v))),
+        );
+        self.put(&self.t.tenants, item, None)
+            .await
+            .map_err(|f| hard(f, "put_tenant"))?;
+        // The current period's budget follows; `available` moves by the difference.
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(row) = self.get_all_row(&cfg.tenant_id, current_period).await? else {
+                return Ok(());
+            };
+            let old = Get::new(&row, &self.t.budgets).dec("totalBudget")?;
+            if old == cfg.budget_usd {
+                return Ok(());
+            }
+            let r = self
+                .update(
+                    &self.t.budgets,
+                    self.all_key(&cfg.tenant_id, current_period),
+                    "SET #budget = :new ADD #available :delta",
+                    Some("#budget = :old"),
+                    &[("#budget", "totalBudget"), ("#available", "available")],
+                    vec![
+                        (":new", n(cfg.budget_usd)),
+                        (":old", n(old)),
+                        (":delta", n(cfg.budget_usd - old)),
+                    ],
+                )
+                .await;
+            if applied(r)?.is_some() {
+                return Ok(());
+            }
+        }
+        Err(Error::Internal(format!(
+            "put_tenant {}: the budget row kept changing (transient; retry)",
+            cfg.tenant_id
+        )))
+    }
+
+    async fn get_tenant(&self, tenant_id: &str) -> Result<Option<TenantConfig>> {
+        self.get(&self.t.tenants, vec![("tenantId", s(tenant_id))])
+            .await?
+            .map(|i| tenant_from_item(&i, &self.t.tenants))
+            .transpose()
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<TenantConfig>> {
+        let mut out = self
+            .scan_all(&self.t.tenants, None)
+            .await?
+            .iter()
+            .map(|i| tenant_from_item(i, &self.t.tenants))
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
+        Ok(out)
+    }
+
+    async fn put_tenant_tpm(&self, tenant_id: &str, tpm: Option<u64>) -> Result<()> {
+        let (update, values) = match tpm {
+            Some(v) => ("SET #tpm = :tpm", vec![(":tpm", nu(v))]),
+            None => ("REMOVE #tpm", vec![]),
+        };
+        let r = self
+            .update(
+                &self.t.tenants,
+                vec![("tenantId", s(tenant_id))],
+                update,
+                Some("attribute_exists(tenantId)"),
+                &[("#tpm", "rateLimitTpm")],
+                values,
+            )
+            .await;
+        match applied(r)? {
+            Some(_) => Ok(()),
+            None => Err(Error::not_found(format!("tenant {tenant_id} not found"))),
+        }
+    }
+
+    async fn get_tenant_tpm(&self, tenant_id: &str) -> Result<Option<u64>> {
+        match self
+            .get(&self.t.tenants, vec![("tenantId", s(tenant_id))])
+            .await?
+        {
+            Some(item) => Get::new(&item, &self.t.tenants).opt_u64("rateLimitTpm"),
+            None => Ok(None),
+        }
+    }
+
+    async fn put_price(&self, price: &ModelPrice) -> Result<()> {
+        let mut item = Item::new();
+        item.insert("region".into(), s(&self.pricing_region));
+        item.insert("modelId".into(), s(&price.model_id));
+        item.insert("inputCost".into(), n(price.input));
+        item.insert("outputCost".into(), n(price.output));
+        put_opt(&mut item, "cacheReadCost", price.cache_read.map(n));
+        put_opt(&mut item, "cacheWriteCost", price.cache_write.map(n));
+        item.insert("currency".into(), s("USD"));
+        self.put(&self.t.pricing, item, None)
+            .await
+            .map_err(|f| hard(f, "put_price"))
+    }
+
+    async fn get_price(&self, model_id: &str) -> Result<Option<ModelPrice>> {
+        self.get(
+            &self.t.pricing,
+            vec![
+                ("region", s(&self.pricing_region)),
+                ("modelId", s(model_id)),
+            ],
+        )
+        .await?
+        .map(|i| price_from_item(&i, &self.t.pricing))
+        .transpose()
+    }
+
+    async fn list_prices(&self) -> Result<Vec<ModelPrice>> {
+        self.query_all(
+            &self.t.pricing,
+            None,
+            "#r = :r",
+            names(&[("#r", "region")]),
+            vals(vec![(":r", s(&self.pricing_region))]),
+        )
+        .await?
+        .iter()
+        .map(|i| price_from_item(i, &self.t.pricing))
+        .collect()
+    }
+
+    async fn put_alias(&self, alias: &str, model_id: &str) -> Result<()> {
+        let item = vals(vec![("alias", s(alias)), ("modelId", s(model_id))]);
+        self.put(&self.t.aliases, item, None)
+            .await
+            .map_err(|f| hard(f, "put_alias"))
+    }
+
+    async fn get_alias(&self, alias: &str) -> Result<Option<String>> {
+        self.get(&self.t.aliases, vec![("alias", s(alias))])
+            .await?
+            .map(|i| Get::new(&i, &self.t.aliases).s("modelId"))
+            .transpose()
+    }
+
+    async fn list_aliases(&self) -> Result<BTreeMap<String, String>> {
+        self.scan_all(&self.t.aliases, None)
+            .await?
+            .iter()
+            .map(|i| {
+                let g = Get::new(i, &self.t.aliases);
+                Ok((g.s("alias")?, g.s("modelId")?))
+            })
+            .collect()
+    }
+
+    async fn put_profile(&self, profile: &Profile) -> Result<()> {
+        let app = profile.application_id.clone().unwrap_or_default();
+        let mut item = Item::new();
+        item.insert("tenantId".into(), s(&profile.tenant_id));
+        item.insert(
+            "profileKey".into(),
+            s(format!("{app}#{}", profile.model_id)),
+        );
+        item.insert("applicationId".into(), s(app));
+        item.insert("modelId".into(), s(&profile.model_id));
+        item.insert("arn".into(), s(&profile.arn));
+        self.put(&self.t.profiles, item, None)
+            .await
+            .map_err(|f| hard(f, "put_profile"))
+    }
+
+    async fn list_profiles(&self, tenant_id: &str) -> Result<Vec<Profile>> {
+        let mut out = self
+            .query_all(
+                &self.t.profiles,
+                None,
+                "#t = :t",
+                names(&[("#t", "tenantId")]),
+                vals(vec![(":t", s(tenant_id))]),
+            )
+            .await?
+            .iter()
+            .map(|i| {
+                let g = Get::new(i, &self.t.profiles);
+                let app = g.opt_s("applicationId")?.unwrap_or_default();
+                Ok(Profile {
+                    tenant_id: g.s("tenantId")?,
+                    application_id: (!app.is_empty()).then_some(app),
+                    model_id: g.s("modelId")?,
+                    arn: g.s("arn")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by(|a, b| {
+            (a.application_id.as_deref().unwrap_or(""), &a.model_id)
+                .cmp(&(b.application_id.as_deref().unwrap_or(""), &b.model_id))
+        });
+        Ok(out)
+    }
+
+    async fn insert_key(&self, key: &ApiKeyRecord) -> Result<bool> {
+        let mut item = Item::new();
+        item.insert("keyHash".into(), s(&key.key_hash));
+        item.insert("keyId".into(), s(&key.key_id));
+        item.insert("tenantId".into(), s(&key.tenant_id));
+        put_opt(
+            &mut item,
+            "applicationId",
+            key.application_id.clone().map(s),
+        );
+        item.insert("createdAt".into(), ni(key.created_at_ms));
+        Ok(applied(self.put(&self.t.keys, item, Some("keyHash")).await)?.is_some())
+    }
+
+    async fn find_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>> {
+        Ok(self
+            .get(&self.t.keys, vec![("keyHash", s(key_hash))])
+            .await?
+            .map(|i| key_from_item(&i, &self.t.keys))
+            .transpose()?
+            .filter(|k| !k.revoked))
+    }
+
+    async fn list_keys(&self, tenant_id: &str) -> Result<Vec<ApiKeyRecord>> {
+        let mut out = self
+            .query_all(
+                &self.t.keys,
+                Some("byTenant"),
+                "#t = :t",
+                names(&[("#t", "tenantId")]),
+                vals(vec![(":t", s(tenant_id))]),
+            )
+            .await?
+            .iter()
+            .map(|i| key_from_item(i, &self.t.keys))
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by(|a, b| (a.created_at_ms, &a.key_id).cmp(&(b.created_at_ms, &b.key_id)));
+        Ok(out)
+    }
+
+    async fn revoke_key(&self, tenant_id: &str, key_id: &str, now_ms: i64) -> Result<bool> {
+        // The GSI is eventually consistent: a key issued a moment ago may not be
+        // found yet (the caller gets "not found" and can retry).
+        let found = self
+            .query_all(
+                &self.t.keys,
+                Some("byTenant"),
+                "#t = :t AND #k = :k",
+                names(&[("#t", "tenantId"), ("#k", "keyId")]),
+                vals(vec![(":t", s(tenant_id)), (":k", s(key_id))]),
+            )
+            .await?;
+        let mut any = false;
+        for item in found {
+            let hash = Get::new(&item, &self.t.keys).s("keyHash")?;
+            let r = self
+                .update(
+                    &self.t.keys,
+                    vec![("keyHash", s(hash))],
+                    "SET #rev = if_not_exists(#rev, :now)",
+                    Some("#t = :t"),
+                    &[("#rev", "revokedAt"), ("#t", "tenantId")],
+                    vec![(":now", ni(now_ms)), (":t", s(tenant_id))],
+                )
+                .await;
+            any |= applied(r)?.is_some();
+        }
+        Ok(any)
+    }
+
+    async fn insert_sigv4_credential(&self, cred: &SigV4CredentialRecord) -> Result<bool> {
+        let mut item = Item::new();
+        item.insert("accessKeyId".into(), s(&cred.access_key_id));
+        item.insert("tenantId".into(), s(&cred.tenant_id));
+        put_opt(
+            &mut item,
+            "applicationId",
+            cred.application_id.clone().map(s),
+        );
+        item.insert("sealedSecret".into(), s(&cred.sealed_secret));
+        item.insert("createdAt".into(), ni(cred.created_at_ms));
+        Ok(applied(self.put(&self.t.sigv4, item, Some("accessKeyId")).await)?.is_some())
+    }
+
+    async fn find_sigv4_credential(
+        &self,
+        access_key_id: &str,
+    ) -> Result<Option<SigV4CredentialRecord>> {
+        Ok(self
+            .get(&self.t.sigv4, vec![("accessKeyId", s(access_key_id))])
+            .await?
+            .map(|i| sigv4_from_item(&i, &self.t.sigv4))
+            .transpose()?
+            .filter(|c| !c.revoked))
+    }
+
+    async fn list_sigv4_credentials(&self, tenant_id: &str) -> Result<Vec<SigV4CredentialRecord>> {
+        let mut out = self
+            .query_all(
+                &self.t.sigv4,
+                Some("byTenant"),
+                "#t = :t",
+                names(&[("#t", "tenantId")]),
+                vals(vec![(":t", s(tenant_id))]),
+            )
+            .await?
+            .iter()
+            .map(|i| sigv4_from_item(i, &self.t.sigv4))
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by(|a, b| {
+            (a.created_at_ms, &a.access_key_id).cmp(&(b.created_at_ms, &b.access_key_id))
+        });
+        Ok(out)
+    }
+
+    async fn revoke_sigv4_credential(
+        &self,
+        tenant_id: &str,
+        access_key_id: &str,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let r = self
+            .update(
+                &self.t.sigv4,
+                vec![("accessKeyId", s(access_key_id))],
+                "SET #rev = if_not_exists(#rev, :now)",
+                Some("#t = :t"),
+                &[("#rev", "revokedAt"), ("#t", "tenantId")],
+                vec![(":now", ni(now_ms)), (":t", s(tenant_id))],
+            )
+            .await;
+        Ok(applied(r)?.is_some())
+    }
+
+    async fn get_hold(&self, request_id: &str) -> Result<Option<Hold>> {
+        // A pending hold is not a reservation yet (see the module docs).
+        Ok(self
+            .raw_hold(request_id)
+            .await?
+            .filter(|d| d.state != DState::Pending)
+            .map(|d| d.hold))
+    }
+
+    async fn reserve(&self, hold: &Hold, period_budget: Decimal) -> Result<ReserveOutcome> {
+        for _ in 0..MAX_ATTEMPTS {
+            // R1: the hold item first, unique per request id.
+            match applied(
+                self.put(&self.t.holds, hold_item(hold), Some("requestId"))
+                    .await,
+            )? {
+                Some(()) => return self.count_hold(hold, period_budget).await,
+                None => match self.raw_hold(&hold.request_id).await? {
+                    // Deleted in between by a denied duplicate: start over.
+                    None => continue,
+                    // A crashed or concurrent reserve: finish it (idempotent),
+                    // with the stored hold's numbers, not this request's.
+                    Some(d) if d.state == DState::Pending => {
+                        return self.count_hold(&d.hold, period_budget).await;
+                    }
+                    Some(d) => return Ok(ReserveOutcome::Existing(Box::new(d.hold))),
+                },
+            }
+        }
+        Err(Error::Internal(format!(
+            "reserve {}: the hold kept changing (transient; retry)",
+            hold.request_id
+        )))
+    }
+
+    async fn commit(
+        &self,
+        request_id: &str,
+        usage: &Usage,
+        estimated: bool,
+        now_ms: i64,
+    ) -> Result<CommitApplied> {
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(d) = self.raw_hold(request_id).await? else {
+                return Ok(CommitApplied::Unknown);
+            };
+            if matches!(d.state, DState::Committed | DState::Committing) {
+                // A `committing` hold belongs to the commit that claimed it (or to
+                // the sweeper's recovery after the grace period).
+                return Ok(CommitApplied::Duplicate { cost: d.cost });
+            }
+            let cost = d.hold.rates.cost(usage).map_err(|_| {
+                Error::invalid(format!(
+                    "usage of request {request_id} overflows the cost arithmetic"
+                ))
+            })?;
+            // C1: claim, recording what will be charged (recovery replays it).
+            let claimed = self
+                .transition(
+                    request_id,
+                    &[d.state],
+                    "SET #state = :committing, priorState = :prior, costUsd = :c, \
+                     inputTokens = :it, outputTokens = :ot, cacheReadInputTokens = :cr, \
+                     cacheWriteInputTokens = :cw, #est = :est, settledAt = :now, \
+                     #sweepShard = :shard, #sweepAt = :grace",
+                    vec![
+                        (":committing", s(DState::Committing.as_str())),
+                        (":prior", s(d.state.as_str())),
+                        (":c", n(cost)),
+                        (":it", nu(usage.input_tokens)),
+                        (":ot", nu(usage.output_tokens)),
+                        (":cr", nu(usage.cache_read_input_tokens)),
+                        (":cw", nu(usage.cache_write_input_tokens)),
+                        (":est", AttributeValue::Bool(estimated)),
+                        (":now", ni(now_ms)),
+                        (":shard", s(shard(request_id))),
+                        (":grace", ni(now_ms.saturating_add(RECOVERY_GRACE_MS))),
+                    ],
+                )
+                .await?;
+            let Some(item) = claimed else {
+                continue; // the state moved (sweeper, release, duplicate): re-read
+            };
+            let claimed = hold_from_item(&item, &self.t.holds)?;
+            let totals = self.finish_commit(&claimed, now_ms).await?;
+            let mut hold = d.hold;
+            hold.state = d.state.public();
+            return Ok(CommitApplied::Committed {
+                cost,
+                hold: Box::new(hold),
+                totals,
+            });
+        }
+        Err(Error::Internal(format!(
+            "commit {request_id}: the hold kept changing (transient; retry)"
+        )))
+    }
+
+    async fn release(&self, request_id: &str, now_ms: i64) -> Result<bool> {
+        let Some(d) = self.raw_hold(request_id).await? else {
+            return Ok(false);
+        };
+        if !matches!(d.state, DState::Open | DState::Pending) {
+            return Ok(false);
+        }
+        self.settle_unused(&d, DState::Released, now_ms).await
+    }
+
+    async fn expire_holds(&self, now_ms: i64) -> Result<u64> {
+        let mut expired = 0;
+        for i in 0..SWEEP_SHARDS {
+            let due = self
+                .query_all(
+                    &self.t.holds,
+                    Some("bySweep"),
+                    "#sh = :sh AND #at <= :now",
+                    names(&[("#sh", "sweepShard"), ("#at", "sweepAt")]),
+                    vals(vec![(":sh", s(format!("s{i}"))), (":now", ni(now_ms))]),
+                )
+                .await?;
+            for item in due {
+                // The index is eventually consistent: act on a fresh read, and
+                // only through conditional transitions.
+                let id = Get::new(&item, &self.t.holds).s("requestId")?;
+                let Some(d) = self.raw_hold(&id).await? else {
+                    continue;
+                };
+                match d.state {
+                    DState::Open | DState::Pending if d.hold.expires_at_ms <= now_ms => {
+                        let done = self.settle_unused(&d, DState::Expired, now_ms).await?;
+                        expired += u64::from(done);
+                    }
+                    DState::Committing if d.sweep_at.is_some_and(|t| t <= now_ms) => {
+                        // Recover a commit whose claimant died: claim the recovery
+                        // (one sweeper wins), then finish it idempotently.
+                        let r = self
+                            .update(
+                                &self.t.holds,
+                                vec![("requestId", s(&id))],
+                                "SET #sweepAt = :next",
+                                Some("#state = :committing AND #sweepAt = :seen"),
+                                &[("#state", "state"), ("#sweepAt", "sweepAt")],
+                                vec![
+                                    (":next", ni(now_ms.saturating_add(RECOVERY_GRACE_MS))),
+                                    (":committing", s(DState::Committing.as_str())),
+                                    (":seen", ni(d.sweep_at.unwrap_or_default())),
+                                ],
+                            )
+                            .await;
+                        if applied(r)?.is_some() {
+                            tracing::warn!(request_id = %id, "completing an interrupted commit");
+                            self.finish_commit(&d, now_ms).await?;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(expired)
+    }
+
+    async fn balance(
+        &self,
+        tenant_id: &str,
+        period: &str,
+        default_budget: Decimal,
+    ) -> Result<Balance> {
+        let rows = self
+            .query_all(
+                &self.t.budgets,
+                None,
+                "#t = :t AND begins_with(#sk, :p)",
+                names(&[("#t", "tenantId"), ("#sk", "modelId")]),
+                vals(vec![(":t", s(tenant_id)), (":p", s(format!("{period}#")))]),
+            )
+            .await?;
+        let mut balance = Balance {
+            totals: Totals {
+                period: period.to_string(),
+                budget_usd: default_budget,
+                ..Default::default()
+            },
+            by_model: BTreeMap::new(),
+        };
+        let all_sk = budget_sk(period, ALL);
+        for row in &rows {
+            let g = Get::new(row, &self.t.budgets);
+            let sk = g.s("modelId")?;
+            if sk == all_sk {
+                balance.totals = totals_from_item(row, &self.t.budgets, period)?;
+            } else {
+                let model = sk[period.len() + 1..].to_string();
+                balance.by_model.insert(model, counters_from(&g)?);
+            }
+        }
+        Ok(balance)
+    }
+
+    async fn record_alert(&self, alert: &AlertRecord) -> Result<bool> {
+        let mut item = Item::new();
+        item.insert("tenantId".into(), s(&alert.tenant_id));
+        item.insert(
+            "periodKind".into(),
+            s(format!("{}#{}", alert.period, alert.kind.as_str())),
+        );
+        item.insert("period".into(), s(&alert.period));
+        item.insert("kind".into(), s(alert.kind.as_str()));
+        item.insert("firedAt".into(), ni(alert.fired_at_ms));
+        item.insert("spentUsd".into(), n(alert.spent_usd));
+        item.insert("budgetUsd".into(), n(alert.budget_usd));
+        put_opt(&mut item, "requestId", alert.request_id.clone().map(s));
+        put_opt(&mut item, "costUsd", alert.cost_usd.map(n));
+        Ok(applied(self.put(&self.t.alerts, item, Some("tenantId")).await)?.is_some())
+    }
+
+    async fn list_alerts(&self, tenant_id: &str) -> Result<Vec<AlertRecord>> {
+        let mut out = self
+            .query_all(
+                &self.t.alerts,
+                None,
+                "#t = :t",
+                names(&[("#t", "tenantId")]),
+                vals(vec![(":t", s(tenant_id))]),
+            )
+            .await?
+            .iter()
+            .map(|i| alert_from_item(i, &self.t.alerts))
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by(|a, b| (a.fired_at_ms, a.kind.as_str()).cmp(&(b.fired_at_ms, b.kind.as_str())));
+        Ok(out)
+    }
+
+    async fn usage(&self, from_ms: Option<i64>, to_ms: Option<i64>) -> Result<Vec<UsageRecord>> {
+        // Reports scan the usage table (see docs/dynamodb.md for a time-bucket GSI
+        // when it grows large).
+        let filter = (
+            "#at >= :from AND #at < :to",
+            names(&[("#at", "at")]),
+            vals(vec![
+                (":from", ni(from_ms.unwrap_or(i64::MIN))),
+                (":to", ni(to_ms.unwrap_or(i64::MAX))),
+            ]),
+        );
+        let mut out = self
+            .scan_all(&self.t.usage, Some(filter))
+            .await?
+            .iter()
+            .map(|i| usage_from_item(i, &self.t.usage))
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by(|a, b| (a.at_ms, &a.request_id).cmp(&(b.at_ms, &b.request_id)));
+        Ok(out)
+    }
+}
+
+/// `tollgate-sidecar dynamodb init`.
+pub async fn init_command(opts: &DynamoOptions) -> Result<()> {
+    let store = DynamoStore::connect(opts).await?;
+    for (table, created) in store.init_tables().await? {
+        println!("{table}: {}", if created { "created" } else { "exists" });
+    }
+    Ok(())
+}

@@ -1,0 +1,872 @@
+//! One behavioural suite for every [`Store`], run against SQLite (a temp file) and
+//! against the DynamoDB store on dynalite (`tests/node_modules/.bin/dynalite`,
+//! installed by `cargo xtask setup`; override with `DYNALITE_BIN`).
+//!
+//! Each case gets a fresh store: a new SQLite file, or a new table prefix on the
+//! one dynalite process the DynamoDB test starts (and kills when it ends).
+
+use aws_sdk_dynamodb::config::Credentials;
+use rust_decimal::Decimal;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tollgate_sidecar::ledger::{AlertKind, ResetCycle};
+use tollgate_sidecar::pricing::{ModelPrice, Rates};
+use tollgate_sidecar::store::dynamodb::{DynamoOptions, DynamoStore};
+use tollgate_sidecar::store::sqlite::SqliteStore;
+use tollgate_sidecar::store::*;
+use tollgate_wire::api::{Attribution, Usage};
+
+const SONNET: &str = "anthropic.claude-3-sonnet-20240229-v1:0";
+const HAIKU: &str = "anthropic.claude-3-haiku-20240307-v1:0";
+const PERIOD: &str = "2026-11";
+const T0: i64 = 1_795_000_000_000;
+
+type Case = fn(Arc<dyn Store>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+macro_rules! cases {
+    ($($name:ident),* $(,)?) => {
+        vec![$((stringify!($name), (|s| Box::pin($name(s))) as Case)),*]
+    };
+}
+
+fn all_cases() -> Vec<(&'static str, Case)> {
+    cases![
+        tenants_prices_aliases_profiles,
+        keys,
+        sigv4_credentials,
+        reserve_admits_and_denies_at_the_exact_boundary,
+        reserve_is_idempotent,
+        commit_is_idempotent,
+        release_gives_the_hold_back,
+        late_commit_after_expiry_debits_once,
+        commit_racing_the_sweeper_debits_once,
+        balance_sums_by_model,
+        alerts_fire_once_per_tenant_period_kind,
+        usage_records,
+        concurrent_reserves_never_overspend,
+    ]
+}
+
+fn d(s: &str) -> Decimal {
+    s.parse().expect("decimal")
+}
+
+fn rates() -> Rates {
+    Rates {
+        input: d("3"),
+        output: d("15"),
+        cache_read: d("0.3"),
+        cache_write: d("3.75"),
+    }
+}
+
+fn hold(id: &str, tenant: &str, model: &str, hold_usd: &str) -> Hold {
+    Hold {
+        request_id: id.to_string(),
+        tenant_id: tenant.to_string(),
+        period: PERIOD.to_string(),
+        model_id: model.to_string(),
+        target_model: model.to_string(),
+        attribution: Attribution {
+            application_id: Some("app".into()),
+            cost_center: Some("cc-1".into()),
+            environment: None,
+            user_id: Some("u-1".into()),
+        },
+        max_output_tokens: 100,
+        hold_usd: d(hold_usd),
+        budget_remaining_usd: Decimal::ZERO,
+        rates: rates(),
+        created_at_ms: T0,
+        expires_at_ms: T0 + 600_000,
+        state: HoldState::Open,
+    }
+}
+
+/// 1000 in + 500 out at 3/15 per 1M = 0.0105.
+fn usage() -> Usage {
+    Usage {
+        input_tokens: 1000,
+        output_tokens: 500,
+        cache_read_input_tokens: 0,
+        cache_write_input_tokens: 0,
+    }
+}
+
+fn tenant(id: &str, budget: &str) -> TenantConfig {
+    TenantConfig {
+        tenant_id: id.to_string(),
+        budget_usd: d(budget),
+        alert_threshold: d("0.8"),
+        reset_cycle: ResetCycle::Monthly,
+        active: true,
+        allowed_models: vec![SONNET.into(), "claude-3-haiku".into()],
+        default_model: Some(SONNET.into()),
+        max_tokens_cap: Some(4000),
+        rate_limit_rpm: Some(100),
+    }
+}
+
+async fn bal(s: &Arc<dyn Store>, t: &str) -> Balance {
+    s.balance(t, PERIOD, d("999")).await.expect("balance")
+}
+
+/// The ledger identity every change must keep.
+fn assert_identity(b: &Balance) {
+    let t = &b.totals;
+    assert_eq!(
+        t.counters.spent_usd + t.reserved_usd + t.available(),
+        t.budget_usd,
+        "{t:?}"
+    );
+}
+
+async fn reserve(s: &Arc<dyn Store>, h: &Hold, budget: &str) -> ReserveOutcome {
+    s.reserve(h, d(budget)).await.expect("reserve")
+}
+
+// ---------------------------------------------------------------------------
+// cases
+
+async fn tenants_prices_aliases_profiles(s: Arc<dyn Store>) {
+    assert_eq!(s.get_tenant("acme").await.unwrap(), None);
+    let mut acme = tenant("acme", "10");
+    s.put_tenant(&acme, PERIOD).await.unwrap();
+    s.put_tenant(&tenant("beta", "5"), PERIOD).await.unwrap();
+    assert_eq!(s.get_tenant("acme").await.unwrap(), Some(acme.clone()));
+    let ids: Vec<_> = s
+        .list_tenants()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.tenant_id)
+        .collect();
+    assert_eq!(ids, ["acme", "beta"]);
+
+    // A budget change moves the current period's budget (and available) along.
+    assert_eq!(
+        reserve(&s, &hold("r1", "acme", SONNET, "1"), "10").await,
+        ReserveOutcome::Admitted
+    );
+    acme.budget_usd = d("20");
+    acme.active = false;
+    acme.allowed_models.clear();
+    acme.default_model = None;
+    acme.max_tokens_cap = None;
+    acme.rate_limit_rpm = None;
+    s.put_tenant(&acme, PERIOD).await.unwrap();
+    assert_eq!(s.get_tenant("acme").await.unwrap(), Some(acme));
+    assert_eq!(s.get_tenant_tpm("acme").await.unwrap(), None);
+    s.put_tenant_tpm("acme", Some(50_000)).await.unwrap();
+    assert_eq!(s.get_tenant_tpm("acme").await.unwrap(), Some(50_000));
+    s.put_tenant_tpm("acme", None).await.unwrap();
+    assert_eq!(s.get_tenant_tpm("acme").await.unwrap(), None);
+    assert!(s.put_tenant_tpm("nobody", Some(1)).await.is_err());
+    let b = bal(&s, "acme").await;
+    assert_eq!(b.totals.budget_usd, d("20"));
+    assert_eq!(b.totals.available(), d("19"));
+    assert_identity(&b);
+
+    let sonnet = ModelPrice {
+        model_id: SONNET.into(),
+        input: d("3.00"),
+        output: d("15.00"),
+        cache_read: None,
+        cache_write: None,
+    };
+    let haiku = ModelPrice {
+        model_id: HAIKU.into(),
+        input: d("0.25"),
+        output: d("1.25"),
+        cache_read: Some(d("0.03")),
+        cache_write: Some(d("0.30")),
+    };
+    s.put_price(&sonnet).await.unwrap();
+    s.put_price(&haiku).await.unwrap();
+    assert_eq!(s.get_price(SONNET).await.unwrap(), Some(sonnet.clone()));
+    assert_eq!(s.get_price("nope").await.unwrap(), None);
+    let mut sonnet2 = sonnet.clone();
+    sonnet2.output = d("16.5");
+    s.put_price(&sonnet2).await.unwrap();
+    assert_eq!(s.list_prices().await.unwrap(), vec![haiku, sonnet2]);
+
+    s.put_alias("claude-3-sonnet", SONNET).await.unwrap();
+    s.put_alias("fast", HAIKU).await.unwrap();
+    s.put_alias("fast", SONNET).await.unwrap();
+    assert_eq!(s.get_alias("fast").await.unwrap().as_deref(), Some(SONNET));
+    assert_eq!(s.get_alias("slow").await.unwrap(), None);
+    let aliases = s.list_aliases().await.unwrap();
+    assert_eq!(aliases.len(), 2);
+    assert_eq!(aliases["claude-3-sonnet"], SONNET);
+
+    let p = |app: Option<&str>, model: &str, arn: &str| Profile {
+        tenant_id: "acme".into(),
+        application_id: app.map(String::from),
+        model_id: model.into(),
+        arn: arn.into(),
+    };
+    s.put_profile(&p(Some("web"), SONNET, "arn:1"))
+        .await
+        .unwrap();
+    s.put_profile(&p(None, SONNET, "arn:2")).await.unwrap();
+    s.put_profile(&p(None, SONNET, "arn:3")).await.unwrap();
+    assert_eq!(
+        s.list_profiles("acme").await.unwrap(),
+        vec![p(None, SONNET, "arn:3"), p(Some("web"), SONNET, "arn:1")]
+    );
+    assert!(s.list_profiles("beta").await.unwrap().is_empty());
+}
+
+async fn keys(s: Arc<dyn Store>) {
+    let k = |id: &str, hash: &str, tenant: &str, at: i64| ApiKeyRecord {
+        key_id: id.into(),
+        tenant_id: tenant.into(),
+        application_id: (id == "k2").then(|| "app".to_string()),
+        key_hash: hash.into(),
+        created_at_ms: at,
+        revoked: false,
+    };
+    assert!(s.insert_key(&k("k1", "h1", "acme", 1)).await.unwrap());
+    assert!(s.insert_key(&k("k2", "h2", "acme", 2)).await.unwrap());
+    assert!(s.insert_key(&k("k3", "h3", "beta", 3)).await.unwrap());
+    assert!(
+        !s.insert_key(&k("k9", "h1", "beta", 4)).await.unwrap(),
+        "a known hash is refused"
+    );
+    assert_eq!(
+        s.find_key("h2").await.unwrap(),
+        Some(k("k2", "h2", "acme", 2))
+    );
+    assert_eq!(s.find_key("nope").await.unwrap(), None);
+    assert_eq!(
+        s.list_keys("acme").await.unwrap(),
+        vec![k("k1", "h1", "acme", 1), k("k2", "h2", "acme", 2)]
+    );
+    assert!(
+        !s.revoke_key("beta", "k1", 10).await.unwrap(),
+        "another tenant's key"
+    );
+    assert!(!s.revoke_key("acme", "k404", 10).await.unwrap());
+    assert!(s.revoke_key("acme", "k1", 10).await.unwrap());
+    assert_eq!(s.find_key("h1").await.unwrap(), None);
+    let listed = s.list_keys("acme").await.unwrap();
+    assert!(listed[0].revoked && !listed[1].revoked, "{listed:?}");
+}
+
+async fn sigv4_credentials(s: Arc<dyn Store>) {
+    let c = |id: &str, tenant: &str, at: i64| SigV4CredentialRecord {
+        access_key_id: id.into(),
+        tenant_id: tenant.into(),
+        application_id: (id == "AKIA2").then(|| "app".to_string()),
+        sealed_secret: format!("sealed-{id}"),
+        created_at_ms: at,
+        revoked: false,
+    };
+    assert!(s
+        .insert_sigv4_credential(&c("AKIA1", "acme", 1))
+        .await
+        .unwrap());
+    assert!(s
+        .insert_sigv4_credential(&c("AKIA2", "acme", 2))
+        .await
+        .unwrap());
+    assert!(s
+        .insert_sigv4_credential(&c("AKIA3", "beta", 3))
+        .await
+        .unwrap());
+    assert!(!s
+        .insert_sigv4_credential(&c("AKIA1", "beta", 4))
+        .await
+        .unwrap());
+    assert_eq!(
+        s.find_sigv4_credential("AKIA2").await.unwrap(),
+        Some(c("AKIA2", "acme", 2))
+    );
+    assert_eq!(s.find_sigv4_credential("AKIA9").await.unwrap(), None);
+    assert_eq!(
+        s.list_sigv4_credentials("acme").await.unwrap(),
+        vec![c("AKIA1", "acme", 1), c("AKIA2", "acme", 2)]
+    );
+    assert!(!s.revoke_sigv4_credential("beta", "AKIA1", 9).await.unwrap());
+    assert!(!s.revoke_sigv4_credential("acme", "AKIA9", 9).await.unwrap());
+    assert!(s.revoke_sigv4_credential("acme", "AKIA1", 9).await.unwrap());
+    assert_eq!(s.find_sigv4_credential("AKIA1").await.unwrap(), None);
+    let listed = s.list_sigv4_credentials("acme").await.unwrap();
+    assert!(listed[0].revoked && !listed[1].revoked, "{listed:?}");
+}
+
+async fn reserve_admits_and_denies_at_the_exact_boundary(s: Arc<dyn Store>) {
+    // The period row does not exist yet: it starts at the given budget.
+    for (i, remaining) in ["0.75", "0.5", "0.25"].iter().enumerate() {
+        let id = format!("r{i}");
+        assert_eq!(
+            reserve(&s, &hold(&id, "acme", SONNET, "0.25"), "1.00").await,
+            ReserveOutcome::Admitted
+        );
+        let h = s.get_hold(&id).await.unwrap().expect("hold");
+        assert_eq!(h.budget_remaining_usd, d(remaining));
+        assert_eq!(h.state, HoldState::Open);
+        assert_eq!(h.hold_usd, d("0.25"));
+        assert_eq!(h.rates, rates());
+        assert_eq!(h.attribution.cost_center.as_deref(), Some("cc-1"));
+    }
+    // One cent-millionth too much is refused; exactly the rest is admitted.
+    match reserve(&s, &hold("big", "acme", SONNET, "0.250001"), "1.00").await {
+        ReserveOutcome::Insufficient {
+            available,
+            spent,
+            budget,
+        } => {
+            assert_eq!(available, d("0.25"));
+            assert_eq!(spent, Decimal::ZERO);
+            assert_eq!(budget, d("1"));
+        }
+        other => panic!("expected Insufficient, got {other:?}"),
+    }
+    assert_eq!(
+        s.get_hold("big").await.unwrap(),
+        None,
+        "a denial leaves no hold"
+    );
+    assert_eq!(
+        reserve(&s, &hold("exact", "acme", SONNET, "0.25"), "1.00").await,
+        ReserveOutcome::Admitted
+    );
+    assert!(matches!(
+        reserve(&s, &hold("more", "acme", SONNET, "0.000001"), "1.00").await,
+        ReserveOutcome::Insufficient { .. }
+    ));
+    let b = bal(&s, "acme").await;
+    assert_eq!(b.totals.reserved_usd, d("1"));
+    assert_eq!(b.totals.available(), Decimal::ZERO);
+    assert_identity(&b);
+    // A denied request id can be retried once budget is back.
+    assert!(s.release("r0", T0 + 1).await.unwrap());
+    assert_eq!(
+        reserve(&s, &hold("big", "acme", SONNET, "0.25"), "1.00").await,
+        ReserveOutcome::Admitted
+    );
+}
+
+async fn reserve_is_idempotent(s: Arc<dyn Store>) {
+    let h = hold("r1", "acme", SONNET, "0.5");
+    assert_eq!(reserve(&s, &h, "1").await, ReserveOutcome::Admitted);
+    let stored = s.get_hold("r1").await.unwrap().unwrap();
+    match reserve(&s, &h, "1").await {
+        ReserveOutcome::Existing(e) => assert_eq!(*e, stored),
+        other => panic!("expected Existing, got {other:?}"),
+    }
+    assert_eq!(bal(&s, "acme").await.totals.reserved_usd, d("0.5"));
+}
+
+async fn commit_is_idempotent(s: Arc<dyn Store>) {
+    assert_eq!(
+        reserve(&s, &hold("r1", "acme", SONNET, "0.02"), "10").await,
+        ReserveOutcome::Admitted
+    );
+    match s.commit("r1", &usage(), false, T0 + 5).await.unwrap() {
+        CommitApplied::Committed { cost, hold, totals } => {
+            assert_eq!(cost, d("0.0105"));
+            assert_eq!(hold.request_id, "r1");
+            assert_eq!(totals.counters.spent_usd, d("0.0105"));
+            assert_eq!(totals.reserved_usd, Decimal::ZERO);
+            assert_eq!(totals.budget_usd, d("10"));
+            assert_eq!(totals.counters.requests, 1);
+        }
+        other => panic!("expected Committed, got {other:?}"),
+    }
+    let big = Usage {
+        input_tokens: 999_999,
+        output_tokens: 999_999,
+        ..Default::default()
+    };
+    assert_eq!(
+        s.commit("r1", &big, false, T0 + 6).await.unwrap(),
+        CommitApplied::Duplicate {
+            cost: Some(d("0.0105"))
+        }
+    );
+    assert_eq!(
+        s.commit("nope", &usage(), false, T0).await.unwrap(),
+        CommitApplied::Unknown
+    );
+    let b = bal(&s, "acme").await;
+    assert_eq!(b.totals.counters.spent_usd, d("0.0105"));
+    assert_eq!(b.totals.counters.requests, 1);
+    assert_eq!(b.totals.counters.input_tokens, 1000);
+    assert_eq!(b.totals.reserved_usd, Decimal::ZERO);
+    assert_identity(&b);
+    assert_eq!(
+        s.get_hold("r1").await.unwrap().unwrap().state,
+        HoldState::Committed
+    );
+    assert!(!s.release("r1", T0 + 7).await.unwrap());
+}
+
+async fn release_gives_the_hold_back(s: Arc<dyn Store>) {
+    assert_eq!(
+        reserve(&s, &hold("r1", "acme", SONNET, "0.4"), "1").await,
+        ReserveOutcome::Admitted
+    );
+    assert_eq!(bal(&s, "acme").await.totals.reserved_usd, d("0.4"));
+    assert!(s.release("r1", T0 + 1).await.unwrap());
+    assert!(!s.release("r1", T0 + 2).await.unwrap(), "only once");
+    assert!(!s.release("nope", T0 + 2).await.unwrap());
+    let b = bal(&s, "acme").await;
+    assert_eq!(b.totals.reserved_usd, Decimal::ZERO);
+    assert_eq!(b.totals.available(), d("1"));
+    assert_eq!(
+        s.get_hold("r1").await.unwrap().unwrap().state,
+        HoldState::Released
+    );
+    // A commit after a release is still charged, once.
+    assert!(matches!(
+        s.commit("r1", &usage(), true, T0 + 3).await.unwrap(),
+        CommitApplied::Committed { .. }
+    ));
+    assert!(matches!(
+        s.commit("r1", &usage(), true, T0 + 4).await.unwrap(),
+        CommitApplied::Duplicate { .. }
+    ));
+    let b = bal(&s, "acme").await;
+    assert_eq!(b.totals.counters.spent_usd, d("0.0105"));
+    assert_eq!(b.totals.reserved_usd, Decimal::ZERO);
+    assert_identity(&b);
+}
+
+async fn late_commit_after_expiry_debits_once(s: Arc<dyn Store>) {
+    let h = hold("r1", "acme", SONNET, "0.3");
+    assert_eq!(reserve(&s, &h, "1").await, ReserveOutcome::Admitted);
+    assert_eq!(s.expire_holds(h.expires_at_ms - 1).await.unwrap(), 0);
+    assert_eq!(s.expire_holds(h.expires_at_ms).await.unwrap(), 1);
+    assert_eq!(s.expire_holds(h.expires_at_ms + 1).await.unwrap(), 0);
+    let b = bal(&s, "acme").await;
+    assert_eq!(b.totals.reserved_usd, Decimal::ZERO);
+    assert_eq!(
+        s.get_hold("r1").await.unwrap().unwrap().state,
+        HoldState::Expired
+    );
+    let late = h.expires_at_ms + 10;
+    assert!(matches!(
+        s.commit("r1", &usage(), false, late).await.unwrap(),
+        CommitApplied::Committed { .. }
+    ));
+    assert!(matches!(
+        s.commit("r1", &usage(), false, late + 1).await.unwrap(),
+        CommitApplied::Duplicate { .. }
+    ));
+    assert_eq!(s.expire_holds(late + 1_000_000).await.unwrap(), 0);
+    let b = bal(&s, "acme").await;
+    assert_eq!(b.totals.counters.spent_usd, d("0.0105"));
+    assert_eq!(b.totals.counters.requests, 1);
+    assert_eq!(b.totals.reserved_usd, Decimal::ZERO);
+    assert_eq!(b.totals.available(), d("0.9895"));
+    assert_identity(&b);
+}
+
+async fn commit_racing_the_sweeper_debits_once(s: Arc<dyn Store>) {
+    const N: usize = 20;
+    for i in 0..N {
+        assert_eq!(
+            reserve(&s, &hold(&format!("r{i}"), "acme", SONNET, "0.02"), "10").await,
+            ReserveOutcome::Admitted
+        );
+    }
+    let expiry = hold("x", "acme", SONNET, "0").expires_at_ms;
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.commit(&format!("r{i}"), &usage(), false, expiry + 1)
+                .await
+                .unwrap()
+        }));
+    }
+    let sweeper = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let mut n = 0;
+            for _ in 0..3 {
+                n += s.expire_holds(expiry + 1).await.unwrap();
+            }
+            n
+        })
+    };
+    for t in tasks {
+        assert!(matches!(t.await.unwrap(), CommitApplied::Committed { .. }));
+    }
+    let expired = sweeper.await.unwrap();
+    assert!(expired <= N as u64);
+    let b = bal(&s, "acme").await;
+    assert_eq!(b.totals.counters.spent_usd, d("0.0105") * Decimal::from(N));
+    assert_eq!(b.totals.counters.requests, N as u64);
+    assert_eq!(b.totals.reserved_usd, Decimal::ZERO);
+    assert_identity(&b);
+}
+
+async fn balance_sums_by_model(s: Arc<dyn Store>) {
+    let empty = s.balance("acme", PERIOD, d("7")).await.unwrap();
+    assert_eq!(empty.totals.budget_usd, d("7"));
+    assert_eq!(empty.totals.available(), d("7"));
+    assert!(empty.by_model.is_empty());
+
+    let mut h = hold("r1", "acme", SONNET, "0.1");
+    assert_eq!(reserve(&s, &h, "5").await, ReserveOutcome::Admitted);
+    h = hold("r2", "acme", HAIKU, "0.1");
+    assert_eq!(reserve(&s, &h, "5").await, ReserveOutcome::Admitted);
+    h = hold("r3", "acme", HAIKU, "0.1");
+    assert_eq!(reserve(&s, &h, "5").await, ReserveOutcome::Admitted);
+    let u2 = Usage {
+        input_tokens: 10,
+        output_tokens: 20,
+        cache_read_input_tokens: 30,
+        cache_write_input_tokens: 40,
+    };
+    s.commit("r1", &usage(), false, T0 + 1).await.unwrap();
+    s.commit("r2", &u2, false, T0 + 2).await.unwrap();
+    s.commit("r3", &u2, false, T0 + 3).await.unwrap();
+    // Another tenant and another period stay apart.
+    let mut other = hold("o1", "beta", SONNET, "0.1");
+    assert_eq!(reserve(&s, &other, "5").await, ReserveOutcome::Admitted);
+    s.commit("o1", &usage(), false, T0).await.unwrap();
+    other = hold("p1", "acme", SONNET, "0.1");
+    other.period = "2026-10".into();
+    assert_eq!(reserve(&s, &other, "5").await, ReserveOutcome::Admitted);
+    s.commit("p1", &usage(), false, T0).await.unwrap();
+
+    let b = bal(&s, "acme").await;
+    let cost2 = rates().cost(&u2).unwrap();
+    assert_eq!(b.totals.counters.spent_usd, d("0.0105") + cost2 + cost2);
+    assert_eq!(b.totals.counters.requests, 3);
+    assert_eq!(b.totals.counters.input_tokens, 1020);
+    assert_eq!(b.totals.counters.cache_write_input_tokens, 80);
+    assert_eq!(b.by_model.len(), 2);
+    assert_eq!(b.by_model[SONNET].spent_usd, d("0.0105"));
+    assert_eq!(b.by_model[HAIKU].spent_usd, cost2 + cost2);
+    assert_eq!(b.by_model[HAIKU].cache_read_input_tokens, 60);
+    assert_eq!(b.by_model[HAIKU].requests, 2);
+    let sum: Decimal = b.by_model.values().map(|c| c.spent_usd).sum();
+    assert_eq!(sum, b.totals.counters.spent_usd);
+    let requests: u64 = b.by_model.values().map(|c| c.requests).sum();
+    assert_eq!(requests, b.totals.counters.requests);
+    assert_identity(&b);
+    let oct = s.balance("acme", "2026-10", d("5")).await.unwrap();
+    assert_eq!(oct.totals.counters.requests, 1);
+    assert_eq!(oct.by_model.len(), 1);
+}
+
+async fn alerts_fire_once_per_tenant_period_kind(s: Arc<dyn Store>) {
+    let a = |tenant: &str, period: &str, kind: AlertKind, at: i64| AlertRecord {
+        tenant_id: tenant.into(),
+        period: period.into(),
+        kind,
+        fired_at_ms: at,
+        spent_usd: d("8.5"),
+        budget_usd: d("10"),
+        request_id: Some(format!("req-{at}")),
+        cost_usd: (kind == AlertKind::HighCost).then(|| d("12.5")),
+    };
+    assert!(s
+        .record_alert(&a("acme", PERIOD, AlertKind::Threshold, 1))
+        .await
+        .unwrap());
+    assert!(!s
+        .record_alert(&a("acme", PERIOD, AlertKind::Threshold, 2))
+        .await
+        .unwrap());
+    assert!(s
+        .record_alert(&a("acme", PERIOD, AlertKind::HighCost, 3))
+        .await
+        .unwrap());
+    assert!(s
+        .record_alert(&a("acme", "2026-12", AlertKind::Threshold, 4))
+        .await
+        .unwrap());
+    assert!(s
+        .record_alert(&a("beta", PERIOD, AlertKind::Threshold, 5))
+        .await
+        .unwrap());
+    assert_eq!(
+        s.list_alerts("acme").await.unwrap(),
+        vec![
+            a("acme", PERIOD, AlertKind::Threshold, 1),
+            a("acme", PERIOD, AlertKind::HighCost, 3),
+            a("acme", "2026-12", AlertKind::Threshold, 4),
+        ]
+    );
+}
+
+async fn usage_records(s: Arc<dyn Store>) {
+    for (i, at) in [(1, T0 + 100), (2, T0 + 200), (3, T0 + 300)] {
+        let id = format!("r{i}");
+        assert_eq!(
+            reserve(&s, &hold(&id, "acme", SONNET, "0.1"), "5").await,
+            ReserveOutcome::Admitted
+        );
+        s.commit(&id, &usage(), i == 2, at).await.unwrap();
+    }
+    // An uncommitted hold is not usage.
+    assert_eq!(
+        reserve(&s, &hold("r4", "acme", SONNET, "0.1"), "5").await,
+        ReserveOutcome::Admitted
+    );
+    let all = s.usage(None, None).await.unwrap();
+    assert_eq!(all.len(), 3);
+    let ids: Vec<_> = all.iter().map(|u| u.request_id.as_str()).collect();
+    assert_eq!(ids, ["r1", "r2", "r3"]);
+    let r2 = &all[1];
+    assert_eq!(r2.tenant_id, "acme");
+    assert_eq!(r2.model_id, SONNET);
+    assert_eq!(r2.usage, usage());
+    assert_eq!(r2.cost_usd, d("0.0105"));
+    assert!(r2.estimated && !all[0].estimated);
+    assert_eq!(r2.at_ms, T0 + 200);
+    assert_eq!(r2.attribution.application_id.as_deref(), Some("app"));
+    assert_eq!(r2.attribution.user_id.as_deref(), Some("u-1"));
+    assert_eq!(r2.attribution.environment, None);
+    let mid = s.usage(Some(T0 + 200), Some(T0 + 300)).await.unwrap();
+    assert_eq!(mid.len(), 1);
+    assert_eq!(mid[0].request_id, "r2");
+    assert_eq!(s.usage(Some(T0 + 301), None).await.unwrap().len(), 0);
+    assert_eq!(s.usage(None, Some(T0 + 101)).await.unwrap().len(), 1);
+}
+
+async fn concurrent_reserves_never_overspend(s: Arc<dyn Store>) {
+    // 100 concurrent holds of 0.04 against 1.00: exactly 25 fit.
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let h = hold(&format!("c{i}"), "acme", SONNET, "0.04");
+            (i, s.reserve(&h, d("1.00")).await.unwrap())
+        }));
+    }
+    let mut admitted = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            (i, ReserveOutcome::Admitted) => admitted.push(i),
+            (_, ReserveOutcome::Insufficient { .. }) => {}
+            (i, other) => panic!("c{i}: {other:?}"),
+        }
+    }
+    assert_eq!(admitted.len(), 25, "admitted {admitted:?}");
+    let b = bal(&s, "acme").await;
+    assert_eq!(b.totals.reserved_usd, d("1"));
+    assert_eq!(b.totals.available(), Decimal::ZERO);
+    assert_identity(&b);
+
+    // Commit them all concurrently (0.0105 each < 0.04 held).
+    let mut tasks = Vec::new();
+    for i in admitted {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.commit(&format!("c{i}"), &usage(), false, T0 + 1)
+                .await
+                .unwrap()
+        }));
+    }
+    for t in tasks {
+        assert!(matches!(t.await.unwrap(), CommitApplied::Committed { .. }));
+    }
+    let b = bal(&s, "acme").await;
+    assert_eq!(b.totals.counters.spent_usd, d("0.2625"));
+    assert!(b.totals.counters.spent_usd <= b.totals.budget_usd);
+    assert_eq!(b.totals.reserved_usd, Decimal::ZERO);
+    assert_eq!(b.totals.counters.requests, 25);
+    assert_identity(&b);
+}
+
+// ---------------------------------------------------------------------------
+// runners
+
+async fn run_suite<F, Fut, A, AFut>(backend: &str, mut make: F, mut after: A)
+where
+    F: FnMut(usize) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+    A: FnMut(usize) -> AFut,
+    AFut: Future<Output = ()>,
+{
+    let started = Instant::now();
+    for (i, (name, case)) in all_cases().into_iter().enumerate() {
+        let store = make(i).await;
+        let t = Instant::now();
+        eprintln!("[{backend}] {name} …");
+        case(store).await;
+        after(i).await;
+        eprintln!("[{backend}] {name} ok ({} ms)", t.elapsed().as_millis());
+    }
+    eprintln!(
+        "[{backend}] {} cases in {} ms",
+        all_cases().len(),
+        started.elapsed().as_millis()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn sqlite_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().to_path_buf();
+    run_suite(
+        "sqlite",
+        |i| {
+        let path = root.join(format!("ledger-{i}.db"));
+        async move { Arc::new(SqliteStore::open(&path).expect("open sqlite")) as Arc<dyn Store> }
+        },
+        |_| async {},
+    )
+    .await;
+}
+
+/// A dynalite process on a free loopback port, killed on drop.
+struct Dynalite {
+    child: Child,
+    endpoint: String,
+}
+
+impl Dynalite {
+    fn start() -> Self {
+        let bin = std::env::var_os("DYNALITE_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("../tests/node_modules/.bin/dynalite")
+            });
+        assert!(
+            bin.exists(),
+            "dynalite not found at {}: run `cargo xtask setup` (it runs `npm install` in tests/), \
+             or set DYNALITE_BIN",
+            bin.display()
+        );
+        let port = {
+            let l = TcpListener::bind("127.0.0.1:0").expect("free port");
+            l.local_addr().expect("addr").port()
+        };
+        let mut child = Command::new(&bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--createTableMs", "0", "--deleteTableMs", "0"])
+            .args(["--updateTableMs", "0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("dynalite exited early ({status})");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("dynalite did not listen on {addr} within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            endpoint: format!("http://{addr}"),
+        }
+    }
+}
+
+impl Drop for Dynalite {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn dynamodb_store_on_dynalite() {
+    let dynalite = Dynalite::start();
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(&dynalite.endpoint)
+        .credentials_provider(Credentials::new("dummy", "dummy", None, None, "test"))
+        .load()
+        .await;
+    let run = std::process::id();
+    let client = aws_sdk_dynamodb::Client::new(&conf);
+    let prefix = |i: usize| format!("t{run}-{i}-");
+    run_suite(
+        "dynamodb",
+        |i| {
+            let store = DynamoStore::from_sdk_config(
+                &conf,
+                &DynamoOptions {
+                    table_prefix: prefix(i),
+                    pricing_region: "global".into(),
+                },
+            );
+            async move {
+                let created = store.init_tables().await.expect("create tables");
+                assert!(created.iter().all(|(_, c)| *c));
+                // Idempotent.
+                let again = store.init_tables().await.expect("init again");
+                assert!(again.iter().all(|(_, c)| !*c));
+                Arc::new(store) as Arc<dyn Store>
+            }
+        },
+        |i| {
+            let client = client.clone();
+            let table = format!("{}TenantBudgets", prefix(i));
+            async move { check_budget_rows(&client, &table).await }
+        },
+    )
+    .await;
+    drop(dynalite);
+}
+
+/// Every `ALL` row keeps `available = totalBudget − totalCost − reserved` (the
+/// attribute admission is conditioned on), and no commit is left half-done.
+async fn check_budget_rows(client: &aws_sdk_dynamodb::Client, table: &str) {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let items = client
+        .scan()
+        .table_name(table)
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("scan budgets")
+        .items
+        .unwrap_or_default();
+    let num = |item: &std::collections::HashMap<String, AttributeValue>, k: &str| -> Decimal {
+        match item.get(k) {
+            Some(AttributeValue::N(v)) => v.parse().expect("N"),
+            None => Decimal::ZERO,
+            other => panic!("{k}: {other:?}"),
+        }
+    };
+    for item in &items {
+        assert!(
+            !item.contains_key("settling"),
+            "half-done commit marker left: {item:?}"
+        );
+        let sk = match item.get("modelId") {
+            Some(AttributeValue::S(v)) => v.clone(),
+            other => panic!("modelId {other:?}"),
+        };
+        if sk.ends_with("#ALL") {
+            assert_eq!(
+                num(item, "available"),
+                num(item, "totalBudget") - num(item, "totalCost") - num(item, "reserved"),
+                "{item:?}"
+            );
+            let open = match item.get("openHolds") {
+                Some(AttributeValue::Ss(v)) => v.len(),
+                _ => 0,
+            };
+            assert_eq!(
+                num(item, "reserved").is_zero(),
+                open == 0,
+                "reserved and openHolds disagree: {item:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,160 @@
+"""A fleet of two sidecars sharing one DynamoDB ledger (dynalite, in memory).
+
+Both sidecars run `--store dynamodb` against the same tables. Reserve/commit
+cycles alternate between them, concurrently, against a budget that fits exactly
+50 holds; the shared ledger must admit exactly 50 and never overspend.
+
+Needs `target/debug/tollgate-sidecar` (cargo build -p tollgate-sidecar) and
+dynalite (`cargo xtask setup`, or DYNALITE_BIN).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import requests
+
+from harness import BIN_DIR, REPO, free_port, spawn, wait_http
+
+DYNALITE = Path(os.environ.get("DYNALITE_BIN", REPO / "tests/node_modules/.bin/dynalite"))
+SONNET = "anthropic.claude-3-sonnet-20240229-v1:0"
+# 1000 input + 1000 output tokens at 3/15 USD per 1M = 0.018 per hold; commits
+# charge exactly the hold, so admissions consume the budget for good.
+HOLD = Decimal("0.018")
+FITS = 50
+CYCLES = 200
+
+
+def wait_tcp(port: int, proc: subprocess.Popen, log: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"dynalite exited {proc.returncode}:\n{log.read_text()[-4000:]}")
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"dynalite not listening on {port} after {timeout}s")
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    if not DYNALITE.exists():
+        pytest.fail(f"dynalite not found at {DYNALITE}: run `cargo xtask setup` (npm install in tests/) "
+                    "or set DYNALITE_BIN")
+    sidecar_bin = BIN_DIR / "tollgate-sidecar"
+    if not sidecar_bin.exists():
+        pytest.fail(f"{sidecar_bin} missing: run `cargo build -p tollgate-sidecar`")
+    procs = []
+    try:
+        port = free_port()
+        dyn = spawn("dynalite", [str(DYNALITE), "--host", "127.0.0.1", "--port", str(port),
+                                 "--createTableMs", "0", "--deleteTableMs", "0", "--updateTableMs", "0"], tmp_path)
+        procs.append(dyn)
+        wait_tcp(port, dyn.popen, dyn.log)
+        token = secrets.token_hex(16)
+        env = {
+            "AWS_ENDPOINT_URL_DYNAMODB": f"http://127.0.0.1:{port}",
+            "AWS_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "dummy",
+            "AWS_SECRET_ACCESS_KEY": "dummy",
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            "TOLLGATE_DYNAMODB_TABLE_PREFIX": "fleet-",
+            "TOLLGATE_ADMIN_TOKEN": token,
+            "TOLLGATE_SECRET_KEY": secrets.token_hex(32),
+        }
+        init = subprocess.run([str(sidecar_bin), "dynamodb", "init"], env={**os.environ, **env},
+                              capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert init.returncode == 0, init.stderr
+        assert "fleet-TenantBudgets: created" in init.stdout, init.stdout
+        urls = []
+        for name in ("sidecar-a", "sidecar-b"):
+            p = free_port()
+            proc = spawn(name, [str(sidecar_bin), "serve", "--store", "dynamodb", "--listen", f"127.0.0.1:{p}",
+                                "--db", str(tmp_path / f"{name}-unused.db"), "--sweep-interval-secs", "1"],
+                         tmp_path, env=env)
+            procs.append(proc)
+            wait_http(f"http://127.0.0.1:{p}/healthz", proc.popen, proc.log, timeout=60)
+            urls.append(f"http://127.0.0.1:{p}")
+        yield urls, token
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
+def test_two_sidecars_share_one_budget(fleet):
+    (a, b), token = fleet
+    auth = {"Authorization": f"Bearer {token}"}
+    session = requests.Session()
+
+    def admin(url, method, path, body=None, expect=200):
+        r = session.request(method, f"{url}{path}", json=body, headers=auth, timeout=10)
+        assert r.status_code == expect, f"{method} {path}: {r.status_code} {r.text}"
+        return r.json()
+
+    # Configure through A; B reads the same tables.
+    admin(a, "PUT", f"/v1/pricing/{SONNET}", {"input": "3", "output": "15"})
+    budget = HOLD * FITS
+    admin(a, "PUT", "/v1/tenants/fleet", {"budget_usd": str(budget), "alert_threshold": "0.8",
+                                           "reset_cycle": "monthly", "active": True})
+    key = admin(a, "POST", "/v1/tenants/fleet/keys", {"application_id": None}, expect=201)["key"]
+    assert Decimal(admin(b, "GET", "/v1/tenants/fleet")["config"]["budget_usd"]) == budget
+
+    def cycle(i: int) -> bool:
+        reserve_on, commit_on = (a, b) if i % 2 == 0 else (b, a)
+        rid = f"fleet-{i}"
+        r = requests.post(f"{reserve_on}/v1/reserve", timeout=15, json={
+            "request_id": rid,
+            "credential": {"type": "bearer", "key": key},
+            "operation": "converse",
+            "model": SONNET,
+            "input_tokens_estimate": 1000,
+            "max_output_tokens": 1000,
+        })
+        assert r.status_code == 200, r.text
+        body = r.json()
+        if body["decision"] != "allow":
+            assert body["status"] == 402, body
+            return False
+        assert Decimal(body["hold_usd"]) == HOLD, body
+        c = requests.post(f"{commit_on}/v1/commit", timeout=15, json={
+            "commits": [{"request_id": rid, "usage": {"input_tokens": 1000, "output_tokens": 1000}}],
+        })
+        assert c.status_code == 200, c.text
+        assert c.json()["results"][0]["outcome"] == "committed", c.text
+        return True
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        results = list(pool.map(cycle, range(CYCLES), timeout=120))
+    elapsed = time.monotonic() - started
+    print(f"{CYCLES} cycles on two sidecars in {elapsed:.1f}s")
+
+    assert sum(results) == FITS, f"admitted {sum(results)}, expected {FITS}"
+    views = []
+    for url in (a, b):
+        bal = admin(url, "GET", "/v1/tenants/fleet")["balance"]
+        spent, reserved, available = (Decimal(bal[k]) for k in ("spent_usd", "reserved_usd", "available_usd"))
+        assert Decimal(bal["budget_usd"]) == budget
+        assert spent <= budget
+        assert spent + reserved + available == budget, bal
+        assert spent == budget and reserved == 0 and available == 0, bal
+        assert bal["requests"] == FITS
+        assert bal["by_model"][SONNET]["requests"] == FITS
+        views.append(bal)
+    assert views[0] == views[1]
+    # Duplicate commits through the other sidecar change nothing.
+    dup = requests.post(f"{b}/v1/commit", timeout=15, json={
+        "commits": [{"request_id": "fleet-0", "usage": {"input_tokens": 1, "output_tokens": 1}}]}).json()
+    assert dup["results"][0]["outcome"] in ("duplicate", "unknown_request"), dup
+    assert admin(a, "GET", "/v1/tenants/fleet")["balance"] == views[0]
