@@ -8,10 +8,12 @@ use thiserror::Error;
 #[serde(rename_all = "snake_case")]
 pub enum FailureMode {
     /// Refuse with 503 `ServiceUnavailableException` when the sidecar cannot answer.
-    /// The only mode for now: forwarding without a hold needs commits that carry
-    /// the whole request, which the sidecar API does not take yet.
     #[default]
     Closed,
+    /// Forward without a hold (no budget or rate check, no path rewrite); the
+    /// commit carries the request so the sidecar identifies and charges it once it
+    /// is back. Counted in `tollgate.requests.failed_open`.
+    Open,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -138,7 +140,12 @@ mod tests {
             FilterConfig::parse(br#"{"failure_mode":"closed","jwt":{"payload_in_metadata":"p"}}"#)
                 .unwrap();
         assert_eq!(c.failure_mode, FailureMode::Closed);
-        assert!(FilterConfig::parse(br#"{"failure_mode":"open"}"#).is_err());
+        assert_eq!(
+            FilterConfig::parse(br#"{"failure_mode":"open"}"#)
+                .unwrap()
+                .failure_mode,
+            FailureMode::Open
+        );
         assert_eq!(c.jwt.unwrap().tenant_claim, "sub");
         assert!(FilterConfig::parse(br#"{"failure_mode":"maybe"}"#).is_err());
         assert!(FilterConfig::parse(br#"{"reserve_timeout_ms":0}"#).is_err());

@@ -49,6 +49,7 @@ struct Metrics {
     retries: u32,
     dropped: u32,
     pending: u32,
+    failed_open: u32,
 }
 
 impl Metrics {
@@ -64,6 +65,7 @@ impl Metrics {
             released: c("tollgate.settlements.released"),
             retries: c("tollgate.settlements.retries"),
             dropped: c("tollgate.settlements.dropped"),
+            failed_open: c("tollgate.requests.failed_open"),
             pending: hostcalls::define_metric(MetricType::Gauge, "tollgate.settlements.pending")
                 .unwrap_or(0),
         }
@@ -308,6 +310,8 @@ struct Exchange {
     body: Vec<u8>,
     facts: Option<RequestFacts>,
     reserve_token: Option<u32>,
+    /// The reserve as sent; kept to charge a request forwarded without a hold.
+    reserve_request: Option<ReserveRequest>,
     reservation: Option<Reservation>,
     status: Option<u16>,
     header_usage: Option<api::Usage>,
@@ -327,6 +331,7 @@ impl Exchange {
             body: Vec::new(),
             facts: None,
             reserve_token: None,
+            reserve_request: None,
             reservation: None,
             status: None,
             header_usage: None,
@@ -435,6 +440,7 @@ impl Exchange {
         let Ok(json) = serde_json::to_vec(&req) else {
             return self.reject(LocalReply::unavailable("cannot encode reserve request"));
         };
+        self.reserve_request = Some(req);
         let cfg = &self.shared.config;
         match self.dispatch_http_call(
             &cfg.sidecar_cluster,
@@ -453,11 +459,13 @@ impl Exchange {
                 self.phase = Phase::Reserving;
                 Action::Pause
             }
-            Err(e) => self.sidecar_failed(&format!("dispatch failed: {e:?}")),
+            Err(e) => self.sidecar_failed(&format!("dispatch failed: {e:?}"), true),
         }
     }
 
-    fn sidecar_failed(&mut self, why: &str) -> Action {
+    /// `in_body`: called from the body callback (return Continue) rather than from
+    /// the sidecar's answer (resume explicitly).
+    fn sidecar_failed(&mut self, why: &str, in_body: bool) -> Action {
         Metrics::inc(self.shared.metrics.sidecar_errors);
         log::warn!(
             "tollgate {}: budget sidecar unavailable: {why}",
@@ -467,7 +475,46 @@ impl Exchange {
             FailureMode::Closed => self.reply(LocalReply::unavailable(
                 "Tollgate budget service is unavailable; the request was not sent to Bedrock. Retry shortly.",
             )),
+            FailureMode::Open => self.forward_unreserved(in_body),
         }
+    }
+
+    /// `failure_mode: open`: forward as the client sent it (credentials already
+    /// stripped), and charge it when the sidecar is back. Nothing can be checked
+    /// now but a SigV4 signature's age, which keeps replays to AWS's own window.
+    fn forward_unreserved(&mut self, in_body: bool) -> Action {
+        if let Credential::Sigv4(proof) = &self.credential {
+            let now = self
+                .get_current_time()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            if !identity::sigv4_fresh(proof, now) {
+                return self.reject(LocalReply::new(
+                    403,
+                    "InvalidSignatureException",
+                    "Signature expired: X-Amz-Date is more than 15 minutes from the gateway's clock",
+                ));
+            }
+        }
+        if matches!(self.credential, Credential::None) {
+            return self.reject(LocalReply::new(
+                401,
+                "UnrecognizedClientException",
+                "Missing credential: send Authorization: Bearer <key> (AWS_BEARER_TOKEN_BEDROCK)",
+            ));
+        }
+        Metrics::inc(self.shared.metrics.failed_open);
+        log::warn!(
+            "tollgate {}: forwarded without a hold (failure_mode open)",
+            self.request_id
+        );
+        self.body = Vec::new();
+        self.phase = Phase::Forwarded;
+        if in_body {
+            return Action::Continue;
+        }
+        self.resume_http_request();
+        Action::Pause
     }
 
     fn forward(&mut self, r: Reservation) {
@@ -572,7 +619,15 @@ impl Exchange {
             ResponseMeter::None => {}
         }
         let input_estimate = self.facts.as_ref().map_or(0, |f| f.input_tokens_estimate);
-        let s = settle(&self.request_id, input_estimate, &outcome);
+        let mut s = settle(&self.request_id, input_estimate, &outcome);
+        if self.reservation.is_none() {
+            // Forwarded without a hold: a commit must carry the request; a
+            // release has nothing to give back.
+            match &mut s {
+                Settlement::Commit(c) => c.unreserved = self.reserve_request.take().map(Box::new),
+                Settlement::Release { .. } => return,
+            }
+        }
         log::debug!("tollgate {}: settling {s:?}", self.request_id);
         self.enqueue(s);
     }
@@ -589,14 +644,17 @@ impl Context for Exchange {
             .get_http_call_response_body(0, body_size)
             .unwrap_or_default();
         if status.as_deref() != Some("200") {
-            self.sidecar_failed(&format!(
-                "reserve answered {}: {}",
-                status.as_deref().unwrap_or("nothing (timeout or reset)"),
-                String::from_utf8_lossy(&body)
-                    .chars()
-                    .take(200)
-                    .collect::<String>()
-            ));
+            self.sidecar_failed(
+                &format!(
+                    "reserve answered {}: {}",
+                    status.as_deref().unwrap_or("nothing (timeout or reset)"),
+                    String::from_utf8_lossy(&body)
+                        .chars()
+                        .take(200)
+                        .collect::<String>()
+                ),
+                false,
+            );
             return;
         }
         match serde_json::from_slice::<ReserveResponse>(&body) {
@@ -614,7 +672,7 @@ impl Context for Exchange {
                 self.reply(r);
             }
             Err(e) => {
-                self.sidecar_failed(&format!("unreadable reserve answer: {e}"));
+                self.sidecar_failed(&format!("unreadable reserve answer: {e}"), false);
             }
         }
     }

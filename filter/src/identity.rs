@@ -116,6 +116,42 @@ fn sigv4_proof(req: &ReceivedRequest<'_>, auth_params: &str) -> Result<SigV4Proo
     })
 }
 
+/// AWS rejects signatures more than 15 minutes off.
+pub const MAX_SIGV4_SKEW_SECS: i64 = 15 * 60;
+
+/// Seconds since the Unix epoch of an `x-amz-date` (`20261123T200000Z`).
+pub fn amz_date_epoch(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(4..6)?, num(6..8)?);
+    let (hh, mm, ss) = (num(9..11)?, num(11..13)?, num(13..15)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hh * 3_600 + mm * 60 + ss)
+}
+
+/// Whether a SigV4 proof's `x-amz-date` is within AWS's skew of `now_secs`.
+pub fn sigv4_fresh(proof: &SigV4Proof, now_secs: i64) -> bool {
+    proof
+        .headers
+        .iter()
+        .find(|(k, _)| k == "x-amz-date")
+        .and_then(|(_, v)| amz_date_epoch(v.trim()))
+        .is_some_and(|t| (t - now_secs).abs() <= MAX_SIGV4_SKEW_SECS)
+}
+
 /// Lowercase hex SHA-256, the SigV4 payload hash.
 pub fn sha256_hex(body: &[u8]) -> String {
     use sha2::Digest as _;
@@ -255,6 +291,15 @@ mod tests {
             );
             assert_eq!(credential(r, None, None).unwrap(), Credential::None);
         });
+    }
+
+    #[test]
+    fn amz_dates() {
+        assert_eq!(amz_date_epoch("19700101T000000Z"), Some(0));
+        assert_eq!(amz_date_epoch("20261123T200000Z"), Some(1_795_464_000));
+        assert_eq!(amz_date_epoch("20240229T235959Z"), Some(1_709_251_199));
+        assert_eq!(amz_date_epoch("2026-11-23T20:00Z"), None);
+        assert_eq!(amz_date_epoch("20261323T200000Z"), None);
     }
 
     #[test]

@@ -49,6 +49,7 @@ pub fn settle(
             request_id: request_id.to_owned(),
             usage,
             estimated,
+            unreserved: None,
         })
     };
     match outcome.status {
@@ -117,7 +118,8 @@ mod tests {
             Settlement::Commit(Commit {
                 request_id: "r".into(),
                 usage: usage(10, 20),
-                estimated: false
+                estimated: false,
+                unreserved: None,
             })
         );
     }
@@ -154,7 +156,8 @@ mod tests {
             Settlement::Commit(Commit {
                 request_id: "r".into(),
                 usage: usage(21, 7),
-                estimated: true
+                estimated: true,
+                unreserved: None,
             })
         );
         let s = settle(
@@ -172,7 +175,8 @@ mod tests {
             Settlement::Commit(Commit {
                 request_id: "r".into(),
                 usage: usage(900, 0),
-                estimated: true
+                estimated: true,
+                unreserved: None,
             })
         );
     }
@@ -185,7 +189,8 @@ mod tests {
             Settlement::Commit(Commit {
                 request_id: "r".into(),
                 usage: usage(42, 0),
-                estimated: true
+                estimated: true,
+                unreserved: None,
             })
         );
     }

@@ -166,3 +166,29 @@ def test_sidecar_down_at_reserve_time_fails_closed(stack, key, tenant_id):
         assert stack.emulator_requests() == []
     finally:
         stack.restart_sidecar()
+
+
+def test_failure_mode_open_forwards_and_charges_later(stack, key, tenant_id):
+    import requests
+
+    from harness import CA
+
+    gateway = stack.start_edge_envoy("open", {"failure_mode": "open"})
+    stack.clear_emulator()
+    stack.kill_sidecar()
+    try:
+        body = {"messages": [{"role": "user", "content": [{"text": "served while the ledger is down"}]}]}
+        r = requests.post(f"{gateway}/model/{HAIKU}/converse", json=body, verify=str(CA), timeout=15,
+                          headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 200, r.text
+        # No credential is still refused, even open.
+        r2 = requests.post(f"{gateway}/model/{HAIKU}/converse", json=body, verify=str(CA), timeout=15)
+        assert r2.status_code == 401
+    finally:
+        stack.restart_sidecar()
+    rec = stack.emulator_requests()[-1]
+    assert rec["model"] == HAIKU and rec["sigv4"]["ok"]
+    assert len(stack.emulator_requests()) == 1
+    t = stack.settled(tenant_id, 1, timeout=45)
+    assert Decimal(t["balance"]["spent_usd"]) == cost(rec["usage"], PRICE)
+    assert r.json()["usage"]["outputTokens"] == rec["usage"]["output_tokens"]

@@ -181,6 +181,11 @@ pub struct Commit {
     /// and the gateway estimated it from what it saw.
     #[serde(default)]
     pub estimated: bool,
+    /// Set when the request was forwarded without a hold (`failure_mode: open`
+    /// while the sidecar was unreachable): what the reserve would have carried,
+    /// so the sidecar can identify, price and charge it now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreserved: Option<Box<ReserveRequest>>,
 }
 
 /// `POST /v1/commit`: settle a batch of invocations. Idempotent per request id.

@@ -120,7 +120,15 @@ fn test(tools: &setup::Tools) -> Result<()> {
     setup::build_all(tools, false)?;
     println!("==> end-to-end tests (pytest tests/e2e: real Envoy + filter + sidecar + emulator)");
     let mut py = Command::new(tools.python());
-    py.args(["-m", "pytest", "tests/e2e", "-q", "-p", "no:cacheprovider"]);
+    py.args([
+        "-m",
+        "pytest",
+        "tests/e2e",
+        "-q",
+        "-rs",
+        "-p",
+        "no:cacheprovider",
+    ]);
     for (k, v) in tools.test_env(false) {
         py.env(k, v);
     }
