@@ -276,10 +276,7 @@ impl From<&ApiKeyRecord> for KeyView {
 fn tenant_view(d: TenantDetails) -> serde_json::Value {
     serde_json::json!({
         "tenant_id": d.config.tenant_id,
-        "config": crate::service::TenantSettings {
-            config: d.config,
-            rate_limit_tpm: d.rate_limit_tpm,
-        },
+        "config": d.config,
         "balance": BalanceView::from(d.balance),
         "alerts": d.alerts.iter().map(AlertView::from).collect::<Vec<_>>(),
         "profiles": d.profiles,
@@ -288,7 +285,7 @@ fn tenant_view(d: TenantDetails) -> serde_json::Value {
 }
 
 async fn list_tenants(_: Admin, State(s): State<AppState>) -> ApiResult<Response> {
-    let tenants = s.service.list_tenant_settings().await?;
+    let tenants = s.service.store.list_tenants().await?;
     Ok(Json(serde_json::json!({ "tenants": tenants })).into_response())
 }
 

@@ -16,7 +16,7 @@ use crate::store::{
     Store, TenantConfig,
 };
 use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Instant;
 use tollgate_wire::api::{
@@ -168,20 +168,10 @@ pub struct Service {
     emf: Option<EmfWriter>,
 }
 
-/// A tenant's configuration as the admin API shows it: [`TenantConfig`] plus the
-/// limits kept beside it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TenantSettings {
-    #[serde(flatten)]
-    pub config: TenantConfig,
-    pub rate_limit_tpm: Option<u64>,
-}
-
 /// Everything `GET /v1/tenants/{tenant}` shows.
 #[derive(Debug, Clone)]
 pub struct TenantDetails {
     pub config: TenantConfig,
-    pub rate_limit_tpm: Option<u64>,
     pub balance: Balance,
     pub alerts: Vec<AlertRecord>,
     pub profiles: Vec<Profile>,
@@ -419,7 +409,7 @@ impl Service {
             }
 
             // Tokens per minute: input estimate + max output now, corrected at commit.
-            if let Some(tpm) = self.store.get_tenant_tpm(&tid).await? {
+            if let Some(tpm) = tenant.rate_limit_tpm {
                 let tokens = req.input_tokens_estimate.saturating_add(max_out);
                 if let Err(retry) = self
                     .tokens
@@ -803,7 +793,7 @@ impl Service {
         ledger::period_key(cfg.reset_cycle, self.clock.now())
     }
 
-    pub async fn put_tenant(&self, tenant_id: &str, input: TenantInput) -> Result<TenantSettings> {
+    pub async fn put_tenant(&self, tenant_id: &str, input: TenantInput) -> Result<TenantConfig> {
         validate_id("tenant_id", tenant_id)?;
         if let Some(body_id) = &input.tenant_id {
             if body_id != tenant_id {
@@ -858,6 +848,7 @@ impl Service {
             default_model,
             max_tokens_cap: input.max_tokens_cap,
             rate_limit_rpm: input.rate_limit_rpm,
+            rate_limit_tpm: input.rate_limit_tpm,
         };
         // Validate everything before writing anything.
         for p in &input.profiles {
@@ -874,9 +865,6 @@ impl Service {
         self.store
             .put_tenant(&cfg, &self.current_period(&cfg))
             .await?;
-        self.store
-            .put_tenant_tpm(tenant_id, input.rate_limit_tpm)
-            .await?;
         for p in input.profiles {
             self.put_profile(tenant_id, p).await?;
         }
@@ -892,23 +880,7 @@ impl Service {
                 })
                 .await?;
         }
-        Ok(TenantSettings {
-            config: cfg,
-            rate_limit_tpm: input.rate_limit_tpm,
-        })
-    }
-
-    /// Every tenant with its limits (admin listing).
-    pub async fn list_tenant_settings(&self) -> Result<Vec<TenantSettings>> {
-        let mut out = Vec::new();
-        for config in self.store.list_tenants().await? {
-            let rate_limit_tpm = self.store.get_tenant_tpm(&config.tenant_id).await?;
-            out.push(TenantSettings {
-                config,
-                rate_limit_tpm,
-            });
-        }
-        Ok(out)
+        Ok(cfg)
     }
 
     fn check_profile(p: &ProfileInput) -> Result<()> {
@@ -939,7 +911,6 @@ impl Service {
             alerts: self.store.list_alerts(tenant_id).await?,
             profiles: self.store.list_profiles(tenant_id).await?,
             keys: self.store.list_keys(tenant_id).await?,
-            rate_limit_tpm: self.store.get_tenant_tpm(tenant_id).await?,
             config,
         })
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tollgate_sidecar::emf::EmfTarget;
 use tollgate_sidecar::service::Settings;
 use tollgate_sidecar::store::sqlite::{apply_migrations, SqliteStore, MIGRATIONS, SCHEMA_VERSION};
-use tollgate_sidecar::store::Store;
+use tollgate_sidecar::store::{Store, TenantConfig};
 
 /// Reserve with attribution (what the filter sends from x-cost-center etc.).
 async fn reserve_attr(
@@ -507,9 +507,13 @@ async fn sqlite_schema_migrates_from_v1_and_refuses_newer() {
     let t = store.get_tenant("old").await.unwrap().expect("tenant kept");
     assert_eq!(t.budget_usd, d("5"));
     assert_eq!(t.rate_limit_rpm, Some(7));
-    assert_eq!(store.get_tenant_tpm("old").await.unwrap(), None);
-    store.put_tenant_tpm("old", Some(900)).await.unwrap();
-    assert_eq!(store.get_tenant_tpm("old").await.unwrap(), Some(900));
+    assert_eq!(t.rate_limit_tpm, None);
+    let t = TenantConfig {
+        rate_limit_tpm: Some(900),
+        ..t
+    };
+    store.put_tenant(&t, "2026-11").await.unwrap();
+    assert_eq!(store.get_tenant("old").await.unwrap(), Some(t.clone()));
     drop(store);
     let version: i64 = rusqlite::Connection::open(&v1)
         .unwrap()
@@ -519,7 +523,7 @@ async fn sqlite_schema_migrates_from_v1_and_refuses_newer() {
     const { assert!(SCHEMA_VERSION >= 2) };
     // Reopening at the current version is a no-op.
     let store = SqliteStore::open(&v1).expect("reopen");
-    assert_eq!(store.get_tenant_tpm("old").await.unwrap(), Some(900));
+    assert_eq!(store.get_tenant("old").await.unwrap(), Some(t));
     drop(store);
 
     // A pre-versioning ledger (user_version 0, tables present) adopts v1 as is.

@@ -109,6 +109,7 @@ fn tenant(id: &str, budget: &str) -> TenantConfig {
         default_model: Some(SONNET.into()),
         max_tokens_cap: Some(4000),
         rate_limit_rpm: Some(100),
+        rate_limit_tpm: Some(50_000),
     }
 }
 
@@ -139,14 +140,12 @@ async fn tenants_prices_aliases_profiles(s: Arc<dyn Store>) {
     s.put_tenant(&acme, PERIOD).await.unwrap();
     s.put_tenant(&tenant("beta", "5"), PERIOD).await.unwrap();
     assert_eq!(s.get_tenant("acme").await.unwrap(), Some(acme.clone()));
-    let ids: Vec<_> = s
-        .list_tenants()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.tenant_id)
-        .collect();
+    assert_eq!(acme.rate_limit_tpm, Some(50_000));
+    let listed = s.list_tenants().await.unwrap();
+    let ids: Vec<_> = listed.iter().map(|t| t.tenant_id.as_str()).collect();
     assert_eq!(ids, ["acme", "beta"]);
+    assert_eq!(listed[0], acme);
+    assert_eq!(listed[1].rate_limit_tpm, Some(50_000));
 
     // A budget change moves the current period's budget (and available) along.
     assert_eq!(
@@ -159,14 +158,15 @@ async fn tenants_prices_aliases_profiles(s: Arc<dyn Store>) {
     acme.default_model = None;
     acme.max_tokens_cap = None;
     acme.rate_limit_rpm = None;
+    acme.rate_limit_tpm = None;
     s.put_tenant(&acme, PERIOD).await.unwrap();
-    assert_eq!(s.get_tenant("acme").await.unwrap(), Some(acme));
-    assert_eq!(s.get_tenant_tpm("acme").await.unwrap(), None);
-    s.put_tenant_tpm("acme", Some(50_000)).await.unwrap();
-    assert_eq!(s.get_tenant_tpm("acme").await.unwrap(), Some(50_000));
-    s.put_tenant_tpm("acme", None).await.unwrap();
-    assert_eq!(s.get_tenant_tpm("acme").await.unwrap(), None);
-    assert!(s.put_tenant_tpm("nobody", Some(1)).await.is_err());
+    assert_eq!(s.get_tenant("acme").await.unwrap(), Some(acme.clone()));
+    assert_eq!(s.list_tenants().await.unwrap()[0], acme);
+    // The TPM limit can come back, and changes alone.
+    acme.rate_limit_tpm = Some(7_500);
+    s.put_tenant(&acme, PERIOD).await.unwrap();
+    assert_eq!(s.get_tenant("acme").await.unwrap(), Some(acme.clone()));
+    assert_eq!(s.list_tenants().await.unwrap()[0], acme);
     let b = bal(&s, "acme").await;
     assert_eq!(b.totals.budget_usd, d("20"));
     assert_eq!(b.totals.available(), d("19"));
@@ -820,7 +820,106 @@ async fn dynamodb_store_on_dynalite() {
         },
     )
     .await;
+
+    let i = all_cases().len();
+    let store = DynamoStore::from_sdk_config(
+        &conf,
+        &DynamoOptions {
+            table_prefix: prefix(i),
+            pricing_region: "global".into(),
+        },
+    );
+    store.init_tables().await.expect("create tables");
+    put_tenant_keeps_attributes_it_does_not_own(
+        &client,
+        &format!("{}TenantConfigs", prefix(i)),
+        Arc::new(store),
+    )
+    .await;
     drop(dynalite);
+}
+
+/// `put_tenant` updates the attributes Tollgate owns in place: attributes written
+/// by others (the seed deployment's `createdAt`) survive, and the optional ones
+/// that became null are removed.
+async fn put_tenant_keeps_attributes_it_does_not_own(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    s: Arc<dyn Store>,
+) {
+    use aws_sdk_dynamodb::types::AttributeValue as Av;
+    let raw = || async {
+        client
+            .get_item()
+            .table_name(table)
+            .key("tenantId", Av::S("seeded".into()))
+            .consistent_read(true)
+            .send()
+            .await
+            .expect("get item")
+            .item
+            .expect("item present")
+    };
+    // As the seed deployment writes it, with an attribute Tollgate does not know.
+    client
+        .put_item()
+        .table_name(table)
+        .item("tenantId", Av::S("seeded".into()))
+        .item("budgetUsd", Av::N("3".into()))
+        .item("alertThreshold", Av::N("0.8".into()))
+        .item("resetCycle", Av::S("monthly".into()))
+        .item("isActive", Av::Bool(true))
+        .item("allowedModels", Av::L(vec![]))
+        .item("maxTokens", Av::N("100".into()))
+        .item("rateLimitTpm", Av::N("777".into()))
+        .item("createdAt", Av::S("2026-01-01T00:00:00Z".into()))
+        .send()
+        .await
+        .expect("seed item");
+    let mut cfg = s
+        .get_tenant("seeded")
+        .await
+        .unwrap()
+        .expect("seeded tenant");
+    assert_eq!(cfg.budget_usd, d("3"));
+    assert_eq!(cfg.max_tokens_cap, Some(100));
+    assert_eq!(cfg.rate_limit_tpm, Some(777));
+    assert_eq!(cfg.rate_limit_rpm, None);
+
+    // Clear two optional limits, set another.
+    cfg.budget_usd = d("4");
+    cfg.max_tokens_cap = None;
+    cfg.rate_limit_tpm = None;
+    cfg.rate_limit_rpm = Some(5);
+    s.put_tenant(&cfg, PERIOD).await.unwrap();
+    let item = raw().await;
+    assert_eq!(
+        item.get("createdAt"),
+        Some(&Av::S("2026-01-01T00:00:00Z".into())),
+        "{item:?}"
+    );
+    assert!(!item.contains_key("maxTokens"), "{item:?}");
+    assert!(!item.contains_key("rateLimitTpm"), "{item:?}");
+    assert_eq!(item.get("rateLimit"), Some(&Av::N("5".into())), "{item:?}");
+    assert_eq!(item.get("budgetUsd"), Some(&Av::N("4".into())), "{item:?}");
+    assert_eq!(s.get_tenant("seeded").await.unwrap(), Some(cfg.clone()));
+
+    // The TPM limit is written with the rest, in the same attribute.
+    cfg.rate_limit_tpm = Some(1234);
+    s.put_tenant(&cfg, PERIOD).await.unwrap();
+    let item = raw().await;
+    assert_eq!(
+        item.get("rateLimitTpm"),
+        Some(&Av::N("1234".into())),
+        "{item:?}"
+    );
+    assert_eq!(
+        item.get("createdAt"),
+        Some(&Av::S("2026-01-01T00:00:00Z".into())),
+        "{item:?}"
+    );
+    assert_eq!(s.get_tenant("seeded").await.unwrap(), Some(cfg.clone()));
+    assert_eq!(s.list_tenants().await.unwrap(), vec![cfg]);
 }
 
 /// Every `ALL` row keeps `available = totalBudget − totalCost − reserved` (the

@@ -636,7 +636,29 @@ fn tenant_from_item(item: &Item, table: &str) -> Result<TenantConfig> {
         rate_limit_rpm: g
             .opt_u64("rateLimit")?
             .map(|v| u32::try_from(v).unwrap_or(u32::MAX)),
+        rate_limit_tpm: g.opt_u64("rateLimitTpm")?,
     })
+}
+
+/// The `TenantConfigs` attributes Tollgate owns (besides the key), with their
+/// values; `None` for an optional one that is unset (removed from the item).
+fn tenant_attributes(cfg: &TenantConfig) -> Vec<(&'static str, Option<AttributeValue>)> {
+    vec![
+        ("budgetUsd", Some(n(cfg.budget_usd))),
+        ("alertThreshold", Some(n(cfg.alert_threshold))),
+        ("resetCycle", Some(s(cfg.reset_cycle.as_str()))),
+        ("isActive", Some(AttributeValue::Bool(cfg.active))),
+        (
+            "allowedModels",
+            Some(AttributeValue::L(
+                cfg.allowed_models.iter().map(s).collect(),
+            )),
+        ),
+        ("defaultModelId", cfg.default_model.clone().map(s)),
+        ("maxTokens", cfg.max_tokens_cap.map(nu)),
+        ("rateLimit", cfg.rate_limit_rpm.map(|v| nu(u64::from(v)))),
+        ("rateLimitTpm", cfg.rate_limit_tpm.map(nu)),
+    ]
 }
 
 fn price_from_item(item: &Item, table: &str) -> Result<ModelPrice> {
@@ -1420,30 +1442,41 @@ impl DynamoStore {
 #[async_trait]
 impl Store for DynamoStore {
     async fn put_tenant(&self, cfg: &TenantConfig, current_period: &str) -> Result<()> {
-        let mut item = Item::new();
-        item.insert("tenantId".into(), s(&cfg.tenant_id));
-        item.insert("budgetUsd".into(), n(cfg.budget_usd));
-        item.insert("alertThreshold".into(), n(cfg.alert_threshold));
-        item.insert("resetCycle".into(), s(cfg.reset_cycle.as_str()));
-        item.insert("isActive".into(), AttributeValue::Bool(cfg.active));
-        item.insert(
-            "allowedModels".into(),
-            AttributeValue::L(cfg.allowed_models.iter().map(s).collect()),
-        );
-        put_opt(
-            &mut item,
-            "defaultModelId",
-            cfg.default_model.clone().map(s),
-        );
-        put_opt(&mut item, "maxTokens", cfg.max_tokens_cap.map(nu));
-        put_opt(
-            &mut item,
-            "rateLimit",
-            cfg.rate_limit_rpm.map(|v| nu(u64::from(v))),
-        );
-        self.put(&self.t.tenants, item, None)
-            .await
-            .map_err(|f| hard(f, "put_tenant"))?;
+        // One UpdateItem over the attributes Tollgate owns (an upsert), so
+        // attributes written by others (e.g. the seed deployment's `createdAt`)
+        // survive: SET what has a value, REMOVE what became null.
+        let owned = tenant_attributes(cfg);
+        let placeholders: Vec<(String, String)> = (0..owned.len())
+            .map(|i| (format!("#a{i}"), format!(":v{i}")))
+            .collect();
+        let mut set = Vec::new();
+        let mut remove = Vec::new();
+        let mut name_pairs = Vec::with_capacity(owned.len());
+        let mut values = Vec::new();
+        for ((attr, value), (name, placeholder)) in owned.into_iter().zip(&placeholders) {
+            name_pairs.push((name.as_str(), attr));
+            match value {
+                Some(v) => {
+                    set.push(format!("{name} = {placeholder}"));
+                    values.push((placeholder.as_str(), v));
+                }
+                None => remove.push(name.as_str()),
+            }
+        }
+        let mut update = format!("SET {}", set.join(", "));
+        if !remove.is_empty() {
+            update.push_str(&format!(" REMOVE {}", remove.join(", ")));
+        }
+        self.update(
+            &self.t.tenants,
+            vec![("tenantId", s(&cfg.tenant_id))],
+            &update,
+            None,
+            &name_pairs,
+            values,
+        )
+        .await
+        .map_err(|f| hard(f, "put_tenant"))?;
         // The current period's budget follows; `available` moves by the difference.
         for _ in 0..MAX_ATTEMPTS {
             let Some(row) = self.get_all_row(&cfg.tenant_id, current_period).await? else {
@@ -1493,37 +1526,6 @@ impl Store for DynamoStore {
             .collect::<Result<Vec<_>>>()?;
         out.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
         Ok(out)
-    }
-
-    async fn put_tenant_tpm(&self, tenant_id: &str, tpm: Option<u64>) -> Result<()> {
-        let (update, values) = match tpm {
-            Some(v) => ("SET #tpm = :tpm", vec![(":tpm", nu(v))]),
-            None => ("REMOVE #tpm", vec![]),
-        };
-        let r = self
-            .update(
-                &self.t.tenants,
-                vec![("tenantId", s(tenant_id))],
-                update,
-                Some("attribute_exists(tenantId)"),
-                &[("#tpm", "rateLimitTpm")],
-                values,
-            )
-            .await;
-        match applied(r)? {
-            Some(_) => Ok(()),
-            None => Err(Error::not_found(format!("tenant {tenant_id} not found"))),
-        }
-    }
-
-    async fn get_tenant_tpm(&self, tenant_id: &str) -> Result<Option<u64>> {
-        match self
-            .get(&self.t.tenants, vec![("tenantId", s(tenant_id))])
-            .await?
-        {
-            Some(item) => Get::new(&item, &self.t.tenants).opt_u64("rateLimitTpm"),
-            None => Ok(None),
-        }
     }
 
     async fn put_price(&self, price: &ModelPrice) -> Result<()> {

@@ -28,6 +28,10 @@ pub struct TenantConfig {
     pub default_model: Option<String>,
     pub max_tokens_cap: Option<u64>,
     pub rate_limit_rpm: Option<u32>,
+    /// Tokens per minute (input estimate + max output at reserve, corrected to the
+    /// actual tokens at commit). Absent in configurations written before it existed.
+    #[serde(default)]
+    pub rate_limit_tpm: Option<u64>,
 }
 
 /// (tenant, application, model) → application inference profile ARN.
@@ -298,21 +302,32 @@ pub trait Store: Send + Sync + 'static {
     async fn list_alerts(&self, tenant_id: &str) -> Result<Vec<AlertRecord>>;
     /// Usage rows with `from_ms ≤ at < to_ms`.
     async fn usage(&self, from_ms: Option<i64>, to_ms: Option<i64>) -> Result<Vec<UsageRecord>>;
+}
 
-    // --- limits added after the original layout --------------------------------
-    /// Stores a tenant's tokens-per-minute limit (`None` clears it). Kept apart
-    /// from [`TenantConfig`] so a store adds it without a layout change; a store
-    /// that cannot keep it refuses a `Some`.
-    async fn put_tenant_tpm(&self, tenant_id: &str, tpm: Option<u64>) -> Result<()> {
-        match tpm {
-            None => Ok(()),
-            Some(_) => Err(crate::error::Error::invalid(format!(
-                "rate_limit_tpm is not supported by this store (tenant {tenant_id})"
-            ))),
-        }
-    }
-    /// A tenant's tokens-per-minute limit, if any.
-    async fn get_tenant_tpm(&self, _tenant_id: &str) -> Result<Option<u64>> {
-        Ok(None)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_config_json_without_tpm_still_parses() {
+        let old = r#"{"tenant_id":"acme","budget_usd":"10","alert_threshold":"0.8",
+            "reset_cycle":"monthly","active":true,"allowed_models":[],
+            "default_model":null,"max_tokens_cap":null,"rate_limit_rpm":5}"#;
+        let cfg: TenantConfig = serde_json::from_str(old).expect("old JSON parses");
+        assert_eq!(cfg.rate_limit_rpm, Some(5));
+        assert_eq!(cfg.rate_limit_tpm, None);
+        let back = serde_json::to_value(&cfg).unwrap();
+        assert!(back["rate_limit_tpm"].is_null(), "{back}");
+
+        let with_tpm = TenantConfig {
+            rate_limit_tpm: Some(900),
+            ..cfg
+        };
+        let json = serde_json::to_string(&with_tpm).unwrap();
+        assert!(json.contains(r#""rate_limit_tpm":900"#), "{json}");
+        assert_eq!(
+            serde_json::from_str::<TenantConfig>(&json).unwrap(),
+            with_tpm
+        );
     }
 }

@@ -246,7 +246,7 @@ impl SqliteStore {
     }
 }
 
-const TENANT_COLS: &str = "tenant_id, budget_usd, alert_threshold, reset_cycle, active, allowed_models, default_model, max_tokens_cap, rate_limit_rpm";
+const TENANT_COLS: &str = "tenant_id, budget_usd, alert_threshold, reset_cycle, active, allowed_models, default_model, max_tokens_cap, rate_limit_rpm, rate_limit_tpm";
 
 fn tenant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TenantConfig>> {
     let cycle: String = row.get(3)?;
@@ -276,6 +276,9 @@ fn tenant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TenantCon
         rate_limit_rpm: row
             .get::<_, Option<i64>>(8)?
             .map(|v| u32::try_from(v).unwrap_or(0)),
+        rate_limit_tpm: row
+            .get::<_, Option<i64>>(9)?
+            .map(|v| u64::try_from(v).unwrap_or(0)),
     }))
 }
 
@@ -432,12 +435,13 @@ impl Store for SqliteStore {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute(
                 &format!(
-                    "INSERT INTO tenants ({TENANT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                    "INSERT INTO tenants ({TENANT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                      ON CONFLICT (tenant_id) DO UPDATE SET budget_usd = excluded.budget_usd,
                        alert_threshold = excluded.alert_threshold, reset_cycle = excluded.reset_cycle,
                        active = excluded.active, allowed_models = excluded.allowed_models,
                        default_model = excluded.default_model, max_tokens_cap = excluded.max_tokens_cap,
-                       rate_limit_rpm = excluded.rate_limit_rpm"
+                       rate_limit_rpm = excluded.rate_limit_rpm,
+                       rate_limit_tpm = excluded.rate_limit_tpm"
                 ),
                 params![
                     cfg.tenant_id,
@@ -449,6 +453,7 @@ impl Store for SqliteStore {
                     cfg.default_model,
                     cfg.max_tokens_cap.map(i),
                     cfg.rate_limit_rpm.map(i64::from),
+                    cfg.rate_limit_tpm.map(i),
                 ],
             )?;
             tx.execute(
@@ -983,36 +988,6 @@ impl Store for SqliteStore {
                 out.push(rec);
             }
             Ok(out)
-        })
-        .await
-    }
-
-    async fn put_tenant_tpm(&self, tenant_id: &str, tpm: Option<u64>) -> Result<()> {
-        let t = tenant_id.to_string();
-        self.with(move |conn| {
-            let n = conn.execute(
-                "UPDATE tenants SET rate_limit_tpm = ?2 WHERE tenant_id = ?1",
-                params![t, tpm.map(i)],
-            )?;
-            if n == 0 {
-                return Err(Error::not_found(format!("tenant {t} not found")));
-            }
-            Ok(())
-        })
-        .await
-    }
-
-    async fn get_tenant_tpm(&self, tenant_id: &str) -> Result<Option<u64>> {
-        let t = tenant_id.to_string();
-        self.with(move |conn| {
-            let v: Option<Option<i64>> = conn
-                .query_row(
-                    "SELECT rate_limit_tpm FROM tenants WHERE tenant_id = ?1",
-                    params![t],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            Ok(v.flatten().map(|v| u64::try_from(v).unwrap_or(0)))
         })
         .await
     }
