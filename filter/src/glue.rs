@@ -50,6 +50,7 @@ struct Metrics {
     dropped: u32,
     pending: u32,
     failed_open: u32,
+    reserve_ms: u32,
 }
 
 impl Metrics {
@@ -66,6 +67,8 @@ impl Metrics {
             retries: c("tollgate.settlements.retries"),
             dropped: c("tollgate.settlements.dropped"),
             failed_open: c("tollgate.requests.failed_open"),
+            reserve_ms: hostcalls::define_metric(MetricType::Histogram, "tollgate.reserve_ms")
+                .unwrap_or(0),
             pending: hostcalls::define_metric(MetricType::Gauge, "tollgate.settlements.pending")
                 .unwrap_or(0),
         }
@@ -310,6 +313,8 @@ struct Exchange {
     body: Vec<u8>,
     facts: Option<RequestFacts>,
     reserve_token: Option<u32>,
+    /// When the reserve call left, for the latency histogram.
+    reserve_sent: Option<SystemTime>,
     /// The reserve as sent; kept to charge a request forwarded without a hold.
     reserve_request: Option<ReserveRequest>,
     reservation: Option<Reservation>,
@@ -331,6 +336,7 @@ impl Exchange {
             body: Vec::new(),
             facts: None,
             reserve_token: None,
+            reserve_sent: None,
             reserve_request: None,
             reservation: None,
             status: None,
@@ -456,6 +462,7 @@ impl Exchange {
         ) {
             Ok(token) => {
                 self.reserve_token = Some(token);
+                self.reserve_sent = Some(self.get_current_time());
                 self.phase = Phase::Reserving;
                 Action::Pause
             }
@@ -639,6 +646,10 @@ impl Context for Exchange {
             return;
         }
         self.reserve_token = None;
+        if let Some(sent) = self.reserve_sent.take() {
+            let ms = self.get_current_time().duration_since(sent).map_or(0, |d| d.as_millis());
+            Metrics::set(self.shared.metrics.reserve_ms, ms as u64);
+        }
         let status = self.get_http_call_response_header(":status");
         let body = self
             .get_http_call_response_body(0, body_size)

@@ -261,3 +261,5 @@ def test_envoy_exports_filter_metrics(stack, tenant):
     rq.post(f"{stack.gateway_url}/nope", verify=str(CA), timeout=10)
     assert counter("requests.allowed") == allowed + 1
     assert counter("requests.rejected") == denied + 1
+    stats = rq.get(f"http://127.0.0.1:{stack.envoy_admin}/stats?filter=reserve_ms", timeout=5).text
+    assert "wasmcustom.tollgate.reserve_ms" in stats

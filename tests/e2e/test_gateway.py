@@ -238,3 +238,16 @@ def test_tenant_max_tokens_cap_clamps_the_request(stack, tenant_id):
     assert rec["body_json"]["inferenceConfig"]["maxTokens"] == 64
     assert out["usage"]["outputTokens"] == 64
     assert out["stopReason"] == "max_tokens"
+
+
+def test_rate_limited_tenant_gets_throttling_with_retry_after(stack, tenant_id):
+    key = stack.create_tenant(tenant_id, budget="5.00", rate_limit_rpm=1)
+    stack.clear_emulator()
+    stack.bedrock(key).call("converse", modelId=HAIKU, messages=messages("first"))
+    err = client_error(lambda: stack.bedrock(key).call("converse", modelId=HAIKU, messages=messages("second")))
+    assert err.response["ResponseMetadata"]["HTTPStatusCode"] == 429
+    assert err.response["Error"]["Code"] == "ThrottlingException"
+    assert int(err.response["ResponseMetadata"]["HTTPHeaders"]["retry-after"]) >= 1
+    assert len(stack.emulator_requests()) == 1
+    t = stack.settled(tenant_id, 1)
+    assert Decimal(t["balance"]["reserved_usd"]) == 0
