@@ -647,7 +647,10 @@ impl Context for Exchange {
         }
         self.reserve_token = None;
         if let Some(sent) = self.reserve_sent.take() {
-            let ms = self.get_current_time().duration_since(sent).map_or(0, |d| d.as_millis());
+            let ms = self
+                .get_current_time()
+                .duration_since(sent)
+                .map_or(0, |d| d.as_millis());
             Metrics::set(self.shared.metrics.reserve_ms, ms as u64);
         }
         let status = self.get_http_call_response_header(":status");

@@ -8,6 +8,7 @@ use crate::pricing::{self, PriceInput};
 use crate::service::{ProfileInput, Service, TenantDetails, TenantInput};
 use crate::store::{AlertRecord, ApiKeyRecord, Balance, Counters, UsageRecord};
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
@@ -198,7 +199,20 @@ pub struct BalanceView {
     pub cache_read_input_tokens: u64,
     pub cache_write_input_tokens: u64,
     pub requests: u64,
-    pub by_model: BTreeMap<String, Counters>,
+    pub by_model: BTreeMap<String, ModelView>,
+}
+
+/// One model's counters, with its budget when the tenant has one for it.
+#[derive(Debug, Serialize)]
+pub struct ModelView {
+    #[serde(flatten)]
+    pub counters: Counters,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<Decimal>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reserved_usd: Option<Decimal>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub available_usd: Option<Decimal>,
 }
 
 impl From<Balance> for BalanceView {
@@ -220,7 +234,14 @@ impl From<Balance> for BalanceView {
                 .into_iter()
                 .map(|(m, mut c)| {
                     c.spent_usd = c.spent_usd.normalize();
-                    (m, c)
+                    let limit = b.model_limits.get(&m);
+                    let view = ModelView {
+                        budget_usd: limit.map(|l| l.budget_usd),
+                        reserved_usd: limit.map(|l| l.reserved_usd.normalize()),
+                        available_usd: limit.map(|l| l.available(c.spent_usd).normalize()),
+                        counters: c,
+                    };
+                    (m, view)
                 })
                 .collect(),
         }
@@ -423,14 +444,40 @@ async fn list_profiles(
 
 // ------------------------------------------------------------------ pricing
 
+/// `?region=` of the pricing routes; default: the sidecar's `--pricing-region`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegionQuery {
+    region: Option<String>,
+}
+
+impl RegionQuery {
+    fn region(self, s: &AppState) -> Result<String, Error> {
+        match self.region {
+            Some(r) => {
+                pricing::validate_region(&r).map_err(Error::invalid)?;
+                Ok(r)
+            }
+            None => Ok(s.service.settings.pricing_region.clone()),
+        }
+    }
+}
+
+fn region_query(q: Result<Query<RegionQuery>, QueryRejection>) -> Result<RegionQuery, Error> {
+    q.map(|Query(q)| q)
+        .map_err(|e| Error::invalid(format!("invalid query: {}", e.body_text())))
+}
+
 async fn put_price(
     _: Admin,
     State(s): State<AppState>,
     Path(model_id): Path<String>,
+    q: Result<Query<RegionQuery>, QueryRejection>,
     JsonBody(input): JsonBody<PriceInput>,
 ) -> ApiResult<Response> {
+    let region = region_query(q)?.region(&s)?;
     let price = input.into_price(&model_id).map_err(Error::invalid)?;
-    s.service.store.put_price(&price).await?;
+    s.service.store.put_price_in(&region, &price).await?;
     Ok(Json(price).into_response())
 }
 
@@ -438,19 +485,30 @@ async fn get_price(
     _: Admin,
     State(s): State<AppState>,
     Path(model_id): Path<String>,
+    q: Result<Query<RegionQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
+    let region = region_query(q)?.region(&s)?;
     let price = s
         .service
         .store
-        .get_price(&model_id)
+        .get_price_in(&region, &model_id)
         .await?
-        .ok_or_else(|| Error::not_found(format!("no price configured for model {model_id}")))?;
+        .ok_or_else(|| {
+            Error::not_found(format!(
+                "no price configured for model {model_id} in region {region}"
+            ))
+        })?;
     Ok(Json(price).into_response())
 }
 
-async fn list_prices(_: Admin, State(s): State<AppState>) -> ApiResult<Response> {
-    let prices = s.service.store.list_prices().await?;
-    Ok(Json(serde_json::json!({ "pricing": prices })).into_response())
+async fn list_prices(
+    _: Admin,
+    State(s): State<AppState>,
+    q: Result<Query<RegionQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let region = region_query(q)?.region(&s)?;
+    let prices = s.service.store.list_prices_in(&region).await?;
+    Ok(Json(serde_json::json!({ "region": region, "pricing": prices })).into_response())
 }
 
 #[derive(Debug, Deserialize)]

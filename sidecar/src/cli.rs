@@ -80,7 +80,7 @@ pub async fn run(command: Command) -> Result<()> {
         Command::Serve(_) => Err(Error::Internal("serve is not a client command".into())),
         Command::Dynamodb(a) => match a.command {
             crate::config::DynamodbCommand::Init => {
-                crate::store::dynamodb::init_command(&a.options.store_options()).await
+                crate::store::dynamodb::init_command(&a.options.store_options()?).await
             }
         },
         Command::Tenants(a) => {
@@ -97,7 +97,12 @@ pub async fn run(command: Command) -> Result<()> {
                     rpm,
                     tpm,
                     inactive,
+                    model_budgets,
                 } => {
+                    let model_budgets: serde_json::Map<String, Value> = model_budgets
+                        .into_iter()
+                        .map(|(m, b)| (m, Value::String(b.to_string())))
+                        .collect();
                     let body = json!({
                         "budget_usd": budget.to_string(),
                         "alert_threshold": alert_threshold.to_string(),
@@ -108,6 +113,7 @@ pub async fn run(command: Command) -> Result<()> {
                         "max_tokens_cap": max_tokens_cap,
                         "rate_limit_rpm": rpm,
                         "rate_limit_tpm": tpm,
+                        "model_budgets": model_budgets,
                     });
                     c.print(
                         Method::PUT,
@@ -192,6 +198,11 @@ pub async fn run(command: Command) -> Result<()> {
         }
         Command::Prices(a) => {
             let c = Client::new(&a.client)?;
+            let q = a
+                .region
+                .as_deref()
+                .map(|r| format!("?region={}", seg(r)))
+                .unwrap_or_default();
             match a.command {
                 PricesCommand::Set {
                     model,
@@ -208,12 +219,36 @@ pub async fn run(command: Command) -> Result<()> {
                     });
                     c.print(
                         Method::PUT,
-                        &format!("/v1/pricing/{}", seg(&model)),
+                        &format!("/v1/pricing/{}{q}", seg(&model)),
                         Some(body),
                     )
                     .await
                 }
-                PricesCommand::List => c.print(Method::GET, "/v1/pricing", None).await,
+                PricesCommand::Import { file } => {
+                    let text = std::fs::read_to_string(&file).map_err(|e| {
+                        Error::invalid(format!("cannot read {}: {e}", file.display()))
+                    })?;
+                    let prices = crate::seed::parse_price_file(&text)?;
+                    for p in &prices {
+                        let price = p.to_price()?;
+                        let body = json!({
+                            "input": price.input.to_string(),
+                            "output": price.output.to_string(),
+                            "cache_read": price.cache_read.map(|d| d.to_string()),
+                            "cache_write": price.cache_write.map(|d| d.to_string()),
+                        });
+                        c.call(
+                            Method::PUT,
+                            &format!("/v1/pricing/{}{q}", seg(&price.model_id)),
+                            Some(body),
+                        )
+                        .await
+                        .map_err(|e| Error::invalid(format!("{}: {e}", price.model_id)))?;
+                    }
+                    println!("imported {} prices", prices.len());
+                    Ok(())
+                }
+                PricesCommand::List => c.print(Method::GET, &format!("/v1/pricing{q}"), None).await,
             }
         }
         Command::Profiles(a) => {

@@ -133,21 +133,42 @@ pub struct DynamodbOptions {
     /// Prefix of every DynamoDB table name (e.g. `prod-`).
     #[arg(long, env = "TOLLGATE_DYNAMODB_TABLE_PREFIX", default_value = "")]
     pub dynamodb_table_prefix: String,
-    /// `ModelPricing` partition (`region` key) the price table lives under.
+    /// Price table region this sidecar charges with (both stores keep one
+    /// price table per region; default `global`). `--dynamodb-pricing-region`
+    /// and `TOLLGATE_DYNAMODB_PRICING_REGION` are accepted as older names.
     #[arg(
-        long,
-        env = "TOLLGATE_DYNAMODB_PRICING_REGION",
-        default_value = "global"
+        long = "pricing-region",
+        visible_alias = "dynamodb-pricing-region",
+        env = "TOLLGATE_PRICING_REGION",
+        value_parser = parse_region
     )]
-    pub dynamodb_pricing_region: String,
+    pub pricing_region: Option<String>,
+}
+
+fn parse_region(s: &str) -> Result<String, String> {
+    crate::pricing::validate_region(s)?;
+    Ok(s.to_string())
 }
 
 impl DynamodbOptions {
-    pub fn store_options(&self) -> crate::store::dynamodb::DynamoOptions {
-        crate::store::dynamodb::DynamoOptions {
+    /// `--pricing-region`, else `TOLLGATE_DYNAMODB_PRICING_REGION`, else `global`.
+    pub fn pricing_region(&self) -> crate::error::Result<String> {
+        let region = match &self.pricing_region {
+            Some(r) => r.clone(),
+            None => match std::env::var("TOLLGATE_DYNAMODB_PRICING_REGION") {
+                Ok(r) if !r.trim().is_empty() => r.trim().to_string(),
+                _ => crate::pricing::DEFAULT_REGION.to_string(),
+            },
+        };
+        crate::pricing::validate_region(&region).map_err(crate::error::Error::invalid)?;
+        Ok(region)
+    }
+
+    pub fn store_options(&self) -> crate::error::Result<crate::store::dynamodb::DynamoOptions> {
+        Ok(crate::store::dynamodb::DynamoOptions {
             table_prefix: self.dynamodb_table_prefix.clone(),
-            pricing_region: self.dynamodb_pricing_region.clone(),
-        }
+            pricing_region: self.pricing_region()?,
+        })
     }
 }
 
@@ -226,6 +247,10 @@ pub enum TenantsCommand {
         /// Create the tenant disabled.
         #[arg(long)]
         inactive: bool,
+        /// Budget per period for one model inside the tenant budget, as
+        /// MODEL=USD (alias or ID; repeatable).
+        #[arg(long = "model-budget", value_parser = parse_model_budget)]
+        model_budgets: Vec<(String, Decimal)>,
     },
     /// Show a tenant's configuration, live balance and alerts.
     Get {
@@ -236,6 +261,17 @@ pub enum TenantsCommand {
     },
     /// List tenants.
     List,
+}
+
+/// `MODEL=USD` of `tenants set --model-budget`.
+fn parse_model_budget(s: &str) -> Result<(String, Decimal), String> {
+    let (model, usd) = s
+        .rsplit_once('=')
+        .ok_or_else(|| format!("expected MODEL=USD, got {s:?}"))?;
+    if model.is_empty() {
+        return Err(format!("expected MODEL=USD, got {s:?}"));
+    }
+    Ok((model.to_string(), parse_decimal_arg(usd)?))
 }
 
 #[derive(Debug, Args)]
@@ -262,6 +298,9 @@ pub enum KeysCommand {
 pub struct PricesArgs {
     #[command(flatten)]
     pub client: ClientArgs,
+    /// Price table region (default: the sidecar's `--pricing-region`).
+    #[arg(long, global = true, value_parser = parse_region)]
+    pub region: Option<String>,
     #[command(subcommand)]
     pub command: PricesCommand,
 }
@@ -280,6 +319,10 @@ pub enum PricesCommand {
         #[arg(long, value_parser = parse_decimal_arg)]
         cache_write: Option<Decimal>,
     },
+    /// Import prices from a JSON file: a seed file (`{"pricing": [...]}`; other
+    /// seed sections are ignored) or a bare array of `{"model_id", "input",
+    /// "output", "cache_read", "cache_write"}` entries. Decimals are read exactly.
+    Import { file: PathBuf },
     /// List the price table.
     List,
 }

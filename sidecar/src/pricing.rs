@@ -215,6 +215,25 @@ pub fn validate_profile_arn(arn: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The price region used when none is configured.
+pub const DEFAULT_REGION: &str = "global";
+
+/// Price regions: 1–64 of `[a-z0-9-_]` (e.g. `global`, `us-east-1`).
+pub fn validate_region(region: &str) -> Result<(), String> {
+    let ok = !region.is_empty()
+        && region.len() <= 64
+        && region
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "pricing region must be 1 to 64 characters of a-z 0-9 - _, got {region:?}"
+        ))
+    }
+}
+
 /// Model IDs and aliases: printable, no whitespace or `/`, at most 256 bytes.
 pub fn validate_model_id(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > 256 {

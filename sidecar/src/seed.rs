@@ -47,6 +47,41 @@ pub struct SeedSummary {
     pub tenants: usize,
 }
 
+/// A price file for `prices import`: the seed format (only its `pricing` list is
+/// read) or a bare array of seed price entries.
+pub fn parse_price_file(text: &str) -> Result<Vec<SeedPrice>> {
+    #[derive(Deserialize)]
+    struct PricingOnly {
+        pricing: Vec<SeedPrice>,
+    }
+    let err = |e: serde_json::Error| Error::invalid(format!("price file: {e}"));
+    let prices = if text.trim_start().starts_with('[') {
+        serde_json::from_str::<Vec<SeedPrice>>(text).map_err(err)?
+    } else {
+        serde_json::from_str::<PricingOnly>(text)
+            .map_err(err)?
+            .pricing
+    };
+    for p in &prices {
+        p.to_price()?;
+    }
+    Ok(prices)
+}
+
+impl SeedPrice {
+    /// Validated price row.
+    pub fn to_price(&self) -> Result<crate::pricing::ModelPrice> {
+        PriceInput {
+            input: self.input,
+            output: self.output,
+            cache_read: self.cache_read,
+            cache_write: self.cache_write,
+        }
+        .into_price(&self.model_id)
+        .map_err(|e| Error::invalid(format!("pricing {}: {e}", self.model_id)))
+    }
+}
+
 pub fn parse(text: &str) -> Result<SeedFile> {
     serde_json::from_str(text).map_err(|e| Error::invalid(format!("seed file: {e}")))
 }
@@ -72,7 +107,10 @@ pub async fn apply(service: &Service, seed: SeedFile) -> Result<SeedSummary> {
         }
         .into_price(&p.model_id)
         .map_err(|e| Error::invalid(format!("seed pricing {}: {e}", p.model_id)))?;
-        service.store.put_price(&price).await?;
+        service
+            .store
+            .put_price_in(&service.settings.pricing_region, &price)
+            .await?;
         summary.prices += 1;
     }
     for t in seed.tenants {

@@ -36,16 +36,19 @@ pub struct Sidecar {
 
 /// Opens the SQLite ledger at `opts.db`, applies the seed, and builds the routes.
 pub async fn build(opts: &Options) -> Result<Sidecar> {
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&opts.db)?);
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(&opts.db)?.with_pricing_region(&opts.settings.pricing_region));
     build_with_store(opts, store).await
 }
 
 /// Opens the store `serve` was configured with.
 pub async fn open_store(args: &ServeArgs) -> Result<Arc<dyn Store>> {
     Ok(match args.store {
-        StoreKind::Sqlite => Arc::new(SqliteStore::open(&args.db)?),
+        StoreKind::Sqlite => Arc::new(
+            SqliteStore::open(&args.db)?.with_pricing_region(&args.dynamodb.pricing_region()?),
+        ),
         StoreKind::Dynamodb => {
-            Arc::new(DynamoStore::connect(&args.dynamodb.store_options()).await?)
+            Arc::new(DynamoStore::connect(&args.dynamodb.store_options()?).await?)
         }
     })
 }
@@ -128,6 +131,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             webhook_format: args.webhook_format.into(),
             emf_output: args.emf_output.as_deref().map(crate::emf::EmfTarget::parse),
             emf_namespace: args.emf_namespace.clone(),
+            pricing_region: args.dynamodb.pricing_region()?,
         },
         webhooks: args.webhooks.clone(),
         admin_token: admin_token_from_env(),
@@ -141,6 +145,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             "ledger open (dynamodb)"
         ),
     }
+    tracing::info!(region = %opts.settings.pricing_region, "pricing region");
     let sweeper = spawn_sweeper(
         sidecar.service.clone(),
         Duration::from_secs(args.sweep_interval_secs.max(1)),

@@ -17,6 +17,7 @@ use crate::store::{
 };
 use rust_decimal::Decimal;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 use tollgate_wire::api::{
@@ -45,6 +46,8 @@ pub struct Settings {
     pub emf_output: Option<crate::emf::EmfTarget>,
     /// EMF namespace.
     pub emf_namespace: String,
+    /// Price table region reserves are priced from (`--pricing-region`).
+    pub pricing_region: String,
 }
 
 impl Default for Settings {
@@ -58,6 +61,7 @@ impl Default for Settings {
             webhook_format: crate::alerts::WebhookFormat::Json,
             emf_output: None,
             emf_namespace: crate::emf::DEFAULT_NAMESPACE.to_string(),
+            pricing_region: pricing::DEFAULT_REGION.to_string(),
         }
     }
 }
@@ -115,6 +119,10 @@ pub struct TenantInput {
     /// the actual tokens at commit).
     #[serde(default)]
     pub rate_limit_tpm: Option<u64>,
+    /// Per-model budgets (USD per period) inside the tenant budget, keyed by
+    /// alias or model ID (stored resolved); decimals as strings or numbers.
+    #[serde(default, deserialize_with = "de_decimal_map")]
+    pub model_budgets: BTreeMap<String, Decimal>,
     /// Profile ARNs to map (upserted; existing mappings not listed stay).
     #[serde(default)]
     pub profiles: Vec<ProfileInput>,
@@ -139,6 +147,20 @@ pub struct KeyImport {
     pub key: String,
     #[serde(default)]
     pub application_id: Option<String>,
+}
+
+/// A JSON object of exact decimals (strings or numbers, never through a float).
+fn de_decimal_map<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<BTreeMap<String, Decimal>, D::Error> {
+    #[derive(Deserialize)]
+    struct Exact(#[serde(deserialize_with = "de_decimal")] Decimal);
+    let raw: Option<BTreeMap<String, Exact>> = Deserialize::deserialize(d)?;
+    Ok(raw
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect())
 }
 
 /// Tenant and application ids: 1–128 of `[A-Za-z0-9._:@-]`.
@@ -217,7 +239,11 @@ impl Service {
     /// its geo prefix.
     pub async fn price_for(&self, model_id: &str) -> Result<Option<ModelPrice>> {
         for key in pricing::price_lookup_keys(model_id) {
-            if let Some(p) = self.store.get_price(key).await? {
+            if let Some(p) = self
+                .store
+                .get_price_in(&self.settings.pricing_region, key)
+                .await?
+            {
                 return Ok(Some(p));
             }
         }
@@ -490,6 +516,7 @@ impl Service {
         let now_ms = to_millis(now);
         let ttl_ms =
             i64::try_from(self.settings.hold_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let model_id_key = model_id.clone();
         let hold = Hold {
             request_id: req.request_id.clone(),
             tenant_id: tid.clone(),
@@ -504,6 +531,7 @@ impl Service {
             created_at_ms: now_ms,
             expires_at_ms: now_ms.saturating_add(ttl_ms),
             state: HoldState::Open,
+            model_budget_usd: tenant.model_budgets.get(&model_id_key).copied(),
         };
         match self.store.reserve(&hold, tenant.budget_usd).await? {
             ReserveOutcome::Admitted => {
@@ -523,6 +551,25 @@ impl Service {
                 ))
             }
             ReserveOutcome::Existing(existing) => Ok((self.replay(&tid, &existing), false)),
+            ReserveOutcome::ModelInsufficient {
+                model_id,
+                available,
+                ..
+            } => {
+                let d = deny(
+                    402,
+                    "BudgetExceededException",
+                    format!(
+                        "Model budget exhausted for tenant {tid}, model {model_id}: available ${}, this request needs up to ${}",
+                        available.max(Decimal::ZERO).normalize(),
+                        hold_usd.normalize()
+                    ),
+                );
+                Ok((
+                    (tid, Outcome::DeniedBudget, ReserveResponse::Deny(d)),
+                    false,
+                ))
+            }
             ReserveOutcome::Insufficient {
                 available,
                 spent,
@@ -838,6 +885,22 @@ impl Service {
             Some(m) => Some(self.resolve_alias(m).await?),
             None => None,
         };
+        let mut model_budgets = BTreeMap::new();
+        for (m, b) in &input.model_budgets {
+            pricing::validate_model_id(m)
+                .map_err(|e| Error::invalid(format!("model_budgets: {e}")))?;
+            if b.is_sign_negative() && !b.is_zero() {
+                return Err(Error::invalid(format!(
+                    "model_budgets[{m}] must not be negative"
+                )));
+            }
+            let id = self.resolve_alias(m).await?;
+            if model_budgets.insert(id.clone(), *b).is_some() {
+                return Err(Error::invalid(format!(
+                    "model_budgets names model {id} twice (alias and ID?)"
+                )));
+            }
+        }
         let cfg = TenantConfig {
             tenant_id: tenant_id.to_string(),
             budget_usd: input.budget_usd,
@@ -849,6 +912,7 @@ impl Service {
             max_tokens_cap: input.max_tokens_cap,
             rate_limit_rpm: input.rate_limit_rpm,
             rate_limit_tpm: input.rate_limit_tpm,
+            model_budgets,
         };
         // Validate everything before writing anything.
         for p in &input.profiles {
@@ -902,10 +966,11 @@ impl Service {
     pub async fn tenant_details(&self, tenant_id: &str) -> Result<TenantDetails> {
         let config = self.require_tenant(tenant_id).await?;
         let period = self.current_period(&config);
-        let balance = self
+        let mut balance = self
             .store
             .balance(tenant_id, &period, config.budget_usd)
             .await?;
+        Self::current_model_limits(&config, &mut balance);
         Ok(TenantDetails {
             balance,
             alerts: self.store.list_alerts(tenant_id).await?,
@@ -918,9 +983,31 @@ impl Service {
     /// A period's balance (any period, for history).
     pub async fn balance(&self, tenant_id: &str, period: &str) -> Result<Balance> {
         let config = self.require_tenant(tenant_id).await?;
-        self.store
+        let mut balance = self
+            .store
             .balance(tenant_id, period, config.budget_usd)
-            .await
+            .await?;
+        if period == self.current_period(&config) {
+            Self::current_model_limits(&config, &mut balance);
+        }
+        Ok(balance)
+    }
+
+    /// In the current period the configured model budgets are the ones that apply
+    /// (a model row takes a changed budget at its next reserve); earlier periods
+    /// show what their rows recorded.
+    fn current_model_limits(config: &TenantConfig, balance: &mut Balance) {
+        balance
+            .model_limits
+            .retain(|m, _| config.model_budgets.contains_key(m));
+        for (m, b) in &config.model_budgets {
+            balance.by_model.entry(m.clone()).or_default();
+            balance
+                .model_limits
+                .entry(m.clone())
+                .or_default()
+                .budget_usd = *b;
+        }
     }
 
     /// Verifies a client's SigV4 signature with the secret this sidecar issued.

@@ -49,6 +49,10 @@ fn all_cases() -> Vec<(&'static str, Case)> {
         alerts_fire_once_per_tenant_period_kind,
         usage_records,
         concurrent_reserves_never_overspend,
+        model_budgets_cap_holds_inside_the_tenant_budget,
+        model_budget_rows_follow_config_and_history,
+        concurrent_capped_reserves_never_overspend_the_model,
+        prices_are_kept_per_region,
     ]
 }
 
@@ -85,6 +89,28 @@ fn hold(id: &str, tenant: &str, model: &str, hold_usd: &str) -> Hold {
         created_at_ms: T0,
         expires_at_ms: T0 + 600_000,
         state: HoldState::Open,
+        model_budget_usd: None,
+    }
+}
+
+/// A hold admitted under a model budget.
+fn capped(id: &str, tenant: &str, model: &str, hold_usd: &str, model_budget: &str) -> Hold {
+    Hold {
+        model_budget_usd: Some(d(model_budget)),
+        ..hold(id, tenant, model, hold_usd)
+    }
+}
+
+/// `spent + reserved + available = budget` on every model row with a budget.
+fn assert_model_identity(b: &Balance) {
+    for (m, l) in &b.model_limits {
+        let spent = b.by_model[m].spent_usd;
+        assert_eq!(
+            spent + l.reserved_usd + l.available(spent),
+            l.budget_usd,
+            "{m}: {l:?}"
+        );
+        assert!(l.reserved_usd >= Decimal::ZERO, "{m}: {l:?}");
     }
 }
 
@@ -110,6 +136,7 @@ fn tenant(id: &str, budget: &str) -> TenantConfig {
         max_tokens_cap: Some(4000),
         rate_limit_rpm: Some(100),
         rate_limit_tpm: Some(50_000),
+        model_budgets: Default::default(),
     }
 }
 
@@ -141,6 +168,20 @@ async fn tenants_prices_aliases_profiles(s: Arc<dyn Store>) {
     s.put_tenant(&tenant("beta", "5"), PERIOD).await.unwrap();
     assert_eq!(s.get_tenant("acme").await.unwrap(), Some(acme.clone()));
     assert_eq!(acme.rate_limit_tpm, Some(50_000));
+    // Model budgets round-trip exactly, and can be cleared.
+    acme.model_budgets = [
+        (SONNET.to_string(), d("0.50")),
+        (HAIKU.to_string(), d("1e-3")),
+    ]
+    .into_iter()
+    .collect();
+    s.put_tenant(&acme, PERIOD).await.unwrap();
+    let got = s.get_tenant("acme").await.unwrap().unwrap();
+    assert_eq!(got, acme);
+    assert_eq!(got.model_budgets[HAIKU], d("0.001"));
+    acme.model_budgets.clear();
+    s.put_tenant(&acme, PERIOD).await.unwrap();
+    assert_eq!(s.get_tenant("acme").await.unwrap(), Some(acme.clone()));
     let listed = s.list_tenants().await.unwrap();
     let ids: Vec<_> = listed.iter().map(|t| t.tenant_id.as_str()).collect();
     assert_eq!(ids, ["acme", "beta"]);
@@ -684,6 +725,278 @@ async fn concurrent_reserves_never_overspend(s: Arc<dyn Store>) {
 // ---------------------------------------------------------------------------
 // runners
 
+async fn model_budgets_cap_holds_inside_the_tenant_budget(s: Arc<dyn Store>) {
+    // Tenant $10, sonnet $0.05: sonnet is refused at the model cap, haiku is not.
+    let r1 = capped("r1", "acme", SONNET, "0.03", "0.05");
+    assert_eq!(reserve(&s, &r1, "10").await, ReserveOutcome::Admitted);
+    assert_eq!(
+        s.get_hold("r1").await.unwrap().unwrap().model_budget_usd,
+        Some(d("0.05"))
+    );
+    match reserve(&s, &capped("r2", "acme", SONNET, "0.03", "0.05"), "10").await {
+        ReserveOutcome::ModelInsufficient {
+            model_id,
+            available,
+            spent,
+            budget,
+        } => {
+            assert_eq!(model_id, SONNET);
+            assert_eq!(available, d("0.02"));
+            assert_eq!(spent, Decimal::ZERO);
+            assert_eq!(budget, d("0.05"));
+        }
+        other => panic!("expected ModelInsufficient, got {other:?}"),
+    }
+    assert_eq!(
+        s.get_hold("r2").await.unwrap(),
+        None,
+        "a refused hold is not kept"
+    );
+    assert_eq!(
+        reserve(&s, &hold("h1", "acme", HAIKU, "0.03"), "10").await,
+        ReserveOutcome::Admitted
+    );
+    // Exactly the rest of the model budget fits.
+    assert_eq!(
+        reserve(&s, &capped("r3", "acme", SONNET, "0.02", "0.05"), "10").await,
+        ReserveOutcome::Admitted
+    );
+    let b = bal(&s, "acme").await;
+    assert_eq!(b.totals.reserved_usd, d("0.08"));
+    assert_eq!(b.model_limits.len(), 1, "{:?}", b.model_limits);
+    assert_eq!(b.model_limits[SONNET].budget_usd, d("0.05"));
+    assert_eq!(b.model_limits[SONNET].reserved_usd, d("0.05"));
+    assert_eq!(
+        b.model_limits[SONNET].available(b.by_model[SONNET].spent_usd),
+        Decimal::ZERO
+    );
+    assert_identity(&b);
+    assert_model_identity(&b);
+
+    // Commits debit both rows and take the hold off both.
+    assert!(matches!(
+        s.commit("r1", &usage(), false, T0 + 1).await.unwrap(),
+        CommitApplied::Committed { .. }
+    ));
+    assert!(matches!(
+        s.commit("r1", &usage(), false, T0 + 2).await.unwrap(),
+        CommitApplied::Duplicate { .. }
+    ));
+    s.commit("h1", &usage(), false, T0 + 2).await.unwrap();
+    let b = bal(&s, "acme").await;
+    assert_eq!(b.totals.counters.spent_usd, d("0.021"));
+    assert_eq!(b.totals.reserved_usd, d("0.02"));
+    assert_eq!(b.by_model[SONNET].spent_usd, d("0.0105"));
+    assert_eq!(b.model_limits[SONNET].reserved_usd, d("0.02"));
+    assert_identity(&b);
+    assert_model_identity(&b);
+
+    // Release gives the model row back too.
+    assert!(s.release("r3", T0 + 3).await.unwrap());
+    let b = bal(&s, "acme").await;
+    assert_eq!(b.model_limits[SONNET].reserved_usd, Decimal::ZERO);
+    assert_eq!(
+        b.model_limits[SONNET].available(b.by_model[SONNET].spent_usd),
+        d("0.0395")
+    );
+    assert_model_identity(&b);
+    assert!(matches!(
+        reserve(&s, &capped("r4", "acme", SONNET, "0.0396", "0.05"), "10").await,
+        ReserveOutcome::ModelInsufficient { .. }
+    ));
+    // Expiry too; a late commit is charged once, without touching reserved.
+    let r5 = capped("r5", "acme", SONNET, "0.0395", "0.05");
+    assert_eq!(reserve(&s, &r5, "10").await, ReserveOutcome::Admitted);
+    assert_eq!(s.expire_holds(r5.expires_at_ms).await.unwrap(), 1);
+    let b = bal(&s, "acme").await;
+    assert_eq!(b.model_limits[SONNET].reserved_usd, Decimal::ZERO);
+    assert_eq!(b.totals.reserved_usd, Decimal::ZERO);
+    assert!(matches!(
+        s.commit("r5", &usage(), false, r5.expires_at_ms + 1)
+            .await
+            .unwrap(),
+        CommitApplied::Committed { .. }
+    ));
+    let b = bal(&s, "acme").await;
+    assert_eq!(b.by_model[SONNET].spent_usd, d("0.021"));
+    assert_eq!(b.model_limits[SONNET].reserved_usd, Decimal::ZERO);
+    assert_eq!(
+        b.model_limits[SONNET].available(b.by_model[SONNET].spent_usd),
+        d("0.029")
+    );
+    assert_identity(&b);
+    assert_model_identity(&b);
+
+    // When the tenant budget is what refuses, the model row keeps nothing.
+    match reserve(&s, &capped("t1", "tight", SONNET, "0.02", "1"), "0.01").await {
+        ReserveOutcome::Insufficient { available, .. } => assert_eq!(available, d("0.01")),
+        other => panic!("expected Insufficient, got {other:?}"),
+    }
+    assert_eq!(s.get_hold("t1").await.unwrap(), None);
+    let b = bal(&s, "tight").await;
+    assert_eq!(b.totals.reserved_usd, Decimal::ZERO);
+    assert_eq!(
+        b.model_limits
+            .get(SONNET)
+            .map(|l| l.reserved_usd)
+            .unwrap_or_default(),
+        Decimal::ZERO
+    );
+    assert_model_identity(&b);
+    // A zero hold (request served without one) is admitted even at the cap.
+    assert_eq!(
+        reserve(&s, &capped("z1", "acme", SONNET, "0", "0.0001"), "10").await,
+        ReserveOutcome::Admitted
+    );
+    assert!(s.release("z1", T0 + 5).await.unwrap());
+}
+
+async fn model_budget_rows_follow_config_and_history(s: Arc<dyn Store>) {
+    // Spend before any model budget (a row only commits touched) counts.
+    assert_eq!(
+        reserve(&s, &hold("u1", "acme", SONNET, "0.02"), "10").await,
+        ReserveOutcome::Admitted
+    );
+    s.commit("u1", &usage(), false, T0).await.unwrap();
+    assert!(bal(&s, "acme").await.model_limits.is_empty());
+    match reserve(&s, &capped("c1", "acme", SONNET, "0.01", "0.02"), "10").await {
+        ReserveOutcome::ModelInsufficient {
+            available, spent, ..
+        } => {
+            assert_eq!(available, d("0.0095"));
+            assert_eq!(spent, d("0.0105"));
+        }
+        other => panic!("expected ModelInsufficient, got {other:?}"),
+    }
+    // A raised budget applies at the next reserve, with what is spent kept.
+    assert_eq!(
+        reserve(&s, &capped("c2", "acme", SONNET, "0.01", "0.03"), "10").await,
+        ReserveOutcome::Admitted
+    );
+    let b = bal(&s, "acme").await;
+    assert_eq!(b.model_limits[SONNET].budget_usd, d("0.03"));
+    assert_eq!(b.model_limits[SONNET].reserved_usd, d("0.01"));
+    assert_model_identity(&b);
+    // An uncapped hold on a row that has a budget (the budget was removed)
+    // keeps its numbers straight; so does lowering the budget below the spend.
+    assert_eq!(
+        reserve(&s, &hold("u2", "acme", SONNET, "0.02"), "10").await,
+        ReserveOutcome::Admitted
+    );
+    s.commit("u2", &usage(), false, T0 + 1).await.unwrap();
+    s.commit("c2", &usage(), false, T0 + 2).await.unwrap();
+    let b = bal(&s, "acme").await;
+    assert_eq!(b.by_model[SONNET].spent_usd, d("0.0315"));
+    assert_eq!(b.model_limits[SONNET].reserved_usd, Decimal::ZERO);
+    assert_model_identity(&b);
+    assert_identity(&b);
+    assert!(matches!(
+        reserve(&s, &capped("c3", "acme", SONNET, "0.001", "0.01"), "10").await,
+        ReserveOutcome::ModelInsufficient { .. }
+    ));
+    let b = bal(&s, "acme").await;
+    assert_eq!(b.model_limits[SONNET].budget_usd, d("0.01"));
+    assert_eq!(
+        b.model_limits[SONNET].available(b.by_model[SONNET].spent_usd),
+        d("-0.0215")
+    );
+    assert_model_identity(&b);
+    // Other periods keep their rows.
+    let mut oct = capped("o1", "acme", SONNET, "0.01", "5");
+    oct.period = "2026-10".into();
+    assert_eq!(reserve(&s, &oct, "10").await, ReserveOutcome::Admitted);
+    let b = s.balance("acme", "2026-10", d("10")).await.unwrap();
+    assert_eq!(b.model_limits[SONNET].budget_usd, d("5"));
+    assert_eq!(
+        bal(&s, "acme").await.model_limits[SONNET].budget_usd,
+        d("0.01")
+    );
+}
+
+async fn concurrent_capped_reserves_never_overspend_the_model(s: Arc<dyn Store>) {
+    // 30 holds of 0.01 against a 0.1 model budget inside a 1.0 tenant budget
+    // (10 fit), with 10 haiku holds of 0.01 beside them (all fit).
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let h = if i < 30 {
+                capped(&format!("c{i}"), "acme", SONNET, "0.01", "0.1")
+            } else {
+                hold(&format!("h{i}"), "acme", HAIKU, "0.01")
+            };
+            let out = s.reserve(&h, d("1")).await.expect("reserve");
+            (i, out)
+        }));
+    }
+    let (mut sonnet, mut haiku) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            (i, ReserveOutcome::Admitted) if i < 30 => sonnet += 1,
+            (_, ReserveOutcome::Admitted) => haiku += 1,
+            (i, ReserveOutcome::ModelInsufficient { .. }) if i < 30 => {}
+            (i, other) => panic!("{i}: {other:?}"),
+        }
+    }
+    assert_eq!(sonnet, 10);
+    assert_eq!(haiku, 10);
+    let b = bal(&s, "acme").await;
+    assert_eq!(b.model_limits[SONNET].reserved_usd, d("0.1"));
+    assert_eq!(b.totals.reserved_usd, d("0.2"));
+    assert_identity(&b);
+    assert_model_identity(&b);
+}
+
+async fn prices_are_kept_per_region(s: Arc<dyn Store>) {
+    let price = |input: &str| ModelPrice {
+        model_id: SONNET.into(),
+        input: d(input),
+        output: d("15"),
+        cache_read: None,
+        cache_write: Some(d("3.75")),
+    };
+    s.put_price_in("global", &price("3")).await.unwrap();
+    s.put_price_in("us-east-1", &price("3.30")).await.unwrap();
+    s.put_price_in("eu-west-1", &price("3.5")).await.unwrap();
+    let mut haiku = price("0.25");
+    haiku.model_id = HAIKU.into();
+    s.put_price_in("us-east-1", &haiku).await.unwrap();
+
+    assert_eq!(
+        s.get_price_in("global", SONNET).await.unwrap(),
+        Some(price("3"))
+    );
+    assert_eq!(
+        s.get_price_in("us-east-1", SONNET).await.unwrap(),
+        Some(price("3.30"))
+    );
+    assert_eq!(s.get_price_in("eu-west-1", HAIKU).await.unwrap(), None);
+    assert_eq!(s.get_price_in("ap-south-1", SONNET).await.unwrap(), None);
+    // The plain methods use the store's region (`global` here).
+    assert_eq!(s.pricing_region(), "global");
+    assert_eq!(s.get_price(SONNET).await.unwrap(), Some(price("3")));
+    assert_eq!(s.list_prices().await.unwrap(), vec![price("3")]);
+    assert_eq!(
+        s.list_prices_in("us-east-1").await.unwrap(),
+        vec![haiku.clone(), price("3.30")]
+    );
+    assert!(s.list_prices_in("ap-south-1").await.unwrap().is_empty());
+    // Overwriting one region leaves the others alone.
+    s.put_price_in("us-east-1", &price("3.31")).await.unwrap();
+    assert_eq!(
+        s.get_price_in("us-east-1", SONNET).await.unwrap(),
+        Some(price("3.31"))
+    );
+    assert_eq!(
+        s.get_price_in("eu-west-1", SONNET).await.unwrap(),
+        Some(price("3.5"))
+    );
+    assert_eq!(
+        s.get_price_in("global", SONNET).await.unwrap(),
+        Some(price("3"))
+    );
+}
+
 async fn run_suite<F, Fut, A, AFut>(backend: &str, mut make: F, mut after: A)
 where
     F: FnMut(usize) -> Fut,
@@ -836,7 +1149,82 @@ async fn dynamodb_store_on_dynalite() {
         Arc::new(store),
     )
     .await;
+
+    let i = i + 1;
+    let store = DynamoStore::from_sdk_config(
+        &conf,
+        &DynamoOptions {
+            table_prefix: prefix(i),
+            pricing_region: "global".into(),
+        },
+    );
+    store.init_tables().await.expect("create tables");
+    sweeper_returns_the_model_count_of_a_reserve_that_died(&client, &prefix(i), Arc::new(store))
+        .await;
+    check_budget_rows(&client, &format!("{}TenantBudgets", prefix(i))).await;
     drop(dynalite);
+}
+
+/// A reserve that died after counting its hold in the model row (M1) but before
+/// the ALL row (R2) leaves a `pending` hold: the sweeper expires it at its TTL
+/// and its give-back returns the model row's count.
+async fn sweeper_returns_the_model_count_of_a_reserve_that_died(
+    client: &aws_sdk_dynamodb::Client,
+    prefix: &str,
+    s: Arc<dyn Store>,
+) {
+    use aws_sdk_dynamodb::types::AttributeValue as Av;
+    let h = capped("dead", "acme", SONNET, "0.04", "0.05");
+    assert_eq!(reserve(&s, &h, "10").await, ReserveOutcome::Admitted);
+    // Undo R3 and R2 by hand: the state a crash right after M1 leaves.
+    client
+        .update_item()
+        .table_name(format!("{prefix}TollgateHolds"))
+        .key("requestId", Av::S("dead".into()))
+        .update_expression("SET #s = :p")
+        .expression_attribute_names("#s", "state")
+        .expression_attribute_values(":p", Av::S("pending".into()))
+        .send()
+        .await
+        .expect("back to pending");
+    client
+        .update_item()
+        .table_name(format!("{prefix}TenantBudgets"))
+        .key("tenantId", Av::S("acme".into()))
+        .key("modelId", Av::S(format!("{PERIOD}#ALL")))
+        .update_expression("ADD #r :nh, #a :h DELETE #o :ids")
+        .expression_attribute_names("#r", "reserved")
+        .expression_attribute_names("#a", "available")
+        .expression_attribute_names("#o", "openHolds")
+        .expression_attribute_values(":nh", Av::N("-0.04".into()))
+        .expression_attribute_values(":h", Av::N("0.04".into()))
+        .expression_attribute_values(":ids", Av::Ss(vec!["dead".into()]))
+        .send()
+        .await
+        .expect("undo R2");
+    assert_eq!(
+        s.get_hold("dead").await.unwrap(),
+        None,
+        "pending is not a hold"
+    );
+    let b = bal(&s, "acme").await;
+    assert_eq!(b.totals.reserved_usd, Decimal::ZERO);
+    assert_eq!(b.model_limits[SONNET].reserved_usd, d("0.04"));
+    // The model row is blocked until the sweeper runs.
+    assert!(matches!(
+        reserve(&s, &capped("next", "acme", SONNET, "0.02", "0.05"), "10").await,
+        ReserveOutcome::ModelInsufficient { .. }
+    ));
+    assert_eq!(s.expire_holds(h.expires_at_ms).await.unwrap(), 1);
+    let b = bal(&s, "acme").await;
+    assert_eq!(b.model_limits[SONNET].reserved_usd, Decimal::ZERO);
+    assert_eq!(b.totals.reserved_usd, Decimal::ZERO);
+    assert_model_identity(&b);
+    assert_eq!(
+        reserve(&s, &capped("next", "acme", SONNET, "0.02", "0.05"), "10").await,
+        ReserveOutcome::Admitted
+    );
+    assert!(s.release("next", T0 + 1).await.unwrap());
 }
 
 /// `put_tenant` updates the attributes Tollgate owns in place: attributes written
@@ -951,7 +1339,7 @@ async fn check_budget_rows(client: &aws_sdk_dynamodb::Client, table: &str) {
             Some(AttributeValue::S(v)) => v.clone(),
             other => panic!("modelId {other:?}"),
         };
-        if sk.ends_with("#ALL") {
+        if sk.ends_with("#ALL") || item.contains_key("totalBudget") {
             assert_eq!(
                 num(item, "available"),
                 num(item, "totalBudget") - num(item, "totalCost") - num(item, "reserved"),

@@ -50,6 +50,23 @@
 //!   sweeper expires it at its TTL, where the give-back is a no-op because the id
 //!   is not in `openHolds`. *Crash after R2*: same, and the sweeper's give-back
 //!   finds the id and returns the money.
+//! - **model budgets**: a hold whose tenant has a budget for its model carries
+//!   `modelBudgetUsd`, and the model row (`period#<model>`) keeps `totalBudget`,
+//!   `reserved`, `available` and `openHolds` like the `ALL` row. Between R1 and R2:
+//!   (M0) set the row's budget (conditional on the budget, or on `totalCost` for
+//!   a row only commits touched so far); (M1) count the hold there with the same
+//!   update as R2 (`available >= :h AND NOT contains(openHolds, :id)`); a refusal
+//!   denies the request naming the model. If R2 then refuses, the model row is
+//!   given back (compensating update, idempotent through `openHolds`) *before*
+//!   the pending hold is deleted. *Crash after M1, or between R2's refusal and
+//!   the compensation*: the hold is still `pending`, i.e. its state says it was
+//!   never admitted; a retried reserve finishes it, else the sweeper expires it at
+//!   its TTL and the give-back (`ALL` row, then model row, each conditional on
+//!   `openHolds`) returns the model row's count. Until then the model row
+//!   over-counts `reserved`: it may refuse what the model budget allows, never
+//!   admit what it does not. Give-backs (release, expiry, drop of a denied hold)
+//!   and commits (C3, open- or late-style) keep the model row in step; rows
+//!   without a model budget take only the counters, in one update, as before.
 //! - **commit**: (C1) hold `pending|open|expired|released → committing`, storing
 //!   usage and cost (the claim: exactly one caller wins it, duplicates see
 //!   `committing`/`committed` and answer `Duplicate`); (C2) `ALL` row charge:
@@ -114,7 +131,7 @@ const MAX_ATTEMPTS: usize = 16;
 
 const ALL: &str = "ALL";
 
-/// Store options (CLI: `--dynamodb-table-prefix`, `--dynamodb-pricing-region`).
+/// Store options (CLI: `--dynamodb-table-prefix`, `--pricing-region`).
 #[derive(Debug, Clone)]
 pub struct DynamoOptions {
     /// Prepended to every table name (e.g. `prod-`).
@@ -351,6 +368,26 @@ fn vals(pairs: Vec<(&str, AttributeValue)>) -> HashMap<String, AttributeValue> {
     pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }
 
+/// Whether `expr` uses the placeholder `token` (`#name` / `:value`) as a whole word.
+fn mentions(expr: &str, token: &str) -> bool {
+    expr.match_indices(token).any(|(i, _)| {
+        !expr[i + token.len()..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+    })
+}
+
+/// The names and values an update and its condition actually use (DynamoDB
+/// refuses unused ones).
+fn used<'a, T: Clone>(exprs: &[&str], pairs: &[(&'a str, T)]) -> Vec<(&'a str, T)> {
+    pairs
+        .iter()
+        .filter(|(k, _)| exprs.iter().any(|e| mentions(e, k)))
+        .cloned()
+        .collect()
+}
+
 fn corrupt(table: &str, attr: &str, why: &str) -> Error {
     Error::Corrupt(format!("{table}.{attr}: {why}"))
 }
@@ -441,6 +478,23 @@ impl<'a> Get<'a> {
                 .collect(),
             Some(AttributeValue::Ss(v)) => Ok(v.clone()),
             Some(_) => Err(corrupt(self.table, k, "not a list")),
+        }
+    }
+
+    fn decimal_map(&self, k: &str) -> Result<BTreeMap<String, Decimal>> {
+        match self.item.get(k) {
+            None | Some(AttributeValue::Null(_)) => Ok(BTreeMap::new()),
+            Some(AttributeValue::M(m)) => m
+                .iter()
+                .map(|(name, v)| {
+                    let one: Item = [(name.clone(), v.clone())].into_iter().collect();
+                    let d = Get::new(&one, self.table)
+                        .opt_dec(name)?
+                        .ok_or_else(|| corrupt(self.table, k, "null entry"))?;
+                    Ok((name.clone(), d))
+                })
+                .collect(),
+            Some(_) => Err(corrupt(self.table, k, "not a map")),
         }
     }
 
@@ -546,6 +600,7 @@ fn hold_item(h: &Hold) -> Item {
     item.insert("state".into(), s(DState::Pending.as_str()));
     item.insert("sweepShard".into(), s(shard(&h.request_id)));
     item.insert("sweepAt".into(), ni(h.expires_at_ms));
+    put_opt(&mut item, "modelBudgetUsd", h.model_budget_usd.map(n));
     item
 }
 
@@ -578,6 +633,7 @@ fn hold_from_item(item: &Item, table: &str) -> Result<DHold> {
         created_at_ms: g.i64("createdAt")?,
         expires_at_ms: g.i64("expiresAt")?,
         state: state.public(),
+        model_budget_usd: g.opt_dec("modelBudgetUsd")?,
     };
     Ok(DHold {
         hold,
@@ -637,6 +693,7 @@ fn tenant_from_item(item: &Item, table: &str) -> Result<TenantConfig> {
             .opt_u64("rateLimit")?
             .map(|v| u32::try_from(v).unwrap_or(u32::MAX)),
         rate_limit_tpm: g.opt_u64("rateLimitTpm")?,
+        model_budgets: g.decimal_map("modelBudgets")?,
     })
 }
 
@@ -658,6 +715,17 @@ fn tenant_attributes(cfg: &TenantConfig) -> Vec<(&'static str, Option<AttributeV
         ("maxTokens", cfg.max_tokens_cap.map(nu)),
         ("rateLimit", cfg.rate_limit_rpm.map(|v| nu(u64::from(v)))),
         ("rateLimitTpm", cfg.rate_limit_tpm.map(nu)),
+        (
+            "modelBudgets",
+            (!cfg.model_budgets.is_empty()).then(|| {
+                AttributeValue::M(
+                    cfg.model_budgets
+                        .iter()
+                        .map(|(m, b)| (m.clone(), n(*b)))
+                        .collect(),
+                )
+            }),
+        ),
     ]
 }
 
@@ -1096,12 +1164,36 @@ impl DynamoStore {
         )
     }
 
-    /// Gives a counted hold back to the period row. `true` if this call did it.
+    fn model_key(&self, h: &Hold) -> Vec<(&'static str, AttributeValue)> {
+        vec![
+            ("tenantId", s(&h.tenant_id)),
+            ("modelId", s(budget_sk(&h.period, &h.model_id))),
+        ]
+    }
+
+    /// Gives a counted hold back to the period row, then (for a hold admitted
+    /// under a model budget) to its model row. `true` if this call did the former.
     async fn give_back(&self, h: &Hold) -> Result<bool> {
+        let done = self
+            .give_back_row(h, self.all_key(&h.tenant_id, &h.period))
+            .await?;
+        self.give_back_model(h).await?;
+        Ok(done)
+    }
+
+    /// The model row's give-back (no-op for an uncapped hold or one not counted).
+    async fn give_back_model(&self, h: &Hold) -> Result<bool> {
+        if h.model_budget_usd.is_none() {
+            return Ok(false);
+        }
+        self.give_back_row(h, self.model_key(h)).await
+    }
+
+    async fn give_back_row(&self, h: &Hold, key: Vec<(&str, AttributeValue)>) -> Result<bool> {
         let r = self
             .update(
                 &self.t.budgets,
-                self.all_key(&h.tenant_id, &h.period),
+                key,
                 "ADD #reserved :nh, #available :h DELETE #openHolds :idset",
                 Some("contains(#openHolds, :id)"),
                 &[
@@ -1122,6 +1214,11 @@ impl DynamoStore {
 
     /// R2 (+R3): counts a pending hold in `reserved` if it fits. Idempotent.
     async fn count_hold(&self, h: &Hold, period_budget: Decimal) -> Result<ReserveOutcome> {
+        if let Some(budget) = h.model_budget_usd {
+            if let Some(refused) = self.count_model_hold(h, budget).await? {
+                return Ok(refused);
+            }
+        }
         for _ in 0..MAX_ATTEMPTS {
             let r = self
                 .update(
@@ -1223,8 +1320,168 @@ impl DynamoStore {
         )))
     }
 
+    /// Sets the model row's budget to `budget` (creating the row if missing),
+    /// keeping `available = budget − totalCost − reserved`.
+    async fn ensure_model_budget(&self, h: &Hold, budget: Decimal) -> Result<()> {
+        let key = self.model_key(h);
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(row) = self.get(&self.t.budgets, key.clone()).await? else {
+                let mut item: Item = key
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect();
+                item.insert("period".into(), s(&h.period));
+                item.insert("scope".into(), s(&h.model_id));
+                item.insert("totalBudget".into(), n(budget));
+                item.insert("totalCost".into(), n(Decimal::ZERO));
+                item.insert("reserved".into(), n(Decimal::ZERO));
+                item.insert("available".into(), n(budget));
+                for k in [
+                    "inputTokens",
+                    "outputTokens",
+                    "cacheReadInputTokens",
+                    "cacheWriteInputTokens",
+                    "requests",
+                ] {
+                    item.insert(k.into(), nu(0));
+                }
+                if applied(self.put(&self.t.budgets, item, Some("tenantId")).await)?.is_some() {
+                    return Ok(());
+                }
+                continue;
+            };
+            let g = Get::new(&row, &self.t.budgets);
+            let r = match g.opt_dec("totalBudget")? {
+                Some(old) if old == budget => return Ok(()),
+                // The budget changed: `available` moves by the difference.
+                Some(old) => {
+                    self.update(
+                        &self.t.budgets,
+                        key.clone(),
+                        "SET #budget = :new ADD #available :delta",
+                        Some("#budget = :old"),
+                        &[("#budget", "totalBudget"), ("#available", "available")],
+                        vec![
+                            (":new", n(budget)),
+                            (":old", n(old)),
+                            (":delta", n(budget - old)),
+                        ],
+                    )
+                    .await
+                }
+                // A row so far without a model budget (only commits touched it,
+                // never `reserved`): start `available` from its spend, provided
+                // no commit lands in between.
+                None => {
+                    let spent = g.opt_dec("totalCost")?;
+                    let cond = if spent.is_some() {
+                        "attribute_not_exists(#budget) AND #cost = :spent"
+                    } else {
+                        "attribute_not_exists(#budget) AND attribute_not_exists(#cost)"
+                    };
+                    let spent = spent.unwrap_or_default();
+                    let mut values = vec![
+                        (":new", n(budget)),
+                        (":avail", n(budget - spent)),
+                        (":zero", n(Decimal::ZERO)),
+                    ];
+                    if mentions(cond, ":spent") {
+                        values.push((":spent", n(spent)));
+                    }
+                    self.update(
+                        &self.t.budgets,
+                        key.clone(),
+                        "SET #budget = :new, #available = :avail, #reserved = :zero",
+                        Some(cond),
+                        &[
+                            ("#budget", "totalBudget"),
+                            ("#available", "available"),
+                            ("#reserved", "reserved"),
+                            ("#cost", "totalCost"),
+                        ],
+                        values,
+                    )
+                    .await
+                }
+            };
+            if applied(r)?.is_some() {
+                return Ok(());
+            }
+        }
+        Err(Error::Internal(format!(
+            "reserve {}: the model budget row kept changing (transient; retry)",
+            h.request_id
+        )))
+    }
+
+    /// M1: counts a pending hold in its model row's `reserved` if it fits the
+    /// model budget. `Some(refusal)` when it does not (the pending hold is then
+    /// dropped). Idempotent through the model row's `openHolds`.
+    async fn count_model_hold(&self, h: &Hold, budget: Decimal) -> Result<Option<ReserveOutcome>> {
+        self.ensure_model_budget(h, budget).await?;
+        for _ in 0..MAX_ATTEMPTS {
+            let r = self
+                .update(
+                    &self.t.budgets,
+                    self.model_key(h),
+                    "ADD #reserved :h, #available :nh, #openHolds :idset",
+                    Some(if h.hold_usd.is_zero() {
+                        "attribute_exists(#available) AND NOT contains(#openHolds, :id)"
+                    } else {
+                        "#available >= :h AND NOT contains(#openHolds, :id)"
+                    }),
+                    &[
+                        ("#reserved", "reserved"),
+                        ("#available", "available"),
+                        ("#openHolds", "openHolds"),
+                    ],
+                    vec![
+                        (":h", n(h.hold_usd)),
+                        (":nh", n(-h.hold_usd)),
+                        (":idset", ss(&h.request_id)),
+                        (":id", s(&h.request_id)),
+                    ],
+                )
+                .await;
+            if applied(r)?.is_some() {
+                return Ok(None);
+            }
+            let Some(row) = self.get(&self.t.budgets, self.model_key(h)).await? else {
+                self.ensure_model_budget(h, budget).await?;
+                continue;
+            };
+            let g = Get::new(&row, &self.t.budgets);
+            if g.set_contains("openHolds", &h.request_id) {
+                return Ok(None); // already counted (a retried or concurrent reserve)
+            }
+            let available = g.dec("available")?;
+            if g.opt_dec("totalBudget")?.is_none() {
+                self.ensure_model_budget(h, budget).await?;
+                continue;
+            }
+            if crate::ledger::admits(available, h.hold_usd) {
+                continue; // freed since the update: try again
+            }
+            self.drop_pending(h).await?;
+            return Ok(Some(ReserveOutcome::ModelInsufficient {
+                model_id: h.model_id.clone(),
+                available,
+                spent: g.dec("totalCost")?,
+                budget: g.dec("totalBudget")?,
+            }));
+        }
+        Err(Error::Internal(format!(
+            "reserve {}: too much contention on the model budget row (transient; retry)",
+            h.request_id
+        )))
+    }
+
     /// Deletes a denied `pending` hold, so a later retry is evaluated afresh.
+    /// The model row's count (if any) is given back *before* the item goes: a
+    /// crash in between leaves a pending hold the sweeper expires, repeating
+    /// the give-back; after the delete nothing would point at the money.
     async fn drop_pending(&self, h: &Hold) -> Result<()> {
+        self.give_back_model(h).await?;
         let r = self
             .client
             .delete_item()
@@ -1343,32 +1600,76 @@ impl DynamoStore {
             ))
         })?;
 
-        // C3: the per-model row (created by the update if missing).
-        let model_key = vec![
-            ("tenantId", s(&h.tenant_id)),
-            ("modelId", s(budget_sk(&h.period, &h.model_id))),
-        ];
-        let mut v = counters.clone();
-        v.push((":p", s(&h.period)));
-        v.push((":m", s(&h.model_id)));
-        let mut nm: Vec<(&str, &str)> = counter_names
-            .iter()
-            .copied()
-            .filter(|(k, _)| *k != "#openHolds" && *k != "#available")
-            .collect();
-        nm.push(("#period", "period"));
-        nm.push(("#scope", "scope"));
-        applied(
-            self.update(
-                &self.t.budgets,
-                model_key.clone(),
-                &format!("SET #period = :p, #scope = :m ADD {counter_add}"),
-                Some("NOT contains(#settling, :id)"),
-                &nm,
-                v,
-            )
-            .await,
-        )?;
+        // C3: the per-model row (created by the update if missing). A row with a
+        // model budget keeps `reserved`/`available` like the ALL row: open-style
+        // when the hold is still counted there, else late-style. A row without
+        // one takes the plain counters (one update, as before model budgets).
+        let model_key = self.model_key(h);
+        let mut base = counters.clone();
+        base.push((":p", s(&h.period)));
+        base.push((":m", s(&h.model_id)));
+        base.push((":nh", n(-h.hold_usd)));
+        base.push((":delta", n(h.hold_usd - cost)));
+        base.push((":nc", n(-cost)));
+        let mut all_names = counter_names.to_vec();
+        all_names.push(("#period", "period"));
+        all_names.push(("#scope", "scope"));
+        all_names.push(("#reserved", "reserved"));
+        all_names.push(("#budget", "totalBudget"));
+        let set_scope = "SET #period = :p, #scope = :m";
+        let open_style = (
+            format!(
+                "{set_scope} ADD {counter_add}, #reserved :nh, #available :delta DELETE #openHolds :idset"
+            ),
+            "contains(#openHolds, :id) AND NOT contains(#settling, :id)",
+        );
+        let plain = (
+            format!("{set_scope} ADD {counter_add}"),
+            "attribute_not_exists(#budget) AND NOT contains(#settling, :id)",
+        );
+        let late_budgeted = (
+            format!("{set_scope} ADD {counter_add}, #available :nc"),
+            "attribute_exists(#budget) AND NOT contains(#openHolds, :id) \
+             AND NOT contains(#settling, :id)",
+        );
+        let mut styles = Vec::with_capacity(3);
+        if h.model_budget_usd.is_some() {
+            styles.push(&open_style);
+        }
+        styles.push(&plain);
+        styles.push(&late_budgeted);
+        let mut charged = false;
+        'attempts: for _ in 0..MAX_ATTEMPTS {
+            for (update, cond) in &styles {
+                let exprs = [update.as_str(), *cond];
+                let r = self
+                    .update(
+                        &self.t.budgets,
+                        model_key.clone(),
+                        update,
+                        Some(cond),
+                        &used(&exprs, &all_names),
+                        used(&exprs, &base),
+                    )
+                    .await;
+                if applied(r)?.is_some() {
+                    charged = true;
+                    break 'attempts;
+                }
+            }
+            if let Some(row) = self.get(&self.t.budgets, model_key.clone()).await? {
+                if Get::new(&row, &self.t.budgets).set_contains("settling", id) {
+                    charged = true; // already charged by an earlier attempt
+                    break;
+                }
+            }
+            // A give-back or a budget being set moved the row between our tries.
+        }
+        if !charged {
+            return Err(Error::Internal(format!(
+                "commit {id}: too much contention on the model budget row (transient; retry)"
+            )));
+        }
 
         // C4: the usage record (first writer wins; same content on retries).
         let mut item = Item::new();
@@ -1528,9 +1829,13 @@ impl Store for DynamoStore {
         Ok(out)
     }
 
-    async fn put_price(&self, price: &ModelPrice) -> Result<()> {
+    fn pricing_region(&self) -> &str {
+        &self.pricing_region
+    }
+
+    async fn put_price_in(&self, region: &str, price: &ModelPrice) -> Result<()> {
         let mut item = Item::new();
-        item.insert("region".into(), s(&self.pricing_region));
+        item.insert("region".into(), s(region));
         item.insert("modelId".into(), s(&price.model_id));
         item.insert("inputCost".into(), n(price.input));
         item.insert("outputCost".into(), n(price.output));
@@ -1542,26 +1847,23 @@ impl Store for DynamoStore {
             .map_err(|f| hard(f, "put_price"))
     }
 
-    async fn get_price(&self, model_id: &str) -> Result<Option<ModelPrice>> {
+    async fn get_price_in(&self, region: &str, model_id: &str) -> Result<Option<ModelPrice>> {
         self.get(
             &self.t.pricing,
-            vec![
-                ("region", s(&self.pricing_region)),
-                ("modelId", s(model_id)),
-            ],
+            vec![("region", s(region)), ("modelId", s(model_id))],
         )
         .await?
         .map(|i| price_from_item(&i, &self.t.pricing))
         .transpose()
     }
 
-    async fn list_prices(&self) -> Result<Vec<ModelPrice>> {
+    async fn list_prices_in(&self, region: &str) -> Result<Vec<ModelPrice>> {
         self.query_all(
             &self.t.pricing,
             None,
             "#r = :r",
             names(&[("#r", "region")]),
-            vals(vec![(":r", s(&self.pricing_region))]),
+            vals(vec![(":r", s(region))]),
         )
         .await?
         .iter()
@@ -1956,6 +2258,7 @@ impl Store for DynamoStore {
                 ..Default::default()
             },
             by_model: BTreeMap::new(),
+            model_limits: BTreeMap::new(),
         };
         let all_sk = budget_sk(period, ALL);
         for row in &rows {
@@ -1965,6 +2268,15 @@ impl Store for DynamoStore {
                 balance.totals = totals_from_item(row, &self.t.budgets, period)?;
             } else {
                 let model = sk[period.len() + 1..].to_string();
+                if let Some(budget_usd) = g.opt_dec("totalBudget")? {
+                    balance.model_limits.insert(
+                        model.clone(),
+                        ModelLimit {
+                            budget_usd,
+                            reserved_usd: g.dec("reserved")?,
+                        },
+                    );
+                }
                 balance.by_model.insert(model, counters_from(&g)?);
             }
         }

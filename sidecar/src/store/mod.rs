@@ -32,6 +32,12 @@ pub struct TenantConfig {
     /// actual tokens at commit). Absent in configurations written before it existed.
     #[serde(default)]
     pub rate_limit_tpm: Option<u64>,
+    /// Optional per-model budgets (USD per period) inside the tenant budget, keyed
+    /// by resolved model ID (aliases are resolved when the configuration is
+    /// stored). A hold on such a model must fit both the tenant's and the model's
+    /// available amount.
+    #[serde(default)]
+    pub model_budgets: BTreeMap<String, Decimal>,
 }
 
 /// (tenant, application, model) → application inference profile ARN.
@@ -117,6 +123,9 @@ pub struct Hold {
     pub created_at_ms: i64,
     pub expires_at_ms: i64,
     pub state: HoldState,
+    /// The model budget the hold was admitted under, when the tenant has one for
+    /// its model: the hold is then also counted in the model row's `reserved`.
+    pub model_budget_usd: Option<Decimal>,
 }
 
 impl Hold {
@@ -143,6 +152,13 @@ pub enum ReserveOutcome {
     Existing(Box<Hold>),
     /// The hold does not fit.
     Insufficient {
+        available: Decimal,
+        spent: Decimal,
+        budget: Decimal,
+    },
+    /// The hold does not fit the model's budget (`Hold::model_budget_usd`).
+    ModelInsufficient {
+        model_id: String,
         available: Decimal,
         spent: Decimal,
         budget: Decimal,
@@ -190,11 +206,28 @@ impl Totals {
     }
 }
 
+/// A model row's budget state (rows that were ever reserved under a model budget).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelLimit {
+    /// The model budget last applied to the row.
+    pub budget_usd: Decimal,
+    pub reserved_usd: Decimal,
+}
+
+impl ModelLimit {
+    /// `budget − spent − reserved`.
+    pub fn available(&self, spent: Decimal) -> Decimal {
+        crate::ledger::available(self.budget_usd, spent, self.reserved_usd)
+    }
+}
+
 /// A period's balance with its per-model breakdown.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Balance {
     pub totals: Totals,
     pub by_model: BTreeMap<String, Counters>,
+    /// Budget and reserved of model rows that carry a model budget.
+    pub model_limits: BTreeMap<String, ModelLimit>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,9 +264,27 @@ pub trait Store: Send + Sync + 'static {
     async fn get_tenant(&self, tenant_id: &str) -> Result<Option<TenantConfig>>;
     async fn list_tenants(&self) -> Result<Vec<TenantConfig>>;
 
-    async fn put_price(&self, price: &ModelPrice) -> Result<()>;
-    async fn get_price(&self, model_id: &str) -> Result<Option<ModelPrice>>;
-    async fn list_prices(&self) -> Result<Vec<ModelPrice>>;
+    /// The price region of the plain price methods below (`--pricing-region`).
+    fn pricing_region(&self) -> &str {
+        crate::pricing::DEFAULT_REGION
+    }
+    /// Prices live in one table per region.
+    async fn put_price_in(&self, region: &str, price: &ModelPrice) -> Result<()>;
+    async fn get_price_in(&self, region: &str, model_id: &str) -> Result<Option<ModelPrice>>;
+    async fn list_prices_in(&self, region: &str) -> Result<Vec<ModelPrice>>;
+
+    /// [`Store::put_price_in`] the store's [`Store::pricing_region`].
+    async fn put_price(&self, price: &ModelPrice) -> Result<()> {
+        self.put_price_in(self.pricing_region(), price).await
+    }
+    /// [`Store::get_price_in`] the store's [`Store::pricing_region`].
+    async fn get_price(&self, model_id: &str) -> Result<Option<ModelPrice>> {
+        self.get_price_in(self.pricing_region(), model_id).await
+    }
+    /// [`Store::list_prices_in`] the store's [`Store::pricing_region`].
+    async fn list_prices(&self) -> Result<Vec<ModelPrice>> {
+        self.list_prices_in(self.pricing_region()).await
+    }
 
     async fn put_alias(&self, alias: &str, model_id: &str) -> Result<()>;
     async fn get_alias(&self, alias: &str) -> Result<Option<String>>;
@@ -273,6 +324,9 @@ pub trait Store: Send + Sync + 'static {
     /// Atomically: create the period row with `period_budget` if missing, check
     /// `budget − spent − reserved ≥ hold`, add the hold to `reserved` and record
     /// it (with `budget_remaining_usd` set to the available amount after it).
+    /// With `hold.model_budget_usd` set, the model row (budget set to it) must
+    /// admit the hold too and counts it in its `reserved`; commit, release and
+    /// expiry give it back there as well.
     async fn reserve(&self, hold: &Hold, period_budget: Decimal) -> Result<ReserveOutcome>;
     /// Atomically settles a hold at its price snapshot: `spent += cost`, and
     /// `reserved −= hold` when it was still open. Idempotent per request id.

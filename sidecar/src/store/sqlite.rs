@@ -134,9 +134,33 @@ CREATE TABLE IF NOT EXISTS alerts (
 /// Version 2: per-tenant tokens-per-minute limit.
 const SCHEMA_V2: &str = "ALTER TABLE tenants ADD COLUMN rate_limit_tpm INTEGER;";
 
+/// Version 3: per-model budgets. `tenants.model_budgets` is a JSON object of
+/// decimal strings; a hold admitted under a model budget records it
+/// (`holds.model_budget_usd`); a model row whose `budget_usd` is a model budget
+/// has `has_budget = 1` (its `reserved_usd` then counts that model's open holds).
+const SCHEMA_V3: &str = "ALTER TABLE tenants ADD COLUMN model_budgets TEXT;
+ALTER TABLE holds ADD COLUMN model_budget_usd TEXT;
+ALTER TABLE budgets ADD COLUMN has_budget INTEGER NOT NULL DEFAULT 0;";
+
+/// Version 4: one price table per region, keyed by (region, model_id). Existing
+/// prices move to the default region, `global`.
+const SCHEMA_V4: &str = "CREATE TABLE pricing_by_region (
+    region TEXT NOT NULL,
+    model_id TEXT NOT NULL,
+    input TEXT NOT NULL,
+    output TEXT NOT NULL,
+    cache_read TEXT,
+    cache_write TEXT,
+    PRIMARY KEY (region, model_id)
+);
+INSERT INTO pricing_by_region (region, model_id, input, output, cache_read, cache_write)
+    SELECT 'global', model_id, input, output, cache_read, cache_write FROM pricing;
+DROP TABLE pricing;
+ALTER TABLE pricing_by_region RENAME TO pricing;";
+
 /// Ordered schema migrations: entry `i` takes a database from `user_version` `i`
 /// to `i + 1`. Append only; never edit a released entry.
-pub const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+pub const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
 
 /// The schema version this binary writes (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -208,6 +232,7 @@ fn i(v: u64) -> i64 {
 
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    pricing_region: String,
 }
 
 impl SqliteStore {
@@ -228,7 +253,14 @@ impl SqliteStore {
         }
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            pricing_region: crate::pricing::DEFAULT_REGION.to_string(),
         })
+    }
+
+    /// Sets the region of the plain price methods (`Store::pricing_region`).
+    pub fn with_pricing_region(mut self, region: &str) -> Self {
+        self.pricing_region = region.to_string();
+        self
     }
 
     async fn with<T, F>(&self, f: F) -> Result<T>
@@ -246,7 +278,7 @@ impl SqliteStore {
     }
 }
 
-const TENANT_COLS: &str = "tenant_id, budget_usd, alert_threshold, reset_cycle, active, allowed_models, default_model, max_tokens_cap, rate_limit_rpm, rate_limit_tpm";
+const TENANT_COLS: &str = "tenant_id, budget_usd, alert_threshold, reset_cycle, active, allowed_models, default_model, max_tokens_cap, rate_limit_rpm, rate_limit_tpm, model_budgets";
 
 fn tenant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TenantConfig>> {
     let cycle: String = row.get(3)?;
@@ -258,6 +290,11 @@ fn tenant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TenantCon
             .map_err(|e| Error::Corrupt(format!("allowed_models: {e}")))?;
         Ok::<_, Error>((reset_cycle, allowed_models))
     })();
+    let budgets: Option<String> = row.get(10)?;
+    let model_budgets = match budgets.as_deref().map(parse_model_budgets).transpose() {
+        Ok(m) => m.unwrap_or_default(),
+        Err(e) => return Ok(Err(e)),
+    };
     let (reset_cycle, allowed_models) = match built {
         Ok(v) => v,
         Err(e) => return Ok(Err(e)),
@@ -279,10 +316,31 @@ fn tenant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TenantCon
         rate_limit_tpm: row
             .get::<_, Option<i64>>(9)?
             .map(|v| u64::try_from(v).unwrap_or(0)),
+        model_budgets,
     }))
 }
 
-const HOLD_COLS: &str = "request_id, tenant_id, period, model_id, target_model, application_id, cost_center, environment, user_id, max_output_tokens, hold_usd, budget_remaining_usd, rate_input, rate_output, rate_cache_read, rate_cache_write, created_at, expires_at, state";
+fn parse_model_budgets(text: &str) -> Result<BTreeMap<String, Decimal>> {
+    let raw: BTreeMap<String, String> =
+        serde_json::from_str(text).map_err(|e| Error::Corrupt(format!("model_budgets: {e}")))?;
+    raw.into_iter()
+        .map(|(m, v)| {
+            v.parse::<Decimal>()
+                .map(|d| (m, d))
+                .map_err(|e| Error::Corrupt(format!("model_budgets: {e}")))
+        })
+        .collect()
+}
+
+fn model_budgets_json(m: &BTreeMap<String, Decimal>) -> Result<Option<String>> {
+    if m.is_empty() {
+        return Ok(None);
+    }
+    let text: BTreeMap<&String, String> = m.iter().map(|(k, v)| (k, v.to_string())).collect();
+    Ok(Some(serde_json::to_string(&text)?))
+}
+
+const HOLD_COLS: &str = "request_id, tenant_id, period, model_id, target_model, application_id, cost_center, environment, user_id, max_output_tokens, hold_usd, budget_remaining_usd, rate_input, rate_output, rate_cache_read, rate_cache_write, created_at, expires_at, state, model_budget_usd";
 
 fn hold_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Hold> {
     let state: String = row.get(18)?;
@@ -317,6 +375,7 @@ fn hold_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Hold> {
         created_at_ms: row.get(16)?,
         expires_at_ms: row.get(17)?,
         state,
+        model_budget_usd: opt_dec(row, 19)?,
     })
 }
 
@@ -417,11 +476,18 @@ fn set_state(tx: &Transaction<'_>, request_id: &str, state: HoldState, now_ms: i
     Ok(())
 }
 
-/// `reserved −= hold` on the hold's period row (never below zero).
+/// `reserved −= hold` on the hold's period row (never below zero), and on its
+/// model row when the hold was admitted under a model budget.
 fn unreserve(tx: &Transaction<'_>, hold: &Hold) -> Result<()> {
     if let Some(mut t) = load_row(tx, &hold.tenant_id, &hold.period, "ALL")? {
         t.reserved_usd = (t.reserved_usd - hold.hold_usd).max(Decimal::ZERO);
         store_row(tx, &hold.tenant_id, "ALL", &t)?;
+    }
+    if hold.model_budget_usd.is_some() {
+        if let Some(mut m) = load_row(tx, &hold.tenant_id, &hold.period, &hold.model_id)? {
+            m.reserved_usd = (m.reserved_usd - hold.hold_usd).max(Decimal::ZERO);
+            store_row(tx, &hold.tenant_id, &hold.model_id, &m)?;
+        }
     }
     Ok(())
 }
@@ -435,13 +501,14 @@ impl Store for SqliteStore {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute(
                 &format!(
-                    "INSERT INTO tenants ({TENANT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                    "INSERT INTO tenants ({TENANT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                      ON CONFLICT (tenant_id) DO UPDATE SET budget_usd = excluded.budget_usd,
                        alert_threshold = excluded.alert_threshold, reset_cycle = excluded.reset_cycle,
                        active = excluded.active, allowed_models = excluded.allowed_models,
                        default_model = excluded.default_model, max_tokens_cap = excluded.max_tokens_cap,
                        rate_limit_rpm = excluded.rate_limit_rpm,
-                       rate_limit_tpm = excluded.rate_limit_tpm"
+                       rate_limit_tpm = excluded.rate_limit_tpm,
+                       model_budgets = excluded.model_budgets"
                 ),
                 params![
                     cfg.tenant_id,
@@ -454,6 +521,7 @@ impl Store for SqliteStore {
                     cfg.max_tokens_cap.map(i),
                     cfg.rate_limit_rpm.map(i64::from),
                     cfg.rate_limit_tpm.map(i),
+                    model_budgets_json(&cfg.model_budgets)?,
                 ],
             )?;
             tx.execute(
@@ -495,19 +563,25 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn put_price(&self, price: &ModelPrice) -> Result<()> {
+    fn pricing_region(&self) -> &str {
+        &self.pricing_region
+    }
+
+    async fn put_price_in(&self, region: &str, price: &ModelPrice) -> Result<()> {
         let p = price.clone();
+        let region = region.to_string();
         self.with(move |conn| {
             conn.execute(
-                "INSERT INTO pricing (model_id, input, output, cache_read, cache_write) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (model_id) DO UPDATE SET input = excluded.input, output = excluded.output,
+                "INSERT INTO pricing (region, model_id, input, output, cache_read, cache_write) VALUES (?6, ?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (region, model_id) DO UPDATE SET input = excluded.input, output = excluded.output,
                    cache_read = excluded.cache_read, cache_write = excluded.cache_write",
                 params![
                     p.model_id,
                     Dec(p.input),
                     Dec(p.output),
                     p.cache_read.map(Dec),
-                    p.cache_write.map(Dec)
+                    p.cache_write.map(Dec),
+                    region,
                 ],
             )?;
             Ok(())
@@ -515,13 +589,14 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn get_price(&self, model_id: &str) -> Result<Option<ModelPrice>> {
+    async fn get_price_in(&self, region: &str, model_id: &str) -> Result<Option<ModelPrice>> {
         let id = model_id.to_string();
+        let region = region.to_string();
         self.with(move |conn| {
             Ok(conn
                 .query_row(
-                    "SELECT model_id, input, output, cache_read, cache_write FROM pricing WHERE model_id = ?1",
-                    params![id],
+                    "SELECT model_id, input, output, cache_read, cache_write FROM pricing WHERE region = ?1 AND model_id = ?2",
+                    params![region, id],
                     price_from_row,
                 )
                 .optional()?)
@@ -529,12 +604,13 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn list_prices(&self) -> Result<Vec<ModelPrice>> {
-        self.with(|conn| {
+    async fn list_prices_in(&self, region: &str) -> Result<Vec<ModelPrice>> {
+        let region = region.to_string();
+        self.with(move |conn| {
             let mut stmt = conn.prepare(
-                "SELECT model_id, input, output, cache_read, cache_write FROM pricing ORDER BY model_id",
+                "SELECT model_id, input, output, cache_read, cache_write FROM pricing WHERE region = ?1 ORDER BY model_id",
             )?;
-            let rows = stmt.query_map([], price_from_row)?;
+            let rows = stmt.query_map(params![region], price_from_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
@@ -749,6 +825,30 @@ impl Store for SqliteStore {
             if let Some(existing) = get_hold_tx(&tx, &h.request_id)? {
                 return Ok(ReserveOutcome::Existing(Box::new(existing)));
             }
+            let mut model_row = None;
+            if let Some(mb) = h.model_budget_usd {
+                ensure_row(&tx, &h.tenant_id, &h.period, &h.model_id, mb)?;
+                tx.execute(
+                    "UPDATE budgets SET budget_usd = ?4, has_budget = 1
+                     WHERE tenant_id = ?1 AND period = ?2 AND scope = ?3",
+                    params![h.tenant_id, h.period, h.model_id, Dec(mb)],
+                )?;
+                let m = load_row(&tx, &h.tenant_id, &h.period, &h.model_id)?
+                    .ok_or_else(|| Error::Internal("model row vanished".into()))?;
+                let available = m.available();
+                if !crate::ledger::admits(available, h.hold_usd) {
+                    // Keep the row's budget in step with the configuration, as
+                    // an admitted hold would.
+                    tx.commit()?;
+                    return Ok(ReserveOutcome::ModelInsufficient {
+                        model_id: h.model_id.clone(),
+                        available,
+                        spent: m.counters.spent_usd,
+                        budget: m.budget_usd,
+                    });
+                }
+                model_row = Some(m);
+            }
             ensure_row(&tx, &h.tenant_id, &h.period, "ALL", period_budget)?;
             let mut t = load_row(&tx, &h.tenant_id, &h.period, "ALL")?
                 .ok_or_else(|| Error::Internal("period row vanished".into()))?;
@@ -762,11 +862,15 @@ impl Store for SqliteStore {
             }
             t.reserved_usd += h.hold_usd;
             store_row(&tx, &h.tenant_id, "ALL", &t)?;
+            if let Some(mut m) = model_row {
+                m.reserved_usd += h.hold_usd;
+                store_row(&tx, &h.tenant_id, &h.model_id, &m)?;
+            }
             let remaining = t.available();
             tx.execute(
                 &format!(
                     "INSERT INTO holds ({HOLD_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
-                     ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
+                     ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
                 ),
                 params![
                     h.request_id,
@@ -788,6 +892,7 @@ impl Store for SqliteStore {
                     h.created_at_ms,
                     h.expires_at_ms,
                     HoldState::Open.as_str(),
+                    h.model_budget_usd.map(Dec),
                 ],
             )?;
             tx.commit()?;
@@ -836,6 +941,10 @@ impl Store for SqliteStore {
             ensure_row(&tx, &hold.tenant_id, &hold.period, &hold.model_id, Decimal::ZERO)?;
             let mut per_model = load_row(&tx, &hold.tenant_id, &hold.period, &hold.model_id)?
                 .ok_or_else(|| Error::Internal("model row vanished".into()))?;
+            if hold.state == HoldState::Open && hold.model_budget_usd.is_some() {
+                per_model.reserved_usd =
+                    (per_model.reserved_usd - hold.hold_usd).max(Decimal::ZERO);
+            }
             add_usage(&mut per_model.counters, &usage, cost);
             store_row(&tx, &hold.tenant_id, &hold.model_id, &per_model)?;
             set_state(&tx, &id, HoldState::Committed, now_ms)?;
@@ -924,13 +1033,35 @@ impl Store for SqliteStore {
                 ..Default::default()
             });
             let mut stmt = conn.prepare(&format!(
-                "SELECT {BUDGET_COLS}, scope FROM budgets WHERE tenant_id = ?1 AND period = ?2 AND scope <> 'ALL'"
+                "SELECT {BUDGET_COLS}, scope, has_budget FROM budgets WHERE tenant_id = ?1 AND period = ?2 AND scope <> 'ALL'"
             ))?;
             let rows = stmt.query_map(params![t, p], |row| {
-                Ok((row.get::<_, String>(8)?, totals_from_row(&p, row)?.counters))
+                Ok((
+                    row.get::<_, String>(8)?,
+                    totals_from_row(&p, row)?,
+                    row.get::<_, i64>(9)? != 0,
+                ))
             })?;
-            let by_model = rows.collect::<rusqlite::Result<BTreeMap<_, _>>>()?;
-            Ok(Balance { totals, by_model })
+            let mut by_model = BTreeMap::new();
+            let mut model_limits = BTreeMap::new();
+            for r in rows {
+                let (model, row, has_budget) = r?;
+                if has_budget {
+                    model_limits.insert(
+                        model.clone(),
+                        ModelLimit {
+                            budget_usd: row.budget_usd,
+                            reserved_usd: row.reserved_usd,
+                        },
+                    );
+                }
+                by_model.insert(model, row.counters);
+            }
+            Ok(Balance {
+                totals,
+                by_model,
+                model_limits,
+            })
         })
         .await
     }
