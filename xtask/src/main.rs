@@ -1,6 +1,7 @@
 //! `cargo xtask …`: everything a developer or CI runs, each command installing
 //! what it needs first.
 
+mod bench;
 mod fuzz;
 mod setup;
 mod stack;
@@ -33,6 +34,9 @@ enum Cmd {
     Demo,
     /// Everything CI runs.
     Test,
+    /// The benchmark report (DESIGN §6): gateway with and without Tollgate,
+    /// side by side on the emulator; writes .tollgate/bench/report.md.
+    Bench(bench::BenchArgs),
     /// Fuzz the event-stream decoder and body readers (needs nightly).
     Fuzz {
         /// Seconds per target.
@@ -106,6 +110,10 @@ fn main() -> Result<()> {
         Cmd::Test => {
             let tools = setup::setup()?;
             test(&tools)
+        }
+        Cmd::Bench(args) => {
+            let tools = setup::setup()?;
+            bench::bench(&tools, &args)
         }
         Cmd::Fuzz { seconds } => fuzz::fuzz(seconds),
     }

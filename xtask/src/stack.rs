@@ -240,6 +240,28 @@ impl Stack {
         Ok(())
     }
 
+    /// Starts `cmd` as process `name` (logs in `logs/{name}.log`) and waits until
+    /// `GET ready_path` on `port` answers 200. For callers that build their own
+    /// command lines (release binaries, several Envoys).
+    pub fn start_process(
+        &mut self,
+        name: &'static str,
+        cmd: Command,
+        port: u16,
+        ready_path: &str,
+    ) -> Result<()> {
+        self.spawn(name, cmd)?;
+        self.wait_ready(name, port, ready_path)
+    }
+
+    /// The PID of a running process started by this stack.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.procs
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.child.id())
+    }
+
     /// Blocks until a child exits (or we are interrupted).
     pub fn wait_any(&mut self) -> Result<()> {
         loop {
@@ -321,7 +343,7 @@ pub fn http_status(port: u16, path: &str) -> Option<u16> {
 
 /// The key sealing SigV4 secrets: `TOLLGATE_SECRET_KEY` when set, else one kept
 /// in `.tollgate/secret.key` so issued credentials survive restarts.
-fn secret_key() -> Result<String> {
+pub fn secret_key() -> Result<String> {
     if let Ok(k) = std::env::var("TOLLGATE_SECRET_KEY") {
         if !k.trim().is_empty() {
             return Ok(k);
@@ -338,7 +360,7 @@ fn secret_key() -> Result<String> {
     Ok(k)
 }
 
-fn random_token() -> Result<String> {
+pub fn random_token() -> Result<String> {
     let mut b = [0u8; 24];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
