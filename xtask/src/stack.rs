@@ -485,8 +485,12 @@ pub fn up(tools: &Tools, args: &UpArgs) -> Result<()> {
         println!("  ledger                              DynamoDB at {endpoint}");
     }
     println!(
-        "  gateway (Bedrock Runtime endpoint)  http://127.0.0.1:{}",
+        "  gateway (Bedrock Runtime endpoint)  https://127.0.0.1:{}",
         ports.listener
+    );
+    println!(
+        "  CA of the gateway's certificate     {}  (export AWS_CA_BUNDLE=...)",
+        tools.tls_ca().display()
     );
     println!(
         "  sidecar API, /metrics, /healthz     http://127.0.0.1:{}",
