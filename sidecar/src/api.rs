@@ -345,18 +345,23 @@ struct IssueKeyBody {
     application_id: Option<String>,
 }
 
+impl IssueKeyBody {
+    /// The body is optional: empty means no application binding.
+    fn parse(body: &[u8]) -> Result<Self, Error> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self::default());
+        }
+        serde_json::from_slice(body).map_err(|e| Error::invalid(format!("invalid JSON body: {e}")))
+    }
+}
+
 async fn issue_key(
     _: Admin,
     State(s): State<AppState>,
     Path(tenant): Path<String>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let body: IssueKeyBody = if body.iter().all(u8::is_ascii_whitespace) {
-        IssueKeyBody::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| Error::invalid(format!("invalid JSON body: {e}")))?
-    };
+    let body = IssueKeyBody::parse(&body)?;
     let (record, key) = s.service.issue_key(&tenant, body.application_id).await?;
     Ok((
         StatusCode::CREATED,
@@ -376,12 +381,7 @@ async fn issue_sigv4(
     Path(tenant): Path<String>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let body: IssueKeyBody = if body.iter().all(u8::is_ascii_whitespace) {
-        IssueKeyBody::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| Error::invalid(format!("invalid JSON body: {e}")))?
-    };
+    let body = IssueKeyBody::parse(&body)?;
     let (record, secret) = s.service.issue_sigv4(&tenant, body.application_id).await?;
     Ok((
         StatusCode::CREATED,

@@ -1,7 +1,7 @@
 //! Command-line client for the admin API (`tollgate-sidecar tenants|keys|prices|…`).
 
 use crate::config::{
-    AliasesCommand, ClientArgs, Command, KeysCommand, PricesCommand, ProfilesCommand,
+    AliasesCommand, ClientArgs, Command, KeysArgs, KeysCommand, PricesCommand, ProfilesCommand,
     TenantsCommand,
 };
 use crate::error::{Error, Result};
@@ -136,66 +136,8 @@ pub async fn run(command: Command) -> Result<()> {
                 TenantsCommand::List => c.print(Method::GET, "/v1/tenants", None).await,
             }
         }
-        Command::Sigv4(a) => {
-            let c = Client::new(&a.client)?;
-            match a.command {
-                KeysCommand::Issue {
-                    tenant,
-                    application,
-                } => {
-                    c.print(
-                        Method::POST,
-                        &format!("/v1/tenants/{}/sigv4-credentials", seg(&tenant)),
-                        Some(json!({ "application_id": application })),
-                    )
-                    .await?;
-                    eprintln!("Store the secret access key now: it is not shown again.");
-                    Ok(())
-                }
-                KeysCommand::Revoke { tenant, key_id } => {
-                    c.call(
-                        Method::DELETE,
-                        &format!(
-                            "/v1/tenants/{}/sigv4-credentials/{}",
-                            seg(&tenant),
-                            seg(&key_id)
-                        ),
-                        None,
-                    )
-                    .await?;
-                    println!("revoked {key_id}");
-                    Ok(())
-                }
-            }
-        }
-        Command::Keys(a) => {
-            let c = Client::new(&a.client)?;
-            match a.command {
-                KeysCommand::Issue {
-                    tenant,
-                    application,
-                } => {
-                    c.print(
-                        Method::POST,
-                        &format!("/v1/tenants/{}/keys", seg(&tenant)),
-                        Some(json!({ "application_id": application })),
-                    )
-                    .await?;
-                    eprintln!("Store the key now: it is not shown again.");
-                    Ok(())
-                }
-                KeysCommand::Revoke { tenant, key_id } => {
-                    c.call(
-                        Method::DELETE,
-                        &format!("/v1/tenants/{}/keys/{}", seg(&tenant), seg(&key_id)),
-                        None,
-                    )
-                    .await?;
-                    println!("revoked {key_id}");
-                    Ok(())
-                }
-            }
-        }
+        Command::Sigv4(a) => credentials(&a, "sigv4-credentials", "secret access key").await,
+        Command::Keys(a) => credentials(&a, "keys", "key").await,
         Command::Prices(a) => {
             let c = Client::new(&a.client)?;
             let q = a
@@ -309,6 +251,36 @@ pub async fn run(command: Command) -> Result<()> {
             }
             c.print(Method::GET, &format!("/v1/usage?{}", q.join("&")), None)
                 .await
+        }
+    }
+}
+
+/// `keys` and `sigv4`: issue (the secret is printed once) and revoke.
+async fn credentials(a: &KeysArgs, collection: &str, secret_name: &str) -> Result<()> {
+    let c = Client::new(&a.client)?;
+    match &a.command {
+        KeysCommand::Issue {
+            tenant,
+            application,
+        } => {
+            c.print(
+                Method::POST,
+                &format!("/v1/tenants/{}/{collection}", seg(tenant)),
+                Some(json!({ "application_id": application })),
+            )
+            .await?;
+            eprintln!("Store the {secret_name} now: it is not shown again.");
+            Ok(())
+        }
+        KeysCommand::Revoke { tenant, key_id } => {
+            c.call(
+                Method::DELETE,
+                &format!("/v1/tenants/{}/{collection}/{}", seg(tenant), seg(key_id)),
+                None,
+            )
+            .await?;
+            println!("revoked {key_id}");
+            Ok(())
         }
     }
 }

@@ -1,0 +1,71 @@
+//! `tollgate-sidecar keys …` and `sigv4 …`: the real binary against an in-process
+//! sidecar; secrets printed once, revocation visible in the tenant view.
+
+mod common;
+
+use common::{Setup, TestSidecar, TOKEN};
+use tollgate_sidecar::seal::SealingKey;
+use tollgate_sidecar::service::Settings;
+
+fn cli(url: &str, args: &[&str]) -> (String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate-sidecar"))
+        .args(args)
+        .env("TOLLGATE_URL", url)
+        .env("TOLLGATE_ADMIN_TOKEN", TOKEN)
+        .output()
+        .expect("run cli");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "{args:?}: {stderr}");
+    (stdout, stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn issue_and_revoke_keys_and_sigv4_credentials() {
+    let s = TestSidecar::start_with(Setup {
+        settings: Settings {
+            sealing_key: Some(SealingKey::parse(&"ab".repeat(32)).unwrap()),
+            ..Settings::default()
+        },
+        ..Setup::default()
+    })
+    .await;
+    s.tenant("acme", serde_json::json!({})).await;
+
+    let (out, err) = cli(&s.url, &["keys", "issue", "acme", "--application", "bot"]);
+    let key: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(key["key"].as_str().unwrap().starts_with("tg_"), "{out}");
+    assert_eq!(key["application_id"], "bot");
+    assert!(err.contains("not shown again"), "{err}");
+    let key_id = key["key_id"].as_str().unwrap();
+
+    let (out, _) = cli(&s.url, &["sigv4", "issue", "acme"]);
+    let cred: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let akid = cred["access_key_id"].as_str().unwrap();
+    assert!(akid.starts_with("TGAK") && akid.len() == 20, "{out}");
+    assert_eq!(cred["secret_access_key"].as_str().unwrap().len(), 40);
+
+    let (out, _) = cli(&s.url, &["keys", "revoke", "acme", key_id]);
+    assert_eq!(out.trim(), format!("revoked {key_id}"));
+    let (out, _) = cli(&s.url, &["sigv4", "revoke", "acme", akid]);
+    assert_eq!(out.trim(), format!("revoked {akid}"));
+
+    let (_, t) = s.admin("GET", "/v1/tenants/acme", None).await;
+    let revoked = t["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["key_id"] == key_id)
+        .unwrap();
+    assert_eq!(revoked["revoked"], true, "{t}");
+    let (_, creds) = s
+        .admin("GET", "/v1/tenants/acme/sigv4-credentials", None)
+        .await;
+    assert_eq!(creds["credentials"][0]["revoked"], true, "{creds}");
+    assert!(
+        creds.to_string().find("sealed").is_none(),
+        "secrets must not be listed: {creds}"
+    );
+}
