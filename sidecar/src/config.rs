@@ -68,6 +68,16 @@ pub struct ServeArgs {
     /// SQLite ledger file (created if missing).
     #[arg(long, env = "TOLLGATE_DB", default_value = ".tollgate/ledger.db")]
     pub db: PathBuf,
+    /// SQLite durability: `full` syncs every ledger write to disk (survives power
+    /// loss); `normal` syncs at WAL checkpoints (survives a crash of the sidecar,
+    /// may lose the last writes on power loss) and is about 3× faster.
+    #[arg(
+        long,
+        env = "TOLLGATE_SQLITE_SYNCHRONOUS",
+        value_enum,
+        default_value = "full"
+    )]
+    pub sqlite_synchronous: crate::store::sqlite::Synchronous,
     /// JSON seed file applied (upserted) at startup.
     #[arg(long, env = "TOLLGATE_SEED")]
     pub seed: Option<PathBuf>,

@@ -45,7 +45,9 @@ pub async fn build(opts: &Options) -> Result<Sidecar> {
 pub async fn open_store(args: &ServeArgs) -> Result<Arc<dyn Store>> {
     Ok(match args.store {
         StoreKind::Sqlite => Arc::new(
-            SqliteStore::open(&args.db)?.with_pricing_region(&args.dynamodb.pricing_region()?),
+            SqliteStore::open(&args.db)?
+                .with_synchronous(args.sqlite_synchronous)?
+                .with_pricing_region(&args.dynamodb.pricing_region()?),
         ),
         StoreKind::Dynamodb => {
             Arc::new(DynamoStore::connect(&args.dynamodb.store_options()?).await?)

@@ -1,4 +1,4 @@
-//! Embedded store: SQLite (WAL, `synchronous=FULL`) on local disk.
+//! Embedded store: SQLite (WAL, `synchronous=FULL` unless `--sqlite-synchronous normal`) on local disk.
 //!
 //! One connection behind a mutex, used from `spawn_blocking`. Every balance change
 //! runs in a single `BEGIN IMMEDIATE` transaction, so the check-and-move of a hold
@@ -235,7 +235,30 @@ pub struct SqliteStore {
     pricing_region: String,
 }
 
+/// `PRAGMA synchronous` for the ledger (`--sqlite-synchronous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Synchronous {
+    /// Every commit reaches the disk before it is acknowledged.
+    #[default]
+    Full,
+    /// WAL is synced at checkpoints: durable across process crashes, not power loss.
+    Normal,
+}
+
 impl SqliteStore {
+    /// Sets how hard each write is pushed to disk (default: `Full`).
+    pub fn with_synchronous(self, mode: Synchronous) -> Result<Self> {
+        let value = match mode {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        };
+        self.conn
+            .lock()
+            .map_err(|_| Error::Internal("ledger connection lock poisoned".into()))?
+            .pragma_update(None, "synchronous", value)?;
+        Ok(self)
+    }
+
     /// Opens (creating if needed) the ledger file and its schema.
     pub fn open(path: &Path) -> Result<Self> {
         if let Some(dir) = path.parent() {
@@ -1192,4 +1215,25 @@ fn key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKeyRecord> {
         created_at_ms: r.get(4)?,
         revoked: r.get::<_, Option<i64>>(5)?.is_some(),
     })
+}
+
+#[cfg(test)]
+mod synchronous_tests {
+    use super::*;
+
+    #[test]
+    fn synchronous_mode_is_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let read = |s: &SqliteStore| -> i64 {
+            s.conn
+                .lock()
+                .unwrap()
+                .query_row("PRAGMA synchronous", [], |r| r.get(0))
+                .unwrap()
+        };
+        let s = SqliteStore::open(&dir.path().join("l.db")).unwrap();
+        assert_eq!(read(&s), 2, "FULL by default");
+        let s = s.with_synchronous(Synchronous::Normal).unwrap();
+        assert_eq!(read(&s), 1);
+    }
 }
