@@ -3,24 +3,9 @@
 
 mod common;
 
-use common::{Setup, TestSidecar, TOKEN};
+use common::{cli, Setup, TestSidecar};
 use tollgate_sidecar::seal::SealingKey;
 use tollgate_sidecar::service::Settings;
-
-fn cli(url: &str, args: &[&str]) -> (String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate-sidecar"))
-        .args(args)
-        .env("TOLLGATE_URL", url)
-        .env("TOLLGATE_ADMIN_TOKEN", TOKEN)
-        .output()
-        .expect("run cli");
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    assert!(out.status.success(), "{args:?}: {stderr}");
-    (stdout, stderr)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn issue_and_revoke_keys_and_sigv4_credentials() {

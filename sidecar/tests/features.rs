@@ -135,8 +135,9 @@ async fn tokens_per_minute_limit_charges_estimates_and_corrects_at_commit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cli_and_seed_set_the_tokens_per_minute_limit() {
     let s = TestSidecar::start().await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate-sidecar"))
-        .args([
+    cli(
+        &s.url,
+        &[
             "tenants",
             "set",
             "clitenant",
@@ -146,15 +147,7 @@ async fn cli_and_seed_set_the_tokens_per_minute_limit() {
             "10",
             "--tpm",
             "5000",
-        ])
-        .env("TOLLGATE_URL", &s.url)
-        .env("TOLLGATE_ADMIN_TOKEN", TOKEN)
-        .output()
-        .expect("run cli");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
     let b = s.balance("clitenant").await;
     assert_eq!(b["config"]["rate_limit_tpm"], 5000, "{b}");

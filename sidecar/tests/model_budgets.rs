@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{d, dec, Setup, TestSidecar, HAIKU, SONNET, TOKEN};
+use common::{cli, cli_output, d, dec, Setup, TestSidecar, HAIKU, SONNET};
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
@@ -155,8 +155,9 @@ async fn model_budgets_are_validated_and_set_by_cli_and_seed() {
         d("0.30000000000000000001")
     );
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate-sidecar"))
-        .args([
+    cli(
+        &s.url,
+        &[
             "tenants",
             "set",
             "clitenant",
@@ -166,15 +167,7 @@ async fn model_budgets_are_validated_and_set_by_cli_and_seed() {
             "claude-3-sonnet=0.50",
             "--model-budget",
             &format!("{HAIKU}=0.25"),
-        ])
-        .env("TOLLGATE_URL", &s.url)
-        .env("TOLLGATE_ADMIN_TOKEN", TOKEN)
-        .output()
-        .expect("run cli");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
     let v = s.balance("clitenant").await;
     assert_eq!(
@@ -182,8 +175,9 @@ async fn model_budgets_are_validated_and_set_by_cli_and_seed() {
         json!({ SONNET: "0.50", HAIKU: "0.25" }),
         "{v}"
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate-sidecar"))
-        .args([
+    let out = cli_output(
+        &s.url,
+        &[
             "tenants",
             "set",
             "x",
@@ -191,11 +185,8 @@ async fn model_budgets_are_validated_and_set_by_cli_and_seed() {
             "1",
             "--model-budget",
             "nope",
-        ])
-        .env("TOLLGATE_URL", &s.url)
-        .env("TOLLGATE_ADMIN_TOKEN", TOKEN)
-        .output()
-        .expect("run cli");
+        ],
+    );
     assert!(!out.status.success());
 
     let dir = tempfile::tempdir().unwrap();

@@ -3,18 +3,15 @@
 
 mod common;
 
-use common::{d, dec, TestSidecar, TOKEN};
+use common::{cli_output, d, dec, TestSidecar};
 use reqwest::StatusCode;
 use std::path::Path;
 
 fn import(url: &str, file: &Path) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_tollgate-sidecar"))
-        .args(["prices", "import"])
-        .arg(file)
-        .env("TOLLGATE_URL", url)
-        .env("TOLLGATE_ADMIN_TOKEN", TOKEN)
-        .output()
-        .expect("run cli")
+    cli_output(
+        url,
+        &["prices", "import", file.to_str().expect("utf-8 path")],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -4,7 +4,7 @@
 mod common;
 
 use clap::Parser;
-use common::{d, dec, Setup, TestSidecar, HAIKU, SONNET, TOKEN};
+use common::{cli, d, dec, Setup, TestSidecar, HAIKU, SONNET};
 use reqwest::StatusCode;
 use serde_json::json;
 use tollgate_sidecar::config::{Cli, Command};
@@ -104,20 +104,7 @@ async fn cli_prices_commands_take_a_region() {
         json!([{"model_id": "x.model", "input": "1.1", "output": "2.2"}]).to_string(),
     )
     .unwrap();
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate-sidecar"))
-            .args(args)
-            .env("TOLLGATE_URL", &s.url)
-            .env("TOLLGATE_ADMIN_TOKEN", TOKEN)
-            .output()
-            .expect("run cli");
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
+    let run = |args: &[&str]| cli(&s.url, args).0;
     run(&[
         "prices",
         "import",

@@ -241,3 +241,21 @@ pub fn dec(v: &Value) -> rust_decimal::Decimal {
 pub fn d(s: &str) -> rust_decimal::Decimal {
     s.parse().expect("decimal")
 }
+
+/// Runs the real `tollgate-sidecar` binary as an admin client of `url`.
+pub fn cli_output(url: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tollgate-sidecar"))
+        .args(args)
+        .env("TOLLGATE_URL", url)
+        .env("TOLLGATE_ADMIN_TOKEN", TOKEN)
+        .output()
+        .expect("run tollgate-sidecar")
+}
+
+/// [`cli_output`] that must succeed; returns its stdout and stderr.
+pub fn cli(url: &str, args: &[&str]) -> (String, String) {
+    let out = cli_output(url, args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{args:?}: {stderr}");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+}
