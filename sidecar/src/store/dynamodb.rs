@@ -990,6 +990,18 @@ impl DynamoStore {
             .map_err(|e| ddb_error("PutItem", table, e))
     }
 
+    /// Every item of `table` belonging to a tenant, through its `byTenant` index.
+    async fn by_tenant(&self, table: &str, tenant_id: &str) -> Result<Vec<Item>> {
+        self.query_all(
+            table,
+            Some("byTenant"),
+            "#t = :t",
+            names(&[("#t", "tenantId")]),
+            vals(vec![(":t", s(tenant_id))]),
+        )
+        .await
+    }
+
     async fn query_all(
         &self,
         table: &str,
@@ -1966,13 +1978,7 @@ impl Store for DynamoStore {
 
     async fn list_keys(&self, tenant_id: &str) -> Result<Vec<ApiKeyRecord>> {
         let mut out = self
-            .query_all(
-                &self.t.keys,
-                Some("byTenant"),
-                "#t = :t",
-                names(&[("#t", "tenantId")]),
-                vals(vec![(":t", s(tenant_id))]),
-            )
+            .by_tenant(&self.t.keys, tenant_id)
             .await?
             .iter()
             .map(|i| key_from_item(i, &self.t.keys))
@@ -2039,13 +2045,7 @@ impl Store for DynamoStore {
 
     async fn list_sigv4_credentials(&self, tenant_id: &str) -> Result<Vec<SigV4CredentialRecord>> {
         let mut out = self
-            .query_all(
-                &self.t.sigv4,
-                Some("byTenant"),
-                "#t = :t",
-                names(&[("#t", "tenantId")]),
-                vals(vec![(":t", s(tenant_id))]),
-            )
+            .by_tenant(&self.t.sigv4, tenant_id)
             .await?
             .iter()
             .map(|i| sigv4_from_item(i, &self.t.sigv4))
