@@ -440,6 +440,7 @@ impl Exchange {
             attribution: self.attribution.clone(),
             input_tokens_estimate: facts.input_tokens_estimate,
             max_output_tokens: facts.max_output_tokens,
+            lease: None,
         };
         self.body = body;
         self.facts = Some(facts);
@@ -673,6 +674,9 @@ impl Context for Exchange {
         }
         match serde_json::from_slice::<ReserveResponse>(&body) {
             Ok(ReserveResponse::Allow(r)) => self.forward(r),
+            Ok(ReserveResponse::Lease(_)) => {
+                self.sidecar_failed("unexpected lease answer", false);
+            }
             Ok(ReserveResponse::Deny(d)) => {
                 Metrics::inc(self.shared.metrics.denied);
                 log::info!(

@@ -50,6 +50,7 @@ pub fn settle(
             usage,
             estimated,
             unreserved: None,
+            lease: None,
         })
     };
     match outcome.status {
@@ -120,6 +121,7 @@ mod tests {
                 usage: usage(10, 20),
                 estimated: false,
                 unreserved: None,
+                lease: None,
             })
         );
     }
@@ -158,6 +160,7 @@ mod tests {
                 usage: usage(21, 7),
                 estimated: true,
                 unreserved: None,
+                lease: None,
             })
         );
         let s = settle(
@@ -177,6 +180,7 @@ mod tests {
                 usage: usage(900, 0),
                 estimated: true,
                 unreserved: None,
+                lease: None,
             })
         );
     }
@@ -191,6 +195,7 @@ mod tests {
                 usage: usage(42, 0),
                 estimated: true,
                 unreserved: None,
+                lease: None,
             })
         );
     }

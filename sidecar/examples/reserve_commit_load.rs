@@ -45,6 +45,7 @@ async fn pair(
         attribution: Attribution::default(),
         input_tokens_estimate: 1200,
         max_output_tokens: Some(256),
+        lease: None,
     };
     let r = client
         .post(format!("{base}{RESERVE_PATH}"))
@@ -62,6 +63,7 @@ async fn pair(
     {
         ReserveResponse::Allow(_) => {}
         ReserveResponse::Deny(_) => return Ok(false),
+        ReserveResponse::Lease(_) => return Err("unexpected lease".into()),
     }
     let batch = CommitBatch {
         commits: vec![Commit {
@@ -73,6 +75,7 @@ async fn pair(
             },
             estimated: false,
             unreserved: None,
+            lease: None,
         }],
     };
     let r = client

@@ -51,15 +51,7 @@ pub fn period_key(cycle: ResetCycle, now: OffsetDateTime) -> String {
     }
 }
 
-/// Output tokens a hold assumes (and the filter enforces upstream): the request's
-/// own limit or the sidecar default, clamped to the tenant's cap.
-pub fn max_output_tokens(requested: Option<u64>, default: u64, cap: Option<u64>) -> u64 {
-    let wanted = requested.unwrap_or(default);
-    match cap {
-        Some(cap) => wanted.min(cap),
-        None => wanted,
-    }
-}
+pub use tollgate_wire::rates::max_output_tokens;
 
 /// `budget − spent − reserved` (may be negative after late commits).
 pub fn available(budget: Decimal, spent: Decimal, reserved: Decimal) -> Decimal {
@@ -71,6 +63,49 @@ pub fn available(budget: Decimal, spent: Decimal, reserved: Decimal) -> Decimal 
 /// tenant is overdrawn.
 pub fn admits(available: Decimal, hold: Decimal) -> bool {
     hold.is_zero() || available >= hold
+}
+
+/// How much budget a lease may take (DESIGN §4, leases).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseSizing {
+    /// What the gateway asked for (a few seconds of its recent spend).
+    pub want: Decimal,
+    /// The smallest useful grant: one request's hold.
+    pub min: Decimal,
+    /// The largest share of the available budget one grant may take (0–1).
+    pub fraction: Decimal,
+}
+
+impl LeaseSizing {
+    /// The grant for `available`: `want`, but never more than `fraction` of
+    /// what is left, and never less than `min` while `min` fits — so near the
+    /// cap a lease is exactly one request's hold and the last dollar is never
+    /// promised twice. `None` when not even `min` fits (or nothing is wanted).
+    pub fn grant(&self, available: Decimal) -> Option<Decimal> {
+        if self.want <= Decimal::ZERO || available < self.min || available <= Decimal::ZERO {
+            return None;
+        }
+        let share = (available * self.fraction).min(self.want);
+        Some(share.max(self.min).min(available))
+    }
+}
+
+/// What a commit may charge: Bedrock never generates more than the output
+/// limit the gateway set, and an estimate never exceeds the input the hold was
+/// priced with. Returns the capped usage and whether anything was cut.
+pub fn cap_usage(
+    usage: &tollgate_wire::api::Usage,
+    estimated: bool,
+    max_output_tokens: u64,
+    input_tokens_estimate: u64,
+) -> (tollgate_wire::api::Usage, bool) {
+    let mut u = *usage;
+    u.output_tokens = u.output_tokens.min(max_output_tokens);
+    if estimated {
+        u.input_tokens = u.input_tokens.min(input_tokens_estimate);
+    }
+    let capped = u != *usage;
+    (u, capped)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

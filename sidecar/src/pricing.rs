@@ -7,7 +7,6 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::str::FromStr;
-use tollgate_wire::api::Usage;
 
 /// One row of the price table (USD per 1M tokens).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,30 +67,7 @@ impl PriceInput {
 /// Sanity ceiling for a price (USD per 1M tokens).
 pub const MAX_PRICE_PER_MILLION: u64 = 1_000_000;
 
-/// The per-token rates a hold was priced with; commits are charged at these.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rates {
-    pub input: Decimal,
-    pub output: Decimal,
-    pub cache_read: Decimal,
-    pub cache_write: Decimal,
-}
-
-/// The cost arithmetic overflowed `Decimal` (absurd token counts).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("cost arithmetic overflow")]
-pub struct Overflow;
-
-fn per_million() -> Decimal {
-    Decimal::new(1, 6)
-}
-
-fn tokens_cost(tokens: u64, usd_per_million: Decimal) -> Result<Decimal, Overflow> {
-    Decimal::from(tokens)
-        .checked_mul(usd_per_million)
-        .and_then(|v| v.checked_mul(per_million()))
-        .ok_or(Overflow)
-}
+pub use tollgate_wire::rates::{Overflow, Rates};
 
 impl ModelPrice {
     /// Cache-read price, or 0.1 × input when none is configured.
@@ -119,35 +95,6 @@ impl ModelPrice {
             cache_read: self.effective_cache_read(),
             cache_write: self.effective_cache_write(),
         }
-    }
-}
-
-impl Rates {
-    /// Exact cost of one invocation's usage.
-    pub fn cost(&self, usage: &Usage) -> Result<Decimal, Overflow> {
-        let parts = [
-            tokens_cost(usage.input_tokens, self.input)?,
-            tokens_cost(usage.output_tokens, self.output)?,
-            tokens_cost(usage.cache_read_input_tokens, self.cache_read)?,
-            tokens_cost(usage.cache_write_input_tokens, self.cache_write)?,
-        ];
-        parts
-            .iter()
-            .try_fold(Decimal::ZERO, |acc, p| acc.checked_add(*p))
-            .map(|d| d.normalize())
-            .ok_or(Overflow)
-    }
-
-    /// The hold for a request: input estimate × input price + max output × output price.
-    pub fn hold(
-        &self,
-        input_tokens_estimate: u64,
-        max_output_tokens: u64,
-    ) -> Result<Decimal, Overflow> {
-        tokens_cost(input_tokens_estimate, self.input)?
-            .checked_add(tokens_cost(max_output_tokens, self.output)?)
-            .map(|d| d.normalize())
-            .ok_or(Overflow)
     }
 }
 
@@ -299,6 +246,7 @@ pub fn parse_decimal_arg(s: &str) -> Result<Decimal, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tollgate_wire::api::Usage;
 
     fn d(s: &str) -> Decimal {
         s.parse().unwrap()

@@ -532,6 +532,7 @@ impl Service {
             expires_at_ms: now_ms.saturating_add(ttl_ms),
             state: HoldState::Open,
             model_budget_usd: tenant.model_budgets.get(&model_id_key).copied(),
+            input_tokens_estimate: req.input_tokens_estimate,
         };
         match self.store.reserve(&hold, tenant.budget_usd).await? {
             ReserveOutcome::Admitted => {
@@ -623,7 +624,7 @@ impl Service {
             .reserve_inner(req.clone(), Admission::Unreserved)
             .await?;
         match response {
-            ReserveResponse::Allow(_) => {
+            ReserveResponse::Allow(_) | ReserveResponse::Lease(_) => {
                 tracing::warn!(request_id, tenant = %tenant, "charging a request forwarded without a hold (failure_mode open)");
                 Ok(true)
             }
@@ -708,7 +709,9 @@ impl Service {
             let (outcome, cost_usd) = match applied {
                 CommitApplied::Unknown => (CommitOutcome::UnknownRequest, None),
                 CommitApplied::Duplicate { cost } => (CommitOutcome::Duplicate, cost),
-                CommitApplied::Committed { cost, hold, totals } => {
+                CommitApplied::Committed {
+                    cost, hold, totals, ..
+                } => {
                     self.metrics.committed(
                         &hold.tenant_id,
                         &hold.model_id,

@@ -216,6 +216,9 @@ async fn run_case(budget: Decimal, ops: Vec<Op>) -> Result<(), TestCaseError> {
                             },
                         );
                     }
+                    ReserveResponse::Lease(l) => {
+                        return Err(TestCaseError::fail(format!("lease not asked for: {l:?}")))
+                    }
                     ReserveResponse::Deny(d) => {
                         prop_assert_eq!(d.status, 402, "{:?}", d);
                         prop_assert!(
@@ -237,6 +240,9 @@ async fn run_case(budget: Decimal, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     .expect("replay");
                 match resp {
                     ReserveResponse::Allow(r) => prop_assert_eq!(r.hold_usd, hold),
+                    ReserveResponse::Lease(l) => {
+                        return Err(TestCaseError::fail(format!("lease not asked for: {l:?}")))
+                    }
                     ReserveResponse::Deny(d) => {
                         return Err(TestCaseError::fail(format!("replay denied: {d:?}")))
                     }

@@ -90,6 +90,7 @@ fn hold(id: &str, tenant: &str, model: &str, hold_usd: &str) -> Hold {
         expires_at_ms: T0 + 600_000,
         state: HoldState::Open,
         model_budget_usd: None,
+        input_tokens_estimate: 1000,
     }
 }
 
@@ -97,6 +98,7 @@ fn hold(id: &str, tenant: &str, model: &str, hold_usd: &str) -> Hold {
 fn capped(id: &str, tenant: &str, model: &str, hold_usd: &str, model_budget: &str) -> Hold {
     Hold {
         model_budget_usd: Some(d(model_budget)),
+        input_tokens_estimate: 1000,
         ..hold(id, tenant, model, hold_usd)
     }
 }
@@ -411,7 +413,9 @@ async fn commit_is_idempotent(s: Arc<dyn Store>) {
         ReserveOutcome::Admitted
     );
     match s.commit("r1", &usage(), false, T0 + 5).await.unwrap() {
-        CommitApplied::Committed { cost, hold, totals } => {
+        CommitApplied::Committed {
+            cost, hold, totals, ..
+        } => {
             assert_eq!(cost, d("0.0105"));
             assert_eq!(hold.request_id, "r1");
             assert_eq!(totals.counters.spent_usd, d("0.0105"));

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 pub const RESERVE_PATH: &str = "/v1/reserve";
 pub const COMMIT_PATH: &str = "/v1/commit";
 pub const RELEASE_PATH: &str = "/v1/release";
+pub const LEASE_RENEW_PATH: &str = "/v1/leases/renew";
 
 /// A Bedrock Runtime operation, named as in its URL path segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -112,6 +113,20 @@ pub struct ReserveRequest {
     /// The request's own output limit, when it states one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_output_tokens: Option<u64>,
+    /// Set by a gateway that admits requests locally: grant a budget lease for
+    /// this (credential, model, application) instead of a one-request hold, when
+    /// the tenant allows it. The answer is then [`ReserveResponse::Lease`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseWant>,
+}
+
+/// What a gateway asks of a new lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseWant {
+    /// Budget the gateway would like to hold (a few seconds of its recent spend).
+    /// The sidecar grants at least this request's hold and at most a fraction of
+    /// what is left.
+    pub want_usd: Decimal,
 }
 
 /// The sidecar's answer to a reserve. Always HTTP 200 when the sidecar worked;
@@ -121,6 +136,57 @@ pub struct ReserveRequest {
 pub enum ReserveResponse {
     Allow(Reservation),
     Deny(Denial),
+    /// A budget lease: the request that asked is admitted from it, and so are
+    /// later requests with the same credential, model and application, locally.
+    Lease(LeaseGrant),
+}
+
+/// Everything a gateway needs to admit requests of one (credential, model,
+/// application) locally: who they belong to, where they go, what they cost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseTerms {
+    pub tenant_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application_id: Option<String>,
+    /// The base model requests are priced as.
+    pub model_id: String,
+    /// Upstream model: the tenant's application inference profile ARN, or the
+    /// resolved model ID.
+    pub target_model: String,
+    pub rates: crate::rates::Rates,
+    /// Output tokens assumed when a request states none.
+    pub default_max_output_tokens: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens_cap: Option<u64>,
+}
+
+impl LeaseTerms {
+    /// Output limit and hold of one request admitted under these terms.
+    pub fn admit(
+        &self,
+        input_tokens_estimate: u64,
+        requested_max_output: Option<u64>,
+    ) -> Result<(u64, Decimal), crate::rates::Overflow> {
+        let max_out = crate::rates::max_output_tokens(
+            requested_max_output,
+            self.default_max_output_tokens,
+            self.max_tokens_cap,
+        );
+        Ok((max_out, self.rates.hold(input_tokens_estimate, max_out)?))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseGrant {
+    pub lease_id: String,
+    pub terms: LeaseTerms,
+    /// Budget now held for the gateway (the asking request's hold included).
+    pub granted_usd: Decimal,
+    /// The sidecar expires the lease (returning what is unused) this long after
+    /// the grant or the last renewal.
+    pub ttl_ms: u64,
+    /// The tenant's available budget after the grant.
+    pub budget_remaining_usd: Decimal,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,6 +252,73 @@ pub struct Commit {
     /// so the sidecar can identify, price and charge it now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreserved: Option<Box<ReserveRequest>>,
+    /// Set when the request was admitted locally from a lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeasedAdmission>,
+}
+
+/// How a request was admitted from a lease: the commit moves `hold_usd` out of
+/// the lease and charges the usage at the lease's rates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeasedAdmission {
+    pub lease_id: String,
+    pub hold_usd: Decimal,
+    /// The output limit enforced upstream; reported usage above it is capped.
+    pub max_output_tokens: u64,
+    pub input_tokens_estimate: u64,
+    /// The request's own attribution (tenant and application come from the lease).
+    #[serde(default)]
+    pub attribution: Attribution,
+}
+
+/// `POST /v1/leases/renew`: top up, return, and re-validate leases.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewBatch {
+    pub leases: Vec<LeaseRenewal>,
+}
+
+/// One lease's renewal. Retried with the same `seq` until answered: the sidecar
+/// applies each `seq` once and replays its answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRenewal {
+    pub lease_id: String,
+    /// 1, 2, 3…: one more than the last renewal the gateway saw answered.
+    pub seq: u64,
+    /// Unused budget the gateway gives back (it stopped admitting from it when
+    /// it sent this).
+    pub return_usd: Decimal,
+    /// Budget the gateway would like added; 0 to only return.
+    pub want_usd: Decimal,
+    /// The smallest useful top-up (one typical request's hold); a smaller grant
+    /// is not made.
+    #[serde(default)]
+    pub min_usd: Decimal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewResponse {
+    pub results: Vec<RenewResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewResult {
+    pub lease_id: String,
+    #[serde(flatten)]
+    pub outcome: RenewOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum RenewOutcome {
+    /// The lease stays valid for `ttl_ms` more; `granted_usd` was added to it.
+    Renewed {
+        granted_usd: Decimal,
+        ttl_ms: u64,
+        budget_remaining_usd: Decimal,
+    },
+    /// Stop admitting from this lease (expired, key revoked, tenant or price
+    /// changed, period ended). Requests already admitted still commit against it.
+    Closed { reason: String },
 }
 
 /// `POST /v1/commit`: settle a batch of invocations. Idempotent per request id.

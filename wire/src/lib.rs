@@ -6,5 +6,6 @@
 
 pub mod api;
 pub mod eventstream;
+pub mod rates;
 #[cfg(feature = "sigv4")]
 pub mod sigv4;

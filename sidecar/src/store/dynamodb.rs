@@ -634,6 +634,7 @@ fn hold_from_item(item: &Item, table: &str) -> Result<DHold> {
         expires_at_ms: g.i64("expiresAt")?,
         state: state.public(),
         model_budget_usd: g.opt_dec("modelBudgetUsd")?,
+        input_tokens_estimate: 0,
     };
     Ok(DHold {
         hold,
@@ -783,6 +784,7 @@ fn alert_from_item(item: &Item, table: &str) -> Result<AlertRecord> {
 fn usage_from_item(item: &Item, table: &str) -> Result<UsageRecord> {
     let g = Get::new(item, table);
     Ok(UsageRecord {
+        capped: false,
         request_id: g.s("requestId")?,
         tenant_id: g.s("tenantId")?,
         model_id: g.s("modelId")?,
@@ -2163,6 +2165,7 @@ impl Store for DynamoStore {
             let mut hold = d.hold;
             hold.state = d.state.public();
             return Ok(CommitApplied::Committed {
+                capped: false,
                 cost,
                 hold: Box::new(hold),
                 totals,

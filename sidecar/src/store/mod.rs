@@ -8,13 +8,14 @@ pub mod dynamodb;
 pub mod sqlite;
 
 use crate::error::Result;
+use crate::ledger::LeaseSizing;
 use crate::ledger::{AlertKind, ResetCycle};
 use crate::pricing::{ModelPrice, Rates};
 use async_trait::async_trait;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use tollgate_wire::api::{Attribution, Reservation, Usage};
+use tollgate_wire::api::{Attribution, LeaseTerms, Reservation, Usage};
 
 /// A tenant's configuration (`TenantConfigs` in the DynamoDB layout).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +127,9 @@ pub struct Hold {
     /// The model budget the hold was admitted under, when the tenant has one for
     /// its model: the hold is then also counted in the model row's `reserved`.
     pub model_budget_usd: Option<Decimal>,
+    /// The input-token estimate the hold was priced with. An estimated commit
+    /// never charges more input than this.
+    pub input_tokens_estimate: u64,
 }
 
 impl Hold {
@@ -141,6 +145,79 @@ impl Hold {
             budget_remaining_usd: self.budget_remaining_usd,
         }
     }
+}
+
+/// A budget lease: budget held for one gateway worker, which admits requests of
+/// one (credential, model, application) from it locally. The ledger counts
+/// `reserved_usd` in the tenant's `reserved`, so the hard cap holds for any
+/// number of gateways.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRecord {
+    pub lease_id: String,
+    pub period: String,
+    /// Tenant, application, model, target and rates requests are admitted with.
+    pub terms: LeaseTerms,
+    /// What the lease was granted for, re-checked at every renewal:
+    /// `key:<key_id>` (bearer key), `tenant:<id>` (trusted header / JWT).
+    pub credential_ref: String,
+    /// The model as the client named it (alias, ID, ARN).
+    pub requested_model: String,
+    /// Budget the lease holds now: unused headroom plus the holds of requests
+    /// admitted from it and not yet committed.
+    pub reserved_usd: Decimal,
+    /// Last renewal applied, and what it granted (replayed on a retry).
+    pub seq: u64,
+    pub last_granted_usd: Decimal,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    /// `Open`, or `Released` (returned or closed) / `Expired` (swept).
+    pub state: HoldState,
+}
+
+/// Outcome of [`Store::grant_lease`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseOutcome {
+    /// The lease row was written with `reserved_usd = granted`.
+    Granted {
+        granted: Decimal,
+        /// The tenant's available budget after the grant.
+        remaining: Decimal,
+    },
+    /// Not even `sizing.min` fits.
+    Insufficient {
+        available: Decimal,
+        spent: Decimal,
+        budget: Decimal,
+    },
+}
+
+/// Outcome of [`Store::renew_lease`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RenewApplied {
+    Renewed {
+        granted: Decimal,
+        remaining: Decimal,
+    },
+    /// The lease is unknown, expired, released, or of an ended period (then its
+    /// whole `reserved_usd` is given back now).
+    Closed { reason: String },
+}
+
+/// A commit of a request admitted from a lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeasedCommit {
+    pub request_id: String,
+    pub lease_id: String,
+    /// Usage to charge, already capped (see `ledger::cap_usage`).
+    pub usage: Usage,
+    pub estimated: bool,
+    /// Whether `usage` was cut by the cap (recorded on the usage row).
+    pub capped: bool,
+    /// The hold the gateway admitted the request with: moved out of the lease's
+    /// (and the tenant's) `reserved` while the lease is open.
+    pub hold_usd: Decimal,
+    /// Per-request attribution; tenant and application come from the lease.
+    pub attribution: Attribution,
 }
 
 /// Outcome of [`Store::reserve`].
@@ -170,6 +247,8 @@ pub enum ReserveOutcome {
 pub enum CommitApplied {
     Committed {
         cost: Decimal,
+        /// Usage was cut to what was possible (`ledger::cap_usage`).
+        capped: bool,
         hold: Box<Hold>,
         /// The period's totals after the commit.
         totals: Totals,
@@ -252,6 +331,9 @@ pub struct UsageRecord {
     pub usage: Usage,
     pub cost_usd: Decimal,
     pub estimated: bool,
+    /// The reported or estimated usage was above what the request could use
+    /// (its output limit, or for an estimate its input estimate) and was cut.
+    pub capped: bool,
     pub at_ms: i64,
 }
 
@@ -330,6 +412,8 @@ pub trait Store: Send + Sync + 'static {
     async fn reserve(&self, hold: &Hold, period_budget: Decimal) -> Result<ReserveOutcome>;
     /// Atomically settles a hold at its price snapshot: `spent += cost`, and
     /// `reserved −= hold` when it was still open. Idempotent per request id.
+    /// The usage is first capped with `ledger::cap_usage` (the hold's max output
+    /// tokens and input estimate); `capped` is recorded on the usage row.
     async fn commit(
         &self,
         request_id: &str,
@@ -339,7 +423,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<CommitApplied>;
     /// Gives an open hold back; false when it was not open.
     async fn release(&self, request_id: &str, now_ms: i64) -> Result<bool>;
-    /// Expires open holds whose expiry is ≤ now; returns how many.
+    /// Expires open holds and open leases whose expiry is ≤ now (giving their
+    /// `reserved` back); returns how many.
     async fn expire_holds(&self, now_ms: i64) -> Result<u64>;
     /// A period's balance; a period without a row shows `default_budget` unspent.
     async fn balance(
@@ -348,6 +433,62 @@ pub trait Store: Send + Sync + 'static {
         period: &str,
         default_budget: Decimal,
     ) -> Result<Balance>;
+
+    // --- leases ----------------------------------------------------------------
+    /// Whether this store implements the lease methods below. A sidecar on a
+    /// store without them answers every reserve with a one-request hold.
+    fn supports_leases(&self) -> bool {
+        false
+    }
+    /// Atomically: create the period row with `period_budget` if missing, size
+    /// the grant with `sizing.grant(available)` and, when it is at least
+    /// `sizing.min`, add it to the tenant's `reserved` and record the lease with
+    /// `reserved_usd = granted`, `seq = 0`.
+    async fn grant_lease(
+        &self,
+        _lease: &LeaseRecord,
+        _sizing: &LeaseSizing,
+        _period_budget: Decimal,
+    ) -> Result<LeaseOutcome> {
+        Err(crate::error::Error::Internal(
+            "this store does not implement leases".into(),
+        ))
+    }
+    /// Atomically, for an open lease of `current_period`: when `seq` is the
+    /// last applied, replay its grant; when older, refuse as invalid. Otherwise
+    /// move `min(return_usd, reserved)` back to available, then grant
+    /// `sizing.grant(available)` (0 when below `sizing.min`), set `seq`,
+    /// `last_granted_usd` and `expires_at_ms`. A lease of another period is
+    /// closed (its whole `reserved_usd` given back).
+    #[allow(clippy::too_many_arguments)]
+    async fn renew_lease(
+        &self,
+        _lease_id: &str,
+        _seq: u64,
+        _return_usd: Decimal,
+        _sizing: &LeaseSizing,
+        _current_period: &str,
+        _now_ms: i64,
+        _expires_at_ms: i64,
+    ) -> Result<RenewApplied> {
+        Err(crate::error::Error::Internal(
+            "this store does not implement leases".into(),
+        ))
+    }
+    async fn get_lease(&self, _lease_id: &str) -> Result<Option<LeaseRecord>> {
+        Ok(None)
+    }
+    /// Atomically charges a leased request at the lease's rates, once per
+    /// request id (a second delivery is a `Duplicate` with the first cost):
+    /// `spent += cost` on the tenant and model rows, a usage row, and, while the
+    /// lease is open, `min(hold_usd, lease.reserved)` out of the lease's and the
+    /// tenant's `reserved`. `Unknown` when no such lease exists. The returned
+    /// `Hold` describes the request (terms of the lease, its attribution).
+    async fn commit_leased(&self, _c: &LeasedCommit, _now_ms: i64) -> Result<CommitApplied> {
+        Err(crate::error::Error::Internal(
+            "this store does not implement leases".into(),
+        ))
+    }
 
     // --- alerts and reports ----------------------------------------------------
     /// Records an alert unless one of the same (tenant, period, kind) exists;

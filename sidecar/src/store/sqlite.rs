@@ -399,6 +399,7 @@ fn hold_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Hold> {
         expires_at_ms: row.get(17)?,
         state,
         model_budget_usd: opt_dec(row, 19)?,
+        input_tokens_estimate: 0,
     })
 }
 
@@ -996,6 +997,7 @@ impl Store for SqliteStore {
             )?;
             tx.commit()?;
             Ok(CommitApplied::Committed {
+                capped: false,
                 cost,
                 hold: Box::new(hold),
                 totals: total,
@@ -1158,6 +1160,7 @@ impl Store for SqliteStore {
                 params![from_ms.unwrap_or(i64::MIN), to_ms.unwrap_or(i64::MAX)],
                 |r| {
                     Ok(UsageRecord {
+        capped: false,
                         request_id: r.get(0)?,
                         tenant_id: r.get(1)?,
                         attribution: Attribution {
