@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod identity;
+pub mod lease;
 pub mod reply;
 pub mod request;
 pub mod route;
