@@ -41,6 +41,19 @@ pub struct FilterConfig {
     /// Settlements kept for retry while the sidecar is unreachable; beyond this
     /// they are logged and counted as dropped.
     pub max_pending_settlements: usize,
+    /// Admit requests locally from budget leases (bearer, JWT and trusted-header
+    /// credentials; SigV4 requests are always checked by the sidecar).
+    pub leases: bool,
+    /// How often each lease is renewed: topped up, trimmed, re-validated. Key
+    /// revocation and configuration changes reach the gateway within about this.
+    pub lease_renew_interval_ms: u64,
+    /// A lease aims to hold this many seconds of the worker's recent spend.
+    pub lease_target_secs: u64,
+    /// A lease admits nothing this long after its last answered renewal (when
+    /// the sidecar cannot be reached). Kept below the sidecar's lease TTL.
+    pub lease_admit_window_ms: u64,
+    /// A new lease asks for budget for about this many requests.
+    pub lease_initial_holds: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -71,6 +84,11 @@ impl Default for FilterConfig {
             jwt: None,
             commit_batch_size: 64,
             max_pending_settlements: 100_000,
+            leases: true,
+            lease_renew_interval_ms: 1_000,
+            lease_target_secs: 2,
+            lease_admit_window_ms: 10_000,
+            lease_initial_holds: 8,
         }
     }
 }
@@ -104,12 +122,23 @@ impl FilterConfig {
                 cfg.max_pending_settlements as u64,
             ),
             ("max_request_body_bytes", cfg.max_request_body_bytes as u64),
+            ("lease_renew_interval_ms", cfg.lease_renew_interval_ms),
+            ("lease_admit_window_ms", cfg.lease_admit_window_ms),
+            ("lease_initial_holds", u64::from(cfg.lease_initial_holds)),
         ] {
             if v == 0 {
                 return Err(ConfigError::Value(format!("{name} must be greater than 0")));
             }
         }
         Ok(cfg)
+    }
+
+    pub fn lease_policy(&self) -> crate::lease::LeasePolicy {
+        crate::lease::LeasePolicy {
+            renew_interval_ms: self.lease_renew_interval_ms,
+            target_secs: self.lease_target_secs,
+            admit_window_ms: self.lease_admit_window_ms,
+        }
     }
 }
 

@@ -5,9 +5,15 @@
 //! Envoy cancels a context's outstanding calls when the context is destroyed. So
 //! the stream enqueues them on a shared queue and the root context ships them to
 //! the sidecar, in batches, retrying with backoff until the sidecar acknowledges.
+//!
+//! Admission is local when it can be: each worker's root keeps budget leases
+//! (`lease::LeaseBook`, shared with the streams of the same VM — one thread, so a
+//! `RefCell`), renews them on its tick, and a stream asks the sidecar only when no
+//! lease can hold its request.
 
 use crate::config::{FailureMode, FilterConfig};
 use crate::identity;
+use crate::lease::{Admit, Ask, LeaseBook, LeaseKey, LeasePolicy};
 use crate::reply::{LocalReply, BUDGET_REMAINING_HEADER, REQUEST_ID_HEADER};
 use crate::request::{self, RequestFacts};
 use crate::route::{BedrockRoute, RouteError};
@@ -16,16 +22,22 @@ use crate::usage::{self, StreamMeter};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 use tollgate_wire::api::{
-    self, Attribution, CommitBatch, Credential, ReleaseRequest, Reservation, ReserveRequest,
-    ReserveResponse,
+    self, Attribution, CommitBatch, Credential, LeaseWant, LeasedAdmission, ReleaseRequest,
+    RenewBatch, RenewResponse, Reservation, ReserveRequest, ReserveResponse,
 };
 
 const QUEUE_NAME: &str = "tollgate.settlements";
-const TICK: Duration = Duration::from_secs(1);
+/// Settlement flushes and lease renewals are driven from this tick.
+const TICK: Duration = Duration::from_millis(200);
+/// The Envoy environment variable (exposed to the VM with `vm_config.
+/// environment_variables.host_env_keys`) holding the sidecar data-plane token.
+const FILTER_TOKEN_ENV: &str = "TOLLGATE_FILTER_TOKEN";
+const FILTER_TOKEN_HEADER: &str = "x-tollgate-filter-token";
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 proxy_wasm::main! {{
@@ -51,6 +63,9 @@ struct Metrics {
     pending: u32,
     failed_open: u32,
     reserve_ms: u32,
+    admitted_locally: u32,
+    lease_renewals: u32,
+    leases: u32,
 }
 
 impl Metrics {
@@ -71,6 +86,10 @@ impl Metrics {
                 .unwrap_or(0),
             pending: hostcalls::define_metric(MetricType::Gauge, "tollgate.settlements.pending")
                 .unwrap_or(0),
+            admitted_locally: c("tollgate.requests.admitted_locally"),
+            lease_renewals: c("tollgate.leases.renewals"),
+            leases: hostcalls::define_metric(MetricType::Gauge, "tollgate.leases.active")
+                .unwrap_or(0),
         }
     }
 
@@ -89,8 +108,43 @@ impl Metrics {
 
 struct Shared {
     config: FilterConfig,
+    policy: LeasePolicy,
     queue_id: u32,
     metrics: Metrics,
+    leases: RefCell<LeaseBook>,
+    /// Sent as `x-tollgate-filter-token` on every sidecar call.
+    filter_token: Option<String>,
+}
+
+impl Shared {
+    /// One call to the sidecar's data plane, from whichever context is current
+    /// (its answer comes back to that context).
+    fn call_sidecar(&self, path: &str, body: &[u8], timeout_ms: u64) -> Result<u32, String> {
+        let mut headers = vec![
+            (":method", "POST"),
+            (":path", path),
+            (":authority", self.config.sidecar_authority.as_str()),
+            ("content-type", "application/json"),
+        ];
+        if let Some(t) = &self.filter_token {
+            headers.push((FILTER_TOKEN_HEADER, t.as_str()));
+        }
+        hostcalls::dispatch_http_call(
+            &self.config.sidecar_cluster,
+            headers,
+            Some(body),
+            vec![],
+            Duration::from_millis(timeout_ms),
+        )
+        .map_err(|e| format!("{e:?}"))
+    }
+
+    fn now_ms() -> u64 {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as u64)
+    }
 }
 
 #[derive(Default)]
@@ -98,12 +152,30 @@ struct Root {
     shared: Option<Rc<Shared>>,
     pending: VecDeque<Settlement>,
     in_flight: HashMap<u32, Vec<Settlement>>,
+    /// Renewal calls on their way, by token: the leases they carry.
+    renewing: HashMap<u32, Vec<String>>,
     retry_at: Option<SystemTime>,
     backoff: Duration,
 }
 
 impl Context for Root {
-    fn on_http_call_response(&mut self, token: u32, _: usize, _: usize, _: usize) {
+    fn on_done(&mut self) -> bool {
+        // Give every lease's unused budget back (best effort: the sidecar's
+        // TTL sweeper returns it anyway if this call does not make it).
+        if let Some(shared) = self.shared.clone() {
+            self.drain_queue();
+            self.flush();
+            let drained = shared.leases.borrow_mut().drain();
+            self.send_renewals(&shared, drained);
+        }
+        true
+    }
+
+    fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
+        if let Some(ids) = self.renewing.remove(&token) {
+            self.renewal_answered(&ids, body_size);
+            return;
+        }
         let Some(items) = self.in_flight.remove(&token) else {
             return;
         };
@@ -176,7 +248,9 @@ impl Root {
             }
             self.retry_at = None;
         }
-        while !self.pending.is_empty() {
+        // One settlement call at a time: what arrives meanwhile rides the next
+        // batch, so the sidecar sees fewer, larger transactions under load.
+        while !self.pending.is_empty() && self.in_flight.is_empty() {
             let batch: Vec<Settlement> = match self.pending.front() {
                 Some(Settlement::Release { .. }) => self.pending.pop_front().into_iter().collect(),
                 _ => {
@@ -211,23 +285,12 @@ impl Root {
                 ),
             };
             let Ok(body) = body else { continue };
-            match self.dispatch_http_call(
-                &shared.config.sidecar_cluster,
-                vec![
-                    (":method", "POST"),
-                    (":path", path),
-                    (":authority", &shared.config.sidecar_authority),
-                    ("content-type", "application/json"),
-                ],
-                Some(&body),
-                vec![],
-                Duration::from_millis(shared.config.commit_timeout_ms),
-            ) {
+            match shared.call_sidecar(path, &body, shared.config.commit_timeout_ms) {
                 Ok(token) => {
                     self.in_flight.insert(token, batch);
                 }
                 Err(e) => {
-                    log::warn!("tollgate: cannot reach sidecar cluster for settlements: {e:?}");
+                    log::warn!("tollgate: cannot reach sidecar cluster for settlements: {e}");
                     for item in batch.into_iter().rev() {
                         self.pending.push_front(item);
                     }
@@ -244,6 +307,71 @@ impl Root {
     }
 }
 
+impl Root {
+    /// Sends the renewals that are due (or unanswered) in one call.
+    fn renew(&mut self) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let now = Shared::now_ms();
+        let due = shared.leases.borrow_mut().renewals_due(&shared.policy, now);
+        self.send_renewals(&shared, due);
+        Metrics::set(shared.metrics.leases, shared.leases.borrow().len() as u64);
+    }
+
+    fn send_renewals(&mut self, shared: &Shared, due: Vec<api::LeaseRenewal>) {
+        if due.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = due.iter().map(|r| r.lease_id.clone()).collect();
+        let sent = serde_json::to_vec(&RenewBatch { leases: due })
+            .map_err(|e| e.to_string())
+            .and_then(|body| {
+                shared.call_sidecar(
+                    api::LEASE_RENEW_PATH,
+                    &body,
+                    shared.config.reserve_timeout_ms,
+                )
+            });
+        match sent {
+            Ok(token) => {
+                self.renewing.insert(token, ids);
+            }
+            Err(e) => {
+                log::warn!("tollgate: cannot send lease renewals: {e}");
+                shared.leases.borrow_mut().renew_failed(&ids);
+            }
+        }
+    }
+
+    fn renewal_answered(&mut self, ids: &[String], body_size: usize) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let status = self.get_http_call_response_header(":status");
+        let body = self
+            .get_http_call_response_body(0, body_size)
+            .unwrap_or_default();
+        let parsed = (status.as_deref() == Some("200"))
+            .then(|| serde_json::from_slice::<RenewResponse>(&body).ok())
+            .flatten();
+        let mut book = shared.leases.borrow_mut();
+        match parsed {
+            Some(r) => {
+                Metrics::inc(shared.metrics.lease_renewals);
+                book.renewed(&r.results, &shared.policy, Shared::now_ms());
+            }
+            None => {
+                log::warn!(
+                    "tollgate: lease renewal answered {}; will retry",
+                    status.as_deref().unwrap_or("nothing (timeout or reset)")
+                );
+                book.renew_failed(ids);
+            }
+        }
+    }
+}
+
 impl RootContext for Root {
     fn on_configure(&mut self, _: usize) -> bool {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
@@ -256,10 +384,24 @@ impl RootContext for Root {
         };
         let queue_id = self.register_shared_queue(QUEUE_NAME);
         self.set_tick_period(TICK);
+        // Read from the VM's environment, never from the plugin configuration
+        // (which /config_dump prints).
+        let filter_token = std::env::var(FILTER_TOKEN_ENV)
+            .ok()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty());
+        if filter_token.is_none() {
+            log::warn!(
+                "tollgate: {FILTER_TOKEN_ENV} is not set in the Wasm VM's environment; the sidecar will refuse data-plane calls unless it runs with an open data plane"
+            );
+        }
         self.shared = Some(Rc::new(Shared {
+            policy: config.lease_policy(),
             config,
             queue_id,
             metrics: Metrics::define(),
+            leases: RefCell::new(LeaseBook::default()),
+            filter_token,
         }));
         true
     }
@@ -272,6 +414,7 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         self.drain_queue();
         self.flush();
+        self.renew();
     }
 
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
@@ -322,6 +465,12 @@ struct Exchange {
     header_usage: Option<api::Usage>,
     meter: ResponseMeter,
     settled: bool,
+    /// Which lease this request's credential, model and application share.
+    lease_key: Option<LeaseKey>,
+    /// Set when admitted from a lease (locally, or by the grant it asked for).
+    lease_id: Option<String>,
+    /// This request asked the sidecar for the key's first lease.
+    asking_lease: bool,
 }
 
 impl Exchange {
@@ -343,6 +492,39 @@ impl Exchange {
             header_usage: None,
             meter: ResponseMeter::None,
             settled: false,
+            lease_key: None,
+            lease_id: None,
+            asking_lease: false,
+        }
+    }
+
+    /// The sidecar granted the lease this request asked for: record it, and
+    /// admit the request from it.
+    fn leased(&mut self, grant: api::LeaseGrant) {
+        self.asking_lease = false;
+        let (Some(key), Some(facts)) = (self.lease_key.clone(), self.facts.as_ref()) else {
+            self.sidecar_failed("lease granted to a request that did not ask", false);
+            return;
+        };
+        let admitted = self.shared.leases.borrow_mut().insert_grant(
+            key,
+            grant,
+            &self.shared.policy,
+            Ask {
+                request_id: &self.request_id,
+                input_tokens_estimate: facts.input_tokens_estimate,
+                requested_max_output: facts.max_output_tokens,
+            },
+            Shared::now_ms(),
+        );
+        match admitted {
+            Some((lease_id, reservation)) => {
+                self.lease_id = Some(lease_id);
+                self.forward(reservation, false);
+            }
+            None => {
+                self.sidecar_failed("the granted lease cannot hold the request", false);
+            }
         }
     }
 
@@ -442,24 +624,52 @@ impl Exchange {
             max_output_tokens: facts.max_output_tokens,
             lease: None,
         };
+        let input_estimate = facts.input_tokens_estimate;
+        let requested_max = facts.max_output_tokens;
         self.body = body;
         self.facts = Some(facts);
+        // A live lease of this credential, model and application admits locally.
+        let mut ask_lease = false;
+        if let Some(key) = self.lease_key(&route) {
+            let ask = Ask {
+                request_id: &self.request_id,
+                input_tokens_estimate: input_estimate,
+                requested_max_output: requested_max,
+            };
+            let admitted = self
+                .shared
+                .leases
+                .borrow_mut()
+                .admit(&key, ask, Shared::now_ms());
+            self.lease_key = Some(key);
+            match admitted {
+                Admit::Local {
+                    lease_id,
+                    reservation,
+                } => {
+                    self.lease_id = Some(lease_id);
+                    Metrics::inc(self.shared.metrics.admitted_locally);
+                    return self.forward(reservation, true);
+                }
+                Admit::Remote { ask_lease: a } => ask_lease = a,
+            }
+        }
+        let mut req = req;
+        if ask_lease {
+            req.lease = Some(LeaseWant {
+                holds: self.shared.config.lease_initial_holds,
+            });
+            self.asking_lease = true;
+        }
         let Ok(json) = serde_json::to_vec(&req) else {
+            self.lease_not_granted();
             return self.reject(LocalReply::unavailable("cannot encode reserve request"));
         };
         self.reserve_request = Some(req);
-        let cfg = &self.shared.config;
-        match self.dispatch_http_call(
-            &cfg.sidecar_cluster,
-            vec![
-                (":method", "POST"),
-                (":path", api::RESERVE_PATH),
-                (":authority", &cfg.sidecar_authority),
-                ("content-type", "application/json"),
-            ],
-            Some(&json),
-            vec![],
-            Duration::from_millis(cfg.reserve_timeout_ms),
+        match self.shared.call_sidecar(
+            api::RESERVE_PATH,
+            &json,
+            self.shared.config.reserve_timeout_ms,
         ) {
             Ok(token) => {
                 self.reserve_token = Some(token);
@@ -467,13 +677,44 @@ impl Exchange {
                 self.phase = Phase::Reserving;
                 Action::Pause
             }
-            Err(e) => self.sidecar_failed(&format!("dispatch failed: {e:?}"), true),
+            Err(e) => self.sidecar_failed(&format!("dispatch failed: {e}"), true),
+        }
+    }
+
+    /// Requests of this credential, model and application share a lease.
+    /// SigV4 signatures cover each request, so those are checked one by one.
+    fn lease_key(&self, route: &BedrockRoute) -> Option<LeaseKey> {
+        if !self.shared.config.leases {
+            return None;
+        }
+        let credential = match &self.credential {
+            Credential::Bearer { key } => {
+                format!("bearer:{}", identity::sha256_hex(key.as_bytes()))
+            }
+            Credential::Jwt { tenant_id } => format!("jwt:{tenant_id}"),
+            Credential::TrustedHeader { tenant_id } => format!("header:{tenant_id}"),
+            Credential::Sigv4(_) | Credential::None => return None,
+        };
+        Some(LeaseKey {
+            credential,
+            model: route.model.clone(),
+            application: self.attribution.application_id.clone(),
+        })
+    }
+
+    /// The lease this request asked for will not come: let the next one ask.
+    fn lease_not_granted(&mut self) {
+        if std::mem::take(&mut self.asking_lease) {
+            if let Some(key) = &self.lease_key {
+                self.shared.leases.borrow_mut().lease_answered(key);
+            }
         }
     }
 
     /// `in_body`: called from the body callback (return Continue) rather than from
     /// the sidecar's answer (resume explicitly).
     fn sidecar_failed(&mut self, why: &str, in_body: bool) -> Action {
+        self.lease_not_granted();
         Metrics::inc(self.shared.metrics.sidecar_errors);
         log::warn!(
             "tollgate {}: budget sidecar unavailable: {why}",
@@ -525,9 +766,11 @@ impl Exchange {
         Action::Pause
     }
 
-    fn forward(&mut self, r: Reservation) {
+    /// Rewrites and lets the request go. `in_body`: admitted from the body
+    /// callback (return Continue) rather than from the sidecar's answer.
+    fn forward(&mut self, r: Reservation, in_body: bool) -> Action {
         let Some(route) = self.route.clone() else {
-            return;
+            return Action::Continue;
         };
         let client_md = self
             .facts
@@ -548,12 +791,9 @@ impl Exchange {
         let (body, md_header) = match rewritten {
             Ok(x) => x,
             Err(e) => {
-                self.enqueue(Settlement::Release {
-                    request_id: self.request_id.clone(),
-                    reason: format!("request rewrite failed: {e}"),
-                });
-                self.reject(LocalReply::validation(400, e.to_string()));
-                return;
+                self.reservation = Some(r);
+                self.give_back(format!("request rewrite failed: {e}"));
+                return self.reject(LocalReply::validation(400, e.to_string()));
             }
         };
         self.set_http_request_body(0, self.body.len(), &body);
@@ -572,7 +812,28 @@ impl Exchange {
         self.reservation = Some(r);
         self.phase = Phase::Forwarded;
         Metrics::inc(self.shared.metrics.allowed);
+        if in_body {
+            return Action::Continue;
+        }
         self.resume_http_request();
+        Action::Pause
+    }
+
+    /// Bedrock charged nothing: a leased hold goes back to its lease here, a
+    /// sidecar hold is released there.
+    fn give_back(&mut self, reason: String) {
+        let Some(r) = &self.reservation else { return };
+        match &self.lease_id {
+            Some(lease_id) => self
+                .shared
+                .leases
+                .borrow_mut()
+                .give_back(lease_id, r.hold_usd),
+            None => self.enqueue(Settlement::Release {
+                request_id: self.request_id.clone(),
+                reason,
+            }),
+        }
     }
 
     fn enqueue(&self, s: Settlement) {
@@ -628,6 +889,24 @@ impl Exchange {
         }
         let input_estimate = self.facts.as_ref().map_or(0, |f| f.input_tokens_estimate);
         let mut s = settle(&self.request_id, input_estimate, &outcome);
+        if let (Some(lease_id), Some(r)) = (&self.lease_id, &self.reservation) {
+            match &mut s {
+                Settlement::Commit(c) => {
+                    c.lease = Some(LeasedAdmission {
+                        lease_id: lease_id.clone(),
+                        hold_usd: r.hold_usd,
+                        max_output_tokens: r.max_output_tokens,
+                        input_tokens_estimate: input_estimate,
+                        attribution: self.attribution.clone(),
+                    })
+                }
+                Settlement::Release { reason, .. } => {
+                    let reason = std::mem::take(reason);
+                    self.give_back(reason);
+                    return;
+                }
+            }
+        }
         if self.reservation.is_none() {
             // Forwarded without a hold: a commit must carry the request; a
             // release has nothing to give back.
@@ -673,11 +952,13 @@ impl Context for Exchange {
             return;
         }
         match serde_json::from_slice::<ReserveResponse>(&body) {
-            Ok(ReserveResponse::Allow(r)) => self.forward(r),
-            Ok(ReserveResponse::Lease(_)) => {
-                self.sidecar_failed("unexpected lease answer", false);
+            Ok(ReserveResponse::Allow(r)) => {
+                self.lease_not_granted();
+                self.forward(r, false);
             }
+            Ok(ReserveResponse::Lease(grant)) => self.leased(grant),
             Ok(ReserveResponse::Deny(d)) => {
+                self.lease_not_granted();
                 Metrics::inc(self.shared.metrics.denied);
                 log::info!(
                     "tollgate {}: denied {} {}",

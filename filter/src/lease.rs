@@ -63,6 +63,41 @@ struct Entry {
     closed: bool,
 }
 
+/// The request being admitted.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    pub request_id: &'a str,
+    pub input_tokens_estimate: u64,
+    pub requested_max_output: Option<u64>,
+}
+
+impl Entry {
+    /// Moves the request's hold out of the headroom, if it fits.
+    fn take(&mut self, ask: Ask<'_>) -> Option<Reservation> {
+        let (max_out, hold) = self
+            .terms
+            .admit(ask.input_tokens_estimate, ask.requested_max_output)
+            .ok()?;
+        if hold > self.headroom {
+            return None;
+        }
+        self.headroom -= hold;
+        self.admitted_since_renew += hold;
+        self.largest_hold = self.largest_hold.max(hold);
+        let t = &self.terms;
+        Some(Reservation {
+            request_id: ask.request_id.to_owned(),
+            tenant_id: t.tenant_id.clone(),
+            application_id: t.application_id.clone(),
+            model_id: t.model_id.clone(),
+            target_model: t.target_model.clone(),
+            max_output_tokens: max_out,
+            hold_usd: hold,
+            budget_remaining_usd: self.remaining_hint + self.headroom,
+        })
+    }
+}
+
 /// The outcome of [`LeaseBook::admit`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admit {
@@ -92,14 +127,7 @@ impl LeaseBook {
     }
 
     /// Admits a request locally when a live lease of its key can hold it.
-    pub fn admit(
-        &mut self,
-        key: &LeaseKey,
-        request_id: &str,
-        input_tokens_estimate: u64,
-        requested_max_output: Option<u64>,
-        now_ms: u64,
-    ) -> Admit {
+    pub fn admit(&mut self, key: &LeaseKey, ask: Ask<'_>, now_ms: u64) -> Admit {
         let Some(id) = self.by_key.get(key).cloned() else {
             let first = self.asking.insert(key.clone());
             return Admit::Remote { ask_lease: first };
@@ -111,29 +139,12 @@ impl LeaseBook {
         if e.closed || now_ms >= e.admit_until_ms {
             return Admit::Remote { ask_lease: false };
         }
-        let Ok((max_out, hold)) = e.terms.admit(input_tokens_estimate, requested_max_output)
-        else {
-            return Admit::Remote { ask_lease: false };
-        };
-        if hold > e.headroom {
-            return Admit::Remote { ask_lease: false };
-        }
-        e.headroom -= hold;
-        e.admitted_since_renew += hold;
-        e.largest_hold = e.largest_hold.max(hold);
-        let t = &e.terms;
-        Admit::Local {
-            lease_id: id,
-            reservation: Reservation {
-                request_id: request_id.to_owned(),
-                tenant_id: t.tenant_id.clone(),
-                application_id: t.application_id.clone(),
-                model_id: t.model_id.clone(),
-                target_model: t.target_model.clone(),
-                max_output_tokens: max_out,
-                hold_usd: hold,
-                budget_remaining_usd: e.remaining_hint + e.headroom,
+        match e.take(ask) {
+            Some(reservation) => Admit::Local {
+                lease_id: id,
+                reservation,
             },
+            None => Admit::Remote { ask_lease: false },
         }
     }
 
@@ -150,9 +161,7 @@ impl LeaseBook {
         key: LeaseKey,
         grant: LeaseGrant,
         policy: &LeasePolicy,
-        request_id: &str,
-        input_tokens_estimate: u64,
-        requested_max_output: Option<u64>,
+        ask: Ask<'_>,
         now_ms: u64,
     ) -> Option<(String, Reservation)> {
         self.asking.remove(&key);
@@ -170,7 +179,9 @@ impl LeaseBook {
                 pending: None,
                 in_flight: false,
                 admit_until_ms: now_ms
-                    + policy.admit_window_ms.min(grant.ttl_ms.saturating_mul(2) / 3),
+                    + policy
+                        .admit_window_ms
+                        .min(grant.ttl_ms.saturating_mul(2) / 3),
                 next_renew_ms: now_ms + policy.renew_interval_ms,
                 admitted_since_renew: Decimal::ZERO,
                 largest_hold: Decimal::ZERO,
@@ -181,31 +192,8 @@ impl LeaseBook {
         if !orphan {
             self.by_key.insert(key.clone(), id.clone());
         }
-        let e = self.by_id.get_mut(&id)?;
-        let (max_out, hold) = e
-            .terms
-            .admit(input_tokens_estimate, requested_max_output)
-            .ok()?;
-        if hold > e.headroom {
-            return None;
-        }
-        e.headroom -= hold;
-        e.admitted_since_renew += hold;
-        e.largest_hold = e.largest_hold.max(hold);
-        let t = &e.terms;
-        Some((
-            id,
-            Reservation {
-                request_id: request_id.to_owned(),
-                tenant_id: t.tenant_id.clone(),
-                application_id: t.application_id.clone(),
-                model_id: t.model_id.clone(),
-                target_model: t.target_model.clone(),
-                max_output_tokens: max_out,
-                hold_usd: hold,
-                budget_remaining_usd: e.remaining_hint + e.headroom,
-            },
-        ))
+        let reservation = self.by_id.get_mut(&id)?.take(ask)?;
+        Some((id, reservation))
     }
 
     /// Bedrock charged nothing for a request admitted from `lease_id`: its hold
@@ -369,9 +357,9 @@ impl LeaseBook {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tollgate_wire::rates::Rates;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
-    use tollgate_wire::rates::Rates;
 
     fn d(s: &str) -> Decimal {
         s.parse().unwrap()
@@ -382,6 +370,14 @@ mod tests {
             renew_interval_ms: 1000,
             target_secs: 2,
             admit_window_ms: 10_000,
+        }
+    }
+
+    fn ask(request_id: &str, input: u64, max: Option<u64>) -> Ask<'_> {
+        Ask {
+            request_id,
+            input_tokens_estimate: input,
+            requested_max_output: max,
         }
     }
 
@@ -421,15 +417,21 @@ mod tests {
     fn first_request_asks_for_a_lease_others_ask_per_request() {
         let mut b = LeaseBook::default();
         assert_eq!(
-            b.admit(&key(), "r1", 1000, None, 0),
+            b.admit(&key(), ask("r1", 1000, None), 0),
             Admit::Remote { ask_lease: true }
         );
         assert_eq!(
-            b.admit(&key(), "r2", 1000, None, 0),
+            b.admit(&key(), ask("r2", 1000, None), 0),
             Admit::Remote { ask_lease: false }
         );
         let (id, r) = b
-            .insert_grant(key(), grant("L1", "0.01"), &policy(), "r1", 1000, None, 0)
+            .insert_grant(
+                key(),
+                grant("L1", "0.01"),
+                &policy(),
+                ask("r1", 1000, None),
+                0,
+            )
             .unwrap();
         assert_eq!(id, "L1");
         assert_eq!(r.hold_usd, d("0.002"));
@@ -440,10 +442,16 @@ mod tests {
     #[test]
     fn admits_while_the_hold_fits_then_falls_back() {
         let mut b = LeaseBook::default();
-        b.insert_grant(key(), grant("L1", "0.006"), &policy(), "r0", 1000, None, 0);
+        b.insert_grant(
+            key(),
+            grant("L1", "0.006"),
+            &policy(),
+            ask("r0", 1000, None),
+            0,
+        );
         let mut local = 0;
         for i in 0..5 {
-            match b.admit(&key(), &format!("r{i}"), 1000, None, 10) {
+            match b.admit(&key(), ask(&format!("r{i}"), 1000, None), 10) {
                 Admit::Local { reservation, .. } => {
                     local += 1;
                     assert_eq!(reservation.max_output_tokens, 1000);
@@ -456,7 +464,7 @@ mod tests {
         assert_eq!(b.headroom_usd(), Decimal::ZERO);
         b.give_back("L1", d("0.002"));
         assert!(matches!(
-            b.admit(&key(), "r9", 1000, None, 10),
+            b.admit(&key(), ask("r9", 1000, None), 10),
             Admit::Local { .. }
         ));
     }
@@ -464,13 +472,13 @@ mod tests {
     #[test]
     fn a_lease_stops_admitting_after_its_window() {
         let mut b = LeaseBook::default();
-        b.insert_grant(key(), grant("L1", "1"), &policy(), "r0", 1000, None, 0);
+        b.insert_grant(key(), grant("L1", "1"), &policy(), ask("r0", 1000, None), 0);
         assert!(matches!(
-            b.admit(&key(), "r1", 1, Some(1), 9_999),
+            b.admit(&key(), ask("r1", 1, Some(1)), 9_999),
             Admit::Local { .. }
         ));
         assert_eq!(
-            b.admit(&key(), "r2", 1, Some(1), 10_000),
+            b.admit(&key(), ask("r2", 1, Some(1)), 10_000),
             Admit::Remote { ask_lease: false }
         );
     }
@@ -479,7 +487,7 @@ mod tests {
     fn renewal_tops_up_to_recent_spend_and_is_resent_unchanged() {
         let p = policy();
         let mut b = LeaseBook::default();
-        b.insert_grant(key(), grant("L1", "0.004"), &p, "r0", 1000, None, 0);
+        b.insert_grant(key(), grant("L1", "0.004"), &p, ask("r0", 1000, None), 0);
         assert!(b.renewals_due(&p, 500).is_empty(), "not due yet");
         let due = b.renewals_due(&p, 1000);
         assert_eq!(due.len(), 1);
@@ -524,7 +532,7 @@ mod tests {
         );
         assert!(b.is_empty(), "an empty idle lease is forgotten");
         assert_eq!(
-            b.admit(&key(), "r5", 1, Some(1), 2500),
+            b.admit(&key(), ask("r5", 1, Some(1)), 2500),
             Admit::Remote { ask_lease: true }
         );
     }
@@ -533,7 +541,7 @@ mod tests {
     fn closed_leases_admit_nothing() {
         let p = policy();
         let mut b = LeaseBook::default();
-        b.insert_grant(key(), grant("L1", "1"), &p, "r0", 1, Some(1), 0);
+        b.insert_grant(key(), grant("L1", "1"), &p, ask("r0", 1, Some(1)), 0);
         let due = b.renewals_due(&p, 1000);
         b.renewed(
             &[RenewResult {
@@ -547,7 +555,7 @@ mod tests {
         );
         assert!(b.is_empty());
         assert_eq!(
-            b.admit(&key(), "r1", 1, Some(1), 1002),
+            b.admit(&key(), ask("r1", 1, Some(1)), 1002),
             Admit::Remote { ask_lease: true }
         );
     }
@@ -556,7 +564,7 @@ mod tests {
     fn drain_returns_all_headroom() {
         let p = policy();
         let mut b = LeaseBook::default();
-        b.insert_grant(key(), grant("L1", "1"), &p, "r0", 1000, None, 0);
+        b.insert_grant(key(), grant("L1", "1"), &p, ask("r0", 1000, None), 0);
         let out = b.drain();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].return_usd, d("0.998"));
@@ -568,12 +576,12 @@ mod tests {
     fn a_raced_second_lease_is_given_back() {
         let p = policy();
         let mut b = LeaseBook::default();
-        b.insert_grant(key(), grant("L1", "1"), &p, "r0", 1, Some(1), 0);
+        b.insert_grant(key(), grant("L1", "1"), &p, ask("r0", 1, Some(1)), 0);
         let (id, _) = b
-            .insert_grant(key(), grant("L2", "1"), &p, "r1", 1, Some(1), 0)
+            .insert_grant(key(), grant("L2", "1"), &p, ask("r1", 1, Some(1)), 0)
             .unwrap();
         assert_eq!(id, "L2");
-        match b.admit(&key(), "r2", 1, Some(1), 1) {
+        match b.admit(&key(), ask("r2", 1, Some(1)), 1) {
             Admit::Local { lease_id, .. } => assert_eq!(lease_id, "L1"),
             other => panic!("{other:?}"),
         }

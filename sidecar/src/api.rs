@@ -23,7 +23,8 @@ use std::sync::Arc;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tollgate_wire::api::{
-    ApiError, CommitBatch, ReleaseRequest, ReserveRequest, COMMIT_PATH, RELEASE_PATH, RESERVE_PATH,
+    ApiError, CommitBatch, ReleaseRequest, RenewBatch, ReserveRequest, COMMIT_PATH,
+    LEASE_RENEW_PATH, RELEASE_PATH, RESERVE_PATH,
 };
 
 /// The hand-written OpenAPI 3.1 document served at `GET /openapi.json`.
@@ -116,6 +117,7 @@ pub fn router(state: AppState) -> Router {
         .route(RESERVE_PATH, post(reserve))
         .route(COMMIT_PATH, post(commit))
         .route(RELEASE_PATH, post(release))
+        .route(LEASE_RENEW_PATH, post(renew_leases))
         .route("/v1/tenants", get(list_tenants))
         .route("/v1/tenants/{tenant}", put(put_tenant).get(get_tenant))
         .route("/v1/tenants/{tenant}/keys", post(issue_key))
@@ -176,6 +178,13 @@ async fn commit(
     JsonBody(batch): JsonBody<CommitBatch>,
 ) -> ApiResult<Response> {
     Ok(Json(s.service.commit(batch).await?).into_response())
+}
+
+async fn renew_leases(
+    State(s): State<AppState>,
+    JsonBody(batch): JsonBody<RenewBatch>,
+) -> ApiResult<Response> {
+    Ok(Json(s.service.renew_leases(batch).await?).into_response())
 }
 
 async fn release(

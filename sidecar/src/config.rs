@@ -84,6 +84,16 @@ pub struct ServeArgs {
     /// Seconds an uncommitted hold lives before the sweeper releases it.
     #[arg(long, env = "TOLLGATE_HOLD_TTL_SECS", default_value_t = 600)]
     pub hold_ttl_secs: u64,
+    /// Never grant budget leases: every request is reserved one by one.
+    #[arg(long, env = "TOLLGATE_NO_LEASES")]
+    pub no_leases: bool,
+    /// Seconds a budget lease lives without a renewal before the sweeper
+    /// returns it (gateways renew every second).
+    #[arg(long, env = "TOLLGATE_LEASE_TTL_SECS", default_value_t = 30)]
+    pub lease_ttl_secs: u64,
+    /// Largest share (0–1) of a tenant's available budget one lease grant takes.
+    #[arg(long, env = "TOLLGATE_LEASE_MAX_SHARE", default_value = "0.25", value_parser = parse_decimal_arg)]
+    pub lease_max_share: rust_decimal::Decimal,
     /// Output tokens a hold assumes when the request states no limit.
     #[arg(
         long,

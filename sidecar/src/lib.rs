@@ -9,6 +9,7 @@ pub mod config;
 pub mod emf;
 pub mod error;
 pub mod keys;
+pub mod leases;
 pub mod ledger;
 pub mod metrics;
 pub mod pricing;

@@ -119,6 +119,12 @@ struct TenantLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LeaseLabels {
+    /// `granted`, `renewed`, `closed`.
+    event: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AlertLabels {
     kind: String,
 }
@@ -131,6 +137,8 @@ pub struct Metrics {
     remaining: Family<TenantLabels, Gauge<f64, AtomicU64>>,
     alerts: Family<AlertLabels, Counter>,
     store_errors: Family<StoreErrorLabels, Counter>,
+    capped: Family<TenantLabels, Counter>,
+    leases: Family<LeaseLabels, Counter>,
     reserve_seconds: Histogram,
     commit_seconds: Histogram,
     guard: LabelGuard,
@@ -157,6 +165,18 @@ impl Metrics {
         let remaining = Family::<TenantLabels, Gauge<f64, AtomicU64>>::default();
         let alerts = Family::<AlertLabels, Counter>::default();
         let store_errors = Family::<StoreErrorLabels, Counter>::default();
+        let capped = Family::<TenantLabels, Counter>::default();
+        let leases = Family::<LeaseLabels, Counter>::default();
+        registry.register(
+            "tollgate_usage_capped",
+            "Commits whose reported or estimated usage exceeded what the request could use (output limit, input estimate) and was capped",
+            capped.clone(),
+        );
+        registry.register(
+            "tollgate_lease_events",
+            "Budget lease grants, renewals and closures",
+            leases.clone(),
+        );
         let reserve_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         let commit_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         registry.register(
@@ -207,6 +227,8 @@ impl Metrics {
             remaining,
             alerts,
             store_errors,
+            capped,
+            leases,
             reserve_seconds,
             commit_seconds,
             guard: LabelGuard {
@@ -283,6 +305,21 @@ impl Metrics {
     pub fn store_error(&self, op: &'static str) {
         self.store_errors
             .get_or_create(&StoreErrorLabels { op: op.to_string() })
+            .inc();
+    }
+
+    /// A commit's usage was capped.
+    pub fn capped(&self, tenant: &str) {
+        let tenant = self.guard.value("tenant", tenant);
+        self.capped.get_or_create(&TenantLabels { tenant }).inc();
+    }
+
+    /// `granted`, `renewed` or `closed`.
+    pub fn lease(&self, event: &'static str) {
+        self.leases
+            .get_or_create(&LeaseLabels {
+                event: event.to_string(),
+            })
             .inc();
     }
 

@@ -134,6 +134,13 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             emf_output: args.emf_output.as_deref().map(crate::emf::EmfTarget::parse),
             emf_namespace: args.emf_namespace.clone(),
             pricing_region: args.dynamodb.pricing_region()?,
+            leases: crate::leases::LeaseSettings {
+                enabled: !args.no_leases,
+                ttl_secs: args.lease_ttl_secs.max(1),
+                max_share: args
+                    .lease_max_share
+                    .clamp(rust_decimal::Decimal::ZERO, rust_decimal::Decimal::ONE),
+            },
         },
         webhooks: args.webhooks.clone(),
         admin_token: admin_token_from_env(),

@@ -48,6 +48,8 @@ pub struct Settings {
     pub emf_namespace: String,
     /// Price table region reserves are priced from (`--pricing-region`).
     pub pricing_region: String,
+    /// Budget leases for gateways that admit locally.
+    pub leases: crate::leases::LeaseSettings,
 }
 
 impl Default for Settings {
@@ -62,6 +64,7 @@ impl Default for Settings {
             emf_output: None,
             emf_namespace: crate::emf::DEFAULT_NAMESPACE.to_string(),
             pricing_region: pricing::DEFAULT_REGION.to_string(),
+            leases: crate::leases::LeaseSettings::default(),
         }
     }
 }
@@ -81,7 +84,7 @@ pub const MAX_COMMIT_BATCH: usize = 1000;
 pub const MISSING_CREDENTIAL: &str = "Missing credential: send Authorization: Bearer <key> (AWS_BEARER_TOKEN_BEDROCK) with a key issued by your Tollgate administrator.";
 pub const INVALID_TOKEN: &str = "The security token included in the request is invalid.";
 
-fn deny(status: u16, error_type: &str, message: impl Into<String>) -> Denial {
+pub(crate) fn deny(status: u16, error_type: &str, message: impl Into<String>) -> Denial {
     Denial {
         status,
         error_type: error_type.to_string(),
@@ -284,7 +287,7 @@ impl Service {
             |tenant: String, outcome, d: Denial| Ok((tenant, outcome, ReserveResponse::Deny(d)));
 
         // 1. Credential → tenant.
-        let (tenant_id, key_application) = match &req.credential {
+        let (tenant_id, key_application, credential_ref) = match &req.credential {
             Credential::None => {
                 return denied(
                     unknown(),
@@ -293,7 +296,7 @@ impl Service {
                 )
             }
             Credential::Bearer { key } => match self.store.find_key(&keys::hash_key(key)).await? {
-                Some(k) => (k.tenant_id, k.application_id),
+                Some(k) => (k.tenant_id, k.application_id, format!("key:{}", k.key_id)),
                 None => {
                     return denied(
                         unknown(),
@@ -303,10 +306,14 @@ impl Service {
                 }
             },
             Credential::TrustedHeader { tenant_id } | Credential::Jwt { tenant_id } => {
-                (tenant_id.clone(), None)
+                (tenant_id.clone(), None, format!("tenant:{tenant_id}"))
             }
             Credential::Sigv4(proof) => match self.verify_sigv4(proof, now, admission).await? {
-                Ok(cred) => (cred.tenant_id, cred.application_id),
+                Ok(cred) => (
+                    cred.tenant_id,
+                    cred.application_id,
+                    format!("sigv4:{}", cred.access_key_id),
+                ),
                 Err(d) => return denied(unknown(), Outcome::DeniedAuth, d),
             },
         };
@@ -347,72 +354,9 @@ impl Service {
         }
 
         // 2. Model: alias / model ID / system profile ID / this tenant's ARN.
-        let requested = match req.model.trim() {
-            "" => match &tenant.default_model {
-                Some(m) => m.clone(),
-                None => {
-                    return denied(
-                        tid,
-                        Outcome::DeniedModel,
-                        deny(400, "ValidationException", "The request names no model."),
-                    )
-                }
-            },
-            m => m.to_string(),
-        };
-        let (model_id, profile_arn) = if pricing::is_arn(&requested) {
-            let profiles = self.store.list_profiles(&tid).await?;
-            match profiles.into_iter().find(|p| p.arn == requested) {
-                Some(p) => (p.model_id, Some(p.arn)),
-                None => {
-                    return denied(
-                        tid.clone(),
-                        Outcome::DeniedModel,
-                        deny(
-                            403,
-                            "AccessDeniedException",
-                            format!(
-                                "The inference profile {requested} is not mapped to tenant {tid}."
-                            ),
-                        ),
-                    )
-                }
-            }
-        } else {
-            (self.resolve_alias(&requested).await?, None)
-        };
-        if !tenant.allowed_models.is_empty() {
-            let (_, base) = pricing::split_geo_prefix(&model_id);
-            let mut allowed = false;
-            for entry in &tenant.allowed_models {
-                let resolved = self.resolve_alias(entry).await?;
-                if resolved == model_id || resolved == base {
-                    allowed = true;
-                    break;
-                }
-            }
-            if !allowed {
-                return denied(
-                    tid.clone(),
-                    Outcome::DeniedModel,
-                    deny(
-                        403,
-                        "AccessDeniedException",
-                        format!("Tenant {tid} is not allowed to use model {model_id}."),
-                    ),
-                );
-            }
-        }
-        let Some(price) = self.price_for(&model_id).await? else {
-            return denied(
-                tid,
-                Outcome::DeniedModel,
-                deny(
-                    400,
-                    "ValidationException",
-                    format!("no price configured for model {model_id}"),
-                ),
-            );
+        let (model_id, profile_arn, price) = match self.resolve_model(&tenant, &req.model).await? {
+            Ok(m) => m,
+            Err(d) => return denied(tid, Outcome::DeniedModel, d),
         };
 
         // 3. Rate limit (not for requests already served while we were down).
@@ -422,6 +366,22 @@ impl Service {
             tenant.max_tokens_cap,
         );
         if admission == Admission::Checked {
+            if let Some(want) = req.lease {
+                if self.lease_eligible(&tenant, &model_id, &req.credential) {
+                    let grant = crate::leases::LeaseAsk {
+                        req: &req,
+                        want,
+                        tenant: &tenant,
+                        credential_ref,
+                        model_id,
+                        profile_arn,
+                        price: &price,
+                        max_out,
+                        attribution,
+                    };
+                    return self.grant_lease(grant, now).await;
+                }
+            }
             if let Some(rpm) = tenant.rate_limit_rpm {
                 if let Err(retry) = self.limiter.check(&tid, rpm, now) {
                     let mut d = deny(
@@ -576,34 +536,56 @@ impl Service {
                 spent,
                 budget,
             } => {
-                self.metrics.remaining(&tid, available);
-                self.fire(AlertRecord {
-                    tenant_id: tid.clone(),
-                    period,
-                    kind: AlertKind::Exhausted,
-                    fired_at_ms: now_ms,
-                    spent_usd: spent,
-                    budget_usd: budget,
-                    request_id: Some(req.request_id.clone()),
-                    cost_usd: None,
-                })
-                .await;
-                let mut d = deny(
-                    402,
-                    "BudgetExceededException",
-                    format!(
-                        "Budget exhausted for tenant {tid}: available ${}, this request needs up to ${}",
-                        available.normalize(),
-                        hold_usd.normalize()
-                    ),
-                );
-                d.retry_after_secs = None;
+                let d = self
+                    .budget_exhausted(
+                        &tid,
+                        period,
+                        &req.request_id,
+                        (available, spent, budget),
+                        hold_usd,
+                        now_ms,
+                    )
+                    .await;
                 Ok((
                     (tid, Outcome::DeniedBudget, ReserveResponse::Deny(d)),
                     false,
                 ))
             }
         }
+    }
+
+    /// The hold does not fit the tenant's budget: fire the `exhausted` alert
+    /// (once per period) and say so Bedrock-style.
+    pub(crate) async fn budget_exhausted(
+        &self,
+        tid: &str,
+        period: String,
+        request_id: &str,
+        (available, spent, budget): (Decimal, Decimal, Decimal),
+        hold_usd: Decimal,
+        now_ms: i64,
+    ) -> Denial {
+        self.metrics.remaining(tid, available);
+        self.fire(AlertRecord {
+            tenant_id: tid.to_string(),
+            period,
+            kind: AlertKind::Exhausted,
+            fired_at_ms: now_ms,
+            spent_usd: spent,
+            budget_usd: budget,
+            request_id: Some(request_id.to_string()),
+            cost_usd: None,
+        })
+        .await;
+        deny(
+            402,
+            "BudgetExceededException",
+            format!(
+                "Budget exhausted for tenant {tid}: available ${}, this request needs up to ${}",
+                available.normalize(),
+                hold_usd.normalize()
+            ),
+        )
     }
 
     /// Records a zero hold for a request the gateway forwarded without one
@@ -657,7 +639,7 @@ impl Service {
     }
 
     /// The tenant's profile ARN for (application, model), else for (no application, model).
-    async fn profile_for(
+    pub(crate) async fn profile_for(
         &self,
         tenant_id: &str,
         application_id: Option<&str>,
@@ -695,11 +677,32 @@ impl Service {
                     continue;
                 }
             }
-            let applied = match self
-                .store
-                .commit(&c.request_id, &c.usage, c.estimated, now_ms)
-                .await
-            {
+            let stored = match &c.lease {
+                Some(la) => {
+                    let (usage, capped) = ledger::cap_usage(
+                        &c.usage,
+                        c.estimated,
+                        la.max_output_tokens,
+                        la.input_tokens_estimate,
+                    );
+                    let leased = crate::store::LeasedCommit {
+                        request_id: c.request_id.clone(),
+                        lease_id: la.lease_id.clone(),
+                        usage,
+                        estimated: c.estimated,
+                        capped,
+                        hold_usd: la.hold_usd,
+                        attribution: la.attribution.clone(),
+                    };
+                    self.store.commit_leased(&leased, now_ms).await
+                }
+                None => {
+                    self.store
+                        .commit(&c.request_id, &c.usage, c.estimated, now_ms)
+                        .await
+                }
+            };
+            let applied = match stored {
                 Ok(a) => a,
                 Err(e) => {
                     self.count_store_error("commit", &e);
@@ -710,8 +713,16 @@ impl Service {
                 CommitApplied::Unknown => (CommitOutcome::UnknownRequest, None),
                 CommitApplied::Duplicate { cost } => (CommitOutcome::Duplicate, cost),
                 CommitApplied::Committed {
-                    cost, hold, totals, ..
+                    cost,
+                    hold,
+                    totals,
+                    capped,
                 } => {
+                    if capped {
+                        self.metrics.capped(&hold.tenant_id);
+                        tracing::warn!(request_id = %c.request_id, tenant = %hold.tenant_id,
+                            reported = ?c.usage, "usage above what the request could use was capped");
+                    }
                     self.metrics.committed(
                         &hold.tenant_id,
                         &hold.model_id,

@@ -123,10 +123,10 @@ pub struct ReserveRequest {
 /// What a gateway asks of a new lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseWant {
-    /// Budget the gateway would like to hold (a few seconds of its recent spend).
-    /// The sidecar grants at least this request's hold and at most a fraction of
-    /// what is left.
-    pub want_usd: Decimal,
+    /// Budget for about this many requests like the one asking. The sidecar
+    /// grants at least this request's hold and at most a fraction of what is
+    /// left; later renewals size the lease from the gateway's actual spend.
+    pub holds: u32,
 }
 
 /// The sidecar's answer to a reserve. Always HTTP 200 when the sidecar worked;
