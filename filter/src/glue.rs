@@ -471,6 +471,8 @@ struct Exchange {
     lease_id: Option<String>,
     /// This request asked the sidecar for the key's first lease.
     asking_lease: bool,
+    /// The lease this request is renewing inline (its hold did not fit).
+    inline_renewal: Option<String>,
 }
 
 impl Exchange {
@@ -495,6 +497,7 @@ impl Exchange {
             lease_key: None,
             lease_id: None,
             asking_lease: false,
+            inline_renewal: None,
         }
     }
 
@@ -624,48 +627,125 @@ impl Exchange {
             max_output_tokens: facts.max_output_tokens,
             lease: None,
         };
-        let input_estimate = facts.input_tokens_estimate;
-        let requested_max = facts.max_output_tokens;
         self.body = body;
         self.facts = Some(facts);
-        // A live lease of this credential, model and application admits locally.
-        let mut ask_lease = false;
-        if let Some(key) = self.lease_key(&route) {
-            let ask = Ask {
-                request_id: &self.request_id,
-                input_tokens_estimate: input_estimate,
-                requested_max_output: requested_max,
-            };
-            let admitted = self
-                .shared
+        self.reserve_request = Some(req);
+        self.lease_key = self.lease_key(&route);
+        if let Some(action) = self.admit_from_lease(true, true) {
+            return action;
+        }
+        self.send_reserve(true)
+    }
+
+    /// Tries the key's lease. `None`: no lease can decide, ask the sidecar.
+    fn admit_from_lease(&mut self, may_renew: bool, in_body: bool) -> Option<Action> {
+        let (key, facts) = (self.lease_key.clone()?, self.facts.as_ref()?);
+        let ask = Ask {
+            request_id: &self.request_id,
+            input_tokens_estimate: facts.input_tokens_estimate,
+            requested_max_output: facts.max_output_tokens,
+        };
+        let admitted =
+            self.shared
                 .leases
                 .borrow_mut()
-                .admit(&key, ask, Shared::now_ms());
-            self.lease_key = Some(key);
-            match admitted {
-                Admit::Local {
-                    lease_id,
-                    reservation,
-                } => {
-                    self.lease_id = Some(lease_id);
-                    Metrics::inc(self.shared.metrics.admitted_locally);
-                    return self.forward(reservation, true);
+                .admit(&key, ask, Shared::now_ms(), may_renew);
+        match admitted {
+            Admit::Local {
+                lease_id,
+                reservation,
+            } => {
+                self.lease_id = Some(lease_id);
+                Metrics::inc(self.shared.metrics.admitted_locally);
+                Some(self.forward(reservation, in_body))
+            }
+            Admit::Remote { ask_lease } => {
+                if ask_lease {
+                    if let Some(req) = &mut self.reserve_request {
+                        req.lease = Some(LeaseWant {
+                            holds: self.shared.config.lease_initial_holds,
+                        });
+                        self.asking_lease = true;
+                    }
                 }
-                Admit::Remote { ask_lease: a } => ask_lease = a,
+                None
+            }
+            Admit::Renew(renewal) => {
+                let id = renewal.lease_id.clone();
+                let sent = serde_json::to_vec(&RenewBatch {
+                    leases: vec![renewal],
+                })
+                .map_err(|e| e.to_string())
+                .and_then(|body| {
+                    self.shared.call_sidecar(
+                        api::LEASE_RENEW_PATH,
+                        &body,
+                        self.shared.config.reserve_timeout_ms,
+                    )
+                });
+                match sent {
+                    Ok(token) => {
+                        self.reserve_token = Some(token);
+                        self.reserve_sent = Some(self.get_current_time());
+                        self.inline_renewal = Some(id);
+                        self.phase = Phase::Reserving;
+                        Some(Action::Pause)
+                    }
+                    Err(e) => {
+                        self.shared.leases.borrow_mut().renew_failed(&[id]);
+                        Some(self.sidecar_failed(&format!("dispatch failed: {e}"), in_body))
+                    }
+                }
+            }
+            Admit::Short {
+                tenant_id,
+                available,
+                hold,
+            } => {
+                Metrics::inc(self.shared.metrics.denied);
+                let r = LocalReply::new(
+                    402,
+                    "BudgetExceededException",
+                    format!(
+                        "Budget exhausted for tenant {tenant_id}: available ${}, this request needs up to ${}",
+                        available.max(rust_decimal::Decimal::ZERO).normalize(),
+                        hold.normalize()
+                    ),
+                );
+                Some(self.reply(r))
             }
         }
-        let mut req = req;
-        if ask_lease {
-            req.lease = Some(LeaseWant {
-                holds: self.shared.config.lease_initial_holds,
-            });
-            self.asking_lease = true;
-        }
-        let Ok(json) = serde_json::to_vec(&req) else {
-            self.lease_not_granted();
-            return self.reject(LocalReply::unavailable("cannot encode reserve request"));
+    }
+
+    /// The answer to an inline renewal: admit from the topped-up lease, or
+    /// refuse when even the renewed lease cannot hold the request.
+    fn inline_renewed(&mut self, lease_id: String, ok: Option<RenewResponse>) {
+        let Some(answer) = ok else {
+            self.shared.leases.borrow_mut().renew_failed(&[lease_id]);
+            self.sidecar_failed("lease renewal failed", false);
+            return;
         };
-        self.reserve_request = Some(req);
+        Metrics::inc(self.shared.metrics.lease_renewals);
+        self.shared.leases.borrow_mut().renewed(
+            &answer.results,
+            &self.shared.policy,
+            Shared::now_ms(),
+        );
+        if self.admit_from_lease(false, false).is_none() {
+            // The lease was closed meanwhile: ask for this request alone.
+            self.send_reserve(false);
+        }
+    }
+
+    /// Sends the reserve (`self.reserve_request`) to the sidecar.
+    fn send_reserve(&mut self, in_body: bool) -> Action {
+        let json = match self.reserve_request.as_ref().map(serde_json::to_vec) {
+            Some(Ok(json)) => json,
+            _ => {
+                self.lease_not_granted();
+                return self.reject(LocalReply::unavailable("cannot encode reserve request"));
+            }
+        };
         match self.shared.call_sidecar(
             api::RESERVE_PATH,
             &json,
@@ -677,7 +757,7 @@ impl Exchange {
                 self.phase = Phase::Reserving;
                 Action::Pause
             }
-            Err(e) => self.sidecar_failed(&format!("dispatch failed: {e}"), true),
+            Err(e) => self.sidecar_failed(&format!("dispatch failed: {e}"), in_body),
         }
     }
 
@@ -937,6 +1017,13 @@ impl Context for Exchange {
         let body = self
             .get_http_call_response_body(0, body_size)
             .unwrap_or_default();
+        if let Some(lease_id) = self.inline_renewal.take() {
+            let ok = (status.as_deref() == Some("200"))
+                .then(|| serde_json::from_slice::<RenewResponse>(&body).ok())
+                .flatten();
+            self.inline_renewed(lease_id, ok);
+            return;
+        }
         if status.as_deref() != Some("200") {
             self.sidecar_failed(
                 &format!(

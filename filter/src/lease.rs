@@ -110,6 +110,18 @@ pub enum Admit {
     /// a new lease (none exists or is being asked for) or only a one-request hold
     /// (a lease exists but cannot cover this request now).
     Remote { ask_lease: bool },
+    /// The key's lease is live but short of this request's hold: send this
+    /// renewal now (it asks for at least the shortfall), then admit again with
+    /// `may_renew: false`. Keeps the request on its own lease, so it is never
+    /// refused while its own lease still holds budget.
+    Renew(LeaseRenewal),
+    /// After a renewal, the lease still cannot hold the request: the tenant's
+    /// budget cannot. `available` is what is left, lease headroom included.
+    Short {
+        tenant_id: String,
+        available: Decimal,
+        hold: Decimal,
+    },
 }
 
 /// All leases of one Envoy worker (one Wasm VM).
@@ -127,7 +139,7 @@ impl LeaseBook {
     }
 
     /// Admits a request locally when a live lease of its key can hold it.
-    pub fn admit(&mut self, key: &LeaseKey, ask: Ask<'_>, now_ms: u64) -> Admit {
+    pub fn admit(&mut self, key: &LeaseKey, ask: Ask<'_>, now_ms: u64, may_renew: bool) -> Admit {
         let Some(id) = self.by_key.get(key).cloned() else {
             let first = self.asking.insert(key.clone());
             return Admit::Remote { ask_lease: first };
@@ -139,13 +151,39 @@ impl LeaseBook {
         if e.closed || now_ms >= e.admit_until_ms {
             return Admit::Remote { ask_lease: false };
         }
-        match e.take(ask) {
-            Some(reservation) => Admit::Local {
+        if let Some(reservation) = e.take(ask) {
+            return Admit::Local {
                 lease_id: id,
                 reservation,
-            },
-            None => Admit::Remote { ask_lease: false },
+            };
         }
+        let Ok((_, hold)) = e
+            .terms
+            .admit(ask.input_tokens_estimate, ask.requested_max_output)
+        else {
+            return Admit::Remote { ask_lease: false };
+        };
+        if !may_renew {
+            return Admit::Short {
+                tenant_id: e.terms.tenant_id.clone(),
+                available: e.remaining_hint + e.headroom,
+                hold,
+            };
+        }
+        if e.in_flight || e.pending.is_some() {
+            return Admit::Remote { ask_lease: false };
+        }
+        let shortfall = hold - e.headroom;
+        let r = LeaseRenewal {
+            lease_id: id,
+            seq: e.seq + 1,
+            return_usd: Decimal::ZERO,
+            want_usd: (shortfall + e.admitted_since_renew).normalize(),
+            min_usd: shortfall.normalize(),
+        };
+        e.pending = Some(r.clone());
+        e.in_flight = true;
+        Admit::Renew(r)
     }
 
     /// The sidecar answered a lease request of `key` (or refused it: `None`).
@@ -417,11 +455,11 @@ mod tests {
     fn first_request_asks_for_a_lease_others_ask_per_request() {
         let mut b = LeaseBook::default();
         assert_eq!(
-            b.admit(&key(), ask("r1", 1000, None), 0),
+            b.admit(&key(), ask("r1", 1000, None), 0, true),
             Admit::Remote { ask_lease: true }
         );
         assert_eq!(
-            b.admit(&key(), ask("r2", 1000, None), 0),
+            b.admit(&key(), ask("r2", 1000, None), 0, true),
             Admit::Remote { ask_lease: false }
         );
         let (id, r) = b
@@ -451,12 +489,12 @@ mod tests {
         );
         let mut local = 0;
         for i in 0..5 {
-            match b.admit(&key(), ask(&format!("r{i}"), 1000, None), 10) {
+            match b.admit(&key(), ask(&format!("r{i}"), 1000, None), 10, false) {
                 Admit::Local { reservation, .. } => {
                     local += 1;
                     assert_eq!(reservation.max_output_tokens, 1000);
                 }
-                Admit::Remote { ask_lease } => assert!(!ask_lease),
+                other => assert!(matches!(other, Admit::Short { .. }), "{other:?}"),
             }
         }
         // 0.006 holds three holds of 0.002, the first went to r0.
@@ -464,9 +502,65 @@ mod tests {
         assert_eq!(b.headroom_usd(), Decimal::ZERO);
         b.give_back("L1", d("0.002"));
         assert!(matches!(
-            b.admit(&key(), ask("r9", 1000, None), 10),
+            b.admit(&key(), ask("r9", 1000, None), 10, true),
             Admit::Local { .. }
         ));
+    }
+
+    #[test]
+    fn a_short_lease_renews_inline_then_admits_or_reports_short() {
+        let p = policy();
+        let mut b = LeaseBook::default();
+        b.insert_grant(key(), grant("L1", "0.003"), &p, ask("r0", 1000, None), 0);
+        // 0.001 left, a hold of 0.002 needs a renewal for at least 0.001.
+        let Admit::Renew(r) = b.admit(&key(), ask("r1", 1000, None), 10, true) else {
+            panic!("expected an inline renewal");
+        };
+        assert_eq!(
+            (r.seq, r.min_usd, r.return_usd),
+            (1, d("0.001"), Decimal::ZERO)
+        );
+        assert_eq!(r.want_usd, d("0.003"));
+        b.renewed(
+            &[RenewResult {
+                lease_id: "L1".into(),
+                outcome: RenewOutcome::Renewed {
+                    granted_usd: d("0.001"),
+                    ttl_ms: 30_000,
+                    budget_remaining_usd: d("0.0005"),
+                },
+            }],
+            &p,
+            20,
+        );
+        assert!(matches!(
+            b.admit(&key(), ask("r1", 1000, None), 20, false),
+            Admit::Local { .. }
+        ));
+        // Nothing left, and the sidecar grants nothing: the request is short.
+        let Admit::Renew(_) = b.admit(&key(), ask("r2", 1000, None), 30, true) else {
+            panic!("expected an inline renewal");
+        };
+        b.renewed(
+            &[RenewResult {
+                lease_id: "L1".into(),
+                outcome: RenewOutcome::Renewed {
+                    granted_usd: Decimal::ZERO,
+                    ttl_ms: 30_000,
+                    budget_remaining_usd: d("0.0005"),
+                },
+            }],
+            &p,
+            40,
+        );
+        assert_eq!(
+            b.admit(&key(), ask("r2", 1000, None), 40, false),
+            Admit::Short {
+                tenant_id: "acme".into(),
+                available: d("0.0005"),
+                hold: d("0.002")
+            }
+        );
     }
 
     #[test]
@@ -474,11 +568,11 @@ mod tests {
         let mut b = LeaseBook::default();
         b.insert_grant(key(), grant("L1", "1"), &policy(), ask("r0", 1000, None), 0);
         assert!(matches!(
-            b.admit(&key(), ask("r1", 1, Some(1)), 9_999),
+            b.admit(&key(), ask("r1", 1, Some(1)), 9_999, true),
             Admit::Local { .. }
         ));
         assert_eq!(
-            b.admit(&key(), ask("r2", 1, Some(1)), 10_000),
+            b.admit(&key(), ask("r2", 1, Some(1)), 10_000, true),
             Admit::Remote { ask_lease: false }
         );
     }
@@ -532,7 +626,7 @@ mod tests {
         );
         assert!(b.is_empty(), "an empty idle lease is forgotten");
         assert_eq!(
-            b.admit(&key(), ask("r5", 1, Some(1)), 2500),
+            b.admit(&key(), ask("r5", 1, Some(1)), 2500, true),
             Admit::Remote { ask_lease: true }
         );
     }
@@ -555,7 +649,7 @@ mod tests {
         );
         assert!(b.is_empty());
         assert_eq!(
-            b.admit(&key(), ask("r1", 1, Some(1)), 1002),
+            b.admit(&key(), ask("r1", 1, Some(1)), 1002, true),
             Admit::Remote { ask_lease: true }
         );
     }
@@ -581,7 +675,7 @@ mod tests {
             .insert_grant(key(), grant("L2", "1"), &p, ask("r1", 1, Some(1)), 0)
             .unwrap();
         assert_eq!(id, "L2");
-        match b.admit(&key(), ask("r2", 1, Some(1)), 1) {
+        match b.admit(&key(), ask("r2", 1, Some(1)), 1, true) {
             Admit::Local { lease_id, .. } => assert_eq!(lease_id, "L1"),
             other => panic!("{other:?}"),
         }

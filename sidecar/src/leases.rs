@@ -275,6 +275,29 @@ impl Service {
             }
             (RenewApplied::Renewed { granted, remaining }, None) => {
                 self.metrics.remaining(&lease.terms.tenant_id, remaining);
+                if granted.is_zero() && r.min_usd > Decimal::ZERO {
+                    // Not even one more request fits: the tenant is exhausted.
+                    if let Some(t) = &tenant {
+                        let b = self
+                            .store
+                            .balance(&t.tenant_id, &period, t.budget_usd)
+                            .await?;
+                        let totals = &b.totals;
+                        self.budget_exhausted(
+                            &t.tenant_id,
+                            period.clone(),
+                            &r.lease_id,
+                            (
+                                totals.available(),
+                                totals.counters.spent_usd,
+                                totals.budget_usd,
+                            ),
+                            r.min_usd,
+                            now_ms,
+                        )
+                        .await;
+                    }
+                }
                 RenewOutcome::Renewed {
                     granted_usd: granted,
                     ttl_ms: self.settings.leases.ttl_secs.saturating_mul(1000),
