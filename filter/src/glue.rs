@@ -1138,6 +1138,19 @@ impl HttpContext for Exchange {
         self.start_reserve(body)
     }
 
+    fn on_http_request_trailers(&mut self, _: usize) -> Action {
+        // Bedrock Runtime requests never end with trailers. Without this, a
+        // request ending in trailers would end its body here instead of in
+        // `on_http_request_body`, and so reach Bedrock unreserved and unmetered.
+        if self.phase == Phase::Reading {
+            return self.reject(LocalReply::validation(
+                400,
+                "Request trailers are not supported by Bedrock Runtime; send the request body without trailers.",
+            ));
+        }
+        Action::Continue
+    }
+
     fn on_http_response_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
         if self.phase != Phase::Forwarded {
             return Action::Continue;
