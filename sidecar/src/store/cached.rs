@@ -18,9 +18,8 @@
 //! **Staleness bound.** A write made through this wrapper is visible to the
 //! next read at once (the entry is dropped after the inner write returns, and a
 //! read that raced with the write does not put its older answer back). A write
-//! made elsewhere — another sidecar sharing a DynamoDB ledger, or the
-//! `tollgate-sidecar` CLI on the SQLite file of a running sidecar — is seen at
-//! most `ttl` after it happened (default 1 s, `--config-cache-ms`,
+//! made elsewhere — through another sidecar sharing a DynamoDB ledger, or by
+//! writing the store directly — is seen at most `ttl` after it happened (default 1 s, `--config-cache-ms`,
 //! `TOLLGATE_CONFIG_CACHE_MS`; 0 disables the cache). That includes a revoked
 //! key or a deactivated tenant: another sidecar may admit it for up to `ttl`.
 //!
