@@ -627,7 +627,10 @@ impl Exchange {
             ResponseMeter::None => {}
         }
         let input_estimate = self.facts.as_ref().map_or(0, |f| f.input_tokens_estimate);
-        let mut s = settle(&self.request_id, input_estimate, &outcome);
+        // glue: adjusted for settle signature
+        let max_output = (self.reservation.as_ref().map(|r| r.max_output_tokens))
+            .or_else(|| self.facts.as_ref().and_then(|f| f.max_output_tokens));
+        let mut s = settle(&self.request_id, input_estimate, max_output, &outcome);
         if self.reservation.is_none() {
             // Forwarded without a hold: a commit must carry the request; a
             // release has nothing to give back.
