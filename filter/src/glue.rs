@@ -411,7 +411,8 @@ impl Exchange {
         let Some(route) = self.route.clone() else {
             return Action::Continue;
         };
-        let facts = match RequestFacts::read(route.operation, &body) {
+        // glue: adjusted for RequestFacts::read signature
+        let facts = match RequestFacts::read(route.operation, &route.model, &body) {
             Ok(f) => f,
             Err(e) => return self.reject(LocalReply::validation(400, e.to_string())),
         };
@@ -536,8 +537,14 @@ impl Exchange {
             .unwrap_or_default();
         let merged = request::merge_metadata(&client_md, &self.gateway_metadata(Some(&r)));
         let rewritten = merged.and_then(|md| {
-            let body =
-                request::rewrite(route.operation, &self.body, r.max_output_tokens, Some(&md))?;
+            // glue: adjusted for rewrite signature (the resolved base model decides the field)
+            let body = request::rewrite(
+                route.operation,
+                &r.model_id,
+                &self.body,
+                r.max_output_tokens,
+                Some(&md),
+            )?;
             let header = if route.operation.is_converse() {
                 None
             } else {
