@@ -1329,4 +1329,50 @@ mod tests {
         let forged = client_metadata(Some(r#"{"tenant_id":"forged"}"#), &BTreeMap::new()).unwrap();
         assert_eq!(merge_metadata(&forged, &gw).unwrap()["tenant_id"], "real");
     }
+
+    /// The fuzz target's invariant, over family bodies: a rewritten body reads
+    /// back under the same model, with a limit no higher than the cap (or the
+    /// request's own, lower, limit).
+    #[test]
+    fn rewrite_reads_back_within_the_cap() {
+        let bodies = [
+            json!({"messages":[]}),
+            json!({"max_tokens":9000,"anthropic_version":"x","messages":[]}),
+            json!({"inferenceConfig":{"max_new_tokens":9000,"maxTokens":9000}}),
+            json!({"inferenceConfig":{"maxTokens":10},"additionalModelRequestFields":{"max_tokens":10}}),
+            json!({"textGenerationConfig":{"maxTokenCount":9000}}),
+            json!({"max_gen_len":3}),
+            json!({"max_completion_tokens":9000,"max_tokens":9000}),
+            json!({"maxTokens":9000}),
+        ];
+        let models = [
+            "x",
+            "anthropic.claude-3-haiku-20240307-v1:0",
+            NOVA,
+            "us.amazon.nova-2-lite-v1:0",
+            "amazon.titan-text-express-v1",
+            "meta.llama3-70b-instruct-v1:0",
+            "openai.gpt-oss-20b-1:0",
+            "ai21.j2-ultra-v1",
+            "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc",
+        ];
+        let cap = 256;
+        for op in [Operation::Converse, Operation::Invoke] {
+            for model in models {
+                for body in &bodies {
+                    let raw = serde_json::to_vec(body).unwrap();
+                    let Ok(facts) = RequestFacts::read(op, model, &raw) else {
+                        continue;
+                    };
+                    let out = rewrite(op, model, &raw, cap, Some(&facts.metadata))
+                        .unwrap_or_else(|e| panic!("{op:?} {model} {body}: {e}"));
+                    let again = RequestFacts::read(op, model, &out)
+                        .unwrap_or_else(|e| panic!("{op:?} {model} {body}: {e}"));
+                    if let Some(max) = again.max_output_tokens {
+                        assert!(max <= cap, "{op:?} {model} {body}");
+                    }
+                }
+            }
+        }
+    }
 }
