@@ -1,6 +1,13 @@
 //! Reading and rewriting Bedrock request bodies: the output-token limit (for the
 //! hold), an upper-bound input-token estimate, client `requestMetadata`, and the
 //! rewrite that clamps the limit and injects attribution.
+//!
+//! InvokeModel bodies are model-specific: the model family (from the model ID,
+//! geo prefix stripped) decides which output-limit field the model obeys, and
+//! that field is the one held and clamped. Bodies whose limits conflict, or that
+//! set a limit in a field the family ignores, are refused. Billing-changing
+//! options (service tier, latency-optimized inference, guardrails) are refused by
+//! [`billing_options`] unless a policy allows them.
 
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
