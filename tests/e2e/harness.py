@@ -140,7 +140,10 @@ class Stack:
 
     def start_sidecar(self) -> None:
         p = spawn("sidecar", [str(BIN_DIR / "tollgate-sidecar"), "serve", "--listen", f"127.0.0.1:{self.sidecar_port}",
-                              "--db", str(self.workdir / "ledger.db")], self.workdir,
+                              "--db", str(self.workdir / "ledger.db"),
+                              # Short lease TTL and sweep, so a dead gateway's lease
+                              # comes back within a test's patience.
+                              "--lease-ttl-secs", "5", "--sweep-interval-secs", "1"], self.workdir,
                   env={"TOLLGATE_ADMIN_TOKEN": self.admin_token, "TOLLGATE_SECRET_KEY": self.secret_key})
         self.procs["sidecar"] = p
         wait_http(f"{self.sidecar_url}/healthz", p.popen, p.log)
