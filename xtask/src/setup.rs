@@ -381,12 +381,21 @@ pub fn build_wasm(tools: &Tools) -> Result<()> {
         "--target-dir",
         "target/wasm",
     ];
+    // Every Envoy worker loads the filter: ship it lean. LTO, and no debug or
+    // `name` sections (cargo's `strip` alone leaves the latter in wasm).
+    let lean = [
+        ("CARGO_PROFILE_RELEASE_LTO", "true"),
+        ("CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS", "-C link-arg=--strip-all"),
+    ];
     match tools.wasm {
         WasmToolchain::Rustup => {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             // RUSTFLAGS from the environment would also apply to the host build
             // of build scripts; keep them out.
-            run(Command::new(cargo).args(args).env_remove("RUSTFLAGS"))
+            run(Command::new(cargo)
+                .args(args)
+                .envs(lean)
+                .env_remove("RUSTFLAGS"))
         }
         WasmToolchain::Debian => {
             let path = format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default());
@@ -397,7 +406,8 @@ pub fn build_wasm(tools: &Tools) -> Result<()> {
                 .env("RUSTC", "/usr/bin/rustc")
                 .env("RUSTC_BOOTSTRAP", "1")
                 .env("CARGO_TARGET_WASM32_WASIP1_LINKER", "wasm-ld-19")
-                .env("RUSTFLAGS", "-L /usr/lib/wasm32-wasi")
+                .env("RUSTFLAGS", "-L /usr/lib/wasm32-wasi -C link-arg=--strip-all")
+                .env("CARGO_PROFILE_RELEASE_LTO", "true")
                 .env_remove("RUSTUP_TOOLCHAIN"))
         }
     }
