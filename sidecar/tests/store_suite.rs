@@ -745,7 +745,10 @@ async fn concurrent_reserves_and_commits_keep_the_ledger_exact(s: Arc<dyn Store>
             for k in 0..4u64 {
                 let id = format!("g{t}-{k}");
                 let h = hold(&id, "acme", if k % 2 == 0 { SONNET } else { HAIKU }, "0.02");
-                assert_eq!(s.reserve(&h, d("1000")).await.unwrap(), ReserveOutcome::Admitted);
+                assert_eq!(
+                    s.reserve(&h, d("1000")).await.unwrap(),
+                    ReserveOutcome::Admitted
+                );
                 let u = Usage {
                     input_tokens: 100 + t,
                     output_tokens: 10 + k,
@@ -772,7 +775,10 @@ async fn concurrent_reserves_and_commits_keep_the_ledger_exact(s: Arc<dyn Store>
     assert_eq!(b.totals.counters.spent_usd, total);
     assert_eq!(b.totals.reserved_usd, Decimal::ZERO);
     assert_eq!(b.totals.counters.requests, 256);
-    assert_eq!(b.by_model[SONNET].requests + b.by_model[HAIKU].requests, 256);
+    assert_eq!(
+        b.by_model[SONNET].requests + b.by_model[HAIKU].requests,
+        256
+    );
     assert_eq!(
         b.by_model[SONNET].spent_usd + b.by_model[HAIKU].spent_usd,
         total
@@ -794,10 +800,17 @@ async fn commit_caps_usage_at_what_the_request_could_use(s: Arc<dyn Store>) {
         ..hold(id, "acme", SONNET, "0.1")
     };
     for id in ["r1", "r2", "r3"] {
-        assert_eq!(reserve(&s, &limited(id), "10").await, ReserveOutcome::Admitted);
+        assert_eq!(
+            reserve(&s, &limited(id), "10").await,
+            ReserveOutcome::Admitted
+        );
     }
     assert_eq!(
-        s.get_hold("r1").await.unwrap().unwrap().input_tokens_estimate,
+        s.get_hold("r1")
+            .await
+            .unwrap()
+            .unwrap()
+            .input_tokens_estimate,
         1000
     );
     // More output than the limit: 1000 × 3 + 100 × 15 per 1M.
@@ -836,7 +849,10 @@ async fn commit_caps_usage_at_what_the_request_could_use(s: Arc<dyn Store>) {
     assert_eq!(b.totals.reserved_usd, Decimal::ZERO);
     assert_identity(&b);
     let rows = s.usage(None, None).await.unwrap();
-    let flags: Vec<_> = rows.iter().map(|u| (u.request_id.as_str(), u.capped)).collect();
+    let flags: Vec<_> = rows
+        .iter()
+        .map(|u| (u.request_id.as_str(), u.capped))
+        .collect();
     assert_eq!(flags, [("r1", true), ("r2", true), ("r3", false)]);
     assert_eq!(rows[0].usage.output_tokens, 100);
     assert_eq!(rows[1].usage.input_tokens, 1000);
@@ -1006,7 +1022,15 @@ async fn lease_renewal_returns_tops_up_and_replays(s: Arc<dyn Store>) {
     ));
     // Returns 0.05 (0.15 left), then takes min(0.1, half of 0.85).
     let renewed = s
-        .renew_lease("l1", 1, d("0.05"), &sizing("0.1", "0.01", "0.5"), PERIOD, T0 + 1, exp)
+        .renew_lease(
+            "l1",
+            1,
+            d("0.05"),
+            &sizing("0.1", "0.01", "0.5"),
+            PERIOD,
+            T0 + 1,
+            exp,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -1019,11 +1043,22 @@ async fn lease_renewal_returns_tops_up_and_replays(s: Arc<dyn Store>) {
     let b = assert_within_budget(&s, "acme").await;
     assert_eq!(b.totals.reserved_usd, d("0.25"));
     let l1 = lease_of(&s, "l1").await;
-    assert_eq!((l1.seq, l1.last_granted_usd, l1.reserved_usd), (1, d("0.1"), d("0.25")));
+    assert_eq!(
+        (l1.seq, l1.last_granted_usd, l1.reserved_usd),
+        (1, d("0.1"), d("0.25"))
+    );
     assert_eq!(l1.expires_at_ms, exp);
     // The same seq again (a retry) replays and changes nothing.
     let replay = s
-        .renew_lease("l1", 1, d("0.2"), &sizing("0.5", "0.01", "0.5"), PERIOD, T0 + 2, exp + 9)
+        .renew_lease(
+            "l1",
+            1,
+            d("0.2"),
+            &sizing("0.5", "0.01", "0.5"),
+            PERIOD,
+            T0 + 2,
+            exp + 9,
+        )
         .await
         .unwrap();
     assert_eq!(replay, renewed);
@@ -1031,7 +1066,15 @@ async fn lease_renewal_returns_tops_up_and_replays(s: Arc<dyn Store>) {
     assert_eq!(lease_of(&s, "l1").await, l1);
     // An older seq is refused.
     match s
-        .renew_lease("l1", 0, d("0"), &sizing("0.5", "0.01", "0.5"), PERIOD, T0 + 3, exp)
+        .renew_lease(
+            "l1",
+            0,
+            d("0"),
+            &sizing("0.5", "0.01", "0.5"),
+            PERIOD,
+            T0 + 3,
+            exp,
+        )
         .await
     {
         Err(Error::Invalid(_)) => {}
@@ -1044,9 +1087,17 @@ async fn lease_renewal_returns_tops_up_and_replays(s: Arc<dyn Store>) {
         ReserveOutcome::Admitted
     );
     assert_eq!(
-        s.renew_lease("l1", 2, d("0"), &sizing("1", "0.01", "0.5"), PERIOD, T0 + 4, exp)
-            .await
-            .unwrap(),
+        s.renew_lease(
+            "l1",
+            2,
+            d("0"),
+            &sizing("1", "0.01", "0.5"),
+            PERIOD,
+            T0 + 4,
+            exp
+        )
+        .await
+        .unwrap(),
         RenewApplied::Renewed {
             granted: d("0.1"),
             remaining: d("0.1")
@@ -1055,9 +1106,17 @@ async fn lease_renewal_returns_tops_up_and_replays(s: Arc<dyn Store>) {
     assert_within_budget(&s, "acme").await;
     // Nothing available and min not met: a zero grant, the lease stays open.
     assert_eq!(
-        s.renew_lease("l1", 3, d("0"), &sizing("1", "0.2", "0.5"), PERIOD, T0 + 5, exp)
-            .await
-            .unwrap(),
+        s.renew_lease(
+            "l1",
+            3,
+            d("0"),
+            &sizing("1", "0.2", "0.5"),
+            PERIOD,
+            T0 + 5,
+            exp
+        )
+        .await
+        .unwrap(),
         RenewApplied::Renewed {
             granted: Decimal::ZERO,
             remaining: d("0.1")
@@ -1067,9 +1126,17 @@ async fn lease_renewal_returns_tops_up_and_replays(s: Arc<dyn Store>) {
     // Returning more than it holds returns what it holds; wanting nothing with
     // nothing left releases it.
     assert_eq!(
-        s.renew_lease("l1", 4, d("5"), &sizing("0", "0.01", "0.5"), PERIOD, T0 + 6, exp)
-            .await
-            .unwrap(),
+        s.renew_lease(
+            "l1",
+            4,
+            d("5"),
+            &sizing("0", "0.01", "0.5"),
+            PERIOD,
+            T0 + 6,
+            exp
+        )
+        .await
+        .unwrap(),
         RenewApplied::Renewed {
             granted: Decimal::ZERO,
             remaining: d("0.45")
@@ -1081,7 +1148,15 @@ async fn lease_renewal_returns_tops_up_and_replays(s: Arc<dyn Store>) {
     assert_eq!(l1.reserved_usd, Decimal::ZERO);
     assert_ne!(l1.state, HoldState::Open);
     match s
-        .renew_lease("l1", 5, d("0"), &sizing("1", "0.01", "0.5"), PERIOD, T0 + 7, exp)
+        .renew_lease(
+            "l1",
+            5,
+            d("0"),
+            &sizing("1", "0.01", "0.5"),
+            PERIOD,
+            T0 + 7,
+            exp,
+        )
         .await
         .unwrap()
     {
@@ -1089,7 +1164,15 @@ async fn lease_renewal_returns_tops_up_and_replays(s: Arc<dyn Store>) {
         other => panic!("{other:?}"),
     }
     match s
-        .renew_lease("nope", 1, d("0"), &sizing("1", "0.01", "0.5"), PERIOD, T0 + 7, exp)
+        .renew_lease(
+            "nope",
+            1,
+            d("0"),
+            &sizing("1", "0.01", "0.5"),
+            PERIOD,
+            T0 + 7,
+            exp,
+        )
         .await
         .unwrap()
     {
@@ -1110,7 +1193,15 @@ async fn lease_of_an_ended_period_is_closed_and_given_back(s: Arc<dyn Store>) {
         LeaseOutcome::Granted { .. }
     ));
     match s
-        .renew_lease("l1", 1, d("0"), &sizing("0.2", "0.01", "0.5"), "2026-12", T0 + 1, T0 + 60_000)
+        .renew_lease(
+            "l1",
+            1,
+            d("0"),
+            &sizing("0.2", "0.01", "0.5"),
+            "2026-12",
+            T0 + 1,
+            T0 + 60_000,
+        )
         .await
         .unwrap()
     {
@@ -1157,7 +1248,11 @@ async fn leased_commits_move_the_hold_and_are_idempotent(s: Arc<dyn Store>) {
             .unwrap(),
         LeaseOutcome::Granted { .. }
     ));
-    match s.commit_leased(&leased("r1", "l1", "0.05"), T0 + 1).await.unwrap() {
+    match s
+        .commit_leased(&leased("r1", "l1", "0.05"), T0 + 1)
+        .await
+        .unwrap()
+    {
         CommitApplied::Committed {
             cost,
             capped,
@@ -1190,7 +1285,9 @@ async fn leased_commits_move_the_hold_and_are_idempotent(s: Arc<dyn Store>) {
     // The second delivery is a duplicate with the first cost; nothing moves.
     let l1 = lease_of(&s, "l1").await;
     assert_eq!(
-        s.commit_leased(&leased("r1", "l1", "0.05"), T0 + 2).await.unwrap(),
+        s.commit_leased(&leased("r1", "l1", "0.05"), T0 + 2)
+            .await
+            .unwrap(),
         CommitApplied::Duplicate {
             cost: Some(d("0.0105"))
         }
@@ -1257,7 +1354,15 @@ async fn late_leased_commit_after_expiry_charges_once(s: Arc<dyn Store>) {
     let b = assert_within_budget(&s, "acme").await;
     assert_eq!(b.totals.reserved_usd, Decimal::ZERO);
     match s
-        .renew_lease("l1", 1, d("0"), &sizing("0.2", "0.01", "0.5"), PERIOD, T0 + 30_001, T0 + 90_000)
+        .renew_lease(
+            "l1",
+            1,
+            d("0"),
+            &sizing("0.2", "0.01", "0.5"),
+            PERIOD,
+            T0 + 30_001,
+            T0 + 90_000,
+        )
         .await
         .unwrap()
     {

@@ -177,7 +177,8 @@ ALTER TABLE pricing_by_region RENAME TO pricing;";
 /// never charges more input), whether a usage row was cut by that cap or the
 /// output limit, and budget leases (see `LeaseRecord`), swept by
 /// `(state, expires_at)` like holds.
-const SCHEMA_V5: &str = "ALTER TABLE holds ADD COLUMN input_tokens_estimate INTEGER NOT NULL DEFAULT 0;
+const SCHEMA_V5: &str =
+    "ALTER TABLE holds ADD COLUMN input_tokens_estimate INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE usage ADD COLUMN capped INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE leases (
     lease_id TEXT PRIMARY KEY,
@@ -330,7 +331,10 @@ impl BatchError {
         match e {
             rusqlite::Error::SqliteFailure(code, msg) => Self {
                 code: Some(*code),
-                message: format!("{context}: {}", msg.clone().unwrap_or_else(|| code.to_string())),
+                message: format!(
+                    "{context}: {}",
+                    msg.clone().unwrap_or_else(|| code.to_string())
+                ),
             },
             other => Self {
                 code: None,
@@ -341,7 +345,10 @@ impl BatchError {
 
     fn to_error(&self) -> Error {
         match self.code {
-            Some(code) => Error::Db(rusqlite::Error::SqliteFailure(code, Some(self.message.clone()))),
+            Some(code) => Error::Db(rusqlite::Error::SqliteFailure(
+                code,
+                Some(self.message.clone()),
+            )),
             None => Error::Internal(self.message.clone()),
         }
     }
@@ -439,8 +446,9 @@ fn run_batch(conn: &mut Connection, batch: &mut [Box<dyn WriteJob>]) -> Option<B
         if conn.is_autocommit() {
             return Some(BatchError {
                 code: None,
-                message: "ledger transaction was aborted by the database; nothing of it was written"
-                    .into(),
+                message:
+                    "ledger transaction was aborted by the database; nothing of it was written"
+                        .into(),
             });
         }
     }
@@ -1350,28 +1358,28 @@ impl Store for SqliteStore {
                  ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"
             ))?
             .execute(params![
-                    h.request_id,
-                    h.tenant_id,
-                    h.period,
-                    h.model_id,
-                    h.target_model,
-                    h.attribution.application_id,
-                    h.attribution.cost_center,
-                    h.attribution.environment,
-                    h.attribution.user_id,
-                    i(h.max_output_tokens),
-                    Dec(h.hold_usd),
-                    Dec(remaining),
-                    Dec(h.rates.input),
-                    Dec(h.rates.output),
-                    Dec(h.rates.cache_read),
-                    Dec(h.rates.cache_write),
-                    h.created_at_ms,
-                    h.expires_at_ms,
-                    HoldState::Open.as_str(),
-                    h.model_budget_usd.map(Dec),
-                    i(h.input_tokens_estimate),
-                ])?;
+                h.request_id,
+                h.tenant_id,
+                h.period,
+                h.model_id,
+                h.target_model,
+                h.attribution.application_id,
+                h.attribution.cost_center,
+                h.attribution.environment,
+                h.attribution.user_id,
+                i(h.max_output_tokens),
+                Dec(h.hold_usd),
+                Dec(remaining),
+                Dec(h.rates.input),
+                Dec(h.rates.output),
+                Dec(h.rates.cache_read),
+                Dec(h.rates.cache_write),
+                h.created_at_ms,
+                h.expires_at_ms,
+                HoldState::Open.as_str(),
+                h.model_budget_usd.map(Dec),
+                i(h.input_tokens_estimate),
+            ])?;
             tx.commit()?;
             Ok(ReserveOutcome::Admitted)
         })
@@ -1404,7 +1412,9 @@ impl Store for SqliteStore {
                 hold.input_tokens_estimate,
             );
             let cost = hold.rates.cost(&usage).map_err(|_| {
-                Error::invalid(format!("usage of request {id} overflows the cost arithmetic"))
+                Error::invalid(format!(
+                    "usage of request {id} overflows the cost arithmetic"
+                ))
             })?;
             ensure_row(&tx, &hold.tenant_id, &hold.period, "ALL", Decimal::ZERO)?;
             let mut total = load_row(&tx, &hold.tenant_id, &hold.period, "ALL")?
@@ -1414,7 +1424,13 @@ impl Store for SqliteStore {
             }
             add_usage(&mut total.counters, &usage, cost);
             store_row(&tx, &hold.tenant_id, "ALL", &total)?;
-            ensure_row(&tx, &hold.tenant_id, &hold.period, &hold.model_id, Decimal::ZERO)?;
+            ensure_row(
+                &tx,
+                &hold.tenant_id,
+                &hold.period,
+                &hold.model_id,
+                Decimal::ZERO,
+            )?;
             let mut per_model = load_row(&tx, &hold.tenant_id, &hold.period, &hold.model_id)?
                 .ok_or_else(|| Error::Internal("model row vanished".into()))?;
             if hold.state == HoldState::Open && hold.model_budget_usd.is_some() {
@@ -1559,7 +1575,9 @@ impl Store for SqliteStore {
         let sizing = *sizing;
         let current = current_period.to_string();
         if return_usd < Decimal::ZERO {
-            return Err(Error::invalid("a lease renewal cannot return a negative amount"));
+            return Err(Error::invalid(
+                "a lease renewal cannot return a negative amount",
+            ));
         }
         self.write(move |conn| {
             let tx = conn.savepoint()?;
@@ -1993,7 +2011,10 @@ mod group_commit_tests {
         assert_eq!(aliases(&conn), ["a", "c"]);
         let r = replies.lock().unwrap();
         let ok: Vec<_> = r.iter().map(|(n, out)| (*n, out.is_ok())).collect();
-        assert_eq!(ok, [(0, true), (1, false), (2, false), (3, true), (4, true)]);
+        assert_eq!(
+            ok,
+            [(0, true), (1, false), (2, false), (3, true), (4, true)]
+        );
         assert!(conn.is_autocommit(), "the batch committed");
     }
 
