@@ -22,7 +22,9 @@ const MODEL: &str = "anthropic.claude-3-haiku-20240307-v1:0";
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let concurrency: usize = args.first().map_or(256, |a| a.parse().expect("concurrency"));
+    let concurrency: usize = args
+        .first()
+        .map_or(256, |a| a.parse().expect("concurrency"));
     let seconds: u64 = args.get(1).map_or(10, |a| a.parse().expect("seconds"));
     let sync = match args.get(2).map(String::as_str) {
         None | Some("full") => Synchronous::Full,
