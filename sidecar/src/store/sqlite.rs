@@ -176,9 +176,11 @@ ALTER TABLE pricing_by_region RENAME TO pricing;";
 /// Version 5: the input estimate a hold was priced with (an estimated commit
 /// never charges more input), whether a usage row was cut by that cap or the
 /// output limit, and budget leases (see `LeaseRecord`), swept by
-/// `(state, expires_at)` like holds.
+/// `(state, expires_at)` like holds. Holds still open at the upgrade were
+/// priced with an estimate nobody recorded: they get no input cap (as before).
 const SCHEMA_V5: &str =
     "ALTER TABLE holds ADD COLUMN input_tokens_estimate INTEGER NOT NULL DEFAULT 0;
+UPDATE holds SET input_tokens_estimate = 9223372036854775807 WHERE state = 'open';
 ALTER TABLE usage ADD COLUMN capped INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE leases (
     lease_id TEXT PRIMARY KEY,
@@ -2059,5 +2061,44 @@ mod group_commit_tests {
             t.await.unwrap();
         }
         assert_eq!(s.list_aliases().await.unwrap().len(), 200);
+    }
+}
+
+#[cfg(test)]
+mod v5_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn holds_open_at_the_upgrade_keep_uncapped_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            apply_migrations(&mut conn, &MIGRATIONS[..4]).unwrap();
+            conn.execute(
+                "INSERT INTO holds (request_id, tenant_id, period, model_id, target_model,
+                   max_output_tokens, hold_usd, budget_remaining_usd, rate_input, rate_output,
+                   rate_cache_read, rate_cache_write, created_at, expires_at, state)
+                 VALUES ('old', 'acme', 'all', 'm', 'm', 100, '0.1', '0', '3', '15', '0', '0',
+                   0, 9999999999999, 'open')",
+                [],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let usage = Usage {
+            input_tokens: 5000,
+            output_tokens: 10,
+            ..Usage::default()
+        };
+        match store.commit("old", &usage, true, 1).await.unwrap() {
+            CommitApplied::Committed { cost, capped, .. } => {
+                assert!(!capped);
+                assert_eq!(cost, "0.01515".parse::<Decimal>().unwrap());
+            }
+            other => panic!("{other:?}"),
+        }
+        let rows = store.usage(None, None).await.unwrap();
+        assert!(!rows[0].capped);
     }
 }
