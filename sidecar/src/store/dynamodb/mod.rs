@@ -14,6 +14,7 @@
 //! | `TollgateHolds`             | `requestId`; sparse GSI `bySweep` (`sweepShard`, `sweepAt`) | holds |
 //! | `TollgateUsage`             | `requestId`                           | usage log |
 //! | `TollgateAlerts`            | `tenantId`, `periodKind` = `period#kind` | fired alerts |
+//! | `TollgateLeases`            | `leaseId`; sparse GSI `bySweep` (`sweepShard`, `sweepAt`) | budget leases (see [`leases`]) |
 //!
 //! Money is a DynamoDB `N` written from `rust_decimal::Decimal::to_string()` and
 //! only ever added by DynamoDB's exact decimal arithmetic (`ADD`), never a float.
@@ -114,6 +115,8 @@ use aws_sdk_dynamodb::Client;
 use std::collections::HashMap;
 use std::time::Duration;
 
+mod leases;
+
 type Item = HashMap<String, AttributeValue>;
 /// A filter expression with its attribute names and values.
 type Filter<'a> = (
@@ -162,6 +165,7 @@ pub struct Tables {
     pub holds: String,
     pub usage: String,
     pub alerts: String,
+    pub leases: String,
 }
 
 impl Tables {
@@ -178,6 +182,7 @@ impl Tables {
             holds: t("TollgateHolds"),
             usage: t("TollgateUsage"),
             alerts: t("TollgateAlerts"),
+            leases: t("TollgateLeases"),
         }
     }
 
@@ -217,6 +222,12 @@ impl Tables {
             ),
             (&self.usage, "requestId", None, vec![]),
             (&self.alerts, "tenantId", Some("periodKind"), vec![]),
+            (
+                &self.leases,
+                "leaseId",
+                None,
+                vec![("bySweep", "sweepShard", "sweepAt")],
+            ),
         ]
     }
 }
@@ -563,8 +574,12 @@ struct DHold {
     cost: Option<Decimal>,
     usage: Usage,
     estimated: bool,
+    /// The usage was cut by `ledger::cap_usage` (set with the claim).
+    capped: bool,
     settled_at_ms: i64,
     sweep_at: Option<i64>,
+    /// Set on the claim of a commit admitted from a lease (see `leases`).
+    lease_id: Option<String>,
 }
 
 fn shard(request_id: &str) -> String {
@@ -575,6 +590,23 @@ fn shard(request_id: &str) -> String {
         h = h.wrapping_mul(0x0100_0193);
     }
     format!("s{}", h % SWEEP_SHARDS)
+}
+
+/// The price snapshot (holds and leases).
+fn put_rates(item: &mut Item, r: &Rates) {
+    item.insert("rateInput".into(), n(r.input));
+    item.insert("rateOutput".into(), n(r.output));
+    item.insert("rateCacheRead".into(), n(r.cache_read));
+    item.insert("rateCacheWrite".into(), n(r.cache_write));
+}
+
+fn rates_from(g: &Get<'_>) -> Result<Rates> {
+    Ok(Rates {
+        input: g.dec("rateInput")?,
+        output: g.dec("rateOutput")?,
+        cache_read: g.dec("rateCacheRead")?,
+        cache_write: g.dec("rateCacheWrite")?,
+    })
 }
 
 fn hold_item(h: &Hold) -> Item {
@@ -591,16 +623,14 @@ fn hold_item(h: &Hold) -> Item {
     put_opt(&mut item, "userId", a.user_id.clone().map(s));
     item.insert("maxOutputTokens".into(), nu(h.max_output_tokens));
     item.insert("holdUsd".into(), n(h.hold_usd));
-    item.insert("rateInput".into(), n(h.rates.input));
-    item.insert("rateOutput".into(), n(h.rates.output));
-    item.insert("rateCacheRead".into(), n(h.rates.cache_read));
-    item.insert("rateCacheWrite".into(), n(h.rates.cache_write));
+    put_rates(&mut item, &h.rates);
     item.insert("createdAt".into(), ni(h.created_at_ms));
     item.insert("expiresAt".into(), ni(h.expires_at_ms));
     item.insert("state".into(), s(DState::Pending.as_str()));
     item.insert("sweepShard".into(), s(shard(&h.request_id)));
     item.insert("sweepAt".into(), ni(h.expires_at_ms));
     put_opt(&mut item, "modelBudgetUsd", h.model_budget_usd.map(n));
+    item.insert("inputTokensEstimate".into(), nu(h.input_tokens_estimate));
     item
 }
 
@@ -624,17 +654,13 @@ fn hold_from_item(item: &Item, table: &str) -> Result<DHold> {
         max_output_tokens: g.u64("maxOutputTokens")?,
         hold_usd: g.dec("holdUsd")?,
         budget_remaining_usd: g.dec("budgetRemainingUsd")?,
-        rates: Rates {
-            input: g.dec("rateInput")?,
-            output: g.dec("rateOutput")?,
-            cache_read: g.dec("rateCacheRead")?,
-            cache_write: g.dec("rateCacheWrite")?,
-        },
+        rates: rates_from(&g)?,
         created_at_ms: g.i64("createdAt")?,
         expires_at_ms: g.i64("expiresAt")?,
         state: state.public(),
         model_budget_usd: g.opt_dec("modelBudgetUsd")?,
-        input_tokens_estimate: 0,
+        // Holds written before the attribute existed: no input cap.
+        input_tokens_estimate: g.opt_u64("inputTokensEstimate")?.unwrap_or(u64::MAX),
     };
     Ok(DHold {
         hold,
@@ -647,8 +673,10 @@ fn hold_from_item(item: &Item, table: &str) -> Result<DHold> {
             cache_write_input_tokens: g.u64("cacheWriteInputTokens")?,
         },
         estimated: g.bool("estimated")?,
+        capped: g.bool("capped")?,
         settled_at_ms: g.i64("settledAt")?,
         sweep_at: g.opt_i64("sweepAt")?,
+        lease_id: g.opt_s("leaseId")?,
     })
 }
 
@@ -784,7 +812,7 @@ fn alert_from_item(item: &Item, table: &str) -> Result<AlertRecord> {
 fn usage_from_item(item: &Item, table: &str) -> Result<UsageRecord> {
     let g = Get::new(item, table);
     Ok(UsageRecord {
-        capped: false,
+        capped: g.bool("capped")?,
         request_id: g.s("requestId")?,
         tenant_id: g.s("tenantId")?,
         model_id: g.s("modelId")?,
@@ -1514,6 +1542,79 @@ impl DynamoStore {
         Ok(())
     }
 
+    /// C2 of a commit: charge the `ALL` row, open-style while the hold is
+    /// counted there, else late-style. Idempotent through `settling`. Returns
+    /// the row after the charge; `None` after too many lost races.
+    async fn charge_hold(
+        &self,
+        d: &DHold,
+        counter_add: &str,
+        counter_names: &[(&str, &str)],
+        counters: &[(&str, AttributeValue)],
+    ) -> Result<Option<Item>> {
+        let h = &d.hold;
+        let id = h.request_id.as_str();
+        let cost = d.cost.unwrap_or_default();
+        for _ in 0..MAX_ATTEMPTS {
+            // Open-style: the hold is still counted in `reserved`.
+            let mut v = counters.to_vec();
+            v.push((":nh", n(-h.hold_usd)));
+            v.push((":delta", n(h.hold_usd - cost)));
+            let mut nm = counter_names.to_vec();
+            nm.push(("#reserved", "reserved"));
+            let r = self
+                .update(
+                    &self.t.budgets,
+                    self.all_key(&h.tenant_id, &h.period),
+                    &format!(
+                        "ADD {counter_add}, #reserved :nh, #available :delta DELETE #openHolds :idset"
+                    ),
+                    Some("contains(#openHolds, :id) AND NOT contains(#settling, :id)"),
+                    &nm,
+                    v,
+                )
+                .await;
+            if let Some(row) = applied(r)? {
+                return Ok(Some(row));
+            }
+            // Late-style: the hold was given back (expired/released) or never counted.
+            let mut v = counters.to_vec();
+            v.push((":nc", n(-cost)));
+            let r = self
+                .update(
+                    &self.t.budgets,
+                    self.all_key(&h.tenant_id, &h.period),
+                    &format!("ADD {counter_add}, #available :nc"),
+                    Some(
+                        "attribute_exists(tenantId) AND NOT contains(#openHolds, :id) \
+                         AND NOT contains(#settling, :id)",
+                    ),
+                    counter_names,
+                    v,
+                )
+                .await;
+            if let Some(row) = applied(r)? {
+                return Ok(Some(row));
+            }
+            match self.get_all_row(&h.tenant_id, &h.period).await? {
+                // The row never existed (reserve crashed before R2): like SQLite,
+                // start it with a zero budget rather than lose the charge.
+                None => {
+                    self.ensure_all_row(&h.tenant_id, &h.period, Decimal::ZERO)
+                        .await?
+                }
+                Some(row) => {
+                    if Get::new(&row, &self.t.budgets).set_contains("settling", id) {
+                        // Already charged by an earlier attempt.
+                        return Ok(Some(row));
+                    }
+                    // A give-back or a late R2 moved the id between our two tries.
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// C2–C6 for a `committing` hold; idempotent. Returns the period totals.
     async fn finish_commit(&self, d: &DHold, now_ms: i64) -> Result<Totals> {
         let h = &d.hold;
@@ -1547,67 +1648,19 @@ impl DynamoStore {
             "#cost :c, #it :it, #ot :ot, #cr :cr, #cw :cw, #req :one, #settling :idset";
 
         // C2: the period's ALL row.
-        let mut totals = None;
-        for _ in 0..MAX_ATTEMPTS {
-            // Open-style: the hold is still counted in `reserved`.
-            let mut v = counters.clone();
-            v.push((":nh", n(-h.hold_usd)));
-            v.push((":delta", n(h.hold_usd - cost)));
-            let mut nm = counter_names.to_vec();
-            nm.push(("#reserved", "reserved"));
-            let r = self
-                .update(
-                    &self.t.budgets,
-                    self.all_key(&h.tenant_id, &h.period),
-                    &format!(
-                        "ADD {counter_add}, #reserved :nh, #available :delta DELETE #openHolds :idset"
-                    ),
-                    Some("contains(#openHolds, :id) AND NOT contains(#settling, :id)"),
-                    &nm,
-                    v,
-                )
-                .await;
-            if let Some(row) = applied(r)? {
-                totals = Some(totals_from_item(&row, &self.t.budgets, &h.period)?);
-                break;
+        let row = match &d.lease_id {
+            Some(lease_id) => {
+                self.charge_leased(d, lease_id, counter_add, &counter_names, &counters)
+                    .await?
             }
-            // Late-style: the hold was given back (expired/released) or never counted.
-            let mut v = counters.clone();
-            v.push((":nc", n(-cost)));
-            let r = self
-                .update(
-                    &self.t.budgets,
-                    self.all_key(&h.tenant_id, &h.period),
-                    &format!("ADD {counter_add}, #available :nc"),
-                    Some(
-                        "attribute_exists(tenantId) AND NOT contains(#openHolds, :id) \
-                         AND NOT contains(#settling, :id)",
-                    ),
-                    &counter_names,
-                    v,
-                )
-                .await;
-            if let Some(row) = applied(r)? {
-                totals = Some(totals_from_item(&row, &self.t.budgets, &h.period)?);
-                break;
+            None => {
+                self.charge_hold(d, counter_add, &counter_names, &counters)
+                    .await?
             }
-            match self.get_all_row(&h.tenant_id, &h.period).await? {
-                // The row never existed (reserve crashed before R2): like SQLite,
-                // start it with a zero budget rather than lose the charge.
-                None => {
-                    self.ensure_all_row(&h.tenant_id, &h.period, Decimal::ZERO)
-                        .await?
-                }
-                Some(row) => {
-                    if Get::new(&row, &self.t.budgets).set_contains("settling", id) {
-                        // Already charged by an earlier attempt.
-                        totals = Some(totals_from_item(&row, &self.t.budgets, &h.period)?);
-                        break;
-                    }
-                    // A give-back or a late R2 moved the id between our two tries.
-                }
-            }
-        }
+        };
+        let totals = row
+            .map(|r| totals_from_item(&r, &self.t.budgets, &h.period))
+            .transpose()?;
         let totals = totals.ok_or_else(|| {
             Error::Internal(format!(
                 "commit {id}: too much contention on the budget row (transient; retry)"
@@ -1704,6 +1757,7 @@ impl DynamoStore {
         );
         item.insert("costUsd".into(), n(cost));
         item.insert("estimated".into(), AttributeValue::Bool(d.estimated));
+        item.insert("capped".into(), AttributeValue::Bool(d.capped));
         item.insert("at".into(), ni(d.settled_at_ms));
         item.insert("period".into(), s(&h.period));
         applied(self.put(&self.t.usage, item, Some("requestId")).await)?;
@@ -2128,6 +2182,13 @@ impl Store for DynamoStore {
                 // the sweeper's recovery after the grace period).
                 return Ok(CommitApplied::Duplicate { cost: d.cost });
             }
+            let (usage, capped) = crate::ledger::cap_usage(
+                usage,
+                estimated,
+                d.hold.max_output_tokens,
+                d.hold.input_tokens_estimate,
+            );
+            let usage = &usage;
             let cost = d.hold.rates.cost(usage).map_err(|_| {
                 Error::invalid(format!(
                     "usage of request {request_id} overflows the cost arithmetic"
@@ -2140,8 +2201,8 @@ impl Store for DynamoStore {
                     &[d.state],
                     "SET #state = :committing, priorState = :prior, costUsd = :c, \
                      inputTokens = :it, outputTokens = :ot, cacheReadInputTokens = :cr, \
-                     cacheWriteInputTokens = :cw, #est = :est, settledAt = :now, \
-                     #sweepShard = :shard, #sweepAt = :grace",
+                     cacheWriteInputTokens = :cw, #est = :est, capped = :capped, \
+                     settledAt = :now, #sweepShard = :shard, #sweepAt = :grace",
                     vec![
                         (":committing", s(DState::Committing.as_str())),
                         (":prior", s(d.state.as_str())),
@@ -2151,6 +2212,7 @@ impl Store for DynamoStore {
                         (":cr", nu(usage.cache_read_input_tokens)),
                         (":cw", nu(usage.cache_write_input_tokens)),
                         (":est", AttributeValue::Bool(estimated)),
+                        (":capped", AttributeValue::Bool(capped)),
                         (":now", ni(now_ms)),
                         (":shard", s(shard(request_id))),
                         (":grace", ni(now_ms.saturating_add(RECOVERY_GRACE_MS))),
@@ -2165,7 +2227,7 @@ impl Store for DynamoStore {
             let mut hold = d.hold;
             hold.state = d.state.public();
             return Ok(CommitApplied::Committed {
-                capped: false,
+                capped,
                 cost,
                 hold: Box::new(hold),
                 totals,
@@ -2187,7 +2249,7 @@ impl Store for DynamoStore {
     }
 
     async fn expire_holds(&self, now_ms: i64) -> Result<u64> {
-        let mut expired = 0;
+        let mut expired = self.expire_leases(now_ms).await?;
         for i in 0..SWEEP_SHARDS {
             let due = self
                 .query_all(
@@ -2237,6 +2299,49 @@ impl Store for DynamoStore {
             }
         }
         Ok(expired)
+    }
+
+    fn supports_leases(&self) -> bool {
+        true
+    }
+
+    async fn grant_lease(
+        &self,
+        lease: &LeaseRecord,
+        sizing: &LeaseSizing,
+        period_budget: Decimal,
+    ) -> Result<LeaseOutcome> {
+        self.grant_lease_impl(lease, sizing, period_budget).await
+    }
+
+    async fn renew_lease(
+        &self,
+        lease_id: &str,
+        seq: u64,
+        return_usd: Decimal,
+        sizing: &LeaseSizing,
+        current_period: &str,
+        now_ms: i64,
+        expires_at_ms: i64,
+    ) -> Result<RenewApplied> {
+        self.renew_lease_impl(
+            lease_id,
+            seq,
+            return_usd,
+            sizing,
+            current_period,
+            now_ms,
+            expires_at_ms,
+        )
+        .await
+    }
+
+    async fn get_lease(&self, lease_id: &str) -> Result<Option<LeaseRecord>> {
+        self.get_lease_impl(lease_id).await
+    }
+
+    async fn commit_leased(&self, c: &LeasedCommit, now_ms: i64) -> Result<CommitApplied> {
+        self.commit_leased_impl(c, now_ms).await
     }
 
     async fn balance(
