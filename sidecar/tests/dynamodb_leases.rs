@@ -93,7 +93,10 @@ fn leased(request_id: &str, lease_id: &str, hold: &str) -> LeasedCommit {
 }
 
 async fn totals(s: &DynamoStore, tenant: &str) -> Totals {
-    s.balance(tenant, PERIOD, d("999")).await.expect("balance").totals
+    s.balance(tenant, PERIOD, d("999"))
+        .await
+        .expect("balance")
+        .totals
 }
 
 fn assert_identity(t: &Totals) {
@@ -168,7 +171,10 @@ async fn lease_lifecycle(s: Arc<DynamoStore>) {
         .unwrap();
     assert_eq!(renewed(r1.clone()), (d("0.2"), d("0.6")));
     let l = s.get_lease("L1").await.unwrap().unwrap();
-    assert_eq!((l.reserved_usd, l.seq, l.last_granted_usd), (d("0.4"), 1, d("0.2")));
+    assert_eq!(
+        (l.reserved_usd, l.seq, l.last_granted_usd),
+        (d("0.4"), 1, d("0.2"))
+    );
     assert_eq!(l.expires_at_ms, T0 + 1_000 + TTL);
     // The same seq again is replayed, not applied twice.
     let again = s
@@ -213,7 +219,10 @@ async fn lease_lifecycle(s: Arc<DynamoStore>) {
         .unwrap(),
     );
     assert_eq!((g, rem), (Decimal::ZERO, d("0.75")));
-    assert_eq!(s.get_lease("L1").await.unwrap().unwrap().reserved_usd, d("0.25"));
+    assert_eq!(
+        s.get_lease("L1").await.unwrap().unwrap().reserved_usd,
+        d("0.25")
+    );
 
     // Leased commits: charged at the lease's rates, the hold leaves `reserved`.
     let c = leased("q1", "L1", "0.05");
@@ -242,7 +251,9 @@ async fn lease_lifecycle(s: Arc<DynamoStore>) {
         }
     );
     assert_eq!(
-        s.commit_leased(&leased("q2", "nope", "0.05"), T0).await.unwrap(),
+        s.commit_leased(&leased("q2", "nope", "0.05"), T0)
+            .await
+            .unwrap(),
         CommitApplied::Unknown
     );
     // A hold larger than what the lease holds takes only what is there.
@@ -264,7 +275,10 @@ async fn lease_lifecycle(s: Arc<DynamoStore>) {
     assert_eq!(l.reserved_usd, Decimal::ZERO);
     let rows = s.usage(None, None).await.unwrap();
     assert_eq!(rows.len(), 2);
-    assert!(!rows[0].capped && rows[1].capped && rows[1].estimated, "{rows:?}");
+    assert!(
+        !rows[0].capped && rows[1].capped && rows[1].estimated,
+        "{rows:?}"
+    );
     assert_eq!(rows[0].model_id, SONNET);
 
     // Refill, then a renewal in the next period closes the lease and gives
@@ -346,10 +360,17 @@ async fn leases_respect_the_budget_and_expire(s: Arc<DynamoStore>) {
             available,
             spent,
             budget,
-        } => assert_eq!((available, spent, budget), (Decimal::ZERO, Decimal::ZERO, d("0.5"))),
+        } => assert_eq!(
+            (available, spent, budget),
+            (Decimal::ZERO, Decimal::ZERO, d("0.5"))
+        ),
         other => panic!("{other:?}"),
     }
-    assert_eq!(s.get_lease("B").await.unwrap(), None, "a refused lease is not kept");
+    assert_eq!(
+        s.get_lease("B").await.unwrap(),
+        None,
+        "a refused lease is not kept"
+    );
     // A renewal that is due extends the lease; the sweeper leaves it alone.
     s.renew_lease(
         "A",
@@ -371,7 +392,10 @@ async fn leases_respect_the_budget_and_expire(s: Arc<DynamoStore>) {
     assert_eq!(t.reserved_usd, Decimal::ZERO);
     assert_identity(&t);
     let l = s.get_lease("A").await.unwrap().unwrap();
-    assert_eq!((l.state, l.reserved_usd), (HoldState::Expired, Decimal::ZERO));
+    assert_eq!(
+        (l.state, l.reserved_usd),
+        (HoldState::Expired, Decimal::ZERO)
+    );
     // A renewal after the expiry (not yet swept) closes it too.
     granted(
         s.grant_lease(&lease("C", "tiny"), &sizing("0.2", "0.1", "1"), d("0.5"))
@@ -379,9 +403,17 @@ async fn leases_respect_the_budget_and_expire(s: Arc<DynamoStore>) {
             .unwrap(),
     );
     assert!(matches!(
-        s.renew_lease("C", 1, d("0"), &sizing("0.2", "0.1", "1"), PERIOD, T0 + TTL, T0 + 2 * TTL)
-            .await
-            .unwrap(),
+        s.renew_lease(
+            "C",
+            1,
+            d("0"),
+            &sizing("0.2", "0.1", "1"),
+            PERIOD,
+            T0 + TTL,
+            T0 + 2 * TTL
+        )
+        .await
+        .unwrap(),
         RenewApplied::Closed { .. }
     ));
     assert_eq!(totals(&s, "tiny").await.reserved_usd, Decimal::ZERO);
@@ -509,7 +541,19 @@ async fn hold_commits_are_capped(s: Arc<DynamoStore>) {
     let got = s.get_hold("h1").await.unwrap().unwrap();
     assert_eq!(got.input_tokens_estimate, 1000);
     // Estimated: 5000 in → 1000, 500 out → 100: 0.003 + 0.0015.
-    match s.commit("h1", &Usage { input_tokens: 5000, ..usage() }, true, T0 + 1).await.unwrap() {
+    match s
+        .commit(
+            "h1",
+            &Usage {
+                input_tokens: 5000,
+                ..usage()
+            },
+            true,
+            T0 + 1,
+        )
+        .await
+        .unwrap()
+    {
         CommitApplied::Committed { cost, capped, .. } => {
             assert_eq!(cost, d("0.0045"));
             assert!(capped);
@@ -524,7 +568,19 @@ async fn hold_commits_are_capped(s: Arc<DynamoStore>) {
         ..hold.clone()
     };
     s.reserve(&h2, d("1")).await.unwrap();
-    match s.commit("h2", &Usage { input_tokens: 5000, ..usage() }, false, T0 + 2).await.unwrap() {
+    match s
+        .commit(
+            "h2",
+            &Usage {
+                input_tokens: 5000,
+                ..usage()
+            },
+            false,
+            T0 + 2,
+        )
+        .await
+        .unwrap()
+    {
         CommitApplied::Committed { cost, capped, .. } => {
             assert_eq!(cost, d("0.0225"));
             assert!(!capped);
@@ -578,7 +634,11 @@ async fn dynamodb_leases_on_dynalite() {
     let b = Arc::new(DynamoStore::from_sdk_config(
         &conf,
         &DynamoOptions {
-            table_prefix: a.tables().budgets.trim_end_matches("TenantBudgets").to_string(),
+            table_prefix: a
+                .tables()
+                .budgets
+                .trim_end_matches("TenantBudgets")
+                .to_string(),
             pricing_region: "global".into(),
         },
     ));

@@ -497,9 +497,11 @@ impl DynamoStore {
         now_ms: i64,
         expires_at_ms: i64,
     ) -> Result<RenewApplied> {
-        let closed = |reason: &str| Ok(RenewApplied::Closed {
-            reason: reason.to_string(),
-        });
+        let closed = |reason: &str| {
+            Ok(RenewApplied::Closed {
+                reason: reason.to_string(),
+            })
+        };
         let Some(l) = self.raw_lease(lease_id).await? else {
             return closed("unknown lease");
         };
@@ -662,8 +664,11 @@ impl DynamoStore {
         }
         let claimed = hold_from_item(&item, &self.t.holds)?;
         for _ in 0..MAX_ATTEMPTS {
-            if applied(self.put(&self.t.holds, item.clone(), Some("requestId")).await)?
-                .is_some()
+            if applied(
+                self.put(&self.t.holds, item.clone(), Some("requestId"))
+                    .await,
+            )?
+            .is_some()
             {
                 let totals = self.finish_commit(&claimed, now_ms).await?;
                 return Ok(CommitApplied::Committed {
@@ -774,40 +779,28 @@ impl DynamoStore {
 
     pub(super) async fn expire_leases(&self, now_ms: i64) -> Result<u64> {
         let mut expired = 0;
-        for i in 0..SWEEP_SHARDS {
-            let due = self
-                .query_all(
-                    &self.t.leases,
-                    Some("bySweep"),
-                    "#sh = :sh AND #at <= :now",
-                    names(&[("#sh", "sweepShard"), ("#at", "sweepAt")]),
-                    vals(vec![(":sh", s(format!("s{i}"))), (":now", ni(now_ms))]),
-                )
-                .await?;
-            for item in due {
-                let id = Get::new(&item, &self.t.leases).s("leaseId")?;
-                let Some(l) = self.raw_lease(&id).await? else {
-                    continue;
-                };
-                if !matches!(l.state, LState::Open | LState::Pending) {
-                    continue;
-                }
-                let entry = self
-                    .get_all_row(l.tenant(), &l.lease.period)
-                    .await?
-                    .map(|r| Entry::read(&r, &self.t.budgets, &id))
-                    .transpose()?
-                    .flatten();
-                let expires_at = entry.map_or(l.lease.expires_at_ms, |e| e.expires_at_ms);
-                if expires_at > now_ms {
-                    // Renewed, but the mirror lags (a crash after the renewal).
-                    if let Some(e) = entry {
-                        self.mirror_lease(&id, &e).await?;
-                    }
-                    continue;
-                }
-                expired += u64::from(self.close_lease(&l, LState::Expired, now_ms).await?);
+        for id in self.due(&self.t.leases, "leaseId", now_ms).await? {
+            let Some(l) = self.raw_lease(&id).await? else {
+                continue;
+            };
+            if !matches!(l.state, LState::Open | LState::Pending) {
+                continue;
             }
+            let entry = self
+                .get_all_row(l.tenant(), &l.lease.period)
+                .await?
+                .map(|r| Entry::read(&r, &self.t.budgets, &id))
+                .transpose()?
+                .flatten();
+            let expires_at = entry.map_or(l.lease.expires_at_ms, |e| e.expires_at_ms);
+            if expires_at > now_ms {
+                // Renewed, but the mirror lags (a crash after the renewal).
+                if let Some(e) = entry {
+                    self.mirror_lease(&id, &e).await?;
+                }
+                continue;
+            }
+            expired += u64::from(self.close_lease(&l, LState::Expired, now_ms).await?);
         }
         Ok(expired)
     }
