@@ -604,6 +604,88 @@ async fn hold_commits_are_capped(s: Arc<DynamoStore>) {
     assert_identity(&t);
 }
 
+/// The crash windows of the lease protocol, made by hand with raw writes: each
+/// is repaired by a later renewal or the sweeper, and nothing stays reserved.
+async fn crash_windows_are_repaired(client: aws_sdk_dynamodb::Client, s: Arc<DynamoStore>) {
+    use aws_sdk_dynamodb::types::AttributeValue as Av;
+    let leases = s.tables().leases.clone();
+    let set_item = |id: &'static str, attr: &'static str, v: Av| {
+        let client = client.clone();
+        let leases = leases.clone();
+        async move {
+            client
+                .update_item()
+                .table_name(leases)
+                .key("leaseId", Av::S(id.into()))
+                .update_expression("SET #a = :v")
+                .expression_attribute_names("#a", attr)
+                .expression_attribute_values(":v", v)
+                .send()
+                .await
+                .expect("raw update");
+        }
+    };
+
+    // A grant that died after counting (G3) but before `pending → open` (G4).
+    granted(
+        s.grant_lease(&lease("P", "crash"), &sizing("0.3", "0.1", "1"), d("1"))
+            .await
+            .unwrap(),
+    );
+    set_item("P", "state", Av::S("pending".into())).await;
+    assert_eq!(
+        s.get_lease("P").await.unwrap(),
+        None,
+        "pending is not a lease"
+    );
+    assert_eq!(
+        s.commit_leased(&leased("p1", "P", "0.01"), T0)
+            .await
+            .unwrap(),
+        CommitApplied::Unknown
+    );
+    assert_eq!(totals(&s, "crash").await.reserved_usd, d("0.3"));
+    assert_eq!(s.expire_holds(T0 + TTL - 1).await.unwrap(), 0);
+    assert_eq!(s.expire_holds(T0 + TTL).await.unwrap(), 1);
+    let t = totals(&s, "crash").await;
+    assert_eq!(t.reserved_usd, Decimal::ZERO);
+    assert_identity(&t);
+
+    // A renewal that died before its mirror: the sweeper sees the old expiry in
+    // the index but the entry's new one, and leaves the lease alone.
+    granted(
+        s.grant_lease(&lease("M", "crash"), &sizing("0.3", "0.1", "1"), d("1"))
+            .await
+            .unwrap(),
+    );
+    renewed(
+        s.renew_lease(
+            "M",
+            1,
+            d("0"),
+            &sizing("0.1", "0.1", "1"),
+            PERIOD,
+            T0 + 1,
+            T0 + 5 * TTL,
+        )
+        .await
+        .unwrap(),
+    );
+    set_item("M", "sweepAt", Av::N((T0 + TTL).to_string())).await;
+    set_item("M", "expiresAt", Av::N((T0 + TTL).to_string())).await;
+    set_item("M", "ver", Av::N("1".into())).await;
+    assert_eq!(s.expire_holds(T0 + TTL).await.unwrap(), 0);
+    let l = s.get_lease("M").await.unwrap().unwrap();
+    assert_eq!((l.state, l.expires_at_ms), (HoldState::Open, T0 + 5 * TTL));
+    assert_eq!(totals(&s, "crash").await.reserved_usd, d("0.4"));
+    // The mirror was rolled forward: the index now says the new expiry.
+    assert_eq!(s.expire_holds(T0 + 2 * TTL).await.unwrap(), 0);
+    assert_eq!(s.expire_holds(T0 + 5 * TTL).await.unwrap(), 1);
+    let t = totals(&s, "crash").await;
+    assert_eq!(t.reserved_usd, Decimal::ZERO);
+    assert_identity(&t);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dynamodb_leases_on_dynalite() {
     let dynalite = dynalite::Dynalite::start();
@@ -629,6 +711,7 @@ async fn dynamodb_leases_on_dynalite() {
     lease_lifecycle(open(fresh()).await).await;
     leases_respect_the_budget_and_expire(open(fresh()).await).await;
     hold_commits_are_capped(open(fresh()).await).await;
+    crash_windows_are_repaired(aws_sdk_dynamodb::Client::new(&conf), open(fresh()).await).await;
     // Two stores on the same tables: two sidecars sharing one ledger.
     let a = open(fresh()).await;
     let b = Arc::new(DynamoStore::from_sdk_config(

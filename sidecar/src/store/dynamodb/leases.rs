@@ -237,15 +237,13 @@ impl DynamoStore {
     /// the condition did not hold.
     async fn move_entry(
         &self,
-        tenant: &str,
-        period: &str,
-        lease_id: &str,
+        lease: &LeaseRecord,
         entry: Option<&Entry>,
         delta: Decimal,
         condition: &str,
         mut values: Vec<(&str, AttributeValue)>,
     ) -> Result<Option<Item>> {
-        let attr = entry_attr(lease_id);
+        let attr = entry_attr(&lease.lease_id);
         let update = match entry {
             Some(e) => {
                 values.push((":entry", e.value()));
@@ -262,7 +260,7 @@ impl DynamoStore {
         applied(
             self.update(
                 &self.t.budgets,
-                self.all_key(tenant, period),
+                self.all_key(&lease.terms.tenant_id, &lease.period),
                 update,
                 Some(condition),
                 &used(&exprs, &nm),
@@ -317,9 +315,7 @@ impl DynamoStore {
             };
             let r = self
                 .move_entry(
-                    tenant,
-                    period,
-                    id,
+                    &l.lease,
                     None,
                     -e.reserved,
                     "#e.#v = :v",
@@ -407,9 +403,7 @@ impl DynamoStore {
             };
             let row = self
                 .move_entry(
-                    tenant,
-                    period,
-                    id,
+                    lease,
                     Some(&entry),
                     granted,
                     "#available >= :d AND attribute_not_exists(#e)",
@@ -562,15 +556,7 @@ impl DynamoStore {
                 "#e.#v = :v"
             };
             let r = self
-                .move_entry(
-                    tenant,
-                    period,
-                    lease_id,
-                    Some(&next),
-                    delta,
-                    cond,
-                    vec![(":v", nu(e.ver))],
-                )
+                .move_entry(&l.lease, Some(&next), delta, cond, vec![(":v", nu(e.ver))])
                 .await?;
             if let Some(row) = r {
                 self.mirror_lease(lease_id, &next).await?;
