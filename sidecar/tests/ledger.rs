@@ -787,7 +787,9 @@ async fn unreserved_commits_are_charged_once() {
             "operation": "converse",
             "model": "claude-3-sonnet",
             "input_tokens_estimate": 10,
-            "max_output_tokens": 100,
+            // At least the output committed below: a commit never charges
+            // more output than the request's limit.
+            "max_output_tokens": 1000,
         })
     };
     let commit = |id: &str, key: &str| {

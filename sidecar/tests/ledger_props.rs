@@ -79,6 +79,8 @@ enum State {
 struct ModelHold {
     period: String,
     hold: Decimal,
+    /// The output limit the hold was priced with: a commit never charges more.
+    max_out: u64,
     expires_at: OffsetDateTime,
     state: State,
     /// Charged cost once committed.
@@ -209,6 +211,7 @@ async fn run_case(budget: Decimal, ops: Vec<Op>) -> Result<(), TestCaseError> {
                             ModelHold {
                                 period,
                                 hold: expected_hold,
+                                max_out: out,
                                 expires_at: now + time::Duration::seconds(TTL_SECS),
                                 state: State::Open,
                                 cost: None,
@@ -259,7 +262,10 @@ async fn run_case(budget: Decimal, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 } else {
                     pick % (next_id + 2)
                 };
-                let cost = per_million(input, rates.input) + per_million(output, rates.output);
+                // Output beyond the hold's limit is not charged (`cap_usage`).
+                let cost_at = |max_out: u64| {
+                    per_million(input, rates.input) + per_million(output.min(max_out), rates.output)
+                };
                 let resp = svc
                     .commit(
                         serde_json::from_value::<CommitBatch>(json!({"commits": [{
@@ -279,6 +285,7 @@ async fn run_case(budget: Decimal, ops: Vec<Op>) -> Result<(), TestCaseError> {
                             prop_assert_eq!(got.cost_usd, Some(first));
                         }
                         None => {
+                            let cost = cost_at(h.max_out);
                             prop_assert_eq!(got.outcome, CommitOutcome::Committed);
                             prop_assert_eq!(got.cost_usd, Some(cost));
                             h.in_time = h.state == State::Open;
