@@ -13,7 +13,7 @@ use rust_decimal::Decimal;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tollgate_sidecar::error::Error;
 use tollgate_sidecar::ledger::{AlertKind, LeaseSizing, ResetCycle};
 use tollgate_sidecar::pricing::{ModelPrice, Rates};

@@ -496,12 +496,17 @@ impl DynamoStore {
                 reason: reason.to_string(),
             })
         };
+        if return_usd < Decimal::ZERO {
+            return Err(Error::invalid(
+                "a lease renewal cannot return a negative amount",
+            ));
+        }
         let Some(l) = self.raw_lease(lease_id).await? else {
             return closed("unknown lease");
         };
         match l.state {
             LState::Pending => return closed("unknown lease"),
-            LState::Released => return closed("lease released"),
+            LState::Released => return closed("lease was released"),
             LState::Expired => return closed("lease expired"),
             LState::Open => {}
         }
@@ -520,7 +525,7 @@ impl DynamoStore {
             let (Some(row), Some(e)) = (row, entry) else {
                 // Given back by a close that did not finish: finish it.
                 self.close_lease(&l, LState::Released, now_ms).await?;
-                return closed("lease released");
+                return closed("lease was released");
             };
             let available = Get::new(&row, &self.t.budgets).dec("available")?;
             if seq == e.seq {
@@ -540,7 +545,7 @@ impl DynamoStore {
                 self.close_lease(&l, LState::Expired, now_ms).await?;
                 return closed("lease expired");
             }
-            let returned = return_usd.max(Decimal::ZERO).min(e.reserved);
+            let returned = return_usd.min(e.reserved);
             let granted = sizing.grant(available + returned).unwrap_or(Decimal::ZERO);
             let delta = granted - returned;
             let next = Entry {
@@ -555,11 +560,19 @@ impl DynamoStore {
             } else {
                 "#e.#v = :v"
             };
+            // Wanting nothing with nothing left: the renewal releases the lease
+            // (the entry goes in the same update).
+            let release = sizing.want <= Decimal::ZERO && next.reserved.is_zero();
+            let kept = (!release).then_some(&next);
             let r = self
-                .move_entry(&l.lease, Some(&next), delta, cond, vec![(":v", nu(e.ver))])
+                .move_entry(&l.lease, kept, delta, cond, vec![(":v", nu(e.ver))])
                 .await?;
             if let Some(row) = r {
-                self.mirror_lease(lease_id, &next).await?;
+                if release {
+                    self.close_lease(&l, LState::Released, now_ms).await?;
+                } else {
+                    self.mirror_lease(lease_id, &next).await?;
+                }
                 return Ok(RenewApplied::Renewed {
                     granted,
                     remaining: Get::new(&row, &self.t.budgets).dec("available")?,
@@ -618,15 +631,19 @@ impl DynamoStore {
                 application_id: terms.application_id.clone(),
                 ..c.attribution.clone()
             },
-            max_output_tokens: c.usage.output_tokens,
+            max_output_tokens: crate::ledger::max_output_tokens(
+                None,
+                terms.default_max_output_tokens,
+                terms.max_tokens_cap,
+            ),
             hold_usd: c.hold_usd,
             budget_remaining_usd: Decimal::ZERO,
             rates: terms.rates,
             created_at_ms: now_ms,
-            expires_at_ms: now_ms,
-            state: HoldState::Open,
+            expires_at_ms: l.lease.expires_at_ms,
+            state: HoldState::Committed,
             model_budget_usd: None,
-            input_tokens_estimate: c.usage.input_tokens,
+            input_tokens_estimate: 0,
         };
         // C1 for a leased request: the claim is the hold item itself, written
         // `committing` once per request id; the rest is the ordinary commit.
@@ -657,6 +674,8 @@ impl DynamoStore {
             .is_some()
             {
                 let totals = self.finish_commit(&claimed, now_ms).await?;
+                let mut hold = hold.clone();
+                hold.budget_remaining_usd = totals.available();
                 return Ok(CommitApplied::Committed {
                     cost,
                     capped: c.capped,
