@@ -31,7 +31,8 @@
 //!   (conditioned on the version read, so of two racing renewals exactly one
 //!   applies and the other then replays it), returning `min(return, r)` and
 //!   adding `sizing.grant(available + returned)` (condition `available >= :d`
-//!   when the net change is positive).
+//!   when the net change is positive). A renewal wanting nothing that leaves
+//!   nothing held removes the entry instead (the lease is released).
 //! - **leased commit**: idempotent per request id through the hold machinery:
 //!   the claim is a `PutItem` of a `committing` hold item carrying `leaseId`
 //!   (`attribute_not_exists(requestId)`), then the ordinary commit steps
