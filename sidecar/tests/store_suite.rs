@@ -5,15 +5,15 @@
 //! Each case gets a fresh store: a new SQLite file, or a new table prefix on the
 //! one dynalite process the DynamoDB test starts (and kills when it ends).
 
-use aws_sdk_dynamodb::config::Credentials;
+#[path = "common/dynalite.rs"]
+mod dynalite;
+
+use dynalite::Dynalite;
 use rust_decimal::Decimal;
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::pin::Pin;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tollgate_sidecar::error::Error;
 use tollgate_sidecar::ledger::{AlertKind, LeaseSizing, ResetCycle};
 use tollgate_sidecar::pricing::{ModelPrice, Rates};
@@ -1705,75 +1705,10 @@ async fn sqlite_store() {
     .await;
 }
 
-/// A dynalite process on a free loopback port, killed on drop.
-struct Dynalite {
-    child: Child,
-    endpoint: String,
-}
-
-impl Dynalite {
-    fn start() -> Self {
-        let bin = std::env::var_os("DYNALITE_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                    .join("../tests/node_modules/.bin/dynalite")
-            });
-        assert!(
-            bin.exists(),
-            "dynalite not found at {}: run `cargo xtask setup` (it runs `npm install` in tests/), \
-             or set DYNALITE_BIN",
-            bin.display()
-        );
-        let port = {
-            let l = TcpListener::bind("127.0.0.1:0").expect("free port");
-            l.local_addr().expect("addr").port()
-        };
-        let mut child = Command::new(&bin)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--createTableMs", "0", "--deleteTableMs", "0"])
-            .args(["--updateTableMs", "0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("dynalite exited early ({status})");
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("dynalite did not listen on {addr} within 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self {
-            child,
-            endpoint: format!("http://{addr}"),
-        }
-    }
-}
-
-impl Drop for Dynalite {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
 async fn dynamodb_store_on_dynalite() {
     let dynalite = Dynalite::start();
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(&dynalite.endpoint)
-        .credentials_provider(Credentials::new("dummy", "dummy", None, None, "test"))
-        .load()
-        .await;
+    let conf = dynalite.sdk_config().await;
     let run = std::process::id();
     let client = aws_sdk_dynamodb::Client::new(&conf);
     let prefix = |i: usize| format!("t{run}-{i}-");
@@ -2015,10 +1950,18 @@ async fn check_budget_rows(client: &aws_sdk_dynamodb::Client, table: &str) {
                 num(item, "totalBudget") - num(item, "totalCost") - num(item, "reserved"),
                 "{item:?}"
             );
+            // Holds by request id, and (DynamoDB leases) one `lease:<id>` entry
+            // per open lease.
             let open = match item.get("openHolds") {
                 Some(AttributeValue::Ss(v)) => v.len(),
                 _ => 0,
-            };
+            } + item
+                .iter()
+                .filter(|(k, v)| {
+                    k.starts_with("lease:")
+                        && matches!(v, AttributeValue::M(m) if !num(m, "r").is_zero())
+                })
+                .count();
             assert_eq!(
                 num(item, "reserved").is_zero(),
                 open == 0,

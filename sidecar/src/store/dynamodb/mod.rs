@@ -14,6 +14,7 @@
 //! | `TollgateHolds`             | `requestId`; sparse GSI `bySweep` (`sweepShard`, `sweepAt`) | holds |
 //! | `TollgateUsage`             | `requestId`                           | usage log |
 //! | `TollgateAlerts`            | `tenantId`, `periodKind` = `period#kind` | fired alerts |
+//! | `TollgateLeases`            | `leaseId`; sparse GSI `bySweep` (`sweepShard`, `sweepAt`) | budget leases (see [`leases`]) |
 //!
 //! Money is a DynamoDB `N` written from `rust_decimal::Decimal::to_string()` and
 //! only ever added by DynamoDB's exact decimal arithmetic (`ADD`), never a float.
@@ -114,6 +115,8 @@ use aws_sdk_dynamodb::Client;
 use std::collections::HashMap;
 use std::time::Duration;
 
+mod leases;
+
 type Item = HashMap<String, AttributeValue>;
 /// A filter expression with its attribute names and values.
 type Filter<'a> = (
@@ -162,6 +165,7 @@ pub struct Tables {
     pub holds: String,
     pub usage: String,
     pub alerts: String,
+    pub leases: String,
 }
 
 impl Tables {
@@ -178,6 +182,7 @@ impl Tables {
             holds: t("TollgateHolds"),
             usage: t("TollgateUsage"),
             alerts: t("TollgateAlerts"),
+            leases: t("TollgateLeases"),
         }
     }
 
@@ -217,6 +222,12 @@ impl Tables {
             ),
             (&self.usage, "requestId", None, vec![]),
             (&self.alerts, "tenantId", Some("periodKind"), vec![]),
+            (
+                &self.leases,
+                "leaseId",
+                None,
+                vec![("bySweep", "sweepShard", "sweepAt")],
+            ),
         ]
     }
 }
@@ -563,8 +574,12 @@ struct DHold {
     cost: Option<Decimal>,
     usage: Usage,
     estimated: bool,
+    /// The usage was cut by `ledger::cap_usage` (set with the claim).
+    capped: bool,
     settled_at_ms: i64,
     sweep_at: Option<i64>,
+    /// Set on the claim of a commit admitted from a lease (see `leases`).
+    lease_id: Option<String>,
 }
 
 fn shard(request_id: &str) -> String {
@@ -577,6 +592,60 @@ fn shard(request_id: &str) -> String {
     format!("s{}", h % SWEEP_SHARDS)
 }
 
+/// Per-request attribution (holds and usage records); unset parts are absent.
+fn put_attribution(item: &mut Item, a: &Attribution) {
+    put_opt(item, "applicationId", a.application_id.clone().map(s));
+    put_opt(item, "costCenter", a.cost_center.clone().map(s));
+    put_opt(item, "environment", a.environment.clone().map(s));
+    put_opt(item, "userId", a.user_id.clone().map(s));
+}
+
+fn attribution_from(g: &Get<'_>) -> Result<Attribution> {
+    Ok(Attribution {
+        application_id: g.opt_s("applicationId")?,
+        cost_center: g.opt_s("costCenter")?,
+        environment: g.opt_s("environment")?,
+        user_id: g.opt_s("userId")?,
+    })
+}
+
+/// Token counts (committed holds and usage records).
+fn put_usage(item: &mut Item, u: &Usage) {
+    item.insert("inputTokens".into(), nu(u.input_tokens));
+    item.insert("outputTokens".into(), nu(u.output_tokens));
+    item.insert("cacheReadInputTokens".into(), nu(u.cache_read_input_tokens));
+    item.insert(
+        "cacheWriteInputTokens".into(),
+        nu(u.cache_write_input_tokens),
+    );
+}
+
+fn usage_from(g: &Get<'_>) -> Result<Usage> {
+    Ok(Usage {
+        input_tokens: g.u64("inputTokens")?,
+        output_tokens: g.u64("outputTokens")?,
+        cache_read_input_tokens: g.u64("cacheReadInputTokens")?,
+        cache_write_input_tokens: g.u64("cacheWriteInputTokens")?,
+    })
+}
+
+/// The price snapshot (holds and leases).
+fn put_rates(item: &mut Item, r: &Rates) {
+    item.insert("rateInput".into(), n(r.input));
+    item.insert("rateOutput".into(), n(r.output));
+    item.insert("rateCacheRead".into(), n(r.cache_read));
+    item.insert("rateCacheWrite".into(), n(r.cache_write));
+}
+
+fn rates_from(g: &Get<'_>) -> Result<Rates> {
+    Ok(Rates {
+        input: g.dec("rateInput")?,
+        output: g.dec("rateOutput")?,
+        cache_read: g.dec("rateCacheRead")?,
+        cache_write: g.dec("rateCacheWrite")?,
+    })
+}
+
 fn hold_item(h: &Hold) -> Item {
     let mut item = Item::new();
     item.insert("requestId".into(), s(&h.request_id));
@@ -584,23 +653,17 @@ fn hold_item(h: &Hold) -> Item {
     item.insert("period".into(), s(&h.period));
     item.insert("modelId".into(), s(&h.model_id));
     item.insert("targetModel".into(), s(&h.target_model));
-    let a = &h.attribution;
-    put_opt(&mut item, "applicationId", a.application_id.clone().map(s));
-    put_opt(&mut item, "costCenter", a.cost_center.clone().map(s));
-    put_opt(&mut item, "environment", a.environment.clone().map(s));
-    put_opt(&mut item, "userId", a.user_id.clone().map(s));
+    put_attribution(&mut item, &h.attribution);
     item.insert("maxOutputTokens".into(), nu(h.max_output_tokens));
     item.insert("holdUsd".into(), n(h.hold_usd));
-    item.insert("rateInput".into(), n(h.rates.input));
-    item.insert("rateOutput".into(), n(h.rates.output));
-    item.insert("rateCacheRead".into(), n(h.rates.cache_read));
-    item.insert("rateCacheWrite".into(), n(h.rates.cache_write));
+    put_rates(&mut item, &h.rates);
     item.insert("createdAt".into(), ni(h.created_at_ms));
     item.insert("expiresAt".into(), ni(h.expires_at_ms));
     item.insert("state".into(), s(DState::Pending.as_str()));
     item.insert("sweepShard".into(), s(shard(&h.request_id)));
     item.insert("sweepAt".into(), ni(h.expires_at_ms));
     put_opt(&mut item, "modelBudgetUsd", h.model_budget_usd.map(n));
+    item.insert("inputTokensEstimate".into(), nu(h.input_tokens_estimate));
     item
 }
 
@@ -615,45 +678,56 @@ fn hold_from_item(item: &Item, table: &str) -> Result<DHold> {
         period: g.s("period")?,
         model_id: g.s("modelId")?,
         target_model: g.s("targetModel")?,
-        attribution: Attribution {
-            application_id: g.opt_s("applicationId")?,
-            cost_center: g.opt_s("costCenter")?,
-            environment: g.opt_s("environment")?,
-            user_id: g.opt_s("userId")?,
-        },
+        attribution: attribution_from(&g)?,
         max_output_tokens: g.u64("maxOutputTokens")?,
         hold_usd: g.dec("holdUsd")?,
         budget_remaining_usd: g.dec("budgetRemainingUsd")?,
-        rates: Rates {
-            input: g.dec("rateInput")?,
-            output: g.dec("rateOutput")?,
-            cache_read: g.dec("rateCacheRead")?,
-            cache_write: g.dec("rateCacheWrite")?,
-        },
+        rates: rates_from(&g)?,
         created_at_ms: g.i64("createdAt")?,
         expires_at_ms: g.i64("expiresAt")?,
         state: state.public(),
         model_budget_usd: g.opt_dec("modelBudgetUsd")?,
-        input_tokens_estimate: 0,
+        // Holds written before the attribute existed: no input cap.
+        input_tokens_estimate: g.opt_u64("inputTokensEstimate")?.unwrap_or(u64::MAX),
     };
     Ok(DHold {
         hold,
         state,
         cost: g.opt_dec("costUsd")?,
-        usage: Usage {
-            input_tokens: g.u64("inputTokens")?,
-            output_tokens: g.u64("outputTokens")?,
-            cache_read_input_tokens: g.u64("cacheReadInputTokens")?,
-            cache_write_input_tokens: g.u64("cacheWriteInputTokens")?,
-        },
+        usage: usage_from(&g)?,
         estimated: g.bool("estimated")?,
+        capped: g.bool("capped")?,
         settled_at_ms: g.i64("settledAt")?,
         sweep_at: g.opt_i64("sweepAt")?,
+        lease_id: g.opt_s("leaseId")?,
     })
 }
 
 fn budget_sk(period: &str, scope: &str) -> String {
     format!("{period}#{scope}")
+}
+
+/// A fresh budget row (`ALL` or a budgeted model row): nothing spent or reserved.
+fn budget_row_item(tenant: &str, period: &str, scope: &str, budget: Decimal) -> Item {
+    let mut item = Item::new();
+    item.insert("tenantId".into(), s(tenant));
+    item.insert("modelId".into(), s(budget_sk(period, scope)));
+    item.insert("period".into(), s(period));
+    item.insert("scope".into(), s(scope));
+    item.insert("totalBudget".into(), n(budget));
+    item.insert("totalCost".into(), n(Decimal::ZERO));
+    item.insert("reserved".into(), n(Decimal::ZERO));
+    item.insert("available".into(), n(budget));
+    for k in [
+        "inputTokens",
+        "outputTokens",
+        "cacheReadInputTokens",
+        "cacheWriteInputTokens",
+        "requests",
+    ] {
+        item.insert(k.into(), nu(0));
+    }
+    item
 }
 
 fn totals_from_item(item: &Item, table: &str, period: &str) -> Result<Totals> {
@@ -784,22 +858,12 @@ fn alert_from_item(item: &Item, table: &str) -> Result<AlertRecord> {
 fn usage_from_item(item: &Item, table: &str) -> Result<UsageRecord> {
     let g = Get::new(item, table);
     Ok(UsageRecord {
-        capped: false,
+        capped: g.bool("capped")?,
         request_id: g.s("requestId")?,
         tenant_id: g.s("tenantId")?,
         model_id: g.s("modelId")?,
-        attribution: Attribution {
-            application_id: g.opt_s("applicationId")?,
-            cost_center: g.opt_s("costCenter")?,
-            environment: g.opt_s("environment")?,
-            user_id: g.opt_s("userId")?,
-        },
-        usage: Usage {
-            input_tokens: g.u64("inputTokens")?,
-            output_tokens: g.u64("outputTokens")?,
-            cache_read_input_tokens: g.u64("cacheReadInputTokens")?,
-            cache_write_input_tokens: g.u64("cacheWriteInputTokens")?,
-        },
+        attribution: attribution_from(&g)?,
+        usage: usage_from(&g)?,
         cost_usd: g.dec("costUsd")?,
         estimated: g.bool("estimated")?,
         at_ms: g.i64("at")?,
@@ -1092,6 +1156,71 @@ impl DynamoStore {
             .map_err(|e| ddb_error("UpdateItem", table, e))
     }
 
+    /// Marks a key or credential of `tenant_id` revoked (first revocation time
+    /// kept); false when no such item belongs to the tenant.
+    async fn revoke(
+        &self,
+        table: &str,
+        key: (&str, AttributeValue),
+        tenant_id: &str,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let r = self
+            .update(
+                table,
+                vec![key],
+                "SET #rev = if_not_exists(#rev, :now)",
+                Some("#t = :t"),
+                &[("#rev", "revokedAt"), ("#t", "tenantId")],
+                vec![(":now", ni(now_ms)), (":t", s(tenant_id))],
+            )
+            .await;
+        Ok(applied(r)?.is_some())
+    }
+
+    /// Moves a budget row's `totalBudget` from `old` to `new` (and `available`
+    /// by the difference); `false` when another writer changed it first.
+    async fn move_budget(
+        &self,
+        key: Vec<(&str, AttributeValue)>,
+        old: Decimal,
+        new: Decimal,
+    ) -> Result<bool> {
+        let r = self
+            .update(
+                &self.t.budgets,
+                key,
+                "SET #budget = :new ADD #available :delta",
+                Some("#budget = :old"),
+                &[("#budget", "totalBudget"), ("#available", "available")],
+                vec![(":new", n(new)), (":old", n(old)), (":delta", n(new - old))],
+            )
+            .await;
+        Ok(applied(r)?.is_some())
+    }
+
+    /// Keys (`key_attr`) of the items whose `sweepAt` is due, from every shard
+    /// of the table's sparse `bySweep` index (eventually consistent: callers
+    /// act on a fresh read).
+    async fn due(&self, table: &str, key_attr: &str, now_ms: i64) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for i in 0..SWEEP_SHARDS {
+            let items = self
+                .query_all(
+                    table,
+                    Some("bySweep"),
+                    "#sh = :sh AND #at <= :now",
+                    names(&[("#sh", "sweepShard"), ("#at", "sweepAt")]),
+                    vals(vec![(":sh", s(format!("s{i}"))), (":now", ni(now_ms))]),
+                )
+                .await?;
+            for item in &items {
+                out.push(Get::new(item, table).s(key_attr)?);
+            }
+        }
+        Ok(out)
+    }
+
     fn all_key(&self, tenant: &str, period: &str) -> Vec<(&'static str, AttributeValue)> {
         vec![
             ("tenantId", s(tenant)),
@@ -1106,24 +1235,7 @@ impl DynamoStore {
 
     /// Creates the period's `ALL` row unless it exists (lazily, on first use).
     async fn ensure_all_row(&self, tenant: &str, period: &str, budget: Decimal) -> Result<()> {
-        let mut item = Item::new();
-        item.insert("tenantId".into(), s(tenant));
-        item.insert("modelId".into(), s(budget_sk(period, ALL)));
-        item.insert("period".into(), s(period));
-        item.insert("scope".into(), s(ALL));
-        item.insert("totalBudget".into(), n(budget));
-        item.insert("totalCost".into(), n(Decimal::ZERO));
-        item.insert("reserved".into(), n(Decimal::ZERO));
-        item.insert("available".into(), n(budget));
-        for k in [
-            "inputTokens",
-            "outputTokens",
-            "cacheReadInputTokens",
-            "cacheWriteInputTokens",
-            "requests",
-        ] {
-            item.insert(k.into(), nu(0));
-        }
+        let item = budget_row_item(tenant, period, ALL, budget);
         applied(self.put(&self.t.budgets, item, Some("tenantId")).await)?;
         Ok(())
     }
@@ -1204,12 +1316,53 @@ impl DynamoStore {
     }
 
     async fn give_back_row(&self, h: &Hold, key: Vec<(&str, AttributeValue)>) -> Result<bool> {
+        Ok(self
+            .hold_in_row(
+                h,
+                key,
+                "ADD #reserved :nh, #available :h DELETE #openHolds :idset",
+                "contains(#openHolds, :id)",
+            )
+            .await?
+            .is_some())
+    }
+
+    /// Counts a hold in a budget row's `reserved` (the `ALL` row or its model
+    /// row) if it fits there; `None` when it does not (or is counted already).
+    /// Idempotent through the row's `openHolds`.
+    async fn count_in_row(
+        &self,
+        h: &Hold,
+        key: Vec<(&str, AttributeValue)>,
+    ) -> Result<Option<Item>> {
+        self.hold_in_row(
+            h,
+            key,
+            "ADD #reserved :h, #available :nh, #openHolds :idset",
+            // A zero hold takes nothing and always fits (ledger::admits).
+            if h.hold_usd.is_zero() {
+                "attribute_exists(#available) AND NOT contains(#openHolds, :id)"
+            } else {
+                "#available >= :h AND NOT contains(#openHolds, :id)"
+            },
+        )
+        .await
+    }
+
+    /// A hold's conditional move into or out of a row's `reserved`.
+    async fn hold_in_row(
+        &self,
+        h: &Hold,
+        key: Vec<(&str, AttributeValue)>,
+        update: &str,
+        condition: &str,
+    ) -> Result<Option<Item>> {
         let r = self
             .update(
                 &self.t.budgets,
                 key,
-                "ADD #reserved :nh, #available :h DELETE #openHolds :idset",
-                Some("contains(#openHolds, :id)"),
+                update,
+                Some(condition),
                 &[
                     ("#reserved", "reserved"),
                     ("#available", "available"),
@@ -1223,7 +1376,7 @@ impl DynamoStore {
                 ],
             )
             .await;
-        Ok(applied(r)?.is_some())
+        applied(r)
     }
 
     /// R2 (+R3): counts a pending hold in `reserved` if it fits. Idempotent.
@@ -1235,30 +1388,9 @@ impl DynamoStore {
         }
         for _ in 0..MAX_ATTEMPTS {
             let r = self
-                .update(
-                    &self.t.budgets,
-                    self.all_key(&h.tenant_id, &h.period),
-                    "ADD #reserved :h, #available :nh, #openHolds :idset",
-                    // A zero hold takes nothing and always fits (ledger::admits).
-                    Some(if h.hold_usd.is_zero() {
-                        "attribute_exists(#available) AND NOT contains(#openHolds, :id)"
-                    } else {
-                        "#available >= :h AND NOT contains(#openHolds, :id)"
-                    }),
-                    &[
-                        ("#reserved", "reserved"),
-                        ("#available", "available"),
-                        ("#openHolds", "openHolds"),
-                    ],
-                    vec![
-                        (":h", n(h.hold_usd)),
-                        (":nh", n(-h.hold_usd)),
-                        (":idset", ss(&h.request_id)),
-                        (":id", s(&h.request_id)),
-                    ],
-                )
-                .await;
-            let remaining = match applied(r)? {
+                .count_in_row(h, self.all_key(&h.tenant_id, &h.period))
+                .await?;
+            let remaining = match r {
                 Some(row) => Get::new(&row, &self.t.budgets).dec("available")?,
                 None => {
                     let Some(row) = self.get_all_row(&h.tenant_id, &h.period).await? else {
@@ -1340,49 +1472,17 @@ impl DynamoStore {
         let key = self.model_key(h);
         for _ in 0..MAX_ATTEMPTS {
             let Some(row) = self.get(&self.t.budgets, key.clone()).await? else {
-                let mut item: Item = key
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.clone()))
-                    .collect();
-                item.insert("period".into(), s(&h.period));
-                item.insert("scope".into(), s(&h.model_id));
-                item.insert("totalBudget".into(), n(budget));
-                item.insert("totalCost".into(), n(Decimal::ZERO));
-                item.insert("reserved".into(), n(Decimal::ZERO));
-                item.insert("available".into(), n(budget));
-                for k in [
-                    "inputTokens",
-                    "outputTokens",
-                    "cacheReadInputTokens",
-                    "cacheWriteInputTokens",
-                    "requests",
-                ] {
-                    item.insert(k.into(), nu(0));
-                }
+                let item = budget_row_item(&h.tenant_id, &h.period, &h.model_id, budget);
                 if applied(self.put(&self.t.budgets, item, Some("tenantId")).await)?.is_some() {
                     return Ok(());
                 }
                 continue;
             };
             let g = Get::new(&row, &self.t.budgets);
-            let r = match g.opt_dec("totalBudget")? {
+            let done = match g.opt_dec("totalBudget")? {
                 Some(old) if old == budget => return Ok(()),
                 // The budget changed: `available` moves by the difference.
-                Some(old) => {
-                    self.update(
-                        &self.t.budgets,
-                        key.clone(),
-                        "SET #budget = :new ADD #available :delta",
-                        Some("#budget = :old"),
-                        &[("#budget", "totalBudget"), ("#available", "available")],
-                        vec![
-                            (":new", n(budget)),
-                            (":old", n(old)),
-                            (":delta", n(budget - old)),
-                        ],
-                    )
-                    .await
-                }
+                Some(old) => self.move_budget(key.clone(), old, budget).await?,
                 // A row so far without a model budget (only commits touched it,
                 // never `reserved`): start `available` from its spend, provided
                 // no commit lands in between.
@@ -1402,23 +1502,25 @@ impl DynamoStore {
                     if mentions(cond, ":spent") {
                         values.push((":spent", n(spent)));
                     }
-                    self.update(
-                        &self.t.budgets,
-                        key.clone(),
-                        "SET #budget = :new, #available = :avail, #reserved = :zero",
-                        Some(cond),
-                        &[
-                            ("#budget", "totalBudget"),
-                            ("#available", "available"),
-                            ("#reserved", "reserved"),
-                            ("#cost", "totalCost"),
-                        ],
-                        values,
-                    )
-                    .await
+                    let r = self
+                        .update(
+                            &self.t.budgets,
+                            key.clone(),
+                            "SET #budget = :new, #available = :avail, #reserved = :zero",
+                            Some(cond),
+                            &[
+                                ("#budget", "totalBudget"),
+                                ("#available", "available"),
+                                ("#reserved", "reserved"),
+                                ("#cost", "totalCost"),
+                            ],
+                            values,
+                        )
+                        .await;
+                    applied(r)?.is_some()
                 }
             };
-            if applied(r)?.is_some() {
+            if done {
                 return Ok(());
             }
         }
@@ -1434,30 +1536,7 @@ impl DynamoStore {
     async fn count_model_hold(&self, h: &Hold, budget: Decimal) -> Result<Option<ReserveOutcome>> {
         self.ensure_model_budget(h, budget).await?;
         for _ in 0..MAX_ATTEMPTS {
-            let r = self
-                .update(
-                    &self.t.budgets,
-                    self.model_key(h),
-                    "ADD #reserved :h, #available :nh, #openHolds :idset",
-                    Some(if h.hold_usd.is_zero() {
-                        "attribute_exists(#available) AND NOT contains(#openHolds, :id)"
-                    } else {
-                        "#available >= :h AND NOT contains(#openHolds, :id)"
-                    }),
-                    &[
-                        ("#reserved", "reserved"),
-                        ("#available", "available"),
-                        ("#openHolds", "openHolds"),
-                    ],
-                    vec![
-                        (":h", n(h.hold_usd)),
-                        (":nh", n(-h.hold_usd)),
-                        (":idset", ss(&h.request_id)),
-                        (":id", s(&h.request_id)),
-                    ],
-                )
-                .await;
-            if applied(r)?.is_some() {
+            if self.count_in_row(h, self.model_key(h)).await?.is_some() {
                 return Ok(None);
             }
             let Some(row) = self.get(&self.t.budgets, self.model_key(h)).await? else {
@@ -1514,6 +1593,79 @@ impl DynamoStore {
         Ok(())
     }
 
+    /// C2 of a commit: charge the `ALL` row, open-style while the hold is
+    /// counted there, else late-style. Idempotent through `settling`. Returns
+    /// the row after the charge; `None` after too many lost races.
+    async fn charge_hold(
+        &self,
+        d: &DHold,
+        counter_add: &str,
+        counter_names: &[(&str, &str)],
+        counters: &[(&str, AttributeValue)],
+    ) -> Result<Option<Item>> {
+        let h = &d.hold;
+        let id = h.request_id.as_str();
+        let cost = d.cost.unwrap_or_default();
+        for _ in 0..MAX_ATTEMPTS {
+            // Open-style: the hold is still counted in `reserved`.
+            let mut v = counters.to_vec();
+            v.push((":nh", n(-h.hold_usd)));
+            v.push((":delta", n(h.hold_usd - cost)));
+            let mut nm = counter_names.to_vec();
+            nm.push(("#reserved", "reserved"));
+            let r = self
+                .update(
+                    &self.t.budgets,
+                    self.all_key(&h.tenant_id, &h.period),
+                    &format!(
+                        "ADD {counter_add}, #reserved :nh, #available :delta DELETE #openHolds :idset"
+                    ),
+                    Some("contains(#openHolds, :id) AND NOT contains(#settling, :id)"),
+                    &nm,
+                    v,
+                )
+                .await;
+            if let Some(row) = applied(r)? {
+                return Ok(Some(row));
+            }
+            // Late-style: the hold was given back (expired/released) or never counted.
+            let mut v = counters.to_vec();
+            v.push((":nc", n(-cost)));
+            let r = self
+                .update(
+                    &self.t.budgets,
+                    self.all_key(&h.tenant_id, &h.period),
+                    &format!("ADD {counter_add}, #available :nc"),
+                    Some(
+                        "attribute_exists(tenantId) AND NOT contains(#openHolds, :id) \
+                         AND NOT contains(#settling, :id)",
+                    ),
+                    counter_names,
+                    v,
+                )
+                .await;
+            if let Some(row) = applied(r)? {
+                return Ok(Some(row));
+            }
+            match self.get_all_row(&h.tenant_id, &h.period).await? {
+                // The row never existed (reserve crashed before R2): like SQLite,
+                // start it with a zero budget rather than lose the charge.
+                None => {
+                    self.ensure_all_row(&h.tenant_id, &h.period, Decimal::ZERO)
+                        .await?
+                }
+                Some(row) => {
+                    if Get::new(&row, &self.t.budgets).set_contains("settling", id) {
+                        // Already charged by an earlier attempt.
+                        return Ok(Some(row));
+                    }
+                    // A give-back or a late R2 moved the id between our two tries.
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// C2–C6 for a `committing` hold; idempotent. Returns the period totals.
     async fn finish_commit(&self, d: &DHold, now_ms: i64) -> Result<Totals> {
         let h = &d.hold;
@@ -1547,67 +1699,19 @@ impl DynamoStore {
             "#cost :c, #it :it, #ot :ot, #cr :cr, #cw :cw, #req :one, #settling :idset";
 
         // C2: the period's ALL row.
-        let mut totals = None;
-        for _ in 0..MAX_ATTEMPTS {
-            // Open-style: the hold is still counted in `reserved`.
-            let mut v = counters.clone();
-            v.push((":nh", n(-h.hold_usd)));
-            v.push((":delta", n(h.hold_usd - cost)));
-            let mut nm = counter_names.to_vec();
-            nm.push(("#reserved", "reserved"));
-            let r = self
-                .update(
-                    &self.t.budgets,
-                    self.all_key(&h.tenant_id, &h.period),
-                    &format!(
-                        "ADD {counter_add}, #reserved :nh, #available :delta DELETE #openHolds :idset"
-                    ),
-                    Some("contains(#openHolds, :id) AND NOT contains(#settling, :id)"),
-                    &nm,
-                    v,
-                )
-                .await;
-            if let Some(row) = applied(r)? {
-                totals = Some(totals_from_item(&row, &self.t.budgets, &h.period)?);
-                break;
+        let row = match &d.lease_id {
+            Some(lease_id) => {
+                self.charge_leased(d, lease_id, counter_add, &counter_names, &counters)
+                    .await?
             }
-            // Late-style: the hold was given back (expired/released) or never counted.
-            let mut v = counters.clone();
-            v.push((":nc", n(-cost)));
-            let r = self
-                .update(
-                    &self.t.budgets,
-                    self.all_key(&h.tenant_id, &h.period),
-                    &format!("ADD {counter_add}, #available :nc"),
-                    Some(
-                        "attribute_exists(tenantId) AND NOT contains(#openHolds, :id) \
-                         AND NOT contains(#settling, :id)",
-                    ),
-                    &counter_names,
-                    v,
-                )
-                .await;
-            if let Some(row) = applied(r)? {
-                totals = Some(totals_from_item(&row, &self.t.budgets, &h.period)?);
-                break;
+            None => {
+                self.charge_hold(d, counter_add, &counter_names, &counters)
+                    .await?
             }
-            match self.get_all_row(&h.tenant_id, &h.period).await? {
-                // The row never existed (reserve crashed before R2): like SQLite,
-                // start it with a zero budget rather than lose the charge.
-                None => {
-                    self.ensure_all_row(&h.tenant_id, &h.period, Decimal::ZERO)
-                        .await?
-                }
-                Some(row) => {
-                    if Get::new(&row, &self.t.budgets).set_contains("settling", id) {
-                        // Already charged by an earlier attempt.
-                        totals = Some(totals_from_item(&row, &self.t.budgets, &h.period)?);
-                        break;
-                    }
-                    // A give-back or a late R2 moved the id between our two tries.
-                }
-            }
-        }
+        };
+        let totals = row
+            .map(|r| totals_from_item(&r, &self.t.budgets, &h.period))
+            .transpose()?;
         let totals = totals.ok_or_else(|| {
             Error::Internal(format!(
                 "commit {id}: too much contention on the budget row (transient; retry)"
@@ -1690,20 +1794,11 @@ impl DynamoStore {
         item.insert("requestId".into(), s(id));
         item.insert("tenantId".into(), s(&h.tenant_id));
         item.insert("modelId".into(), s(&h.model_id));
-        let a = &h.attribution;
-        put_opt(&mut item, "applicationId", a.application_id.clone().map(s));
-        put_opt(&mut item, "costCenter", a.cost_center.clone().map(s));
-        put_opt(&mut item, "environment", a.environment.clone().map(s));
-        put_opt(&mut item, "userId", a.user_id.clone().map(s));
-        item.insert("inputTokens".into(), nu(u.input_tokens));
-        item.insert("outputTokens".into(), nu(u.output_tokens));
-        item.insert("cacheReadInputTokens".into(), nu(u.cache_read_input_tokens));
-        item.insert(
-            "cacheWriteInputTokens".into(),
-            nu(u.cache_write_input_tokens),
-        );
+        put_attribution(&mut item, &h.attribution);
+        put_usage(&mut item, u);
         item.insert("costUsd".into(), n(cost));
         item.insert("estimated".into(), AttributeValue::Bool(d.estimated));
+        item.insert("capped".into(), AttributeValue::Bool(d.capped));
         item.insert("at".into(), ni(d.settled_at_ms));
         item.insert("period".into(), s(&h.period));
         applied(self.put(&self.t.usage, item, Some("requestId")).await)?;
@@ -1801,21 +1896,8 @@ impl Store for DynamoStore {
             if old == cfg.budget_usd {
                 return Ok(());
             }
-            let r = self
-                .update(
-                    &self.t.budgets,
-                    self.all_key(&cfg.tenant_id, current_period),
-                    "SET #budget = :new ADD #available :delta",
-                    Some("#budget = :old"),
-                    &[("#budget", "totalBudget"), ("#available", "available")],
-                    vec![
-                        (":new", n(cfg.budget_usd)),
-                        (":old", n(old)),
-                        (":delta", n(cfg.budget_usd - old)),
-                    ],
-                )
-                .await;
-            if applied(r)?.is_some() {
+            let key = self.all_key(&cfg.tenant_id, current_period);
+            if self.move_budget(key, old, cfg.budget_usd).await? {
                 return Ok(());
             }
         }
@@ -2004,17 +2086,9 @@ impl Store for DynamoStore {
         let mut any = false;
         for item in found {
             let hash = Get::new(&item, &self.t.keys).s("keyHash")?;
-            let r = self
-                .update(
-                    &self.t.keys,
-                    vec![("keyHash", s(hash))],
-                    "SET #rev = if_not_exists(#rev, :now)",
-                    Some("#t = :t"),
-                    &[("#rev", "revokedAt"), ("#t", "tenantId")],
-                    vec![(":now", ni(now_ms)), (":t", s(tenant_id))],
-                )
-                .await;
-            any |= applied(r)?.is_some();
+            any |= self
+                .revoke(&self.t.keys, ("keyHash", s(hash)), tenant_id, now_ms)
+                .await?;
         }
         Ok(any)
     }
@@ -2064,17 +2138,13 @@ impl Store for DynamoStore {
         access_key_id: &str,
         now_ms: i64,
     ) -> Result<bool> {
-        let r = self
-            .update(
-                &self.t.sigv4,
-                vec![("accessKeyId", s(access_key_id))],
-                "SET #rev = if_not_exists(#rev, :now)",
-                Some("#t = :t"),
-                &[("#rev", "revokedAt"), ("#t", "tenantId")],
-                vec![(":now", ni(now_ms)), (":t", s(tenant_id))],
-            )
-            .await;
-        Ok(applied(r)?.is_some())
+        self.revoke(
+            &self.t.sigv4,
+            ("accessKeyId", s(access_key_id)),
+            tenant_id,
+            now_ms,
+        )
+        .await
     }
 
     async fn get_hold(&self, request_id: &str) -> Result<Option<Hold>> {
@@ -2128,6 +2198,13 @@ impl Store for DynamoStore {
                 // the sweeper's recovery after the grace period).
                 return Ok(CommitApplied::Duplicate { cost: d.cost });
             }
+            let (usage, capped) = crate::ledger::cap_usage(
+                usage,
+                estimated,
+                d.hold.max_output_tokens,
+                d.hold.input_tokens_estimate,
+            );
+            let usage = &usage;
             let cost = d.hold.rates.cost(usage).map_err(|_| {
                 Error::invalid(format!(
                     "usage of request {request_id} overflows the cost arithmetic"
@@ -2140,8 +2217,8 @@ impl Store for DynamoStore {
                     &[d.state],
                     "SET #state = :committing, priorState = :prior, costUsd = :c, \
                      inputTokens = :it, outputTokens = :ot, cacheReadInputTokens = :cr, \
-                     cacheWriteInputTokens = :cw, #est = :est, settledAt = :now, \
-                     #sweepShard = :shard, #sweepAt = :grace",
+                     cacheWriteInputTokens = :cw, #est = :est, capped = :capped, \
+                     settledAt = :now, #sweepShard = :shard, #sweepAt = :grace",
                     vec![
                         (":committing", s(DState::Committing.as_str())),
                         (":prior", s(d.state.as_str())),
@@ -2151,6 +2228,7 @@ impl Store for DynamoStore {
                         (":cr", nu(usage.cache_read_input_tokens)),
                         (":cw", nu(usage.cache_write_input_tokens)),
                         (":est", AttributeValue::Bool(estimated)),
+                        (":capped", AttributeValue::Bool(capped)),
                         (":now", ni(now_ms)),
                         (":shard", s(shard(request_id))),
                         (":grace", ni(now_ms.saturating_add(RECOVERY_GRACE_MS))),
@@ -2165,7 +2243,7 @@ impl Store for DynamoStore {
             let mut hold = d.hold;
             hold.state = d.state.public();
             return Ok(CommitApplied::Committed {
-                capped: false,
+                capped,
                 cost,
                 hold: Box::new(hold),
                 totals,
@@ -2187,56 +2265,87 @@ impl Store for DynamoStore {
     }
 
     async fn expire_holds(&self, now_ms: i64) -> Result<u64> {
-        let mut expired = 0;
-        for i in 0..SWEEP_SHARDS {
-            let due = self
-                .query_all(
-                    &self.t.holds,
-                    Some("bySweep"),
-                    "#sh = :sh AND #at <= :now",
-                    names(&[("#sh", "sweepShard"), ("#at", "sweepAt")]),
-                    vals(vec![(":sh", s(format!("s{i}"))), (":now", ni(now_ms))]),
-                )
-                .await?;
-            for item in due {
-                // The index is eventually consistent: act on a fresh read, and
-                // only through conditional transitions.
-                let id = Get::new(&item, &self.t.holds).s("requestId")?;
-                let Some(d) = self.raw_hold(&id).await? else {
-                    continue;
-                };
-                match d.state {
-                    DState::Open | DState::Pending if d.hold.expires_at_ms <= now_ms => {
-                        let done = self.settle_unused(&d, DState::Expired, now_ms).await?;
-                        expired += u64::from(done);
-                    }
-                    DState::Committing if d.sweep_at.is_some_and(|t| t <= now_ms) => {
-                        // Recover a commit whose claimant died: claim the recovery
-                        // (one sweeper wins), then finish it idempotently.
-                        let r = self
-                            .update(
-                                &self.t.holds,
-                                vec![("requestId", s(&id))],
-                                "SET #sweepAt = :next",
-                                Some("#state = :committing AND #sweepAt = :seen"),
-                                &[("#state", "state"), ("#sweepAt", "sweepAt")],
-                                vec![
-                                    (":next", ni(now_ms.saturating_add(RECOVERY_GRACE_MS))),
-                                    (":committing", s(DState::Committing.as_str())),
-                                    (":seen", ni(d.sweep_at.unwrap_or_default())),
-                                ],
-                            )
-                            .await;
-                        if applied(r)?.is_some() {
-                            tracing::warn!(request_id = %id, "completing an interrupted commit");
-                            self.finish_commit(&d, now_ms).await?;
-                        }
-                    }
-                    _ => {}
+        let mut expired = self.expire_leases(now_ms).await?;
+        for id in self.due(&self.t.holds, "requestId", now_ms).await? {
+            // The index is eventually consistent: act on a fresh read, and
+            // only through conditional transitions.
+            let Some(d) = self.raw_hold(&id).await? else {
+                continue;
+            };
+            match d.state {
+                DState::Open | DState::Pending if d.hold.expires_at_ms <= now_ms => {
+                    let done = self.settle_unused(&d, DState::Expired, now_ms).await?;
+                    expired += u64::from(done);
                 }
+                DState::Committing if d.sweep_at.is_some_and(|t| t <= now_ms) => {
+                    // Recover a commit whose claimant died: claim the recovery
+                    // (one sweeper wins), then finish it idempotently.
+                    let r = self
+                        .update(
+                            &self.t.holds,
+                            vec![("requestId", s(&id))],
+                            "SET #sweepAt = :next",
+                            Some("#state = :committing AND #sweepAt = :seen"),
+                            &[("#state", "state"), ("#sweepAt", "sweepAt")],
+                            vec![
+                                (":next", ni(now_ms.saturating_add(RECOVERY_GRACE_MS))),
+                                (":committing", s(DState::Committing.as_str())),
+                                (":seen", ni(d.sweep_at.unwrap_or_default())),
+                            ],
+                        )
+                        .await;
+                    if applied(r)?.is_some() {
+                        tracing::warn!(request_id = %id, "completing an interrupted commit");
+                        self.finish_commit(&d, now_ms).await?;
+                    }
+                }
+                _ => {}
             }
         }
         Ok(expired)
+    }
+
+    fn supports_leases(&self) -> bool {
+        true
+    }
+
+    async fn grant_lease(
+        &self,
+        lease: &LeaseRecord,
+        sizing: &LeaseSizing,
+        period_budget: Decimal,
+    ) -> Result<LeaseOutcome> {
+        self.grant_lease_impl(lease, sizing, period_budget).await
+    }
+
+    async fn renew_lease(
+        &self,
+        lease_id: &str,
+        seq: u64,
+        return_usd: Decimal,
+        sizing: &LeaseSizing,
+        current_period: &str,
+        now_ms: i64,
+        expires_at_ms: i64,
+    ) -> Result<RenewApplied> {
+        self.renew_lease_impl(
+            lease_id,
+            seq,
+            return_usd,
+            sizing,
+            current_period,
+            now_ms,
+            expires_at_ms,
+        )
+        .await
+    }
+
+    async fn get_lease(&self, lease_id: &str) -> Result<Option<LeaseRecord>> {
+        self.get_lease_impl(lease_id).await
+    }
+
+    async fn commit_leased(&self, c: &LeasedCommit, now_ms: i64) -> Result<CommitApplied> {
+        self.commit_leased_impl(c, now_ms).await
     }
 
     async fn balance(
