@@ -270,17 +270,15 @@ async fn metrics_report_exact_values_after_traffic() {
         conn.execute_batch("DROP TABLE holds;").unwrap();
     }
     let (st, _) = s
-        .raw(
-            "POST",
+        .data_raw(
             "/v1/reserve",
-            None,
-            Some(json!({
+            json!({
                 "request_id": "boom",
                 "credential": {"type": "bearer", "key": key},
                 "operation": "converse",
                 "model": SONNET,
                 "input_tokens_estimate": 1,
-            })),
+            }),
         )
         .await;
     assert_eq!(st, StatusCode::INTERNAL_SERVER_ERROR);
