@@ -54,6 +54,10 @@ pub struct FilterConfig {
     pub lease_admit_window_ms: u64,
     /// A new lease asks for budget for about this many requests.
     pub lease_initial_holds: u32,
+    /// Bedrock options that change the price (service tier, latency-optimized
+    /// inference, guardrails). Refused unless allowed here: holds and commits
+    /// are priced at the standard on-demand rates.
+    pub billing_options: crate::request::BillingOptionsPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -89,6 +93,7 @@ impl Default for FilterConfig {
             lease_target_secs: 2,
             lease_admit_window_ms: 10_000,
             lease_initial_holds: 8,
+            billing_options: Default::default(),
         }
     }
 }

@@ -38,6 +38,7 @@ const TICK: Duration = Duration::from_millis(200);
 /// environment_variables.host_env_keys`) holding the sidecar data-plane token.
 const FILTER_TOKEN_ENV: &str = "TOLLGATE_FILTER_TOKEN";
 const FILTER_TOKEN_HEADER: &str = "x-tollgate-filter-token";
+const METADATA_HEADER: &str = "x-amzn-bedrock-request-metadata";
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 proxy_wasm::main! {{
@@ -473,6 +474,9 @@ struct Exchange {
     asking_lease: bool,
     /// The lease this request is renewing inline (its hold did not fit).
     inline_renewal: Option<String>,
+    /// The client's `x-amzn-bedrock-*` headers (lowercase names): billing
+    /// options and request metadata are judged with the body.
+    bedrock_headers: Vec<(String, String)>,
 }
 
 impl Exchange {
@@ -498,6 +502,7 @@ impl Exchange {
             lease_id: None,
             asking_lease: false,
             inline_renewal: None,
+            bedrock_headers: Vec::new(),
         }
     }
 
@@ -596,8 +601,25 @@ impl Exchange {
         let Some(route) = self.route.clone() else {
             return Action::Continue;
         };
-        let facts = match RequestFacts::read(route.operation, &body) {
+        let mut facts = match RequestFacts::read(route.operation, &route.model, &body) {
             Ok(f) => f,
+            Err(e) => return self.reject(LocalReply::validation(400, e.to_string())),
+        };
+        let header = |name: &str| {
+            self.bedrock_headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        if let Err(e) =
+            request::billing_options(header, &facts.billing, &self.shared.config.billing_options)
+        {
+            return self.reject(LocalReply::validation(400, e.to_string()));
+        }
+        // The client's own X-Amzn-Bedrock-Request-Metadata counts like body
+        // requestMetadata; the gateway's merged metadata replaces it upstream.
+        facts.metadata = match request::client_metadata(header(METADATA_HEADER), &facts.metadata) {
+            Ok(md) => md,
             Err(e) => return self.reject(LocalReply::validation(400, e.to_string())),
         };
         identity::merge_body_attribution(&mut self.attribution, &facts.metadata);
@@ -859,8 +881,14 @@ impl Exchange {
             .unwrap_or_default();
         let merged = request::merge_metadata(&client_md, &self.gateway_metadata(Some(&r)));
         let rewritten = merged.and_then(|md| {
-            let body =
-                request::rewrite(route.operation, &self.body, r.max_output_tokens, Some(&md))?;
+            // The resolved base model decides which output-limit field is clamped.
+            let body = request::rewrite(
+                route.operation,
+                &r.model_id,
+                &self.body,
+                r.max_output_tokens,
+                Some(&md),
+            )?;
             let header = if route.operation.is_converse() {
                 None
             } else {
@@ -885,9 +913,9 @@ impl Exchange {
             )),
         );
         self.set_http_request_header("content-length", Some(&body.len().to_string()));
-        if let Some(h) = md_header {
-            self.set_http_request_header("x-amzn-bedrock-request-metadata", Some(&h));
-        }
+        // Converse carries the merged metadata in the body; a client's header
+        // must not reach Bedrock beside it.
+        self.set_http_request_header(METADATA_HEADER, md_header.as_deref());
         self.body = Vec::new();
         self.reservation = Some(r);
         self.phase = Phase::Forwarded;
@@ -963,12 +991,14 @@ impl Exchange {
                     .flatten();
                 outcome.usage = self.header_usage.or(from_body);
                 outcome.final_usage = outcome.usage.is_some();
-                outcome.estimated_output_tokens = (copy.len() as u64).div_ceil(3);
+                outcome.estimated_output_tokens = usage::estimate_json_output_tokens(copy);
             }
             ResponseMeter::None => {}
         }
         let input_estimate = self.facts.as_ref().map_or(0, |f| f.input_tokens_estimate);
-        let mut s = settle(&self.request_id, input_estimate, &outcome);
+        let max_output = (self.reservation.as_ref().map(|r| r.max_output_tokens))
+            .or_else(|| self.facts.as_ref().and_then(|f| f.max_output_tokens));
+        let mut s = settle(&self.request_id, input_estimate, max_output, &outcome);
         if let (Some(lease_id), Some(r)) = (&self.lease_id, &self.reservation) {
             match &mut s {
                 Settlement::Commit(c) => {
@@ -1102,9 +1132,13 @@ impl HttpContext for Exchange {
             Ok(c) => c,
             Err(r) => return self.reject(r),
         };
-        for (name, _) in &headers {
+        for (name, value) in &headers {
             if identity::is_stripped_header(name) {
                 self.set_http_request_header(name, None);
+            }
+            let lower = name.to_ascii_lowercase();
+            if lower.starts_with("x-amzn-bedrock-") {
+                self.bedrock_headers.push((lower, value.clone()));
             }
         }
         if end_of_stream {

@@ -264,8 +264,9 @@ impl LeaseBook {
             let target = if e.closed {
                 Decimal::ZERO
             } else {
-                e.admitted_since_renew * Decimal::from(policy.target_secs * 1000)
-                    / Decimal::from(elapsed_ms)
+                (e.admitted_since_renew * Decimal::from(policy.target_secs * 1000)
+                    / Decimal::from(elapsed_ms))
+                .round_dp(9)
             };
             let (return_usd, want_usd) = if e.headroom > target {
                 (e.headroom - target, Decimal::ZERO)
@@ -316,8 +317,15 @@ impl LeaseBook {
                     }
                 }
                 RenewOutcome::Closed { .. } => {
+                    // The sidecar stopped this lease from admitting; what it
+                    // still holds for us beyond in-flight requests is our
+                    // headroom, which the next tick gives back. A second
+                    // "closed" means the lease is gone: nothing to return.
+                    if e.closed {
+                        e.headroom = Decimal::ZERO;
+                    }
                     e.closed = true;
-                    e.headroom = Decimal::ZERO;
+                    e.next_renew_ms = now_ms;
                 }
             }
         }
@@ -637,16 +645,28 @@ mod tests {
         let mut b = LeaseBook::default();
         b.insert_grant(key(), grant("L1", "1"), &p, ask("r0", 1, Some(1)), 0);
         let due = b.renewals_due(&p, 1000);
-        b.renewed(
-            &[RenewResult {
-                lease_id: due[0].lease_id.clone(),
-                outcome: RenewOutcome::Closed {
-                    reason: "key revoked".into(),
-                },
-            }],
-            &p,
-            1001,
+        let closed = |b: &mut LeaseBook, at| {
+            b.renewed(
+                &[RenewResult {
+                    lease_id: "L1".into(),
+                    outcome: RenewOutcome::Closed {
+                        reason: "key revoked".into(),
+                    },
+                }],
+                &p,
+                at,
+            )
+        };
+        assert_eq!(due[0].want_usd, Decimal::ZERO, "idle");
+        closed(&mut b, 1001);
+        // Whatever headroom is left goes back at once, then the lease is gone.
+        assert_eq!(
+            b.admit(&key(), ask("r1", 1, Some(1)), 1002, true),
+            Admit::Remote { ask_lease: false }
         );
+        let back = b.renewals_due(&p, 1002);
+        assert!(back.is_empty() || back[0].want_usd.is_zero());
+        closed(&mut b, 1003);
         assert!(b.is_empty());
         assert_eq!(
             b.admit(&key(), ask("r1", 1, Some(1)), 1002, true),

@@ -1,6 +1,13 @@
 //! Reading and rewriting Bedrock request bodies: the output-token limit (for the
 //! hold), an upper-bound input-token estimate, client `requestMetadata`, and the
 //! rewrite that clamps the limit and injects attribution.
+//!
+//! InvokeModel bodies are model-specific: the model family (from the model ID,
+//! geo prefix stripped) decides which output-limit field the model obeys, and
+//! that field is the one held and clamped. Bodies whose limits conflict, or that
+//! set a limit in a field the family ignores, are refused. Billing-changing
+//! options (service tier, latency-optimized inference, guardrails) are refused by
+//! [`billing_options`] unless a policy allows them.
 
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -29,8 +36,27 @@ pub enum BodyError {
     BadMaxTokens { field: &'static str },
     #[error("requestMetadata must be an object of string values")]
     BadMetadata,
+    #[error("X-Amzn-Bedrock-Request-Metadata must be a JSON object of string values")]
+    BadMetadataHeader,
     #[error("requestMetadata {0}")]
     MetadataLimit(String),
+    #[error("the body sets {first} = {first_value} and {second} = {second_value}; send a single output-token limit")]
+    ConflictingMaxTokens {
+        first: &'static str,
+        first_value: u64,
+        second: &'static str,
+        second_value: u64,
+    },
+    #[error(
+        "{field} is not read by {family} models; set the output-token limit in {expected} only"
+    )]
+    ForeignMaxTokens {
+        field: &'static str,
+        family: &'static str,
+        expected: &'static str,
+    },
+    #[error("additionalModelRequestFields.{key} = {value} is not allowed: set the output-token limit in inferenceConfig.maxTokens (an additional {key} must equal it)")]
+    AdditionalMaxTokens { key: &'static str, value: String },
 }
 
 /// What the gateway needs to know from a request body before admitting it.
@@ -42,6 +68,8 @@ pub struct RequestFacts {
     pub input_tokens_estimate: u64,
     /// Converse `requestMetadata` as the client sent it.
     pub metadata: BTreeMap<String, String>,
+    /// Billing-changing options in the body (Converse), for [`billing_options`].
+    pub billing: BodyBillingOptions,
 }
 
 /// Where a model family keeps its output limit, as a JSON pointer.
@@ -51,46 +79,162 @@ struct MaxTokensField {
     name: &'static str,
 }
 
-/// Converse: `inferenceConfig.maxTokens`.
-const CONVERSE_MAX: MaxTokensField = MaxTokensField {
-    pointer: "/inferenceConfig/maxTokens",
-    name: "inferenceConfig.maxTokens",
-};
+const fn field(pointer: &'static str, name: &'static str) -> MaxTokensField {
+    MaxTokensField { pointer, name }
+}
 
-/// InvokeModel bodies, in the order they are recognised. The first field present
-/// wins; a body with none gets the tenant's or the default limit filled in only for
-/// families whose field is known (Anthropic's is required anyway).
+/// Converse: `inferenceConfig.maxTokens`.
+const CONVERSE_MAX: MaxTokensField =
+    field("/inferenceConfig/maxTokens", "inferenceConfig.maxTokens");
+
+const MAX_TOKENS: MaxTokensField = field("/max_tokens", "max_tokens");
+const MAX_TOKENS_TO_SAMPLE: MaxTokensField = field("/max_tokens_to_sample", "max_tokens_to_sample");
+const NOVA_MAX_NEW_TOKENS: MaxTokensField = field(
+    "/inferenceConfig/max_new_tokens",
+    "inferenceConfig.max_new_tokens",
+);
+const NOVA_MAX_TOKENS: MaxTokensField =
+    field("/inferenceConfig/maxTokens", "inferenceConfig.maxTokens");
+const TITAN_MAX: MaxTokensField = field(
+    "/textGenerationConfig/maxTokenCount",
+    "textGenerationConfig.maxTokenCount",
+);
+const LLAMA_MAX: MaxTokensField = field("/max_gen_len", "max_gen_len");
+const AI21_MAX: MaxTokensField = field("/maxTokens", "maxTokens");
+const OPENAI_MAX: MaxTokensField = field("/max_completion_tokens", "max_completion_tokens");
+
+/// Every InvokeModel output-limit field Tollgate knows, in the order an unknown
+/// family's body is searched (the pre-family behaviour).
 const INVOKE_MAX_FIELDS: &[MaxTokensField] = &[
-    // Anthropic Messages, Mistral, Cohere Command R, AI21 Jamba, OpenAI-compatible
-    MaxTokensField {
-        pointer: "/max_tokens",
-        name: "max_tokens",
-    },
-    // Amazon Nova
-    MaxTokensField {
-        pointer: "/inferenceConfig/maxTokens",
-        name: "inferenceConfig.maxTokens",
-    },
-    MaxTokensField {
-        pointer: "/inferenceConfig/max_new_tokens",
-        name: "inferenceConfig.max_new_tokens",
-    },
-    // Amazon Titan Text
-    MaxTokensField {
-        pointer: "/textGenerationConfig/maxTokenCount",
-        name: "textGenerationConfig.maxTokenCount",
-    },
-    // Meta Llama
-    MaxTokensField {
-        pointer: "/max_gen_len",
-        name: "max_gen_len",
-    },
-    // Anthropic Claude 2 text completions
-    MaxTokensField {
-        pointer: "/max_tokens_to_sample",
-        name: "max_tokens_to_sample",
-    },
+    MAX_TOKENS,
+    NOVA_MAX_TOKENS,
+    NOVA_MAX_NEW_TOKENS,
+    TITAN_MAX,
+    LLAMA_MAX,
+    MAX_TOKENS_TO_SAMPLE,
+    AI21_MAX,
+    OPENAI_MAX,
 ];
+
+/// The model family of an InvokeModel request, which decides the body schema and
+/// so which output-limit field the model obeys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelFamily {
+    Anthropic,
+    /// Nova 1 (micro, lite, pro, premier): `inferenceConfig.max_new_tokens`.
+    Nova,
+    /// Nova 2 documents `inferenceConfig.maxTokens`.
+    Nova2,
+    Titan,
+    Llama,
+    Mistral,
+    Cohere,
+    Ai21,
+    DeepSeek,
+    OpenAi,
+    /// Aliases, application-inference-profile / provisioned / custom ARNs, and
+    /// providers Tollgate has no schema for.
+    Unknown,
+}
+
+/// Cross-Region inference profile prefixes (`us.anthropic.…`).
+const GEO_PREFIXES: &[&str] = &[
+    "us", "us-gov", "eu", "apac", "global", "jp", "au", "ca", "sa", "me", "af", "il", "mx",
+];
+
+/// Models that do not generate text (embeddings, images, video, speech, rerank):
+/// no output-limit field is inserted into their bodies.
+const NON_TEXT_MARKERS: &[&str] = &["embed", "image", "canvas", "reel", "sonic", "rerank"];
+
+impl ModelFamily {
+    /// The family of a model identifier: a model ID, a cross-Region profile ID
+    /// (geo prefix stripped), or a `foundation-model/` / `inference-profile/` ARN.
+    /// Everything else (aliases, application-inference-profile ARNs) is `Unknown`.
+    pub fn from_model_id(model: &str) -> Self {
+        let id = if model.starts_with("arn:") {
+            match model.split_once('/') {
+                Some((head, id))
+                    if head.ends_with(":foundation-model")
+                        || head.ends_with(":inference-profile") =>
+                {
+                    id
+                }
+                _ => return Self::Unknown,
+            }
+        } else {
+            model
+        };
+        let id = id.to_ascii_lowercase();
+        let id = match id.split_once('.') {
+            Some((geo, rest)) if GEO_PREFIXES.contains(&geo) => rest,
+            _ => id.as_str(),
+        };
+        let (provider, name) = id.split_once('.').unwrap_or(("", id));
+        match provider {
+            "anthropic" => Self::Anthropic,
+            "amazon" if name.starts_with("nova-2") => Self::Nova2,
+            "amazon" if name.starts_with("nova") => Self::Nova,
+            "amazon" if name.starts_with("titan") => Self::Titan,
+            "meta" => Self::Llama,
+            "mistral" => Self::Mistral,
+            "cohere" => Self::Cohere,
+            "ai21" => Self::Ai21,
+            "deepseek" => Self::DeepSeek,
+            "openai" => Self::OpenAi,
+            _ => Self::Unknown,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Anthropic => "Anthropic",
+            Self::Nova => "Amazon Nova",
+            Self::Nova2 => "Amazon Nova 2",
+            Self::Titan => "Amazon Titan",
+            Self::Llama => "Meta Llama",
+            Self::Mistral => "Mistral",
+            Self::Cohere => "Cohere",
+            Self::Ai21 => "AI21",
+            Self::DeepSeek => "DeepSeek",
+            Self::OpenAi => "OpenAI",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    /// The fields this family reads, preferred (inserted when absent) first.
+    /// Several fields are aliases the model accepts; a body must give them one value.
+    fn fields(self, root: &Value) -> &'static [MaxTokensField] {
+        match self {
+            // Claude 2 text completions (`prompt`) read max_tokens_to_sample.
+            Self::Anthropic if root.get("prompt").is_some() && root.get("messages").is_none() => {
+                &[MAX_TOKENS_TO_SAMPLE, MAX_TOKENS]
+            }
+            Self::Anthropic => &[MAX_TOKENS, MAX_TOKENS_TO_SAMPLE],
+            // Nova accepts either spelling; both present must agree and are
+            // clamped together; the documented one is inserted when absent.
+            Self::Nova => &[NOVA_MAX_NEW_TOKENS, NOVA_MAX_TOKENS],
+            Self::Nova2 => &[NOVA_MAX_TOKENS, NOVA_MAX_NEW_TOKENS],
+            Self::Titan => &[TITAN_MAX],
+            Self::Llama => &[LLAMA_MAX],
+            Self::Mistral | Self::Cohere | Self::DeepSeek => &[MAX_TOKENS],
+            Self::Ai21 => &[MAX_TOKENS, AI21_MAX],
+            Self::OpenAi => &[OPENAI_MAX, MAX_TOKENS],
+            Self::Unknown => INVOKE_MAX_FIELDS,
+        }
+    }
+}
+
+/// How a request body states its output limit, decided once for reading and for
+/// the rewrite so that the field held is the field clamped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MaxTokensPlan {
+    /// The fields present (all with the same value) that the model obeys.
+    present: Vec<MaxTokensField>,
+    /// Their common value.
+    value: Option<u64>,
+    /// Inserted with the enforced limit when none is present.
+    insert: Option<MaxTokensField>,
+}
 
 fn parse_object(body: &[u8]) -> Result<Map<String, Value>, BodyError> {
     match serde_json::from_slice::<Value>(body) {
@@ -110,29 +254,154 @@ fn read_max(root: &Value, field: MaxTokensField) -> Result<Option<u64>, BodyErro
     }
 }
 
-fn max_field(op: Operation, root: &Value) -> Option<MaxTokensField> {
-    if op.is_converse() {
-        return Some(CONVERSE_MAX);
+/// The fields among `fields` present in `root`, which must agree.
+fn agreeing(
+    root: &Value,
+    fields: &[MaxTokensField],
+) -> Result<(Vec<MaxTokensField>, Option<u64>), BodyError> {
+    let mut present = Vec::new();
+    let mut value: Option<(MaxTokensField, u64)> = None;
+    for &f in fields {
+        let Some(v) = read_max(root, f)? else {
+            continue;
+        };
+        match value {
+            Some((first, w)) if w != v => {
+                return Err(BodyError::ConflictingMaxTokens {
+                    first: first.name,
+                    first_value: w,
+                    second: f.name,
+                    second_value: v,
+                })
+            }
+            Some(_) => {}
+            None => value = Some((f, v)),
+        }
+        present.push(f);
     }
-    let present = INVOKE_MAX_FIELDS
-        .iter()
-        .copied()
-        .find(|f| root.pointer(f.pointer).is_some());
-    present.or_else(|| {
-        // Anthropic Messages requires max_tokens; fill it in when absent so the
-        // upstream limit matches the hold.
-        root.get("anthropic_version").map(|_| INVOKE_MAX_FIELDS[0])
+    Ok((present, value.map(|(_, v)| v)))
+}
+
+fn max_plan(op: Operation, model: &str, root: &Value) -> Result<MaxTokensPlan, BodyError> {
+    if op.is_converse() {
+        let value = read_max(root, CONVERSE_MAX)?;
+        check_additional_fields(root, value)?;
+        return Ok(MaxTokensPlan {
+            present: value.map(|_| vec![CONVERSE_MAX]).unwrap_or_default(),
+            value,
+            insert: Some(CONVERSE_MAX),
+        });
+    }
+    let family = ModelFamily::from_model_id(model);
+    let fields = family.fields(root);
+    // A field the model ignores would leave the hold on a number the model never
+    // sees: refuse it, whether or not the family's own field is present.
+    if family != ModelFamily::Unknown {
+        if let Some(foreign) = INVOKE_MAX_FIELDS
+            .iter()
+            .find(|f| !fields.contains(f) && root.pointer(f.pointer).is_some_and(|v| !v.is_null()))
+        {
+            return Err(BodyError::ForeignMaxTokens {
+                field: foreign.name,
+                family: family.name(),
+                expected: fields[0].name,
+            });
+        }
+    }
+    let (present, value) = agreeing(root, fields)?;
+    let lower = model.to_ascii_lowercase();
+    let insert = match family {
+        // Unknown schema: only Anthropic Messages (recognised by its required
+        // `anthropic_version`) gets a limit filled in, as before.
+        ModelFamily::Unknown => root.get("anthropic_version").map(|_| MAX_TOKENS),
+        _ if NON_TEXT_MARKERS.iter().any(|m| lower.contains(m)) => None,
+        _ => Some(fields[0]),
+    };
+    Ok(MaxTokensPlan {
+        present,
+        value,
+        insert,
     })
 }
 
+/// Output-limit keys a model could read from Converse `additionalModelRequestFields`.
+const ADDITIONAL_LIMIT_KEYS: &[&str] = &[
+    "max_tokens",
+    "maxTokens",
+    "max_new_tokens",
+    "maxNewTokens",
+    "maxTokenCount",
+    "max_gen_len",
+    "max_tokens_to_sample",
+    "max_completion_tokens",
+    "max_output_tokens",
+    "maxOutputTokens",
+];
+
+/// Converse passes `additionalModelRequestFields` to the model as is, so a token
+/// limit there could override `inferenceConfig.maxTokens`. Choice: such a limit is
+/// accepted only when it equals `inferenceConfig.maxTokens` (which must then be
+/// present); anything else is refused. The rewrite then sets every such key to
+/// the clamped limit, so the model sees one limit and it is the one held.
+fn check_additional_fields(root: &Value, max: Option<u64>) -> Result<(), BodyError> {
+    fn walk(v: &Value, max: Option<u64>) -> Result<(), BodyError> {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    if let Some(key) = ADDITIONAL_LIMIT_KEYS.iter().find(|key| **key == k) {
+                        if max.is_none() || x.as_u64() != max {
+                            return Err(BodyError::AdditionalMaxTokens {
+                                key,
+                                value: x.to_string().chars().take(40).collect(),
+                            });
+                        }
+                    } else {
+                        walk(x, max)?;
+                    }
+                }
+                Ok(())
+            }
+            Value::Array(a) => a.iter().try_for_each(|x| walk(x, max)),
+            _ => Ok(()),
+        }
+    }
+    match root.get("additionalModelRequestFields") {
+        Some(v) => walk(v, max),
+        None => Ok(()),
+    }
+}
+
+/// Sets every output-limit key in Converse `additionalModelRequestFields` to `n`.
+fn clamp_additional_fields(root: &mut Value, n: u64) {
+    fn walk(v: &mut Value, n: u64) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m.iter_mut() {
+                    if ADDITIONAL_LIMIT_KEYS.contains(&k.as_str()) {
+                        *x = Value::from(n);
+                    } else {
+                        walk(x, n);
+                    }
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(|x| walk(x, n)),
+            _ => {}
+        }
+    }
+    if let Some(v) = root.get_mut("additionalModelRequestFields") {
+        walk(v, n);
+    }
+}
+
 impl RequestFacts {
-    pub fn read(op: Operation, body: &[u8]) -> Result<Self, BodyError> {
+    /// Reads a request body for `op` on `model` (the percent-decoded `{modelId}`
+    /// of the path). For InvokeModel the model family decides which output-limit
+    /// field counts; bodies stating conflicting limits, or a limit in a field the
+    /// family ignores, are refused.
+    pub fn read(op: Operation, model: &str, body: &[u8]) -> Result<Self, BodyError> {
         let map = parse_object(body)?;
         let root = Value::Object(map);
-        let max_output_tokens = match max_field(op, &root) {
-            Some(f) => read_max(&root, f)?,
-            None => None,
-        };
+        let max_output_tokens = max_plan(op, model, &root)?.value;
         let metadata = if op.is_converse() {
             read_metadata(root.get("requestMetadata"))?
         } else {
@@ -142,6 +411,7 @@ impl RequestFacts {
             max_output_tokens,
             input_tokens_estimate: estimate_input_tokens(&root),
             metadata,
+            billing: BodyBillingOptions::read(op, &root),
         })
     }
 }
@@ -226,20 +496,33 @@ pub fn merge_metadata(
     Ok(merged)
 }
 
-/// The body to forward: the output limit clamped to (or filled with) `max_tokens`,
-/// and for Converse the merged `requestMetadata`.
+/// The body to forward: the output limit clamped to (or filled with) `max_tokens`
+/// in the field `model` obeys (every agreeing alias present is clamped; Converse
+/// `additionalModelRequestFields` limits are set to the same value), and for
+/// Converse the merged `requestMetadata`. The body is checked as by
+/// [`RequestFacts::read`], so a rewrite under a different (resolved) model ID
+/// refuses a body whose limit that model would ignore.
 pub fn rewrite(
     op: Operation,
+    model: &str,
     body: &[u8],
     max_tokens: u64,
     metadata: Option<&BTreeMap<String, String>>,
 ) -> Result<Vec<u8>, BodyError> {
     let mut root = Value::Object(parse_object(body)?);
-    if let Some(field) = max_field(op, &root) {
-        let current = read_max(&root, field)?;
-        if current.is_none_or(|c| c > max_tokens) {
-            set_pointer(&mut root, field.pointer, Value::from(max_tokens));
+    let plan = max_plan(op, model, &root)?;
+    let limit = plan.value.map_or(max_tokens, |v| v.min(max_tokens));
+    if plan.present.is_empty() {
+        if let Some(f) = plan.insert {
+            set_pointer(&mut root, f.pointer, Value::from(max_tokens));
         }
+    } else if plan.value.is_some_and(|v| v > max_tokens) {
+        for f in &plan.present {
+            set_pointer(&mut root, f.pointer, Value::from(max_tokens));
+        }
+    }
+    if op.is_converse() {
+        clamp_additional_fields(&mut root, limit);
     }
     if let (true, Some(md)) = (op.is_converse(), metadata) {
         let md: Map<String, Value> = md
@@ -263,6 +546,182 @@ pub fn metadata_header(metadata: &BTreeMap<String, String>) -> Result<String, Bo
         )));
     }
     Ok(s)
+}
+
+/// Parses a client's `X-Amzn-Bedrock-Request-Metadata` header (a JSON object of
+/// strings, at most 8500 characters) so glue can treat it exactly like Converse
+/// body `requestMetadata`: attribution input that is merged under the gateway's
+/// keys, never passed on as sent.
+///
+/// Choice: the header is accepted (not refused) on every operation, since
+/// InvokeModel clients use it legitimately; on Converse, where Bedrock reads
+/// metadata from the body, glue removes the header and the entries go into the
+/// body's `requestMetadata` via [`client_metadata`] + [`rewrite`].
+pub fn parse_metadata_header(value: &str) -> Result<BTreeMap<String, String>, BodyError> {
+    if value.len() > METADATA_HEADER_MAX_LEN {
+        return Err(BodyError::MetadataLimit(format!(
+            "header X-Amzn-Bedrock-Request-Metadata is {} characters; Bedrock allows {METADATA_HEADER_MAX_LEN}",
+            value.len()
+        )));
+    }
+    let v: Value = serde_json::from_str(value).map_err(|_| BodyError::BadMetadataHeader)?;
+    let md = read_metadata(Some(&v)).map_err(|_| BodyError::BadMetadataHeader)?;
+    for (k, v) in &md {
+        if k.is_empty() || !valid_metadata_value(k) || !valid_metadata_value(v) {
+            return Err(BodyError::MetadataLimit(format!(
+                "header entry '{}' is not 1-256 characters of [a-zA-Z0-9 :_@$#=/+,-.]",
+                k.chars().take(64).collect::<String>()
+            )));
+        }
+    }
+    Ok(md)
+}
+
+/// The client's metadata for a request: the header's entries (see
+/// [`parse_metadata_header`]) together with the body's `requestMetadata`
+/// ([`RequestFacts::metadata`]). A key given different values in both is refused
+/// rather than silently picking one. The result feeds
+/// `identity::merge_body_attribution` and [`merge_metadata`] just as the body's
+/// metadata does today.
+pub fn client_metadata(
+    header: Option<&str>,
+    body: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, BodyError> {
+    let Some(header) = header else {
+        return Ok(body.clone());
+    };
+    let mut merged = parse_metadata_header(header)?;
+    for (k, v) in body {
+        match merged.get(k) {
+            Some(h) if h != v => {
+                return Err(BodyError::MetadataLimit(format!(
+                    "key '{}' has one value in the X-Amzn-Bedrock-Request-Metadata header and another in the body; send it once",
+                    k.chars().take(64).collect::<String>()
+                )))
+            }
+            _ => {
+                merged.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    Ok(merged)
+}
+
+/// Billing-changing options found in a Converse body.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BodyBillingOptions {
+    /// `serviceTier.type` (or `serviceTier` as a string), when present.
+    pub service_tier: Option<String>,
+    /// `performanceConfig.latency`, when present.
+    pub performance_latency: Option<String>,
+    /// `guardrailConfig` is present.
+    pub guardrail: bool,
+}
+
+impl BodyBillingOptions {
+    fn read(op: Operation, root: &Value) -> Self {
+        if !op.is_converse() {
+            return Self::default();
+        }
+        let text = |v: &Value| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        Self {
+            service_tier: root.get("serviceTier").map(|t| match t.get("type") {
+                Some(ty) => text(ty),
+                None => text(t),
+            }),
+            performance_latency: root.pointer("/performanceConfig/latency").map(text),
+            guardrail: root.get("guardrailConfig").is_some_and(|g| !g.is_null()),
+        }
+    }
+}
+
+/// Which billing-changing options a deployment lets through. Everything is denied
+/// by default: the hold is priced at the standard on-demand rate, without
+/// guardrail charges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BillingOptionsPolicy {
+    /// Service tiers other than `default` (`priority`, `flex`, …).
+    pub service_tier: bool,
+    /// `performanceConfig.latency` / `X-Amzn-Bedrock-PerformanceConfig-Latency`
+    /// other than `standard` (latency-optimized inference is priced differently).
+    pub performance_latency: bool,
+    /// Guardrails (`guardrailConfig`, `X-Amzn-Bedrock-GuardrailIdentifier`,
+    /// `-GuardrailVersion`, `X-Amzn-Bedrock-Trace`), billed per text unit.
+    pub guardrails: bool,
+}
+
+pub const SERVICE_TIER_HEADER: &str = "x-amzn-bedrock-service-tier";
+pub const PERFORMANCE_LATENCY_HEADER: &str = "x-amzn-bedrock-performanceconfig-latency";
+pub const GUARDRAIL_ID_HEADER: &str = "x-amzn-bedrock-guardrailidentifier";
+pub const GUARDRAIL_VERSION_HEADER: &str = "x-amzn-bedrock-guardrailversion";
+pub const TRACE_HEADER: &str = "x-amzn-bedrock-trace";
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum BillingOptionError {
+    #[error("{option} = '{value}' changes what Bedrock bills and is not enabled on this gateway; remove it (or ask the gateway operator to allow {option})")]
+    Refused { option: &'static str, value: String },
+}
+
+/// Refuses billing-changing options the policy does not allow. `header` looks up
+/// a request header by lower-case name (case-insensitively); `body` is
+/// [`RequestFacts::billing`]. Headers are checked on every operation (Bedrock
+/// reads them on InvokeModel; on Converse they have no business being sent).
+pub fn billing_options<'a>(
+    header: impl Fn(&str) -> Option<&'a str>,
+    body: &BodyBillingOptions,
+    allow: &BillingOptionsPolicy,
+) -> Result<(), BillingOptionError> {
+    let refuse = |option: &'static str, value: &str| {
+        Err(BillingOptionError::Refused {
+            option,
+            value: value
+                .chars()
+                .take(64)
+                .collect::<String>()
+                .escape_debug()
+                .to_string(),
+        })
+    };
+    let is = |v: &str, want: &str| v.trim().eq_ignore_ascii_case(want);
+    if !allow.service_tier {
+        if let Some(v) = header(SERVICE_TIER_HEADER).filter(|v| !is(v, "default")) {
+            return refuse("X-Amzn-Bedrock-Service-Tier", v);
+        }
+        if let Some(v) = body.service_tier.as_deref().filter(|v| !is(v, "default")) {
+            return refuse("serviceTier", v);
+        }
+    }
+    if !allow.performance_latency {
+        if let Some(v) = header(PERFORMANCE_LATENCY_HEADER).filter(|v| !is(v, "standard")) {
+            return refuse("X-Amzn-Bedrock-PerformanceConfig-Latency", v);
+        }
+        if let Some(v) = body
+            .performance_latency
+            .as_deref()
+            .filter(|v| !is(v, "standard"))
+        {
+            return refuse("performanceConfig.latency", v);
+        }
+    }
+    if !allow.guardrails {
+        if let Some(v) = header(GUARDRAIL_ID_HEADER) {
+            return refuse("X-Amzn-Bedrock-GuardrailIdentifier", v);
+        }
+        if let Some(v) = header(GUARDRAIL_VERSION_HEADER) {
+            return refuse("X-Amzn-Bedrock-GuardrailVersion", v);
+        }
+        if let Some(v) = header(TRACE_HEADER).filter(|v| !is(v, "DISABLED")) {
+            return refuse("X-Amzn-Bedrock-Trace", v);
+        }
+        if body.guardrail {
+            return refuse("guardrailConfig", "{…}");
+        }
+    }
+    Ok(())
 }
 
 /// Sets `pointer` (of plain object keys) in `root`, creating objects on the way.
@@ -293,7 +752,7 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn facts(op: Operation, v: Value) -> RequestFacts {
-        RequestFacts::read(op, &serde_json::to_vec(&v).unwrap()).unwrap()
+        RequestFacts::read(op, "x", &serde_json::to_vec(&v).unwrap()).unwrap()
     }
 
     #[test]
@@ -343,26 +802,27 @@ mod tests {
     #[test]
     fn malformed_bodies_are_errors() {
         assert!(matches!(
-            RequestFacts::read(Operation::Converse, b"{nope"),
+            RequestFacts::read(Operation::Converse, "x", b"{nope"),
             Err(BodyError::Json(_))
         ));
         assert_eq!(
-            RequestFacts::read(Operation::Converse, b"[1]"),
+            RequestFacts::read(Operation::Converse, "x", b"[1]"),
             Err(BodyError::NotAnObject)
         );
         assert!(matches!(
             RequestFacts::read(
                 Operation::Converse,
+                "x",
                 br#"{"inferenceConfig":{"maxTokens":-1}}"#
             ),
             Err(BodyError::BadMaxTokens { .. })
         ));
         assert!(matches!(
-            RequestFacts::read(Operation::Invoke, br#"{"max_tokens":"9"}"#),
+            RequestFacts::read(Operation::Invoke, "x", br#"{"max_tokens":"9"}"#),
             Err(BodyError::BadMaxTokens { .. })
         ));
         assert_eq!(
-            RequestFacts::read(Operation::Converse, br#"{"requestMetadata":{"a":1}}"#),
+            RequestFacts::read(Operation::Converse, "x", br#"{"requestMetadata":{"a":1}}"#),
             Err(BodyError::BadMetadata)
         );
     }
@@ -396,6 +856,7 @@ mod tests {
     fn rewrite_clamps_and_fills_max_tokens() {
         let out = rewrite(
             Operation::Converse,
+            "x",
             br#"{"inferenceConfig":{"maxTokens":5000}}"#,
             4000,
             None,
@@ -405,6 +866,7 @@ mod tests {
         assert_eq!(v["inferenceConfig"]["maxTokens"], 4000);
         let out = rewrite(
             Operation::Converse,
+            "x",
             br#"{"inferenceConfig":{"maxTokens":10}}"#,
             4000,
             None,
@@ -412,11 +874,12 @@ mod tests {
         .unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["inferenceConfig"]["maxTokens"], 10);
-        let out = rewrite(Operation::Converse, br#"{"messages":[]}"#, 512, None).unwrap();
+        let out = rewrite(Operation::Converse, "x", br#"{"messages":[]}"#, 512, None).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["inferenceConfig"]["maxTokens"], 512);
         let out = rewrite(
             Operation::Invoke,
+            "x",
             br#"{"anthropic_version":"x","messages":[]}"#,
             256,
             None,
@@ -424,7 +887,7 @@ mod tests {
         .unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["max_tokens"], 256);
-        let out = rewrite(Operation::Invoke, br#"{"unknown":"shape"}"#, 256, None).unwrap();
+        let out = rewrite(Operation::Invoke, "x", br#"{"unknown":"shape"}"#, 256, None).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v, json!({"unknown":"shape"}));
     }
@@ -456,6 +919,7 @@ mod tests {
 
         let out = rewrite(
             Operation::Converse,
+            "x",
             br#"{"requestMetadata":{"tenant_id":"forged"}}"#,
             10,
             Some(&m),
@@ -470,5 +934,453 @@ mod tests {
         assert!(valid_metadata_value("team-a/app_1 v2.0 #x@y=z+w,"));
         assert!(!valid_metadata_value("ünïcode"));
         assert!(!valid_metadata_value(&"a".repeat(257)));
+    }
+
+    const NOVA: &str = "us.amazon.nova-pro-v1:0";
+
+    fn read(model: &str, v: Value) -> Result<RequestFacts, BodyError> {
+        RequestFacts::read(Operation::Invoke, model, &serde_json::to_vec(&v).unwrap())
+    }
+
+    fn rewritten(op: Operation, model: &str, v: Value, max: u64) -> Result<Value, BodyError> {
+        let out = rewrite(op, model, &serde_json::to_vec(&v).unwrap(), max, None)?;
+        Ok(serde_json::from_slice(&out).unwrap())
+    }
+
+    #[test]
+    fn families_from_model_ids() {
+        for (id, want) in [
+            ("anthropic.claude-3-haiku-20240307-v1:0", ModelFamily::Anthropic),
+            ("us.anthropic.claude-3-7-sonnet-20250219-v1:0", ModelFamily::Anthropic),
+            ("global.anthropic.claude-sonnet-4-5-20250929-v1:0", ModelFamily::Anthropic),
+            ("apac.amazon.nova-lite-v1:0", ModelFamily::Nova),
+            ("amazon.nova-micro-v1:0", ModelFamily::Nova),
+            ("global.amazon.nova-2-lite-v1:0", ModelFamily::Nova2),
+            ("amazon.titan-text-express-v1", ModelFamily::Titan),
+            ("eu.meta.llama3-2-3b-instruct-v1:0", ModelFamily::Llama),
+            ("mistral.mistral-large-2402-v1:0", ModelFamily::Mistral),
+            ("cohere.command-r-plus-v1:0", ModelFamily::Cohere),
+            ("ai21.jamba-1-5-large-v1:0", ModelFamily::Ai21),
+            ("us.deepseek.r1-v1:0", ModelFamily::DeepSeek),
+            ("openai.gpt-oss-120b-1:0", ModelFamily::OpenAi),
+            (
+                "arn:aws:bedrock:us-east-1::foundation-model/amazon.nova-pro-v1:0",
+                ModelFamily::Nova,
+            ),
+            (
+                "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.meta.llama3-1-8b-instruct-v1:0",
+                ModelFamily::Llama,
+            ),
+            (
+                "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc",
+                ModelFamily::Unknown,
+            ),
+            ("claude-3-haiku", ModelFamily::Unknown),
+            ("amazon.other-v1", ModelFamily::Unknown),
+        ] {
+            assert_eq!(ModelFamily::from_model_id(id), want, "{id}");
+        }
+    }
+
+    #[test]
+    fn nova_holds_the_field_it_obeys() {
+        // The security review's case: a 1-token hold for a 3000-token generation.
+        let e = read(
+            NOVA,
+            json!({"messages":[],"max_tokens":1,"inferenceConfig":{"max_new_tokens":3000}}),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                BodyError::ForeignMaxTokens {
+                    field: "max_tokens",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("inferenceConfig.max_new_tokens"),
+            "{e}"
+        );
+        // A foreign field alone is refused too: Nova would ignore it.
+        assert!(read(NOVA, json!({"messages":[],"max_tokens":1})).is_err());
+        let f = read(
+            NOVA,
+            json!({"messages":[],"inferenceConfig":{"max_new_tokens":3000}}),
+        )
+        .unwrap();
+        assert_eq!(f.max_output_tokens, Some(3000));
+        let v = rewritten(
+            Operation::Invoke,
+            NOVA,
+            json!({"messages":[],"inferenceConfig":{"max_new_tokens":3000}}),
+            100,
+        )
+        .unwrap();
+        assert_eq!(v["inferenceConfig"]["max_new_tokens"], 100);
+        // Absent: inserted where Nova reads it.
+        let v = rewritten(Operation::Invoke, NOVA, json!({"messages":[]}), 64).unwrap();
+        assert_eq!(v["inferenceConfig"]["max_new_tokens"], 64);
+        assert!(v.get("max_tokens").is_none());
+        // Aliases must agree, and are clamped together.
+        assert!(matches!(
+            read(
+                NOVA,
+                json!({"inferenceConfig":{"max_new_tokens":10,"maxTokens":20}})
+            ),
+            Err(BodyError::ConflictingMaxTokens { .. })
+        ));
+        let v = rewritten(
+            Operation::Invoke,
+            NOVA,
+            json!({"inferenceConfig":{"max_new_tokens":500,"maxTokens":500}}),
+            100,
+        )
+        .unwrap();
+        assert_eq!(
+            v["inferenceConfig"],
+            json!({"max_new_tokens":100,"maxTokens":100})
+        );
+    }
+
+    #[test]
+    fn each_family_reads_and_clamps_its_own_field() {
+        for (model, body, pointer) in [
+            (
+                "anthropic.claude-3-haiku-20240307-v1:0",
+                json!({"anthropic_version":"bedrock-2023-05-31","messages":[],"max_tokens":900}),
+                "/max_tokens",
+            ),
+            (
+                "anthropic.claude-v2:1",
+                json!({"prompt":"\n\nHuman: hi\n\nAssistant:","max_tokens_to_sample":900}),
+                "/max_tokens_to_sample",
+            ),
+            (
+                "amazon.titan-text-express-v1",
+                json!({"inputText":"x","textGenerationConfig":{"maxTokenCount":900}}),
+                "/textGenerationConfig/maxTokenCount",
+            ),
+            (
+                "meta.llama3-70b-instruct-v1:0",
+                json!({"prompt":"x","max_gen_len":900}),
+                "/max_gen_len",
+            ),
+            (
+                "mistral.mistral-7b-instruct-v0:2",
+                json!({"prompt":"x","max_tokens":900}),
+                "/max_tokens",
+            ),
+            (
+                "cohere.command-r-v1:0",
+                json!({"message":"x","max_tokens":900}),
+                "/max_tokens",
+            ),
+            (
+                "ai21.j2-ultra-v1",
+                json!({"prompt":"x","maxTokens":900}),
+                "/maxTokens",
+            ),
+            (
+                "ai21.jamba-instruct-v1:0",
+                json!({"messages":[],"max_tokens":900}),
+                "/max_tokens",
+            ),
+            (
+                "us.deepseek.r1-v1:0",
+                json!({"prompt":"x","max_tokens":900}),
+                "/max_tokens",
+            ),
+            (
+                "openai.gpt-oss-20b-1:0",
+                json!({"messages":[],"max_completion_tokens":900}),
+                "/max_completion_tokens",
+            ),
+        ] {
+            assert_eq!(
+                read(model, body.clone()).unwrap().max_output_tokens,
+                Some(900),
+                "{model}"
+            );
+            let v = rewritten(Operation::Invoke, model, body.clone(), 50).unwrap();
+            assert_eq!(v.pointer(pointer), Some(&json!(50)), "{model}");
+            let v = rewritten(Operation::Invoke, model, body, 5000).unwrap();
+            assert_eq!(v.pointer(pointer), Some(&json!(900)), "{model}");
+        }
+        // Llama ignores max_tokens.
+        assert!(matches!(
+            read(
+                "meta.llama3-70b-instruct-v1:0",
+                json!({"prompt":"x","max_tokens":1,"max_gen_len":2048})
+            ),
+            Err(BodyError::ForeignMaxTokens { .. })
+        ));
+        // Titan with Nova's field.
+        assert!(read(
+            "amazon.titan-text-lite-v1",
+            json!({"inferenceConfig":{"max_new_tokens":5}})
+        )
+        .is_err());
+        // Insertion per family, but never into embedding or image models.
+        let v = rewritten(
+            Operation::Invoke,
+            "meta.llama3-8b-instruct-v1:0",
+            json!({"prompt":"x"}),
+            77,
+        )
+        .unwrap();
+        assert_eq!(v["max_gen_len"], 77);
+        let v = rewritten(
+            Operation::Invoke,
+            "amazon.titan-embed-text-v2:0",
+            json!({"inputText":"x"}),
+            77,
+        )
+        .unwrap();
+        assert_eq!(v, json!({"inputText":"x"}));
+        let v = rewritten(
+            Operation::Invoke,
+            "cohere.embed-english-v3",
+            json!({"texts":["x"]}),
+            77,
+        )
+        .unwrap();
+        assert_eq!(v, json!({"texts":["x"]}));
+    }
+
+    #[test]
+    fn unknown_family_refuses_conflicting_limits() {
+        let arn = "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc";
+        assert!(matches!(
+            read(
+                arn,
+                json!({"max_tokens":1,"inferenceConfig":{"max_new_tokens":3000}})
+            ),
+            Err(BodyError::ConflictingMaxTokens {
+                first: "max_tokens",
+                second: "inferenceConfig.max_new_tokens",
+                ..
+            })
+        ));
+        let f = read(
+            arn,
+            json!({"max_tokens":30,"inferenceConfig":{"max_new_tokens":30}}),
+        )
+        .unwrap();
+        assert_eq!(f.max_output_tokens, Some(30));
+        // Every agreeing field is clamped.
+        let v = rewritten(
+            Operation::Invoke,
+            arn,
+            json!({"max_tokens":30,"inferenceConfig":{"max_new_tokens":30}}),
+            10,
+        )
+        .unwrap();
+        assert_eq!(
+            v,
+            json!({"max_tokens":10,"inferenceConfig":{"max_new_tokens":10}})
+        );
+        // The rewrite checks the body against the resolved model: an alias whose
+        // body used a field the real model ignores is refused there.
+        assert!(rewritten(Operation::Invoke, NOVA, json!({"max_tokens":1}), 10).is_err());
+    }
+
+    #[test]
+    fn converse_additional_model_request_fields_cannot_override_the_limit() {
+        let conv = |v: Value| {
+            RequestFacts::read(Operation::Converse, NOVA, &serde_json::to_vec(&v).unwrap())
+        };
+        for extra in [
+            json!({"max_tokens":4000}),
+            json!({"inferenceConfig":{"max_new_tokens":4000}}),
+            json!({"maxTokens":"100"}),
+        ] {
+            let e = conv(
+                json!({"inferenceConfig":{"maxTokens":100},"additionalModelRequestFields":extra}),
+            )
+            .unwrap_err();
+            assert!(
+                matches!(e, BodyError::AdditionalMaxTokens { .. }),
+                "{extra}"
+            );
+            assert!(e.to_string().contains("inferenceConfig.maxTokens"), "{e}");
+        }
+        // Without inferenceConfig.maxTokens an additional limit is refused too.
+        assert!(conv(json!({"additionalModelRequestFields":{"max_tokens":5}})).is_err());
+        // Equal values pass, and the rewrite clamps both to the enforced limit.
+        let body = json!({"inferenceConfig":{"maxTokens":100},
+                          "additionalModelRequestFields":{"max_tokens":100,"top_k":5,"inferenceConfig":{"max_new_tokens":100}}});
+        assert_eq!(conv(body.clone()).unwrap().max_output_tokens, Some(100));
+        let v = rewritten(Operation::Converse, NOVA, body.clone(), 40).unwrap();
+        assert_eq!(v["inferenceConfig"]["maxTokens"], 40);
+        assert_eq!(v["additionalModelRequestFields"]["max_tokens"], 40);
+        assert_eq!(
+            v["additionalModelRequestFields"]["inferenceConfig"]["max_new_tokens"],
+            40
+        );
+        assert_eq!(v["additionalModelRequestFields"]["top_k"], 5);
+        let v = rewritten(Operation::Converse, NOVA, body, 4000).unwrap();
+        assert_eq!(v["additionalModelRequestFields"]["max_tokens"], 100);
+        // Unrelated additional fields are untouched.
+        assert!(conv(
+            json!({"additionalModelRequestFields":{"top_k":5,"thinking":{"budget_tokens":1024}}})
+        )
+        .is_ok());
+    }
+
+    fn headers<'a>(h: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<&'a str> + 'a {
+        move |name: &str| {
+            h.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| *v)
+        }
+    }
+
+    #[test]
+    fn billing_options_are_refused_unless_allowed() {
+        let deny = BillingOptionsPolicy::default();
+        let none = BodyBillingOptions::default();
+        assert_eq!(billing_options(headers(&[]), &none, &deny), Ok(()));
+        // Standard values are not billing changes.
+        assert_eq!(
+            billing_options(
+                headers(&[
+                    ("X-Amzn-Bedrock-Service-Tier", "default"),
+                    ("X-Amzn-Bedrock-PerformanceConfig-Latency", "standard"),
+                    ("X-Amzn-Bedrock-Trace", "DISABLED"),
+                ]),
+                &none,
+                &deny
+            ),
+            Ok(())
+        );
+        for (name, value) in [
+            ("X-Amzn-Bedrock-Service-Tier", "priority"),
+            ("X-Amzn-Bedrock-Service-Tier", "flex"),
+            ("X-Amzn-Bedrock-PerformanceConfig-Latency", "optimized"),
+            ("X-Amzn-Bedrock-GuardrailIdentifier", "gr-1"),
+            ("X-Amzn-Bedrock-GuardrailVersion", "1"),
+            ("X-Amzn-Bedrock-Trace", "ENABLED"),
+        ] {
+            let h = [(name, value)];
+            let e = billing_options(headers(&h), &none, &deny).unwrap_err();
+            assert!(e.to_string().contains(name), "{e}");
+            let all = BillingOptionsPolicy {
+                service_tier: true,
+                performance_latency: true,
+                guardrails: true,
+            };
+            assert_eq!(billing_options(headers(&h), &none, &all), Ok(()));
+        }
+        for body in [
+            json!({"serviceTier":{"type":"priority"}}),
+            json!({"performanceConfig":{"latency":"optimized"}}),
+            json!({"guardrailConfig":{"guardrailIdentifier":"g","guardrailVersion":"1"}}),
+        ] {
+            let f = RequestFacts::read(
+                Operation::Converse,
+                NOVA,
+                &serde_json::to_vec(&body).unwrap(),
+            )
+            .unwrap();
+            assert!(
+                billing_options(headers(&[]), &f.billing, &deny).is_err(),
+                "{body}"
+            );
+        }
+        let f = RequestFacts::read(
+            Operation::Converse,
+            NOVA,
+            br#"{"serviceTier":{"type":"default"},"performanceConfig":{"latency":"standard"}}"#,
+        )
+        .unwrap();
+        assert_eq!(billing_options(headers(&[]), &f.billing, &deny), Ok(()));
+        let only_tier = BillingOptionsPolicy {
+            service_tier: true,
+            ..Default::default()
+        };
+        let f = RequestFacts::read(
+            Operation::Converse,
+            NOVA,
+            br#"{"serviceTier":{"type":"flex"},"guardrailConfig":{}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            billing_options(headers(&[]), &f.billing, &only_tier),
+            Err(BillingOptionError::Refused {
+                option: "guardrailConfig",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn client_metadata_header_is_attribution_input() {
+        let md = parse_metadata_header(r#"{"user_id":"u1","cost_center":"cc-9"}"#).unwrap();
+        assert_eq!(md["user_id"], "u1");
+        for bad in [r#"[1]"#, r#"{"a":1}"#, "not json", r#"{"a":"<x>"}"#] {
+            assert!(parse_metadata_header(bad).is_err(), "{bad}");
+        }
+        assert!(parse_metadata_header(&format!(r#"{{"a":"{}"}}"#, "b".repeat(9000))).is_err());
+        let body: BTreeMap<_, _> = [("application_id".to_string(), "app".to_string())].into();
+        let merged = client_metadata(Some(r#"{"user_id":"u1"}"#), &body).unwrap();
+        assert_eq!(merged.len(), 2);
+        assert_eq!(client_metadata(None, &body).unwrap(), body);
+        assert!(matches!(
+            client_metadata(Some(r#"{"application_id":"other"}"#), &body),
+            Err(BodyError::MetadataLimit(_))
+        ));
+        // Gateway keys still win over whatever the header claimed.
+        let gw: BTreeMap<_, _> = [("tenant_id".to_string(), "real".to_string())].into();
+        let forged = client_metadata(Some(r#"{"tenant_id":"forged"}"#), &BTreeMap::new()).unwrap();
+        assert_eq!(merge_metadata(&forged, &gw).unwrap()["tenant_id"], "real");
+    }
+
+    /// The fuzz target's invariant, over family bodies: a rewritten body reads
+    /// back under the same model, with a limit no higher than the cap (or the
+    /// request's own, lower, limit).
+    #[test]
+    fn rewrite_reads_back_within_the_cap() {
+        let bodies = [
+            json!({"messages":[]}),
+            json!({"max_tokens":9000,"anthropic_version":"x","messages":[]}),
+            json!({"inferenceConfig":{"max_new_tokens":9000,"maxTokens":9000}}),
+            json!({"inferenceConfig":{"maxTokens":10},"additionalModelRequestFields":{"max_tokens":10}}),
+            json!({"textGenerationConfig":{"maxTokenCount":9000}}),
+            json!({"max_gen_len":3}),
+            json!({"max_completion_tokens":9000,"max_tokens":9000}),
+            json!({"maxTokens":9000}),
+        ];
+        let models = [
+            "x",
+            "anthropic.claude-3-haiku-20240307-v1:0",
+            NOVA,
+            "us.amazon.nova-2-lite-v1:0",
+            "amazon.titan-text-express-v1",
+            "meta.llama3-70b-instruct-v1:0",
+            "openai.gpt-oss-20b-1:0",
+            "ai21.j2-ultra-v1",
+            "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc",
+        ];
+        let cap = 256;
+        for op in [Operation::Converse, Operation::Invoke] {
+            for model in models {
+                for body in &bodies {
+                    let raw = serde_json::to_vec(body).unwrap();
+                    let Ok(facts) = RequestFacts::read(op, model, &raw) else {
+                        continue;
+                    };
+                    let out = rewrite(op, model, &raw, cap, Some(&facts.metadata))
+                        .unwrap_or_else(|e| panic!("{op:?} {model} {body}: {e}"));
+                    let again = RequestFacts::read(op, model, &out)
+                        .unwrap_or_else(|e| panic!("{op:?} {model} {body}: {e}"));
+                    if let Some(max) = again.max_output_tokens {
+                        assert!(max <= cap, "{op:?} {model} {body}");
+                    }
+                }
+            }
+        }
     }
 }

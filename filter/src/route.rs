@@ -27,6 +27,8 @@ pub enum RouteError {
     BadEncoding,
     #[error("model identifier must be 1 to {MAX_MODEL_ID_LEN} characters")]
     BadModelLength,
+    #[error("'{0}' is not a Bedrock model identifier: use a model ID such as anthropic.claude-3-haiku-20240307-v1:0 (letters, digits, '.', ':', '_', '-'), an inference profile ID such as us.anthropic.claude-3-7-sonnet-20250219-v1:0, or a bedrock ARN (arn:aws:bedrock:REGION:ACCOUNT:application-inference-profile/ID)")]
+    BadModelId(String),
     #[error("method {0} is not allowed; Bedrock Runtime operations use POST")]
     Method(String),
 }
@@ -53,6 +55,9 @@ impl BedrockRoute {
         if model.is_empty() || model.len() > MAX_MODEL_ID_LEN {
             return Err(RouteError::BadModelLength);
         }
+        if !valid_model_id(&model) {
+            return Err(RouteError::BadModelId(printable(&model)));
+        }
         Ok(Self { model, operation })
     }
 
@@ -69,6 +74,91 @@ impl BedrockRoute {
 
 fn truncate(s: &str) -> String {
     s.chars().take(200).collect()
+}
+
+/// For error messages: at most 200 characters, control characters escaped.
+fn printable(s: &str) -> String {
+    truncate(s).escape_debug().to_string()
+}
+
+/// Characters of a model ID, inference profile ID or friendly alias
+/// (Bedrock's non-ARN `InvokeModelIdentifier` alternatives use `[a-zA-Z0-9.:_-]`).
+fn id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '_' | '-')
+}
+
+/// A model ID, inference-profile ID or alias: starts with a letter or digit, only
+/// `[a-zA-Z0-9.:_-]`, no `..` (nothing path-like survives into the upstream path).
+fn valid_plain_id(s: &str) -> bool {
+    s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && s.chars().all(id_char)
+        && !s.contains("..")
+}
+
+/// Bedrock's resource types that `InvokeModelIdentifier` accepts in an ARN.
+const ARN_RESOURCE_TYPES: &[&str] = &[
+    "foundation-model",
+    "custom-model",
+    "custom-model-deployment",
+    "imported-model",
+    "provisioned-model",
+    "inference-profile",
+    "application-inference-profile",
+    "default-prompt-router",
+    "prompt-router",
+    "prompt",
+];
+
+/// `arn:PARTITION:bedrock:REGION:ACCOUNT:TYPE/ID[/ID]`, following Bedrock's
+/// `InvokeModelIdentifier` pattern: partition `aws` or `aws-…`, region
+/// `[a-z0-9-]{1,20}`, account 12 digits (empty only for `foundation-model`), a
+/// known resource type, and one or two `/`-separated IDs of `[a-zA-Z0-9.:_-]`.
+fn valid_arn(s: &str) -> bool {
+    let mut parts = s.splitn(6, ':');
+    let (Some("arn"), Some(partition), Some("bedrock"), Some(region), Some(account), Some(rest)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return false;
+    };
+    let partition_ok = partition == "aws"
+        || partition.strip_prefix("aws-").is_some_and(|p| {
+            !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase() || c == '-')
+        });
+    let region_ok = (1..=20).contains(&region.len())
+        && region
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let Some((kind, ids)) = rest.split_once('/') else {
+        return false;
+    };
+    let account_ok = (account.len() == 12 && account.chars().all(|c| c.is_ascii_digit()))
+        || (account.is_empty() && kind == "foundation-model");
+    let id_parts: Vec<&str> = ids.split('/').collect();
+    partition_ok
+        && region_ok
+        && account_ok
+        && ARN_RESOURCE_TYPES.contains(&kind)
+        && id_parts.len() <= 2
+        && id_parts.iter().all(|p| valid_plain_id(p))
+}
+
+/// Whether a percent-decoded `{modelId}` can name a Bedrock model: an ARN or a
+/// plain identifier. Refusing anything else early keeps `..`, stray `/`, spaces
+/// and control characters out of the sidecar lookup and the upstream path.
+pub fn valid_model_id(s: &str) -> bool {
+    if s.is_empty() || s.len() > MAX_MODEL_ID_LEN {
+        return false;
+    }
+    if s.starts_with("arn:") {
+        valid_arn(s)
+    } else {
+        valid_plain_id(s)
+    }
 }
 
 /// RFC 3986 unreserved characters stay; everything else is `%XX`.
@@ -183,6 +273,76 @@ mod tests {
             "/model/arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc/converse"
         )
         .is_err());
+    }
+
+    #[test]
+    fn accepts_every_model_id_form() {
+        for id in [
+            "x",
+            "claude-3-haiku",
+            "anthropic.claude-3-haiku-20240307-v1:0",
+            "us.anthropic.claude-3-7-sonnet-20250219-v1:0",
+            "global.anthropic.claude-sonnet-4-5-20250929-v1:0",
+            "us-gov.anthropic.claude-3-haiku-20240307-v1:0",
+            "amazon.nova-pro-v1:0",
+            "meta.llama3-70b-instruct-v1:0",
+            "cohere.command-r-plus-v1:0",
+            "my_alias",
+            ARN,
+            "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-3-haiku-20240307-v1:0",
+            "arn:aws:bedrock:us-east-1::foundation-model/anthropic.claude-3-haiku-20240307-v1:0",
+            "arn:aws:bedrock:us-east-1:123456789012:custom-model/anthropic.claude-v2:1:100k/abcdefghij12",
+            "arn:aws:bedrock:us-east-1:123456789012:provisioned-model/abcdefghij12",
+            "arn:aws-us-gov:bedrock:us-gov-west-1:123456789012:application-inference-profile/abc",
+            "arn:aws-cn:bedrock:cn-north-1:123456789012:imported-model/abcdefghij12",
+        ] {
+            assert!(valid_model_id(id), "{id}");
+            let path = format!("/model/{}/converse", percent_encode(id));
+            assert_eq!(BedrockRoute::parse("POST", &path).unwrap().model, id);
+        }
+    }
+
+    #[test]
+    fn refuses_what_cannot_be_a_model_id() {
+        let long = "a".repeat(MAX_MODEL_ID_LEN + 1);
+        for id in [
+            "..",
+            "a..b",
+            "../../guardrail",
+            "a/b",
+            "a b",
+            "a\tb",
+            "a\u{0}b",
+            "a\nb",
+            ".hidden",
+            "-x",
+            ":0",
+            "model?x",
+            "m%41",
+            "ünïcode",
+            long.as_str(),
+            "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/",
+            "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/a/b/c",
+            "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/../x",
+            "arn:aws:s3:us-east-1:123456789012:application-inference-profile/abc",
+            "arn:aws:bedrock:us-east-1:12345:application-inference-profile/abc",
+            "arn:aws:bedrock:us-east-1::application-inference-profile/abc",
+            "arn:aws:bedrock:US-EAST-1:123456789012:inference-profile/abc",
+            "arn:aws:bedrock:us-east-1:123456789012:guardrail/abc",
+            "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/a b",
+        ] {
+            assert!(!valid_model_id(id), "{id:?}");
+            let path = format!("/model/{}/converse", percent_encode(id));
+            assert!(
+                matches!(
+                    BedrockRoute::parse("POST", &path),
+                    Err(RouteError::BadModelId(_) | RouteError::BadModelLength)
+                ),
+                "{id:?}"
+            );
+        }
+        let e = BedrockRoute::parse("POST", "/model/a%0Ab/converse").unwrap_err();
+        assert!(e.to_string().contains("a\\nb"), "{e}");
     }
 
     #[test]

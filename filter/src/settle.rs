@@ -39,9 +39,18 @@ impl Settlement {
 /// exception, client gone) is charged from what was seen and flagged `estimated`;
 /// no response at all after the request was forwarded is charged the input
 /// estimate, since Bedrock may have processed the prompt.
+///
+/// An estimated commit never exceeds what the request could have cost: output is
+/// capped at `max_output_tokens` (the limit enforced upstream, i.e. the clamped
+/// value; `None` only when no limit is known, e.g. forwarded without a hold and
+/// without a stated limit) and input, cache reads and cache writes together at
+/// `input_tokens_estimate` (the hold's input part). A reported final usage is
+/// passed through unchanged: it is Bedrock's own count, and the sidecar caps and
+/// flags it against the hold.
 pub fn settle(
     request_id: &str,
     input_tokens_estimate: u64,
+    max_output_tokens: Option<u64>,
     outcome: &ResponseOutcome,
 ) -> Settlement {
     let commit = |usage: Usage, estimated: bool| {
@@ -67,12 +76,13 @@ pub fn settle(
                 } else {
                     input_tokens_estimate
                 };
+                let usage = Usage {
+                    input_tokens: input,
+                    output_tokens: partial.output_tokens.max(outcome.estimated_output_tokens),
+                    ..partial
+                };
                 commit(
-                    Usage {
-                        input_tokens: input,
-                        output_tokens: partial.output_tokens.max(outcome.estimated_output_tokens),
-                        ..partial
-                    },
+                    cap_estimate(usage, input_tokens_estimate, max_output_tokens),
                     true,
                 )
             }
@@ -84,6 +94,27 @@ pub fn settle(
             },
             true,
         ),
+    }
+}
+
+/// Caps an estimated usage at the hold: output at the enforced limit; input
+/// tokens first, then cache writes, then cache reads, so that together they stay
+/// within the input estimate.
+fn cap_estimate(usage: Usage, input_estimate: u64, max_output: Option<u64>) -> Usage {
+    let mut left = input_estimate;
+    let mut take = |n: u64| {
+        let t = n.min(left);
+        left -= t;
+        t
+    };
+    let input_tokens = take(usage.input_tokens);
+    let cache_write_input_tokens = take(usage.cache_write_input_tokens);
+    let cache_read_input_tokens = take(usage.cache_read_input_tokens);
+    Usage {
+        input_tokens,
+        output_tokens: max_output.map_or(usage.output_tokens, |m| usage.output_tokens.min(m)),
+        cache_read_input_tokens,
+        cache_write_input_tokens,
     }
 }
 
@@ -107,6 +138,7 @@ mod tests {
         let s = settle(
             "r",
             999,
+            Some(100),
             &ResponseOutcome {
                 status: Some(200),
                 usage: Some(usage(10, 20)),
@@ -132,6 +164,7 @@ mod tests {
             let s = settle(
                 "r",
                 5,
+                Some(100),
                 &ResponseOutcome {
                     status: Some(status),
                     ..Default::default()
@@ -146,6 +179,7 @@ mod tests {
         let s = settle(
             "r",
             900,
+            Some(100),
             &ResponseOutcome {
                 status: Some(200),
                 usage: Some(usage(21, 2)),
@@ -166,6 +200,7 @@ mod tests {
         let s = settle(
             "r",
             900,
+            Some(100),
             &ResponseOutcome {
                 status: Some(200),
                 usage: None,
@@ -187,7 +222,7 @@ mod tests {
 
     #[test]
     fn no_response_charges_the_input_estimate() {
-        let s = settle("r", 42, &ResponseOutcome::default());
+        let s = settle("r", 42, Some(100), &ResponseOutcome::default());
         assert_eq!(
             s,
             Settlement::Commit(Commit {
@@ -198,5 +233,87 @@ mod tests {
                 lease: None,
             })
         );
+    }
+
+    fn estimated(s: Settlement) -> Usage {
+        match s {
+            Settlement::Commit(c) => {
+                assert!(c.estimated);
+                c.usage
+            }
+            other => panic!("expected an estimated commit, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_broken_one_token_stream_is_charged_at_most_one_output_token() {
+        let outcome = ResponseOutcome {
+            status: Some(200),
+            usage: Some(usage(21, 1)),
+            final_usage: false,
+            // "Hello world" seen: 11 bytes, 4 estimated tokens.
+            estimated_output_tokens: 4,
+        };
+        assert_eq!(estimated(settle("r", 900, Some(1), &outcome)), usage(21, 1));
+        // Partial usage over the limit is capped as well.
+        let outcome = ResponseOutcome {
+            usage: Some(usage(21, 50)),
+            ..outcome
+        };
+        assert_eq!(
+            estimated(settle("r", 900, Some(10), &outcome)),
+            usage(21, 10)
+        );
+        // Without a known limit the estimate stands.
+        assert_eq!(estimated(settle("r", 900, None, &outcome)), usage(21, 50));
+    }
+
+    #[test]
+    fn estimated_input_never_exceeds_the_input_estimate() {
+        let outcome = ResponseOutcome {
+            status: Some(200),
+            usage: Some(Usage {
+                input_tokens: 80,
+                output_tokens: 3,
+                cache_read_input_tokens: 50,
+                cache_write_input_tokens: 30,
+            }),
+            final_usage: false,
+            estimated_output_tokens: 0,
+        };
+        assert_eq!(
+            estimated(settle("r", 100, Some(5), &outcome)),
+            Usage {
+                input_tokens: 80,
+                output_tokens: 3,
+                cache_read_input_tokens: 0,
+                cache_write_input_tokens: 20,
+            }
+        );
+        // A cut JSON body estimated from its size cannot exceed the limit either.
+        let cut = ResponseOutcome {
+            status: Some(200),
+            usage: None,
+            final_usage: false,
+            estimated_output_tokens: 10_000,
+        };
+        assert_eq!(estimated(settle("r", 7, Some(256), &cut)), usage(7, 256));
+    }
+
+    #[test]
+    fn reported_final_usage_passes_through_unchanged() {
+        let outcome = ResponseOutcome {
+            status: Some(200),
+            usage: Some(usage(5000, 900)),
+            final_usage: true,
+            estimated_output_tokens: 0,
+        };
+        match settle("r", 10, Some(1), &outcome) {
+            Settlement::Commit(c) => {
+                assert!(!c.estimated);
+                assert_eq!(c.usage, usage(5000, 900));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

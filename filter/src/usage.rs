@@ -221,6 +221,159 @@ impl StreamMeter {
     }
 }
 
+/// Keys whose string values are generated text in non-streaming responses:
+/// Converse `output.message.content[].text` (and `reasoningText.text`),
+/// Anthropic `content[].text`/`thinking`, Claude 2 `completion`, Llama
+/// `generation`, Titan `results[].outputText`, Mistral `outputs[].text`, Cohere
+/// `text`, OpenAI-compatible/Jamba/DeepSeek `choices[].message.content` and
+/// `reasoning_content`.
+const GENERATED_TEXT_KEYS: &[&str] = &[
+    "text",
+    "completion",
+    "generation",
+    "outputText",
+    "content",
+    "thinking",
+    "reasoning_content",
+    "reasoning",
+];
+
+/// Bytes of generated text in a (possibly truncated) non-streaming JSON response
+/// body: the decoded string values of [`GENERATED_TEXT_KEYS`], plus the keys and
+/// string values of tool inputs (`input` objects, which the model also
+/// generates). JSON syntax, other keys and metadata (`role`, `stopReason`,
+/// `usage`, …) are not counted. A cut body does not parse as JSON, so this is a
+/// tolerant single-pass scanner: it stops where the bytes stop, counting a string
+/// cut mid-way up to the cut.
+pub fn json_generated_text_bytes(body: &[u8]) -> u64 {
+    struct Frame {
+        object: bool,
+        /// The key this object or array is the value of.
+        key: Option<String>,
+        /// Inside a tool `input`: every key and string counts.
+        tool_input: bool,
+    }
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut expect_key = false;
+    let mut pending_key: Option<String> = None;
+    let mut total = 0u64;
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            open @ (b'{' | b'[') => {
+                let key = pending_key.take().or_else(|| {
+                    // Array elements inherit the array's key.
+                    stack
+                        .last()
+                        .filter(|f| !f.object)
+                        .and_then(|f| f.key.clone())
+                });
+                let tool_input =
+                    stack.last().is_some_and(|f| f.tool_input) || key.as_deref() == Some("input");
+                stack.push(Frame {
+                    object: open == b'{',
+                    key,
+                    tool_input,
+                });
+                expect_key = open == b'{';
+                i += 1;
+            }
+            b'}' | b']' => {
+                stack.pop();
+                expect_key = false;
+                pending_key = None;
+                i += 1;
+            }
+            b',' => {
+                expect_key = stack.last().is_some_and(|f| f.object);
+                pending_key = None;
+                i += 1;
+            }
+            b':' => {
+                expect_key = false;
+                i += 1;
+            }
+            b'"' => {
+                let (len, raw, next) = scan_string(body, i + 1);
+                let top = stack.last();
+                let tool_input = top.is_some_and(|f| f.tool_input);
+                if expect_key && top.is_some_and(|f| f.object) {
+                    if tool_input {
+                        total += len;
+                    }
+                    pending_key = Some(String::from_utf8_lossy(raw).into_owned());
+                } else {
+                    let key = pending_key
+                        .take()
+                        .or_else(|| top.filter(|f| !f.object).and_then(|f| f.key.clone()));
+                    if tool_input || key.is_some_and(|k| GENERATED_TEXT_KEYS.contains(&k.as_str()))
+                    {
+                        total += len;
+                    }
+                }
+                i = next;
+            }
+            _ => i += 1,
+        }
+    }
+    total
+}
+
+/// Scans a JSON string whose opening quote precedes `start`. Returns the decoded
+/// UTF-8 length, the raw bytes (for keys; at most 64), and the index after the
+/// closing quote (or the end of a truncated body).
+fn scan_string(body: &[u8], start: usize) -> (u64, &[u8], usize) {
+    let mut len = 0u64;
+    let mut i = start;
+    while i < body.len() {
+        match body[i] {
+            b'"' => {
+                let raw = &body[start..i.min(start + 64)];
+                return (len, raw, i + 1);
+            }
+            b'\\' => {
+                match body.get(i + 1) {
+                    Some(b'u') => {
+                        let Some(hex) = body
+                            .get(i + 2..i + 6)
+                            .and_then(|h| std::str::from_utf8(h).ok())
+                            .and_then(|h| u32::from_str_radix(h, 16).ok())
+                        else {
+                            break;
+                        };
+                        // A surrogate pair is two escapes of 2 bytes: 4 in UTF-8.
+                        len += match hex {
+                            0..=0x7f => 1,
+                            0x80..=0x7ff | 0xd800..=0xdfff => 2,
+                            _ => 3,
+                        };
+                        i += 6;
+                    }
+                    Some(_) => {
+                        len += 1;
+                        i += 2;
+                    }
+                    None => break,
+                }
+            }
+            _ => {
+                len += 1;
+                i += 1;
+            }
+        }
+    }
+    let end = body.len();
+    (len, &body[start..end.min(start + 64)], end)
+}
+
+/// Output tokens estimated for a non-streaming JSON response that ended without
+/// usage (cut, overflowed the copy, or unparseable): generated text only, at the
+/// same deliberately low bytes-per-token as streams. Use instead of the raw body
+/// length, which charged JSON keys and punctuation as output.
+pub fn estimate_json_output_tokens(body: &[u8]) -> u64 {
+    json_generated_text_bytes(body).div_ceil(TEXT_BYTES_PER_TOKEN)
+}
+
 fn delta_text_len(delta: &Value) -> u64 {
     ["text", "partial_json", "thinking", "input"]
         .iter()
@@ -390,5 +543,68 @@ mod tests {
         assert!(m.observation().corrupt.is_some());
         assert!(!m.observation().final_usage);
         assert_eq!(m.observation().frames, 4);
+    }
+
+    #[test]
+    fn cut_converse_body_is_estimated_from_its_text() {
+        let text = "The quick brown fox jumps over the lazy dog. ".repeat(20);
+        let body = serde_json::to_vec(&json!({
+            "output":{"message":{"role":"assistant","content":[{"text": text}]}},
+            "stopReason":"end_turn",
+            "usage":{"inputTokens":12,"outputTokens":200,"totalTokens":212},
+            "metrics":{"latencyMs":1234}
+        }))
+        .unwrap();
+        assert_eq!(json_generated_text_bytes(&body), text.len() as u64);
+        let half = &body[..body.len() / 2];
+        assert!(serde_json::from_slice::<Value>(half).is_err());
+        let prefix = half.len() - body.windows(9).position(|w| w == br#"[{"text":"#).unwrap() - 10;
+        assert_eq!(json_generated_text_bytes(half), prefix as u64);
+        assert_eq!(
+            estimate_json_output_tokens(half),
+            (prefix as u64).div_ceil(TEXT_BYTES_PER_TOKEN)
+        );
+        assert!(estimate_json_output_tokens(half) < (half.len() as u64).div_ceil(3));
+        // A body cut before any text: nothing generated is seen.
+        assert_eq!(estimate_json_output_tokens(&body[..30]), 0);
+    }
+
+    #[test]
+    fn json_text_counts_decoded_values_only() {
+        // a, newline, b, é (2 bytes), 😀 (4 bytes) = 9 bytes.
+        assert_eq!(
+            json_generated_text_bytes(
+                br#"{"content":[{"type":"text","text":"a\nb\u00e9\ud83d\ude00"}]}"#
+            ),
+            9
+        );
+        // Family fields, tool input keys and strings; not ids, roles or reasons.
+        let body = br#"{"id":"msg_1","role":"assistant","content":[{"type":"tool_use","id":"tu","name":"get","input":{"city":"Paris","n":2}}],"stop_reason":"tool_use"}"#;
+        assert_eq!(
+            json_generated_text_bytes(body),
+            ("city".len() + "Paris".len() + "n".len()) as u64
+        );
+        for (body, n) in [
+            (&br#"{"generation":"hello","prompt_token_count":3}"#[..], 5),
+            (br#"{"results":[{"outputText":"hey","tokenCount":1}]}"#, 3),
+            (br#"{"completion":"abc","stop_reason":"stop_sequence"}"#, 3),
+            (br#"{"outputs":[{"text":"four","stop_reason":"stop"}]}"#, 4),
+            (
+                br#"{"choices":[{"message":{"role":"assistant","content":"xy"}}]}"#,
+                2,
+            ),
+            // Truncated inside an escape and inside a string.
+            (br#"{"generation":"ab\u00"#, 2),
+            (br#"{"generation":"abc"#, 3),
+            (b"", 0),
+            (b"not json at all", 0),
+        ] {
+            assert_eq!(
+                json_generated_text_bytes(body),
+                n,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 }

@@ -161,6 +161,11 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "TOLLGATE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Milliseconds configuration reads (tenants, keys, SigV4 credentials,
+    /// prices, aliases, profiles) are served from memory; a change made by
+    /// another sidecar on the same ledger is seen at most this late. 0 disables.
+    #[arg(long, env = "TOLLGATE_CONFIG_CACHE_MS", default_value_t = 1000)]
+    pub config_cache_ms: u64,
     /// Ledger store: sqlite (embedded, default) or dynamodb (shared by a fleet;
     /// configured by the AWS SDK's standard chain, e.g. AWS_REGION and
     /// AWS_ENDPOINT_URL_DYNAMODB).

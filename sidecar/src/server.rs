@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::keys;
 use crate::metrics::Metrics;
 use crate::service::{Service, Settings};
+use crate::store::cached::{CachedStore, DEFAULT_TTL};
 use crate::store::dynamodb::DynamoStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
@@ -40,15 +41,17 @@ pub struct Sidecar {
 }
 
 /// Opens the SQLite ledger at `opts.db`, applies the seed, and builds the routes.
+/// Configuration reads are cached for `store::cached::DEFAULT_TTL`.
 pub async fn build(opts: &Options) -> Result<Sidecar> {
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open(&opts.db)?.with_pricing_region(&opts.settings.pricing_region));
-    build_with_store(opts, store).await
+    build_with_store(opts, CachedStore::wrap(store, DEFAULT_TTL)).await
 }
 
-/// Opens the store `serve` was configured with.
+/// Opens the store `serve` was configured with, behind the configuration
+/// cache (`--config-cache-ms`).
 pub async fn open_store(args: &ServeArgs) -> Result<Arc<dyn Store>> {
-    Ok(match args.store {
+    let store: Arc<dyn Store> = match args.store {
         StoreKind::Sqlite => Arc::new(
             SqliteStore::open(&args.db)?
                 .with_synchronous(args.sqlite_synchronous)?
@@ -57,7 +60,9 @@ pub async fn open_store(args: &ServeArgs) -> Result<Arc<dyn Store>> {
         StoreKind::Dynamodb => {
             Arc::new(DynamoStore::connect(&args.dynamodb.store_options()?).await?)
         }
-    })
+    };
+    let ttl = Duration::from_millis(args.config_cache_ms);
+    Ok(CachedStore::wrap(store, ttl))
 }
 
 /// Like [`build`] on a given store (`opts.db` is then unused).

@@ -21,8 +21,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 use tollgate_wire::api::{
-    CommitBatch, CommitOutcome, CommitResponse, CommitResult, Credential, Denial, ReleaseRequest,
-    ReleaseResponse, ReserveRequest, ReserveResponse, SigV4Proof,
+    Commit, CommitBatch, CommitOutcome, CommitResponse, CommitResult, Credential, Denial,
+    ReleaseRequest, ReleaseResponse, ReserveRequest, ReserveResponse, SigV4Proof,
 };
 use tollgate_wire::sigv4;
 
@@ -191,6 +191,9 @@ pub struct Service {
     tokens: TokenRateLimiter,
     alerter: Alerter,
     emf: Option<EmfWriter>,
+    /// (tenant, period, kind) of alerts known to be recorded, so a commit past
+    /// a threshold does not write to the store again for an alert that fired.
+    fired: std::sync::Mutex<std::collections::HashSet<(String, String, AlertKind)>>,
 }
 
 /// Everything `GET /v1/tenants/{tenant}` shows.
@@ -220,6 +223,7 @@ impl Service {
             tokens: TokenRateLimiter::default(),
             alerter,
             emf: None,
+            fired: Default::default(),
         }
     }
 
@@ -664,121 +668,41 @@ impl Service {
             )));
         }
         let started = Instant::now();
+        let now_ms = to_millis(self.clock.now());
+        // Requests forwarded without a hold get their zero hold first (rare:
+        // `failure_mode: open`); the rest are written together, so the store's
+        // group commit makes the whole batch one transaction and one fsync.
+        let mut attributable = Vec::with_capacity(batch.commits.len());
+        for c in &batch.commits {
+            attributable.push(match &c.unreserved {
+                Some(req) => self.admit_unreserved(&c.request_id, req).await?,
+                None => true,
+            });
+        }
+        let stored = futures_util::future::join_all(
+            batch
+                .commits
+                .iter()
+                .zip(&attributable)
+                .filter(|(_, ok)| **ok)
+                .map(|(c, _)| self.store_commit(c, now_ms)),
+        )
+        .await;
+        let mut stored = stored.into_iter();
         let mut results = Vec::with_capacity(batch.commits.len());
-        for c in batch.commits {
-            let now_ms = to_millis(self.clock.now());
-            if let Some(req) = &c.unreserved {
-                if !self.admit_unreserved(&c.request_id, req).await? {
-                    results.push(CommitResult {
-                        request_id: c.request_id.clone(),
-                        outcome: CommitOutcome::UnknownRequest,
-                        cost_usd: None,
-                    });
-                    continue;
-                }
-            }
-            let stored = match &c.lease {
-                Some(la) => {
-                    let (usage, capped) = ledger::cap_usage(
-                        &c.usage,
-                        c.estimated,
-                        la.max_output_tokens,
-                        la.input_tokens_estimate,
-                    );
-                    let leased = crate::store::LeasedCommit {
-                        request_id: c.request_id.clone(),
-                        lease_id: la.lease_id.clone(),
-                        usage,
-                        estimated: c.estimated,
-                        capped,
-                        hold_usd: la.hold_usd,
-                        attribution: la.attribution.clone(),
-                    };
-                    self.store.commit_leased(&leased, now_ms).await
-                }
-                None => {
-                    self.store
-                        .commit(&c.request_id, &c.usage, c.estimated, now_ms)
-                        .await
-                }
-            };
-            let applied = match stored {
-                Ok(a) => a,
-                Err(e) => {
-                    self.count_store_error("commit", &e);
-                    return Err(e);
-                }
-            };
-            let (outcome, cost_usd) = match applied {
-                CommitApplied::Unknown => (CommitOutcome::UnknownRequest, None),
-                CommitApplied::Duplicate { cost } => (CommitOutcome::Duplicate, cost),
-                CommitApplied::Committed {
-                    cost,
-                    hold,
-                    totals,
-                    capped,
-                } => {
-                    if capped {
-                        self.metrics.capped(&hold.tenant_id);
-                        tracing::warn!(request_id = %c.request_id, tenant = %hold.tenant_id,
-                            reported = ?c.usage, "usage above what the request could use was capped");
+        for (c, ok) in batch.commits.into_iter().zip(attributable) {
+            let (outcome, cost_usd) = if !ok {
+                (CommitOutcome::UnknownRequest, None)
+            } else {
+                let applied = match stored.next() {
+                    Some(Ok(a)) => a,
+                    Some(Err(e)) => {
+                        self.count_store_error("commit", &e);
+                        return Err(e);
                     }
-                    self.metrics.committed(
-                        &hold.tenant_id,
-                        &hold.model_id,
-                        &hold.attribution,
-                        &c.usage,
-                        cost,
-                    );
-                    let u = &c.usage;
-                    self.tokens.settle(
-                        &c.request_id,
-                        u.input_tokens
-                            .saturating_add(u.output_tokens)
-                            .saturating_add(u.cache_read_input_tokens)
-                            .saturating_add(u.cache_write_input_tokens),
-                    );
-                    if let Some(emf) = &self.emf {
-                        let a = &hold.attribution;
-                        emf.record(&EmfRecord {
-                            timestamp_ms: now_ms,
-                            request_id: &c.request_id,
-                            tenant_id: &hold.tenant_id,
-                            application_id: a.application_id.as_deref(),
-                            model_id: &hold.model_id,
-                            cost_center: a.cost_center.as_deref(),
-                            environment: a.environment.as_deref(),
-                            cost_usd: cost,
-                            input_tokens: u.input_tokens,
-                            output_tokens: u.output_tokens,
-                        });
-                    }
-                    self.metrics.remaining(&hold.tenant_id, totals.available());
-                    let threshold = match self.store.get_tenant(&hold.tenant_id).await? {
-                        Some(t) => t.alert_threshold,
-                        None => Decimal::ONE,
-                    };
-                    for kind in ledger::alerts_after_commit(
-                        totals.counters.spent_usd,
-                        totals.budget_usd,
-                        threshold,
-                        cost,
-                        self.settings.high_cost_threshold_usd,
-                    ) {
-                        self.fire(AlertRecord {
-                            tenant_id: hold.tenant_id.clone(),
-                            period: hold.period.clone(),
-                            kind,
-                            fired_at_ms: now_ms,
-                            spent_usd: totals.counters.spent_usd,
-                            budget_usd: totals.budget_usd,
-                            request_id: Some(c.request_id.clone()),
-                            cost_usd: Some(cost),
-                        })
-                        .await;
-                    }
-                    (CommitOutcome::Committed, Some(cost))
-                }
+                    None => return Err(Error::Internal("commit result missing".into())),
+                };
+                self.after_commit(&c, applied, now_ms).await?
             };
             results.push(CommitResult {
                 request_id: c.request_id,
@@ -788,6 +712,116 @@ impl Service {
         }
         self.metrics.observe_commit(started.elapsed().as_secs_f64());
         Ok(CommitResponse { results })
+    }
+
+    /// One commit's write: a leased request (capped here, with the limits the
+    /// gateway admitted it with) or a held one (the store caps it with its hold's).
+    async fn store_commit(&self, c: &Commit, now_ms: i64) -> Result<CommitApplied> {
+        match &c.lease {
+            Some(la) => {
+                let (usage, capped) = ledger::cap_usage(
+                    &c.usage,
+                    c.estimated,
+                    la.max_output_tokens,
+                    la.input_tokens_estimate,
+                );
+                let leased = crate::store::LeasedCommit {
+                    request_id: c.request_id.clone(),
+                    lease_id: la.lease_id.clone(),
+                    usage,
+                    estimated: c.estimated,
+                    capped,
+                    hold_usd: la.hold_usd,
+                    attribution: la.attribution.clone(),
+                };
+                self.store.commit_leased(&leased, now_ms).await
+            }
+            None => {
+                self.store
+                    .commit(&c.request_id, &c.usage, c.estimated, now_ms)
+                    .await
+            }
+        }
+    }
+
+    /// Metrics, EMF, rate buckets and alerts after a commit was written.
+    async fn after_commit(
+        &self,
+        c: &Commit,
+        applied: CommitApplied,
+        now_ms: i64,
+    ) -> Result<(CommitOutcome, Option<Decimal>)> {
+        Ok(match applied {
+            CommitApplied::Unknown => (CommitOutcome::UnknownRequest, None),
+            CommitApplied::Duplicate { cost } => (CommitOutcome::Duplicate, cost),
+            CommitApplied::Committed {
+                cost,
+                hold,
+                totals,
+                capped,
+            } => {
+                if capped {
+                    self.metrics.capped(&hold.tenant_id);
+                    tracing::warn!(request_id = %c.request_id, tenant = %hold.tenant_id,
+                        reported = ?c.usage, "usage above what the request could use was capped");
+                }
+                self.metrics.committed(
+                    &hold.tenant_id,
+                    &hold.model_id,
+                    &hold.attribution,
+                    &c.usage,
+                    cost,
+                );
+                let u = &c.usage;
+                self.tokens.settle(
+                    &c.request_id,
+                    u.input_tokens
+                        .saturating_add(u.output_tokens)
+                        .saturating_add(u.cache_read_input_tokens)
+                        .saturating_add(u.cache_write_input_tokens),
+                );
+                if let Some(emf) = &self.emf {
+                    let a = &hold.attribution;
+                    emf.record(&EmfRecord {
+                        timestamp_ms: now_ms,
+                        request_id: &c.request_id,
+                        tenant_id: &hold.tenant_id,
+                        application_id: a.application_id.as_deref(),
+                        model_id: &hold.model_id,
+                        cost_center: a.cost_center.as_deref(),
+                        environment: a.environment.as_deref(),
+                        cost_usd: cost,
+                        input_tokens: u.input_tokens,
+                        output_tokens: u.output_tokens,
+                    });
+                }
+                self.metrics.remaining(&hold.tenant_id, totals.available());
+                let threshold = match self.store.get_tenant(&hold.tenant_id).await? {
+                    Some(t) => t.alert_threshold,
+                    None => Decimal::ONE,
+                };
+                for kind in ledger::alerts_after_commit(
+                    totals.counters.spent_usd,
+                    totals.budget_usd,
+                    threshold,
+                    cost,
+                    self.settings.high_cost_threshold_usd,
+                ) {
+                    self.fire(AlertRecord {
+                        tenant_id: hold.tenant_id.clone(),
+                        period: hold.period.clone(),
+                        kind,
+                        fired_at_ms: now_ms,
+                        spent_usd: totals.counters.spent_usd,
+                        budget_usd: totals.budget_usd,
+                        request_id: Some(c.request_id.clone()),
+                        cost_usd: Some(cost),
+                    })
+                    .await;
+                }
+                (CommitOutcome::Committed, Some(cost))
+            }
+        })
     }
 
     pub async fn release(&self, req: ReleaseRequest) -> Result<ReleaseResponse> {
@@ -838,14 +872,28 @@ impl Service {
 
     /// Records an alert once per (tenant, period, kind) and delivers it.
     async fn fire(&self, alert: AlertRecord) {
+        let key = (alert.tenant_id.clone(), alert.period.clone(), alert.kind);
+        let known = |fired: &std::collections::HashSet<_>| fired.contains(&key);
+        if known(&self.fired.lock().unwrap_or_else(|e| e.into_inner())) {
+            return;
+        }
         match self.store.record_alert(&alert).await {
             Ok(true) => {
                 self.metrics.alert(alert.kind.as_str());
                 self.alerter.deliver(&alert);
             }
             Ok(false) => {}
-            Err(e) => tracing::error!(error = %e, "could not record alert"),
+            Err(e) => {
+                tracing::error!(error = %e, "could not record alert");
+                return;
+            }
         }
+        let mut fired = self.fired.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded: forgetting only costs one more (idempotent) store write.
+        if fired.len() >= 100_000 {
+            fired.clear();
+        }
+        fired.insert(key);
     }
 
     // ---------------------------------------------------------------- admin

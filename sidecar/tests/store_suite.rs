@@ -14,12 +14,13 @@ use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tollgate_sidecar::ledger::{AlertKind, ResetCycle};
+use tollgate_sidecar::error::Error;
+use tollgate_sidecar::ledger::{AlertKind, LeaseSizing, ResetCycle};
 use tollgate_sidecar::pricing::{ModelPrice, Rates};
 use tollgate_sidecar::store::dynamodb::{DynamoOptions, DynamoStore};
 use tollgate_sidecar::store::sqlite::SqliteStore;
 use tollgate_sidecar::store::*;
-use tollgate_wire::api::{Attribution, Usage};
+use tollgate_wire::api::{Attribution, LeaseTerms, Usage};
 
 const SONNET: &str = "anthropic.claude-3-sonnet-20240229-v1:0";
 const HAIKU: &str = "anthropic.claude-3-haiku-20240307-v1:0";
@@ -53,6 +54,13 @@ fn all_cases() -> Vec<(&'static str, Case)> {
         model_budget_rows_follow_config_and_history,
         concurrent_capped_reserves_never_overspend_the_model,
         prices_are_kept_per_region,
+        concurrent_reserves_and_commits_keep_the_ledger_exact,
+        commit_caps_usage_at_what_the_request_could_use,
+        lease_grant_fits_or_is_refused_and_is_exactly_min_near_the_cap,
+        lease_renewal_returns_tops_up_and_replays,
+        lease_of_an_ended_period_is_closed_and_given_back,
+        leased_commits_move_the_hold_and_are_idempotent,
+        late_leased_commit_after_expiry_charges_once,
     ]
 }
 
@@ -82,7 +90,7 @@ fn hold(id: &str, tenant: &str, model: &str, hold_usd: &str) -> Hold {
             environment: None,
             user_id: Some("u-1".into()),
         },
-        max_output_tokens: 100,
+        max_output_tokens: 1000,
         hold_usd: d(hold_usd),
         budget_remaining_usd: Decimal::ZERO,
         rates: rates(),
@@ -724,6 +732,664 @@ async fn concurrent_reserves_never_overspend(s: Arc<dyn Store>) {
     assert_eq!(b.totals.reserved_usd, Decimal::ZERO);
     assert_eq!(b.totals.counters.requests, 25);
     assert_identity(&b);
+}
+
+async fn concurrent_reserves_and_commits_keep_the_ledger_exact(s: Arc<dyn Store>) {
+    // 64 tasks × 4 reserve+commit pairs with different usage each: through the
+    // SQLite group-commit writer many of them share one transaction.
+    let mut tasks = Vec::new();
+    for t in 0..64u64 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut costs = Decimal::ZERO;
+            for k in 0..4u64 {
+                let id = format!("g{t}-{k}");
+                let h = hold(&id, "acme", if k % 2 == 0 { SONNET } else { HAIKU }, "0.02");
+                assert_eq!(
+                    s.reserve(&h, d("1000")).await.unwrap(),
+                    ReserveOutcome::Admitted
+                );
+                let u = Usage {
+                    input_tokens: 100 + t,
+                    output_tokens: 10 + k,
+                    cache_read_input_tokens: t % 3,
+                    cache_write_input_tokens: k,
+                };
+                match s.commit(&id, &u, false, T0 + 1).await.unwrap() {
+                    CommitApplied::Committed { cost, capped, .. } => {
+                        assert!(!capped);
+                        assert_eq!(cost, rates().cost(&u).unwrap());
+                        costs += cost;
+                    }
+                    other => panic!("{id}: {other:?}"),
+                }
+            }
+            costs
+        }));
+    }
+    let mut total = Decimal::ZERO;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    let b = bal(&s, "acme").await;
+    assert_eq!(b.totals.counters.spent_usd, total);
+    assert_eq!(b.totals.reserved_usd, Decimal::ZERO);
+    assert_eq!(b.totals.counters.requests, 256);
+    assert_eq!(
+        b.by_model[SONNET].requests + b.by_model[HAIKU].requests,
+        256
+    );
+    assert_eq!(
+        b.by_model[SONNET].spent_usd + b.by_model[HAIKU].spent_usd,
+        total
+    );
+    assert_identity(&b);
+    let usage = s.usage(None, None).await.unwrap();
+    assert_eq!(usage.len(), 256);
+    assert_eq!(usage.iter().map(|u| u.cost_usd).sum::<Decimal>(), total);
+}
+
+async fn commit_caps_usage_at_what_the_request_could_use(s: Arc<dyn Store>) {
+    if !s.supports_leases() {
+        // The usage cap comes with the lease work of each store.
+        return;
+    }
+    let limited = |id: &str| Hold {
+        max_output_tokens: 100,
+        input_tokens_estimate: 1000,
+        ..hold(id, "acme", SONNET, "0.1")
+    };
+    for id in ["r1", "r2", "r3"] {
+        assert_eq!(
+            reserve(&s, &limited(id), "10").await,
+            ReserveOutcome::Admitted
+        );
+    }
+    assert_eq!(
+        s.get_hold("r1")
+            .await
+            .unwrap()
+            .unwrap()
+            .input_tokens_estimate,
+        1000
+    );
+    // More output than the limit: 1000 × 3 + 100 × 15 per 1M.
+    match s.commit("r1", &usage(), false, T0 + 1).await.unwrap() {
+        CommitApplied::Committed { cost, capped, .. } => {
+            assert!(capped);
+            assert_eq!(cost, d("0.0045"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // An estimate above the hold's input estimate: 1000 × 3 + 50 × 15.
+    let big_input = Usage {
+        input_tokens: 5000,
+        output_tokens: 50,
+        ..Usage::default()
+    };
+    match s.commit("r2", &big_input, true, T0 + 2).await.unwrap() {
+        CommitApplied::Committed { cost, capped, .. } => {
+            assert!(capped);
+            assert_eq!(cost, d("0.00375"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Reported (not estimated) input is charged as reported.
+    match s.commit("r3", &big_input, false, T0 + 3).await.unwrap() {
+        CommitApplied::Committed { cost, capped, .. } => {
+            assert!(!capped);
+            assert_eq!(cost, d("0.01575"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let b = bal(&s, "acme").await;
+    assert_eq!(b.totals.counters.spent_usd, d("0.024"));
+    assert_eq!(b.totals.counters.output_tokens, 200);
+    assert_eq!(b.totals.counters.input_tokens, 7000);
+    assert_eq!(b.totals.reserved_usd, Decimal::ZERO);
+    assert_identity(&b);
+    let rows = s.usage(None, None).await.unwrap();
+    let flags: Vec<_> = rows
+        .iter()
+        .map(|u| (u.request_id.as_str(), u.capped))
+        .collect();
+    assert_eq!(flags, [("r1", true), ("r2", true), ("r3", false)]);
+    assert_eq!(rows[0].usage.output_tokens, 100);
+    assert_eq!(rows[1].usage.input_tokens, 1000);
+    assert_eq!(rows[2].usage, big_input);
+    // A duplicate commit replays the capped cost.
+    assert_eq!(
+        s.commit("r1", &usage(), false, T0 + 4).await.unwrap(),
+        CommitApplied::Duplicate {
+            cost: Some(d("0.0045"))
+        }
+    );
+}
+
+fn lease_terms(tenant: &str) -> LeaseTerms {
+    LeaseTerms {
+        tenant_id: tenant.to_string(),
+        application_id: Some("app".into()),
+        model_id: SONNET.to_string(),
+        target_model: "arn:aws:bedrock:us-east-1:1:application-inference-profile/x".into(),
+        rates: rates(),
+        default_max_output_tokens: 1000,
+        max_tokens_cap: Some(4000),
+    }
+}
+
+fn lease(id: &str, tenant: &str) -> LeaseRecord {
+    LeaseRecord {
+        lease_id: id.to_string(),
+        period: PERIOD.to_string(),
+        terms: lease_terms(tenant),
+        credential_ref: "key:k-1".into(),
+        requested_model: "claude-3-sonnet".into(),
+        reserved_usd: Decimal::ZERO,
+        seq: 0,
+        last_granted_usd: Decimal::ZERO,
+        created_at_ms: T0,
+        expires_at_ms: T0 + 30_000,
+        state: HoldState::Open,
+    }
+}
+
+fn sizing(want: &str, min: &str, fraction: &str) -> LeaseSizing {
+    LeaseSizing {
+        want: d(want),
+        min: d(min),
+        fraction: d(fraction),
+    }
+}
+
+/// `spent + reserved ≤ budget`, and the identity, on the tenant's period row.
+async fn assert_within_budget(s: &Arc<dyn Store>, t: &str) -> Balance {
+    let b = bal(s, t).await;
+    assert_identity(&b);
+    assert!(
+        b.totals.counters.spent_usd + b.totals.reserved_usd <= b.totals.budget_usd,
+        "{:?}",
+        b.totals
+    );
+    assert!(b.totals.reserved_usd >= Decimal::ZERO, "{:?}", b.totals);
+    b
+}
+
+async fn lease_of(s: &Arc<dyn Store>, id: &str) -> LeaseRecord {
+    s.get_lease(id).await.unwrap().expect("lease exists")
+}
+
+async fn lease_grant_fits_or_is_refused_and_is_exactly_min_near_the_cap(s: Arc<dyn Store>) {
+    if !s.supports_leases() {
+        return;
+    }
+    let budget = d("1.00");
+    // want 0.30 < half of 1.00.
+    assert_eq!(
+        s.grant_lease(&lease("l1", "acme"), &sizing("0.30", "0.01", "0.5"), budget)
+            .await
+            .unwrap(),
+        LeaseOutcome::Granted {
+            granted: d("0.30"),
+            remaining: d("0.70")
+        }
+    );
+    let b = assert_within_budget(&s, "acme").await;
+    assert_eq!(b.totals.reserved_usd, d("0.30"));
+    assert_eq!(b.totals.budget_usd, budget);
+    let l1 = lease_of(&s, "l1").await;
+    assert_eq!(l1.reserved_usd, d("0.30"));
+    assert_eq!(l1.seq, 0);
+    assert_eq!(l1.state, HoldState::Open);
+    assert_eq!(l1.terms, lease_terms("acme"));
+    assert_eq!(l1.credential_ref, "key:k-1");
+    assert_eq!(l1.requested_model, "claude-3-sonnet");
+    assert_eq!(l1.expires_at_ms, T0 + 30_000);
+    // want 10: half of the 0.70 left.
+    assert_eq!(
+        s.grant_lease(&lease("l2", "acme"), &sizing("10", "0.01", "0.5"), budget)
+            .await
+            .unwrap(),
+        LeaseOutcome::Granted {
+            granted: d("0.35"),
+            remaining: d("0.35")
+        }
+    );
+    assert_within_budget(&s, "acme").await;
+    // A per-request hold takes nearly all the rest: not even `min` fits.
+    assert_eq!(
+        reserve(&s, &hold("h1", "acme", SONNET, "0.345"), "1.00").await,
+        ReserveOutcome::Admitted
+    );
+    assert_eq!(
+        s.grant_lease(&lease("l3", "acme"), &sizing("1", "0.01", "0.5"), budget)
+            .await
+            .unwrap(),
+        LeaseOutcome::Insufficient {
+            available: d("0.005"),
+            spent: Decimal::ZERO,
+            budget,
+        }
+    );
+    assert_eq!(s.get_lease("l3").await.unwrap(), None);
+    assert_within_budget(&s, "acme").await;
+    // Near the cap the grant is exactly `min`: half of 0.35 < min 0.30.
+    assert!(s.release("h1", T0 + 1).await.unwrap());
+    assert_eq!(
+        s.grant_lease(&lease("l4", "acme"), &sizing("1", "0.30", "0.5"), budget)
+            .await
+            .unwrap(),
+        LeaseOutcome::Granted {
+            granted: d("0.30"),
+            remaining: d("0.05")
+        }
+    );
+    let b = assert_within_budget(&s, "acme").await;
+    assert_eq!(b.totals.reserved_usd, d("0.95"));
+    // A tenant without a period row gets one with the given budget.
+    assert_eq!(
+        s.grant_lease(&lease("l5", "beta"), &sizing("1", "0.5", "1"), d("0.40"))
+            .await
+            .unwrap(),
+        LeaseOutcome::Insufficient {
+            available: d("0.40"),
+            spent: Decimal::ZERO,
+            budget: d("0.40"),
+        }
+    );
+    assert_eq!(
+        s.grant_lease(&lease("l5", "beta"), &sizing("1", "0.1", "1"), d("0.40"))
+            .await
+            .unwrap(),
+        LeaseOutcome::Granted {
+            granted: d("0.40"),
+            remaining: Decimal::ZERO
+        }
+    );
+    assert_within_budget(&s, "beta").await;
+}
+
+async fn lease_renewal_returns_tops_up_and_replays(s: Arc<dyn Store>) {
+    if !s.supports_leases() {
+        return;
+    }
+    let exp = T0 + 60_000;
+    assert!(matches!(
+        s.grant_lease(&lease("l1", "acme"), &sizing("0.2", "0.01", "0.5"), d("1"))
+            .await
+            .unwrap(),
+        LeaseOutcome::Granted { .. }
+    ));
+    // Returns 0.05 (0.15 left), then takes min(0.1, half of 0.85).
+    let renewed = s
+        .renew_lease(
+            "l1",
+            1,
+            d("0.05"),
+            &sizing("0.1", "0.01", "0.5"),
+            PERIOD,
+            T0 + 1,
+            exp,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        renewed,
+        RenewApplied::Renewed {
+            granted: d("0.1"),
+            remaining: d("0.75")
+        }
+    );
+    let b = assert_within_budget(&s, "acme").await;
+    assert_eq!(b.totals.reserved_usd, d("0.25"));
+    let l1 = lease_of(&s, "l1").await;
+    assert_eq!(
+        (l1.seq, l1.last_granted_usd, l1.reserved_usd),
+        (1, d("0.1"), d("0.25"))
+    );
+    assert_eq!(l1.expires_at_ms, exp);
+    // The same seq again (a retry) replays and changes nothing.
+    let replay = s
+        .renew_lease(
+            "l1",
+            1,
+            d("0.2"),
+            &sizing("0.5", "0.01", "0.5"),
+            PERIOD,
+            T0 + 2,
+            exp + 9,
+        )
+        .await
+        .unwrap();
+    assert_eq!(replay, renewed);
+    assert_eq!(bal(&s, "acme").await, b);
+    assert_eq!(lease_of(&s, "l1").await, l1);
+    // An older seq is refused.
+    match s
+        .renew_lease(
+            "l1",
+            0,
+            d("0"),
+            &sizing("0.5", "0.01", "0.5"),
+            PERIOD,
+            T0 + 3,
+            exp,
+        )
+        .await
+    {
+        Err(Error::Invalid(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(bal(&s, "acme").await, b);
+    // A tenant spending elsewhere leaves less: the grant follows the fraction.
+    assert_eq!(
+        reserve(&s, &hold("h1", "acme", SONNET, "0.55"), "1").await,
+        ReserveOutcome::Admitted
+    );
+    assert_eq!(
+        s.renew_lease(
+            "l1",
+            2,
+            d("0"),
+            &sizing("1", "0.01", "0.5"),
+            PERIOD,
+            T0 + 4,
+            exp
+        )
+        .await
+        .unwrap(),
+        RenewApplied::Renewed {
+            granted: d("0.1"),
+            remaining: d("0.1")
+        }
+    );
+    assert_within_budget(&s, "acme").await;
+    // Nothing available and min not met: a zero grant, the lease stays open.
+    assert_eq!(
+        s.renew_lease(
+            "l1",
+            3,
+            d("0"),
+            &sizing("1", "0.2", "0.5"),
+            PERIOD,
+            T0 + 5,
+            exp
+        )
+        .await
+        .unwrap(),
+        RenewApplied::Renewed {
+            granted: Decimal::ZERO,
+            remaining: d("0.1")
+        }
+    );
+    assert_eq!(lease_of(&s, "l1").await.state, HoldState::Open);
+    // Returning more than it holds returns what it holds; wanting nothing with
+    // nothing left releases it.
+    assert_eq!(
+        s.renew_lease(
+            "l1",
+            4,
+            d("5"),
+            &sizing("0", "0.01", "0.5"),
+            PERIOD,
+            T0 + 6,
+            exp
+        )
+        .await
+        .unwrap(),
+        RenewApplied::Renewed {
+            granted: Decimal::ZERO,
+            remaining: d("0.45")
+        }
+    );
+    let b = assert_within_budget(&s, "acme").await;
+    assert_eq!(b.totals.reserved_usd, d("0.55"));
+    let l1 = lease_of(&s, "l1").await;
+    assert_eq!(l1.reserved_usd, Decimal::ZERO);
+    assert_ne!(l1.state, HoldState::Open);
+    match s
+        .renew_lease(
+            "l1",
+            5,
+            d("0"),
+            &sizing("1", "0.01", "0.5"),
+            PERIOD,
+            T0 + 7,
+            exp,
+        )
+        .await
+        .unwrap()
+    {
+        RenewApplied::Closed { reason } => assert!(!reason.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    match s
+        .renew_lease(
+            "nope",
+            1,
+            d("0"),
+            &sizing("1", "0.01", "0.5"),
+            PERIOD,
+            T0 + 7,
+            exp,
+        )
+        .await
+        .unwrap()
+    {
+        RenewApplied::Closed { reason } => assert!(!reason.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(bal(&s, "acme").await, b);
+}
+
+async fn lease_of_an_ended_period_is_closed_and_given_back(s: Arc<dyn Store>) {
+    if !s.supports_leases() {
+        return;
+    }
+    assert!(matches!(
+        s.grant_lease(&lease("l1", "acme"), &sizing("0.2", "0.01", "0.5"), d("1"))
+            .await
+            .unwrap(),
+        LeaseOutcome::Granted { .. }
+    ));
+    match s
+        .renew_lease(
+            "l1",
+            1,
+            d("0"),
+            &sizing("0.2", "0.01", "0.5"),
+            "2026-12",
+            T0 + 1,
+            T0 + 60_000,
+        )
+        .await
+        .unwrap()
+    {
+        RenewApplied::Closed { reason } => assert!(reason.contains("period"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    let b = assert_within_budget(&s, "acme").await;
+    assert_eq!(b.totals.reserved_usd, Decimal::ZERO);
+    assert_eq!(b.totals.available(), d("1"));
+    let l1 = lease_of(&s, "l1").await;
+    assert_ne!(l1.state, HoldState::Open);
+    // Nothing was granted in the new period either.
+    let next = s.balance("acme", "2026-12", d("1")).await.unwrap();
+    assert_eq!(next.totals.reserved_usd, Decimal::ZERO);
+    // The sweeper does not count it again.
+    assert_eq!(s.expire_holds(T0 + 600_000).await.unwrap(), 0);
+    assert_eq!(bal(&s, "acme").await, b);
+}
+
+fn leased(id: &str, lease_id: &str, hold_usd: &str) -> LeasedCommit {
+    LeasedCommit {
+        request_id: id.to_string(),
+        lease_id: lease_id.to_string(),
+        usage: usage(),
+        estimated: false,
+        capped: false,
+        hold_usd: d(hold_usd),
+        attribution: Attribution {
+            application_id: Some("spoofed".into()),
+            cost_center: Some("cc-9".into()),
+            environment: Some("prod".into()),
+            user_id: Some("u-9".into()),
+        },
+    }
+}
+
+async fn leased_commits_move_the_hold_and_are_idempotent(s: Arc<dyn Store>) {
+    if !s.supports_leases() {
+        return;
+    }
+    assert!(matches!(
+        s.grant_lease(&lease("l1", "acme"), &sizing("0.2", "0.01", "0.5"), d("1"))
+            .await
+            .unwrap(),
+        LeaseOutcome::Granted { .. }
+    ));
+    match s
+        .commit_leased(&leased("r1", "l1", "0.05"), T0 + 1)
+        .await
+        .unwrap()
+    {
+        CommitApplied::Committed {
+            cost,
+            capped,
+            hold,
+            totals,
+        } => {
+            assert_eq!(cost, d("0.0105"));
+            assert!(!capped);
+            assert_eq!(hold.request_id, "r1");
+            assert_eq!(hold.tenant_id, "acme");
+            assert_eq!(hold.period, PERIOD);
+            assert_eq!(hold.model_id, SONNET);
+            assert_eq!(hold.target_model, lease_terms("acme").target_model);
+            assert_eq!(hold.rates, rates());
+            assert_eq!(hold.hold_usd, d("0.05"));
+            assert_eq!(hold.attribution.application_id.as_deref(), Some("app"));
+            assert_eq!(hold.attribution.cost_center.as_deref(), Some("cc-9"));
+            assert_eq!(totals.counters.spent_usd, d("0.0105"));
+            assert_eq!(totals.reserved_usd, d("0.15"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let b = assert_within_budget(&s, "acme").await;
+    assert_eq!(b.totals.counters.spent_usd, d("0.0105"));
+    assert_eq!(b.totals.reserved_usd, d("0.15"));
+    assert_eq!(b.by_model[SONNET].spent_usd, d("0.0105"));
+    assert_eq!(b.by_model[SONNET].requests, 1);
+    assert_eq!(b.by_model[SONNET].output_tokens, 500);
+    assert_eq!(lease_of(&s, "l1").await.reserved_usd, d("0.15"));
+    // The second delivery is a duplicate with the first cost; nothing moves.
+    let l1 = lease_of(&s, "l1").await;
+    assert_eq!(
+        s.commit_leased(&leased("r1", "l1", "0.05"), T0 + 2)
+            .await
+            .unwrap(),
+        CommitApplied::Duplicate {
+            cost: Some(d("0.0105"))
+        }
+    );
+    assert_eq!(bal(&s, "acme").await, b);
+    assert_eq!(lease_of(&s, "l1").await, l1);
+    // A hold larger than what the lease still holds moves only that.
+    let mut r2 = leased("r2", "l1", "1.00");
+    r2.estimated = true;
+    r2.capped = true;
+    assert!(matches!(
+        s.commit_leased(&r2, T0 + 3).await.unwrap(),
+        CommitApplied::Committed { capped: true, .. }
+    ));
+    let b = assert_within_budget(&s, "acme").await;
+    assert_eq!(b.totals.counters.spent_usd, d("0.021"));
+    assert_eq!(b.totals.reserved_usd, Decimal::ZERO);
+    assert_eq!(lease_of(&s, "l1").await.reserved_usd, Decimal::ZERO);
+    assert_eq!(
+        s.commit_leased(&leased("r3", "nope", "0.05"), T0 + 4)
+            .await
+            .unwrap(),
+        CommitApplied::Unknown
+    );
+    let rows = s.usage(None, None).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    let r1 = &rows[0];
+    assert_eq!(r1.request_id, "r1");
+    assert_eq!(r1.tenant_id, "acme");
+    assert_eq!(r1.model_id, SONNET);
+    assert_eq!(r1.attribution.application_id.as_deref(), Some("app"));
+    assert_eq!(r1.attribution.cost_center.as_deref(), Some("cc-9"));
+    assert_eq!(r1.attribution.environment.as_deref(), Some("prod"));
+    assert_eq!(r1.attribution.user_id.as_deref(), Some("u-9"));
+    assert_eq!(r1.cost_usd, d("0.0105"));
+    assert!(!r1.estimated && !r1.capped);
+    assert_eq!(r1.at_ms, T0 + 1);
+    assert!(rows[1].estimated && rows[1].capped);
+}
+
+async fn late_leased_commit_after_expiry_charges_once(s: Arc<dyn Store>) {
+    if !s.supports_leases() {
+        return;
+    }
+    assert!(matches!(
+        s.grant_lease(&lease("l1", "acme"), &sizing("0.2", "0.01", "0.5"), d("1"))
+            .await
+            .unwrap(),
+        LeaseOutcome::Granted { .. }
+    ));
+    assert_eq!(
+        reserve(&s, &hold("h1", "acme", HAIKU, "0.1"), "1").await,
+        ReserveOutcome::Admitted
+    );
+    // Not yet expired.
+    assert_eq!(s.expire_holds(T0 + 29_999).await.unwrap(), 0);
+    assert_eq!(lease_of(&s, "l1").await.state, HoldState::Open);
+    // The lease expires first, then the hold (expires at T0 + 600 000).
+    assert_eq!(s.expire_holds(T0 + 30_000).await.unwrap(), 1);
+    let b = assert_within_budget(&s, "acme").await;
+    assert_eq!(b.totals.reserved_usd, d("0.1"));
+    assert_eq!(lease_of(&s, "l1").await.state, HoldState::Expired);
+    assert_eq!(s.expire_holds(T0 + 600_000).await.unwrap(), 1);
+    let b = assert_within_budget(&s, "acme").await;
+    assert_eq!(b.totals.reserved_usd, Decimal::ZERO);
+    match s
+        .renew_lease(
+            "l1",
+            1,
+            d("0"),
+            &sizing("0.2", "0.01", "0.5"),
+            PERIOD,
+            T0 + 30_001,
+            T0 + 90_000,
+        )
+        .await
+        .unwrap()
+    {
+        RenewApplied::Closed { reason } => assert!(reason.contains("expired"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    // A commit arriving after the expiry is still charged, once, and leaves
+    // reserved alone.
+    assert!(matches!(
+        s.commit_leased(&leased("r1", "l1", "0.05"), T0 + 40_000)
+            .await
+            .unwrap(),
+        CommitApplied::Committed { .. }
+    ));
+    assert_eq!(
+        s.commit_leased(&leased("r1", "l1", "0.05"), T0 + 40_001)
+            .await
+            .unwrap(),
+        CommitApplied::Duplicate {
+            cost: Some(d("0.0105"))
+        }
+    );
+    let b = assert_within_budget(&s, "acme").await;
+    assert_eq!(b.totals.counters.spent_usd, d("0.0105"));
+    assert_eq!(b.totals.counters.requests, 1);
+    assert_eq!(b.totals.reserved_usd, Decimal::ZERO);
+    assert_eq!(s.usage(None, None).await.unwrap().len(), 1);
 }
 
 // ---------------------------------------------------------------------------

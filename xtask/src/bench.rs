@@ -216,6 +216,18 @@ pub fn bench(tools: &Tools, args: &BenchArgs) -> Result<()> {
     let reserve_commit = json_output(rc, Duration::from_secs(s + 60))
         .context("running the reserve_commit_load example")?;
     let rss_sidecar = rss(&stack, "sidecar")?;
+
+    println!("bench: overspend under contention: 4 gateways, 1 tenant, 200 concurrent requests");
+    let contention = contention(
+        &mut stack,
+        tools,
+        &dir,
+        &hey,
+        pa,
+        &sidecar_url,
+        &admin_token,
+        &body,
+    )?;
     stack.stop();
 
     let m = Measured {
@@ -235,6 +247,10 @@ pub fn bench(tools: &Tools, args: &BenchArgs) -> Result<()> {
         reserve_commit,
         decode,
         body_bytes: body.len(),
+        contention,
+        wasm_bytes: std::fs::metadata(tools.wasm_path())
+            .map(|m| m.len())
+            .unwrap_or(0),
     };
     let report = report(&m, &machine(tools))?;
     let path = dir.join("report.md");
@@ -706,6 +722,153 @@ struct Measured {
     reserve_commit: Value,
     decode: Value,
     body_bytes: usize,
+    contention: Contention,
+    wasm_bytes: u64,
+}
+
+/// The overspend-under-contention row.
+struct Contention {
+    gateways: usize,
+    requests: u64,
+    admitted: u64,
+    refused_402: u64,
+    budget: rust_decimal::Decimal,
+    spent: rust_decimal::Decimal,
+    /// `budget ÷ the mean cost of an admitted request`, rounded down.
+    possible: u64,
+}
+
+/// 4 gateways (A and three more like it, 2 workers each) against one tenant
+/// whose budget fits about 50 of the bench's requests: 200 at once, 50 per
+/// gateway. Reports spent ÷ budget (the hard cap: must be ≤ 1) and how many
+/// were admitted of those the budget could pay for.
+#[allow(clippy::too_many_arguments)]
+fn contention(
+    stack: &mut Stack,
+    tools: &Tools,
+    dir: &Path,
+    hey: &Path,
+    a: Ports,
+    sidecar: &str,
+    admin_token: &str,
+    body: &str,
+) -> Result<Contention> {
+    use rust_decimal::Decimal;
+    const TENANT_C: &str = "contention";
+    let names = ["envoy-c1", "envoy-c2", "envoy-c3"];
+    let mut urls = vec![format!(
+        "http://127.0.0.1:{}/model/{MODEL}/converse",
+        a.listener
+    )];
+    for name in names {
+        let fresh = Ports::ephemeral()?;
+        let p = Ports {
+            listener: fresh.listener,
+            envoy_admin: fresh.envoy_admin,
+            ..a
+        };
+        let config = plain_http(&stack::emulator_envoy_config(tools, p, "us-east-1")?)?;
+        start_envoy(stack, tools, dir, name, &config, p)?;
+        urls.push(format!(
+            "http://127.0.0.1:{}/model/{MODEL}/converse",
+            p.listener
+        ));
+    }
+    // One request's hold: ~300 input tokens (estimate) × $0.25 + 128 × $1.25 per 1M.
+    let budget = Decimal::new(50 * (300 * 25 + 128 * 125), 8);
+    let auth = format!("Bearer {admin_token}");
+    let (code, text) = curl(
+        "PUT",
+        &format!("{sidecar}/v1/tenants/{TENANT_C}"),
+        Some(&auth),
+        Some(&format!(
+            r#"{{"budget_usd": "{budget}", "reset_cycle": "none", "active": true}}"#
+        )),
+    )?;
+    if code != 200 {
+        bail!("creating tenant {TENANT_C}: HTTP {code}: {text}");
+    }
+    let (code, text) = curl(
+        "POST",
+        &format!("{sidecar}/v1/tenants/{TENANT_C}/keys"),
+        Some(&auth),
+        Some(r#"{"application_id": null}"#),
+    )?;
+    if code != 201 {
+        bail!("issuing a key for {TENANT_C}: HTTP {code}: {text}");
+    }
+    let key: Value = serde_json::from_str(&text)?;
+    let key = key["key"]
+        .as_str()
+        .context("key response has no key")?
+        .to_owned();
+    let runs: Vec<_> = urls
+        .iter()
+        .enumerate()
+        .map(|(i, url)| {
+            let mut cmd = Command::new(hey);
+            cmd.args(["-n", "50", "-c", "50", "-t", "10", "-m", "POST"])
+                .args(["-T", "application/json"])
+                .args(["-H", &format!("Authorization: Bearer {key}")])
+                .args(["-d", body])
+                .arg(url);
+            let out = dir.join(format!("hey-contention-{i}.out"));
+            std::thread::spawn(move || bounded_output(cmd, Duration::from_secs(60), &out))
+        })
+        .collect();
+    let (mut admitted, mut refused_402) = (0, 0);
+    for run in runs {
+        let text = run
+            .join()
+            .map_err(|_| anyhow::anyhow!("hey thread panicked"))??;
+        let r = parse_hey(&text)?;
+        admitted += r.ok;
+        refused_402 += r
+            .failures
+            .iter()
+            .filter(|f| f.ends_with("HTTP 402"))
+            .filter_map(|f| f.split(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    // Commits travel in the background; idle leases come back within ~2 s.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let spent = loop {
+        let (code, text) = curl(
+            "GET",
+            &format!("{sidecar}/v1/tenants/{TENANT_C}"),
+            Some(&auth),
+            None,
+        )?;
+        let v: Value =
+            serde_json::from_str(&text).with_context(|| format!("HTTP {code}: {text}"))?;
+        let dec = |k: &str| -> Decimal {
+            v["balance"][k]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_default()
+        };
+        let settled =
+            v["balance"]["requests"].as_u64() == Some(admitted) && dec("reserved_usd").is_zero();
+        if settled || Instant::now() > deadline {
+            break dec("spent_usd");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let possible = if admitted > 0 && !spent.is_zero() {
+        let mean = spent / Decimal::from(admitted);
+        (budget / mean).floor().try_into().unwrap_or(0)
+    } else {
+        0
+    };
+    Ok(Contention {
+        gateways: urls.len(),
+        requests: 200,
+        admitted,
+        refused_402,
+        budget,
+        spent,
+        possible,
+    })
 }
 
 fn report(m: &Measured, machine: &[(String, String)]) -> Result<String> {
@@ -867,6 +1030,23 @@ fn report(m: &Measured, machine: &[(String, String)]) -> Result<String> {
         s,
         "| emulator | RSS after load (peak), for reference | {:.1} MiB ({:.1}) |",
         m.rss_emulator.0, m.rss_emulator.1
+    )?;
+    let ct = &m.contention;
+    let ratio = if ct.budget.is_zero() {
+        0.0
+    } else {
+        use rust_decimal::prelude::ToPrimitive;
+        (ct.spent / ct.budget).to_f64().unwrap_or(0.0)
+    };
+    writeln!(
+        s,
+        "| gateways | **overspend under contention**: {} gateways, 1 tenant, {} concurrent requests, budget ${} | **spent/budget {:.3}**, admitted {}/{} possible ({} refused 402) |",
+        ct.gateways, ct.requests, ct.budget, ratio, ct.admitted, ct.possible, ct.refused_402
+    )?;
+    writeln!(
+        s,
+        "| filter | `tollgate_filter.wasm` size | {:.0} KB |",
+        m.wasm_bytes as f64 / 1000.0
     )?;
     if f(rc, "/errors") > 0.0 || f(rc, "/denied") > 0.0 {
         writeln!(

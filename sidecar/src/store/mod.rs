@@ -4,6 +4,7 @@
 //! `BEGIN IMMEDIATE` transaction here; one conditional `UpdateItem` in a DynamoDB
 //! store), so several sidecars could share one ledger.
 
+pub mod cached;
 pub mod dynamodb;
 pub mod sqlite;
 
