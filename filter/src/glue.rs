@@ -882,13 +882,16 @@ impl Exchange {
         let merged = request::merge_metadata(&client_md, &self.gateway_metadata(Some(&r)));
         let rewritten = merged.and_then(|md| {
             // The resolved base model decides which output-limit field is clamped.
-            let body = request::rewrite(
-                route.operation,
-                &r.model_id,
-                &self.body,
-                r.max_output_tokens,
-                Some(&md),
-            )?;
+            let body = match &self.facts {
+                Some(f) => f.rewrite(route.operation, &r.model_id, r.max_output_tokens, Some(&md)),
+                None => request::rewrite(
+                    route.operation,
+                    &r.model_id,
+                    &self.body,
+                    r.max_output_tokens,
+                    Some(&md),
+                ),
+            }?;
             let header = if route.operation.is_converse() {
                 None
             } else {

@@ -70,6 +70,8 @@ pub struct RequestFacts {
     pub metadata: BTreeMap<String, String>,
     /// Billing-changing options in the body (Converse), for [`billing_options`].
     pub billing: BodyBillingOptions,
+    /// The parsed body, kept so [`RequestFacts::rewrite`] need not parse it again.
+    root: Value,
 }
 
 /// Where a model family keeps its output limit, as a JSON pointer.
@@ -412,7 +414,20 @@ impl RequestFacts {
             input_tokens_estimate: estimate_input_tokens(&root),
             metadata,
             billing: BodyBillingOptions::read(op, &root),
+            root,
         })
+    }
+
+    /// [`rewrite`] of the body these facts were read from, without parsing it
+    /// again (the body is parsed once per request).
+    pub fn rewrite(
+        &self,
+        op: Operation,
+        model: &str,
+        max_tokens: u64,
+        metadata: Option<&BTreeMap<String, String>>,
+    ) -> Result<Vec<u8>, BodyError> {
+        rewrite_value(op, model, self.root.clone(), max_tokens, metadata)
     }
 }
 
@@ -509,7 +524,22 @@ pub fn rewrite(
     max_tokens: u64,
     metadata: Option<&BTreeMap<String, String>>,
 ) -> Result<Vec<u8>, BodyError> {
-    let mut root = Value::Object(parse_object(body)?);
+    rewrite_value(
+        op,
+        model,
+        Value::Object(parse_object(body)?),
+        max_tokens,
+        metadata,
+    )
+}
+
+fn rewrite_value(
+    op: Operation,
+    model: &str,
+    mut root: Value,
+    max_tokens: u64,
+    metadata: Option<&BTreeMap<String, String>>,
+) -> Result<Vec<u8>, BodyError> {
     let plan = max_plan(op, model, &root)?;
     let limit = plan.value.map_or(max_tokens, |v| v.min(max_tokens));
     if plan.present.is_empty() {

@@ -166,6 +166,9 @@ class Stack:
             self.write_filter_tokens(self.filter_token)
         p = spawn("sidecar", [str(BIN_DIR / "tollgate-sidecar"), "serve", "--listen", f"127.0.0.1:{self.sidecar_port}",
                               "--db", str(self.workdir / "ledger.db"),
+                              # Short lease TTL and sweep, so a dead gateway's lease
+                              # comes back within a test's patience.
+                              "--lease-ttl-secs", "5", "--sweep-interval-secs", "1",
                               "--filter-token-file", str(self.filter_token_file), *self.sidecar_args], self.workdir,
                   env={"TOLLGATE_ADMIN_TOKEN": self.admin_token, "TOLLGATE_SECRET_KEY": self.secret_key,
                        "TOLLGATE_METRICS_TOKEN": self.metrics_token, "TOLLGATE_FILTER_TOKEN": ""})

@@ -160,3 +160,45 @@ def test_a_warm_tenant_keeps_flowing_through_a_sidecar_restart(priced, tenant_id
     t = stack.settled(tenant_id, n, timeout=60)
     assert Decimal(t["balance"]["spent_usd"]) == spent, json.dumps(t["balance"])
     assert t["balance"]["requests"] == n
+
+
+def test_envoy_killed_mid_load_double_charges_nothing_and_its_lease_comes_back(priced, tenant_id):
+    stack = priced
+    key = stack.create_tenant(tenant_id, budget="10.00")
+    edge = stack.start_edge_envoy("killed", {"sidecar_cluster": "tollgate_sidecar"})
+    stack.clear_emulator()
+    for i in range(10):
+        assert converse(edge, key, f"warm {i}").status_code == 200
+    stop = time.monotonic() + 1.0
+    results = []
+
+    def loop(n: int):
+        while time.monotonic() < stop + 5:
+            try:
+                results.append(converse(edge, key, f"load {n}").status_code)
+            except requests.RequestException:
+                results.append(None)
+                return
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [pool.submit(loop, n) for n in range(8)]
+        while time.monotonic() < stop:
+            time.sleep(0.05)
+        stack.procs.pop("envoy-killed").kill9()
+        for f in futures:
+            f.result()
+    assert results.count(200) > 0
+    # What Bedrock served for this tenant, whatever reached the ledger.
+    served = sum((cost(r["usage"], PRICE) for r in stack.emulator_requests()
+                  if (r.get("body_json") or {}).get("requestMetadata", {}).get("tenant_id") == tenant_id
+                  and r.get("usage")), Decimal(0))
+    # The killed gateway's lease returns when the sidecar's TTL sweeper runs.
+    deadline = time.monotonic() + 30
+    while True:
+        b = stack.tenant(tenant_id)["balance"]
+        if Decimal(b["reserved_usd"]) == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert Decimal(b["reserved_usd"]) == 0, json.dumps(b)
+    spent = Decimal(b["spent_usd"])
+    assert 0 < spent <= served, f"spent {spent} > served {served}: something was charged twice"
