@@ -9,7 +9,9 @@
 //! ```
 //!
 //! The tenant behind the key needs a budget large enough for the whole run and
-//! a price for the model; any denial or error is counted and reported.
+//! a price for the model; any denial or error is counted and reported. The
+//! filter token the sidecar accepts comes from `TOLLGATE_FILTER_TOKEN` and is
+//! sent as `x-tollgate-filter-token`, as the Envoy filter does.
 
 use std::time::{Duration, Instant};
 use tollgate_wire::api::{
@@ -18,6 +20,7 @@ use tollgate_wire::api::{
 };
 
 const MAX_PAIRS_PER_TASK: u64 = 1_000_000;
+const FILTER_TOKEN_HEADER: &str = "x-tollgate-filter-token";
 
 #[derive(Default)]
 struct TaskResult {
@@ -31,6 +34,7 @@ struct TaskResult {
 async fn pair(
     client: &reqwest::Client,
     base: &str,
+    filter_token: &str,
     key: &str,
     model: &str,
     request_id: String,
@@ -49,6 +53,7 @@ async fn pair(
     };
     let r = client
         .post(format!("{base}{RESERVE_PATH}"))
+        .header(FILTER_TOKEN_HEADER, filter_token)
         .json(&reserve)
         .send()
         .await
@@ -80,6 +85,7 @@ async fn pair(
     };
     let r = client
         .post(format!("{base}{COMMIT_PATH}"))
+        .header(FILTER_TOKEN_HEADER, filter_token)
         .json(&batch)
         .send()
         .await
@@ -120,6 +126,10 @@ async fn main() -> std::process::ExitCode {
     let model = args[3].clone();
     let concurrency: usize = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(16);
     let seconds: f64 = args.get(5).and_then(|a| a.parse().ok()).unwrap_or(10.0);
+    let filter_token = std::env::var("TOLLGATE_FILTER_TOKEN").unwrap_or_default();
+    if filter_token.is_empty() {
+        eprintln!("note: TOLLGATE_FILTER_TOKEN is unset; only a sidecar with --insecure-open-data-plane will answer");
+    }
 
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -134,12 +144,13 @@ async fn main() -> std::process::ExitCode {
     let deadline = start + Duration::from_secs_f64(seconds);
     let tasks: Vec<_> = (0..concurrency)
         .map(|t| {
-            let (client, base, key, model, run) = (
+            let (client, base, key, model, run, filter_token) = (
                 client.clone(),
                 base.clone(),
                 key.clone(),
                 model.clone(),
                 run.clone(),
+                filter_token.clone(),
             );
             tokio::spawn(async move {
                 let mut res = TaskResult::default();
@@ -148,7 +159,7 @@ async fn main() -> std::process::ExitCode {
                     let id = format!("bench-{run}-{t}-{n}");
                     n += 1;
                     let began = Instant::now();
-                    match pair(&client, &base, &key, &model, id).await {
+                    match pair(&client, &base, &filter_token, &key, &model, id).await {
                         Ok(true) => {
                             res.pairs += 1;
                             res.latencies_us.push(began.elapsed().as_micros() as u64);

@@ -2,6 +2,7 @@
 //! health and the OpenAPI document.
 
 use crate::clock::rfc3339;
+use crate::dataplane_auth::{self, DataPlaneAuth};
 use crate::error::Error;
 use crate::keys;
 use crate::pricing::{self, PriceInput};
@@ -23,8 +24,8 @@ use std::sync::Arc;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tollgate_wire::api::{
-    ApiError, CommitBatch, ReleaseRequest, RenewBatch, ReserveRequest, COMMIT_PATH,
-    LEASE_RENEW_PATH, RELEASE_PATH, RESERVE_PATH,
+    ApiError, CommitBatch, CommitOutcome, CommitResponse, CommitResult, ReleaseRequest, RenewBatch,
+    ReserveRequest, ReserveResponse, COMMIT_PATH, LEASE_RENEW_PATH, RELEASE_PATH, RESERVE_PATH,
 };
 
 /// The hand-written OpenAPI 3.1 document served at `GET /openapi.json`.
@@ -34,6 +35,10 @@ pub const OPENAPI: &str = include_str!("../openapi.json");
 pub struct AppState {
     pub service: Arc<Service>,
     pub admin_token: Arc<str>,
+    /// Filter tokens and accepted credential types of the data plane.
+    pub data_plane: Arc<DataPlaneAuth>,
+    /// Also accepted (besides the admin token) on `GET /metrics`.
+    pub metrics_token: Option<Arc<str>>,
 }
 
 fn error_response(status: StatusCode, message: impl Into<String>) -> Response {
@@ -77,6 +82,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer_token(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+}
+
 /// Proof that the caller presented the admin token.
 pub struct Admin;
 
@@ -84,16 +102,7 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
-        let presented = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim);
-        match presented {
+        match bearer_token(parts) {
             Some(t) if keys::constant_time_eq(t, &state.admin_token) => Ok(Admin),
             Some(_) => Err(error_response(
                 StatusCode::UNAUTHORIZED,
@@ -107,9 +116,40 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
+/// Proof that the caller may read `/metrics`: the metrics token or the admin token.
+pub struct MetricsReader;
+
+impl FromRequestParts<AppState> for MetricsReader {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let Some(t) = bearer_token(parts) else {
+            return Err(error_response(
+                StatusCode::UNAUTHORIZED,
+                "missing token: send Authorization: Bearer $TOLLGATE_METRICS_TOKEN (or the admin token)",
+            ));
+        };
+        // Both comparisons run, so timing does not tell which token was close.
+        let admin = keys::constant_time_eq(t, &state.admin_token);
+        let metrics = state
+            .metrics_token
+            .as_deref()
+            .is_some_and(|m| keys::constant_time_eq(t, m));
+        if admin | metrics {
+            Ok(MetricsReader)
+        } else {
+            Err(error_response(
+                StatusCode::UNAUTHORIZED,
+                "invalid metrics token",
+            ))
+        }
+    }
+}
+
 type ApiResult<T> = Result<T, Error>;
 
 pub fn router(state: AppState) -> Router {
+    let data_plane = state.data_plane.clone();
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -140,6 +180,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/aliases/{alias}", put(put_alias))
         .route("/v1/usage", get(usage))
         .fallback(|| async { error_response(StatusCode::NOT_FOUND, "no such route") })
+        // Over every route (and the fallback), so a data-plane route added later
+        // is covered: see `dataplane_auth::is_data_plane_path`.
+        .layer(axum::middleware::from_fn_with_state(
+            data_plane,
+            dataplane_auth::require_filter_token,
+        ))
         .with_state(state)
 }
 
@@ -149,7 +195,7 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-async fn metrics(State(s): State<AppState>) -> Response {
+async fn metrics(_: MetricsReader, State(s): State<AppState>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
@@ -166,18 +212,88 @@ async fn openapi() -> Response {
 
 // ------------------------------------------------------------------ data plane
 
+// The filter token was checked by `dataplane_auth::require_filter_token`.
+
 async fn reserve(
     State(s): State<AppState>,
     JsonBody(req): JsonBody<ReserveRequest>,
 ) -> ApiResult<Response> {
+    if let Some(kind) = s.data_plane.accepted.refused(&req) {
+        tracing::warn!(
+            request_id = %req.request_id,
+            credential = kind.as_str(),
+            accepted = %s.data_plane.accepted.describe(),
+            "reserve refused: credential type not enabled (--accept-credentials)"
+        );
+        s.service
+            .metrics
+            .request("unknown", crate::metrics::Outcome::DeniedAuth);
+        let deny = ReserveResponse::Deny(dataplane_auth::not_enabled(kind));
+        return Ok(Json(deny).into_response());
+    }
     Ok(Json(s.service.reserve(req).await?).into_response())
 }
 
 async fn commit(
     State(s): State<AppState>,
-    JsonBody(batch): JsonBody<CommitBatch>,
+    JsonBody(mut batch): JsonBody<CommitBatch>,
 ) -> ApiResult<Response> {
-    Ok(Json(s.service.commit(batch).await?).into_response())
+    // A commit whose `unreserved` request uses a credential type this sidecar
+    // does not honour is not charged: it is answered `unknown_request`, as the
+    // ledger answers an unreserved request it cannot attribute.
+    let refused: Vec<bool> = batch
+        .commits
+        .iter()
+        .map(|c| {
+            let kind = c
+                .unreserved
+                .as_deref()
+                .and_then(|r| s.data_plane.accepted.refused(r));
+            if let Some(kind) = kind {
+                tracing::warn!(
+                    request_id = %c.request_id,
+                    credential = kind.as_str(),
+                    "unreserved commit not charged: credential type not enabled (--accept-credentials)"
+                );
+            }
+            kind.is_some()
+        })
+        .collect();
+    if !refused.contains(&true) {
+        return Ok(Json(s.service.commit(batch).await?).into_response());
+    }
+    let all = std::mem::take(&mut batch.commits);
+    let mut refused_ids = Vec::new();
+    for (c, refused) in all.into_iter().zip(&refused) {
+        if *refused {
+            refused_ids.push(c.request_id);
+        } else {
+            batch.commits.push(c);
+        }
+    }
+    let mut passed = if batch.commits.is_empty() {
+        Vec::new()
+    } else {
+        s.service.commit(batch).await?.results
+    }
+    .into_iter();
+    let mut refused_ids = refused_ids.into_iter();
+    // Results in the order of the batch.
+    let results = refused
+        .iter()
+        .filter_map(|r| {
+            if *r {
+                refused_ids.next().map(|request_id| CommitResult {
+                    request_id,
+                    outcome: CommitOutcome::UnknownRequest,
+                    cost_usd: None,
+                })
+            } else {
+                passed.next()
+            }
+        })
+        .collect();
+    Ok(Json(CommitResponse { results }).into_response())
 }
 
 async fn renew_leases(

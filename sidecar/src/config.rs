@@ -62,9 +62,38 @@ pub enum LogFormat {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Address to listen on (keep it on loopback: the data plane has no auth).
+    /// Address to listen on. The data plane needs the filter token, the admin
+    /// API the admin token, `/metrics` the metrics or admin token; `/healthz`
+    /// and `/openapi.json` are open.
     #[arg(long, env = "TOLLGATE_LISTEN", default_value = "127.0.0.1:9190")]
     pub listen: SocketAddr,
+    /// File of accepted filter tokens (`x-tollgate-filter-token` on every
+    /// data-plane call): one per line, blank lines and `#` comments ignored,
+    /// re-read when it changes (rotation: add the new token, roll Envoy to it,
+    /// remove the old one). `TOLLGATE_FILTER_TOKEN` adds one more token.
+    #[arg(long, env = "TOLLGATE_FILTER_TOKEN_FILE")]
+    pub filter_token_file: Option<PathBuf>,
+    /// Run the data plane without a filter token: anyone who can reach the port
+    /// can reserve, commit and release for any tenant. Only for a sidecar that
+    /// nothing but its own Envoy can reach.
+    #[arg(long, env = "TOLLGATE_INSECURE_OPEN_DATA_PLANE")]
+    pub insecure_open_data_plane: bool,
+    /// Client credential types the sidecar honours (comma-separated): bearer,
+    /// sigv4, jwt, trusted_header. `jwt` and `trusted_header` name a tenant the
+    /// sidecar cannot verify: enable them only when the gateway in front really
+    /// checks them (jwt_authn, or a trusted hop setting x-tenant-id).
+    #[arg(
+        long,
+        env = "TOLLGATE_ACCEPT_CREDENTIALS",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "bearer,sigv4"
+    )]
+    pub accept_credentials: Vec<crate::dataplane_auth::CredentialKind>,
+    /// Token (besides the admin token) accepted as `Authorization: Bearer` on
+    /// `GET /metrics`.
+    #[arg(long, env = "TOLLGATE_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// SQLite ledger file (created if missing).
     #[arg(long, env = "TOLLGATE_DB", default_value = ".tollgate/ledger.db")]
     pub db: PathBuf,

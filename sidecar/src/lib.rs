@@ -6,6 +6,7 @@ pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod dataplane_auth;
 pub mod emf;
 pub mod error;
 pub mod keys;

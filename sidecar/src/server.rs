@@ -5,7 +5,8 @@ use crate::alerts::Alerter;
 use crate::api::{router, AppState};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ServeArgs, StoreKind};
-use crate::error::Result;
+use crate::dataplane_auth::{AcceptedCredentials, DataPlaneAuth, FilterTokens, FILTER_TOKEN_ENV};
+use crate::error::{Error, Result};
 use crate::keys;
 use crate::metrics::Metrics;
 use crate::service::{Service, Settings};
@@ -27,6 +28,10 @@ pub struct Options {
     pub settings: Settings,
     pub webhooks: Vec<String>,
     pub admin_token: String,
+    /// Filter tokens and credential types of the data plane.
+    pub data_plane: Arc<DataPlaneAuth>,
+    /// Accepted on `/metrics` besides the admin token.
+    pub metrics_token: Option<String>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -93,6 +98,8 @@ pub async fn build_with_store(opts: &Options, store: Arc<dyn Store>) -> Result<S
     let router = router(AppState {
         service: service.clone(),
         admin_token: Arc::from(opts.admin_token.as_str()),
+        data_plane: opts.data_plane.clone(),
+        metrics_token: opts.metrics_token.as_deref().map(Arc::from),
     });
     Ok(Sidecar { router, service })
 }
@@ -124,8 +131,59 @@ fn admin_token_from_env() -> String {
     }
 }
 
+/// The data plane's protection from `serve`'s flags and environment: filter
+/// tokens (or none with `--insecure-open-data-plane`) and credential types.
+pub fn data_plane_auth(args: &ServeArgs, admin_token: &str) -> Result<DataPlaneAuth> {
+    let accepted = AcceptedCredentials::new(&args.accept_credentials);
+    let fixed = std::env::var(FILTER_TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.trim().is_empty());
+    if args.filter_token_file.is_none() && fixed.is_none() {
+        if !args.insecure_open_data_plane {
+            return Err(Error::invalid(format!(
+                "no filter token configured: set --filter-token-file PATH (TOLLGATE_FILTER_TOKEN_FILE) \
+                 or {FILTER_TOKEN_ENV}, and give Envoy the same token in its {FILTER_TOKEN_ENV}; \
+                 or pass --insecure-open-data-plane to let anyone who reaches this port \
+                 reserve, commit and release for any tenant"
+            )));
+        }
+        tracing::warn!(
+            "INSECURE: --insecure-open-data-plane: /v1/reserve, /v1/commit, /v1/release and \
+             /v1/leases/* need no filter token; anyone who can reach this port can spend, \
+             charge and free any tenant's budget"
+        );
+        return Ok(DataPlaneAuth::open(accepted));
+    }
+    let tokens = FilterTokens::new(
+        args.filter_token_file.as_deref(),
+        fixed.as_deref(),
+        Some(admin_token),
+    )
+    .map_err(Error::invalid)?;
+    if args.insecure_open_data_plane {
+        tracing::warn!("--insecure-open-data-plane ignored: filter tokens are configured");
+    }
+    tracing::info!(
+        tokens = tokens.count(),
+        file = ?args.filter_token_file,
+        accept_credentials = %accepted.describe(),
+        "data plane requires x-tollgate-filter-token"
+    );
+    Ok(DataPlaneAuth::new(tokens, accepted))
+}
+
 /// `tollgate-sidecar serve`.
 pub async fn serve(args: ServeArgs) -> Result<()> {
+    let admin_token = admin_token_from_env();
+    let data_plane = Arc::new(data_plane_auth(&args, &admin_token)?);
+    if let Some(m) = &args.metrics_token {
+        if m.trim().len() < crate::dataplane_auth::MIN_TOKEN_LEN {
+            return Err(Error::invalid(format!(
+                "--metrics-token must be at least {} characters",
+                crate::dataplane_auth::MIN_TOKEN_LEN
+            )));
+        }
+    }
     let opts = Options {
         db: args.db.clone(),
         seed: args.seed.clone(),
@@ -148,7 +206,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             },
         },
         webhooks: args.webhooks.clone(),
-        admin_token: admin_token_from_env(),
+        admin_token,
+        data_plane,
+        metrics_token: args.metrics_token.as_deref().map(|t| t.trim().to_string()),
         clock: Arc::new(SystemClock),
     };
     let sidecar = build_with_store(&opts, open_store(&args).await?).await?;

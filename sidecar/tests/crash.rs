@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "crash-test-admin-token";
+const FILTER_TOKEN: &str = "crash-test-filter-token-0123456789";
 const MODEL: &str = "anthropic.claude-3-haiku-20240307-v1:0";
 
 /// Kills the child (SIGKILL) when dropped, so a failing test leaves no process.
@@ -28,6 +29,8 @@ impl Sidecar {
             .arg(db)
             .args(["--hold-ttl-secs", "2", "--sweep-interval-secs", "1"])
             .env("TOLLGATE_ADMIN_TOKEN", TOKEN)
+            .env("TOLLGATE_FILTER_TOKEN", FILTER_TOKEN)
+            .env_remove("TOLLGATE_FILTER_TOKEN_FILE")
             .env("RUST_LOG", "info")
             .env_remove("TOLLGATE_WEBHOOKS")
             .env_remove("TOLLGATE_EMF_OUTPUT")
@@ -105,6 +108,7 @@ async fn admin(
 async fn post(http: &reqwest::Client, url: &str, path: &str, body: Value) -> Option<Value> {
     let resp = http
         .post(format!("{url}{path}"))
+        .header("x-tollgate-filter-token", FILTER_TOKEN)
         .json(&body)
         .send()
         .await

@@ -102,7 +102,7 @@ async fn tokens_per_minute_limit_charges_estimates_and_corrects_at_commit() {
     let r = s.reserve("t4", &key, SONNET, 800, Some(200)).await;
     assert_eq!(r["decision"], "allow", "{r}");
 
-    let (_, m) = s.raw("GET", "/metrics", None, None).await;
+    let (_, m) = s.raw("GET", "/metrics", Some(TOKEN), None).await;
     assert_eq!(
         sample(
             &m,
@@ -206,7 +206,7 @@ async fn metrics_report_exact_values_after_traffic() {
     let r = s.reserve("b3", &other, HAIKU, 1, Some(1)).await;
     assert_eq!(r["status"], 429, "{r}");
 
-    let (st, m) = s.raw("GET", "/metrics", None, None).await;
+    let (st, m) = s.raw("GET", "/metrics", Some(TOKEN), None).await;
     assert_eq!(st, StatusCode::OK);
     let expect = [
         (
@@ -270,21 +270,19 @@ async fn metrics_report_exact_values_after_traffic() {
         conn.execute_batch("DROP TABLE holds;").unwrap();
     }
     let (st, _) = s
-        .raw(
-            "POST",
+        .data_raw(
             "/v1/reserve",
-            None,
-            Some(json!({
+            json!({
                 "request_id": "boom",
                 "credential": {"type": "bearer", "key": key},
                 "operation": "converse",
                 "model": SONNET,
                 "input_tokens_estimate": 1,
-            })),
+            }),
         )
         .await;
     assert_eq!(st, StatusCode::INTERNAL_SERVER_ERROR);
-    let (_, m) = s.raw("GET", "/metrics", None, None).await;
+    let (_, m) = s.raw("GET", "/metrics", Some(TOKEN), None).await;
     assert_eq!(
         sample(&m, r#"tollgate_store_errors_total{op="reserve"}"#),
         Some(1.0),
@@ -317,7 +315,7 @@ async fn metrics_label_values_are_capped() {
             .await;
         assert_eq!(r["decision"], "allow", "{r}");
     }
-    let (_, m) = s.raw("GET", "/metrics", None, None).await;
+    let (_, m) = s.raw("GET", "/metrics", Some(TOKEN), None).await;
     let req = |t: &str| {
         sample(
             &m,

@@ -77,7 +77,7 @@ async fn reserve_then_commit_charges_exactly() {
     assert_eq!(st, StatusCode::BAD_REQUEST);
 
     // Metrics saw it.
-    let (st, m) = s.raw("GET", "/metrics", None, None).await;
+    let (st, m) = s.raw("GET", "/metrics", Some(TOKEN), None).await;
     assert_eq!(st, StatusCode::OK);
     assert!(
         m.contains(r#"tollgate_requests_total{tenant="acme",outcome="approved"} 1"#),
@@ -532,7 +532,15 @@ async fn admin_api_requires_the_token_and_validates_input() {
 
     let (st, _) = s.raw("GET", "/healthz", None, None).await;
     assert_eq!(st, StatusCode::OK);
-    let (st, body) = s.raw("POST", "/v1/reserve", None, None).await;
+    let (st, body) = s
+        .raw_with(
+            "POST",
+            "/v1/reserve",
+            None,
+            &[(FILTER_TOKEN_HEADER, FILTER_TOKEN)],
+            None,
+        )
+        .await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
     assert!(serde_json::from_str::<Value>(&body).is_ok_and(|v| v["message"].is_string()));
 }

@@ -160,6 +160,10 @@ async fn run_case(budget: Decimal, ops: Vec<Op>) -> Result<(), TestCaseError> {
         },
         webhooks: vec![],
         admin_token: "t".into(),
+        data_plane: Arc::new(tollgate_sidecar::dataplane_auth::DataPlaneAuth::open(
+            tollgate_sidecar::dataplane_auth::AcceptedCredentials::all(),
+        )),
+        metrics_token: None,
         clock: clock.clone(),
     })
     .await

@@ -99,12 +99,7 @@ async fn model_budget_caps_one_model_while_others_still_admit() {
     assert_eq!(r["decision"], "allow", "{r}");
     // Release gives the model its hold back.
     let (st, text) = s
-        .raw(
-            "POST",
-            "/v1/release",
-            None,
-            Some(json!({"request_id": "s4", "reason": "test"})),
-        )
+        .data_raw("/v1/release", json!({"request_id": "s4", "reason": "test"}))
         .await;
     assert_eq!(st, StatusCode::OK, "{text}");
     let v = s.balance("acme").await;

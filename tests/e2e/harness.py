@@ -41,6 +41,7 @@ EMULATOR_AKID = "AKIATOLLGATEEMULATOR"
 EMULATOR_SECRET = "tollgate-emulator-secret"
 REGION = "us-east-1"
 MILLION = Decimal(1_000_000)
+FILTER_TOKEN_HEADER = "x-tollgate-filter-token"
 
 
 def free_port() -> int:
@@ -122,15 +123,37 @@ class Stack:
     envoy_admin: int = field(default_factory=free_port)
     sidecar_port: int = field(default_factory=free_port)
     emulator_port: int = field(default_factory=free_port)
+    # The token Envoy's Wasm filter sends to the sidecar (TOLLGATE_FILTER_TOKEN in
+    # Envoy's environment); the sidecar reads its accepted tokens from a file.
+    filter_token: str = field(default_factory=lambda: secrets.token_hex(24))
+    metrics_token: str = field(default_factory=lambda: secrets.token_hex(16))
+    # Extra `tollgate-sidecar serve` arguments (e.g. --accept-credentials).
+    sidecar_args: list[str] = field(default_factory=list)
     procs: dict[str, Proc] = field(default_factory=dict)
 
     # --- lifecycle -------------------------------------------------------
-    def start(self) -> "Stack":
+    def start(self, envoy: bool = True) -> "Stack":
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.start_emulator()
         self.start_sidecar()
-        self.start_envoy()
+        if envoy:
+            self.start_envoy()
         return self
+
+    @property
+    def filter_token_file(self) -> Path:
+        return self.workdir / "filter-tokens"
+
+    def write_filter_tokens(self, *tokens: str) -> None:
+        """Replaces the sidecar's accepted filter tokens (re-read on change)."""
+        tmp = self.filter_token_file.with_suffix(".tmp")
+        tmp.write_text("# accepted filter tokens, one per line\n" + "".join(f"{t}\n" for t in tokens))
+        tmp.chmod(0o600)
+        tmp.replace(self.filter_token_file)
+
+    @property
+    def envoy_env(self) -> dict[str, str]:
+        return {"TOLLGATE_FILTER_TOKEN": self.filter_token}
 
     def start_emulator(self) -> None:
         p = spawn("emulator", [str(BIN_DIR / "bedrock-emulator"), "--listen", f"127.0.0.1:{self.emulator_port}",
@@ -139,12 +162,16 @@ class Stack:
         wait_http(f"{self.emulator_url}/_emulator/health", p.popen, p.log)
 
     def start_sidecar(self) -> None:
+        if not self.filter_token_file.exists():
+            self.write_filter_tokens(self.filter_token)
         p = spawn("sidecar", [str(BIN_DIR / "tollgate-sidecar"), "serve", "--listen", f"127.0.0.1:{self.sidecar_port}",
                               "--db", str(self.workdir / "ledger.db"),
                               # Short lease TTL and sweep, so a dead gateway's lease
                               # comes back within a test's patience.
-                              "--lease-ttl-secs", "5", "--sweep-interval-secs", "1"], self.workdir,
-                  env={"TOLLGATE_ADMIN_TOKEN": self.admin_token, "TOLLGATE_SECRET_KEY": self.secret_key})
+                              "--lease-ttl-secs", "5", "--sweep-interval-secs", "1",
+                              "--filter-token-file", str(self.filter_token_file), *self.sidecar_args], self.workdir,
+                  env={"TOLLGATE_ADMIN_TOKEN": self.admin_token, "TOLLGATE_SECRET_KEY": self.secret_key,
+                       "TOLLGATE_METRICS_TOKEN": self.metrics_token, "TOLLGATE_FILTER_TOKEN": ""})
         self.procs["sidecar"] = p
         wait_http(f"{self.sidecar_url}/healthz", p.popen, p.log)
 
@@ -152,7 +179,7 @@ class Stack:
         cfg = self.workdir / "envoy.yaml"
         cfg.write_text(emulator_envoy_config(WASM, self.listener, self.envoy_admin, self.emulator_port, self.sidecar_port))
         p = spawn("envoy", [ENVOY, "-c", str(cfg), "--concurrency", "2", "--log-level", "warn",
-                            "--base-id", str(self.envoy_admin)], self.workdir)
+                            "--base-id", str(self.envoy_admin)], self.workdir, env=self.envoy_env)
         self.procs["envoy"] = p
         wait_http(f"http://127.0.0.1:{self.envoy_admin}/ready", p.popen, p.log)
 
@@ -172,7 +199,7 @@ class Stack:
         cfg = self.workdir / f"envoy-{name}.yaml"
         cfg.write_text(text)
         p = spawn(f"envoy-{name}", [ENVOY, "-c", str(cfg), "--concurrency", "1", "--log-level", "warn",
-                                    "--base-id", str(admin)], self.workdir)
+                                    "--base-id", str(admin)], self.workdir, env=self.envoy_env)
         self.procs[f"envoy-{name}"] = p
         wait_http(f"http://127.0.0.1:{admin}/ready", p.popen, p.log)
         return f"https://127.0.0.1:{listener}"
@@ -184,6 +211,12 @@ class Stack:
     def kill_sidecar(self) -> None:
         """SIGKILL, as a crash would."""
         self.procs["sidecar"].kill9()
+
+    def restart_envoy(self) -> None:
+        """Stops the gateway Envoy and starts it again (same ports), e.g. with a
+        new `filter_token`."""
+        self.procs.pop("envoy").stop()
+        self.start_envoy()
 
     def restart_sidecar(self) -> None:
         """Starts the sidecar again on the same port and ledger."""
@@ -252,6 +285,22 @@ class Stack:
             time.sleep(0.05)
             t = self.tenant(tenant)
         raise AssertionError(f"tenant {tenant} not settled after {timeout}s: {json.dumps(t['balance'])}")
+
+    # --- data plane (what the filter calls), for tests that drive it directly -
+    def data(self, path: str, body: Any, token: str | None = "") -> requests.Response:
+        """POST to the data plane with the filter token (`token=None`: without
+        one; any other string: that token instead)."""
+        headers = {}
+        if token is not None:
+            headers[FILTER_TOKEN_HEADER] = token or self.filter_token
+        return requests.post(f"{self.sidecar_url}{path}", json=body, headers=headers, timeout=10)
+
+    def metrics(self, token: str | None = "") -> requests.Response:
+        """GET /metrics with the metrics token (`None`: without a token)."""
+        headers = {}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token or self.metrics_token}"
+        return requests.get(f"{self.sidecar_url}/metrics", headers=headers, timeout=10)
 
     # --- emulator ---------------------------------------------------------
     def emulator_requests(self) -> list[dict]:

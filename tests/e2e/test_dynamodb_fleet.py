@@ -62,6 +62,7 @@ def fleet(tmp_path):
         procs.append(dyn)
         wait_tcp(port, dyn.popen, dyn.log)
         token = secrets.token_hex(16)
+        filter_token = secrets.token_hex(24)
         env = {
             "AWS_ENDPOINT_URL_DYNAMODB": f"http://127.0.0.1:{port}",
             "AWS_REGION": "us-east-1",
@@ -72,6 +73,8 @@ def fleet(tmp_path):
             "TOLLGATE_DYNAMODB_TABLE_PREFIX": "fleet-",
             "TOLLGATE_ADMIN_TOKEN": token,
             "TOLLGATE_SECRET_KEY": secrets.token_hex(32),
+            # Both sidecars accept the same filter token, as a fleet's gateways use one.
+            "TOLLGATE_FILTER_TOKEN": filter_token,
         }
         init = subprocess.run([str(sidecar_bin), "dynamodb", "init"], env={**os.environ, **env},
                               capture_output=True, text=True, timeout=60, cwd=REPO)
@@ -86,15 +89,16 @@ def fleet(tmp_path):
             procs.append(proc)
             wait_http(f"http://127.0.0.1:{p}/healthz", proc.popen, proc.log, timeout=60)
             urls.append(f"http://127.0.0.1:{p}")
-        yield urls, token
+        yield urls, token, filter_token
     finally:
         for p in reversed(procs):
             p.stop()
 
 
 def test_two_sidecars_share_one_budget(fleet):
-    (a, b), token = fleet
+    (a, b), token, filter_token = fleet
     auth = {"Authorization": f"Bearer {token}"}
+    data_plane = {"x-tollgate-filter-token": filter_token}
     session = requests.Session()
 
     def admin(url, method, path, body=None, expect=200):
@@ -113,7 +117,7 @@ def test_two_sidecars_share_one_budget(fleet):
     def cycle(i: int) -> bool:
         reserve_on, commit_on = (a, b) if i % 2 == 0 else (b, a)
         rid = f"fleet-{i}"
-        r = requests.post(f"{reserve_on}/v1/reserve", timeout=15, json={
+        r = requests.post(f"{reserve_on}/v1/reserve", timeout=15, headers=data_plane, json={
             "request_id": rid,
             "credential": {"type": "bearer", "key": key},
             "operation": "converse",
@@ -127,7 +131,7 @@ def test_two_sidecars_share_one_budget(fleet):
             assert body["status"] == 402, body
             return False
         assert Decimal(body["hold_usd"]) == HOLD, body
-        c = requests.post(f"{commit_on}/v1/commit", timeout=15, json={
+        c = requests.post(f"{commit_on}/v1/commit", timeout=15, headers=data_plane, json={
             "commits": [{"request_id": rid, "usage": {"input_tokens": 1000, "output_tokens": 1000}}],
         })
         assert c.status_code == 200, c.text
@@ -154,7 +158,7 @@ def test_two_sidecars_share_one_budget(fleet):
         views.append(bal)
     assert views[0] == views[1]
     # Duplicate commits through the other sidecar change nothing.
-    dup = requests.post(f"{b}/v1/commit", timeout=15, json={
+    dup = requests.post(f"{b}/v1/commit", timeout=15, headers=data_plane, json={
         "commits": [{"request_id": "fleet-0", "usage": {"input_tokens": 1, "output_tokens": 1}}]}).json()
     assert dup["results"][0]["outcome"] in ("duplicate", "unknown_request"), dup
     assert admin(a, "GET", "/v1/tenants/fleet")["balance"] == views[0]

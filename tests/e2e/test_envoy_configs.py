@@ -89,3 +89,27 @@ def test_istio_manifests_parse():
             kinds.append(doc["kind"])
     for k in ["EnvoyFilter", "Deployment", "Service", "ServiceEntry", "DestinationRule", "Gateway", "VirtualService"]:
         assert k in kinds
+
+
+def test_the_filter_token_reaches_the_wasm_vm_by_name_only():
+    """Every shipped config passes TOLLGATE_FILTER_TOKEN from Envoy's environment
+    into the Wasm VM (never the value), and the Istio gateway gets it from the
+    Secret the sidecar's token file comes from."""
+    import yaml
+
+    for name in ("emulator.yaml", "aws.yaml"):
+        text = (REPO / "envoy" / name).read_text()
+        assert 'host_env_keys: ["TOLLGATE_FILTER_TOKEN"]' in text, name
+    docs = list(yaml.safe_load_all((REPO / "envoy/istio/tollgate-envoyfilter.yaml").read_text()))
+    wasm = next(p["patch"]["value"] for p in docs[0]["spec"]["configPatches"] if p["patch"]["value"].get("name") == "tollgate")
+    assert wasm["typed_config"]["config"]["vm_config"]["environment_variables"] == {"host_env_keys": ["TOLLGATE_FILTER_TOKEN"]}
+    patch = yaml.safe_load((REPO / "envoy/istio/patches/gateway-filter-token.yaml").read_text())
+    env = patch["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert env == [{"name": "TOLLGATE_FILTER_TOKEN",
+                    "valueFrom": {"secretKeyRef": {"name": "tollgate-filter-token", "key": "current"}}}]
+    sidecar = list(yaml.safe_load_all((REPO / "envoy/istio/tollgate-sidecar.yaml").read_text()))
+    secret = next(d for d in sidecar if d["kind"] == "Secret" and d["metadata"]["name"] == "tollgate-filter-token")
+    assert secret["stringData"]["current"] in secret["stringData"]["tokens"].splitlines()
+    deploy = next(d for d in sidecar if d["kind"] == "Deployment")
+    args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--filter-token-file") + 1] == "/etc/tollgate/filter-token/tokens"

@@ -1,6 +1,11 @@
 """The identity modes that depend on the deployment: a tenant claim from Envoy's
 `jwt_authn` filter, and the trusted `x-tenant-id` header (only when enabled; the
-default gateway ignores and removes it, see test_gateway.py)."""
+default gateway ignores and removes it, see test_gateway.py).
+
+Both modes must be enabled on both sides: in the filter's configuration and on
+the sidecar (`--accept-credentials bearer,sigv4,jwt,trusted_header`); this
+module runs its own sidecar so started. A sidecar with the default
+(`bearer,sigv4`) refuses them: see test_security.py."""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from decimal import Decimal
 import pytest
 import requests
 
-from harness import CA, cost
+from harness import CA, Stack, cost
 
 HAIKU = "anthropic.claude-3-haiku-20240307-v1:0"
 PRICE = {"input": "0.25", "output": "1.25"}
@@ -48,6 +53,16 @@ JWT_AUTHN = f"""          - name: envoy.filters.http.jwt_authn
               - match: {{ prefix: "/" }}
                 requires: {{ allow_missing_or_failed: {{}} }}
 """
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """A sidecar that honours JWT and trusted-header credentials (no default
+    gateway: each test module starts the edge Envoy it needs)."""
+    s = Stack(tmp_path_factory.mktemp("identity"),
+              sidecar_args=["--accept-credentials", "bearer,sigv4,jwt,trusted_header"]).start(envoy=False)
+    yield s
+    s.stop()
 
 
 @pytest.fixture(scope="module")

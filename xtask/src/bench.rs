@@ -125,6 +125,8 @@ pub fn bench(tools: &Tools, args: &BenchArgs) -> Result<()> {
         .args(["--listen", &format!("127.0.0.1:{}", pa.sidecar)])
         .arg("--db")
         .arg(dir.join("ledger.db"))
+        .arg("--filter-token-file")
+        .arg(&stack.filter_token().file)
         .env("TOLLGATE_ADMIN_TOKEN", &admin_token)
         .env("TOLLGATE_SECRET_KEY", stack::secret_key()?);
     stack.start_process("sidecar", sidecar, pa.sidecar, "/healthz")?;
@@ -207,7 +209,8 @@ pub fn bench(tools: &Tools, args: &BenchArgs) -> Result<()> {
         args.sidecar_concurrency
     );
     let mut rc = Command::new(bin.join("examples/reserve_commit_load"));
-    rc.args([&sidecar_url, &key, MODEL])
+    rc.env("TOLLGATE_FILTER_TOKEN", &stack.filter_token().token)
+        .args([&sidecar_url, &key, MODEL])
         .arg(args.sidecar_concurrency.to_string())
         .arg(s.to_string());
     let reserve_commit = json_output(rc, Duration::from_secs(s + 60))
@@ -361,7 +364,8 @@ fn start_envoy(
     cmd.arg("-c")
         .arg(&path)
         .args(["--concurrency", "2", "--log-level", "warn"])
-        .args(["--base-id", &ports.envoy_admin.to_string()]);
+        .args(["--base-id", &ports.envoy_admin.to_string()])
+        .env("TOLLGATE_FILTER_TOKEN", &stack.filter_token().token);
     stack.start_process(name, cmd, ports.envoy_admin, "/ready")?;
     let addr: SocketAddr = ([127, 0, 0, 1], ports.listener).into();
     TcpStream::connect_timeout(&addr, Duration::from_secs(5))

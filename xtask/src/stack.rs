@@ -88,6 +88,16 @@ struct Proc {
 pub struct Stack {
     procs: Vec<Proc>,
     dir: PathBuf,
+    filter_token: FilterToken,
+}
+
+/// The token Envoy's filter sends to the sidecar, and the sidecar's token file.
+#[derive(Debug, Clone)]
+pub struct FilterToken {
+    /// What Envoy gets in `TOLLGATE_FILTER_TOKEN`.
+    pub token: String,
+    /// The sidecar's `--filter-token-file`.
+    pub file: PathBuf,
 }
 
 impl Stack {
@@ -97,7 +107,12 @@ impl Stack {
         Ok(Self {
             procs: Vec::new(),
             dir,
+            filter_token: filter_token()?,
         })
+    }
+
+    pub fn filter_token(&self) -> &FilterToken {
+        &self.filter_token
     }
 
     fn spawn(&mut self, name: &'static str, mut cmd: Command) -> Result<()> {
@@ -210,6 +225,8 @@ impl Stack {
             .args(["--listen", &format!("127.0.0.1:{}", ports.sidecar)])
             .arg("--db")
             .arg(db)
+            .arg("--filter-token-file")
+            .arg(&self.filter_token.file)
             .env("TOLLGATE_ADMIN_TOKEN", admin_token)
             .env("TOLLGATE_SECRET_KEY", secret_key()?);
         if let Some(seed) = seed {
@@ -229,7 +246,8 @@ impl Stack {
         cmd.arg("-c")
             .arg(&path)
             .args(["--concurrency", "2", "--log-level", "warn"])
-            .args(["--base-id", &ports.envoy_admin.to_string()]);
+            .args(["--base-id", &ports.envoy_admin.to_string()])
+            .env("TOLLGATE_FILTER_TOKEN", &self.filter_token.token);
         self.spawn("envoy", cmd)?;
         self.wait_ready("envoy", ports.envoy_admin, "/ready")?;
         // The listener accepts once Envoy is LIVE; check it anyway.
@@ -358,6 +376,44 @@ pub fn secret_key() -> Result<String> {
     std::fs::write(&path, &k)?;
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     Ok(k)
+}
+
+/// The filter token: the sidecar reads its accepted tokens from
+/// `.tollgate/filter-token` (one per line; created with a random token when
+/// missing), Envoy sends `TOLLGATE_FILTER_TOKEN` when that is set, else the
+/// file's last token (rotation: append a new token, restart the stack, remove
+/// the old line).
+pub fn filter_token() -> Result<FilterToken> {
+    let file = state_dir().join("filter-token");
+    let read = |text: &str| -> Option<String> {
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .next_back()
+            .map(str::to_owned)
+    };
+    let from_file = match std::fs::read_to_string(&file) {
+        Ok(text) => read(&text),
+        Err(_) => None,
+    };
+    let from_file = match from_file {
+        Some(t) => t,
+        None => {
+            let t = random_token()?;
+            std::fs::create_dir_all(state_dir())?;
+            std::fs::write(
+                &file,
+                format!("# Filter tokens the sidecar accepts (x-tollgate-filter-token), one per line.\n{t}\n"),
+            )?;
+            std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            t
+        }
+    };
+    let token = match std::env::var("TOLLGATE_FILTER_TOKEN") {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
+        _ => from_file,
+    };
+    Ok(FilterToken { token, file })
 }
 
 pub fn random_token() -> Result<String> {
@@ -495,6 +551,10 @@ pub fn up(tools: &Tools, args: &UpArgs) -> Result<()> {
     println!(
         "  sidecar API, /metrics, /healthz     http://127.0.0.1:{}",
         ports.sidecar
+    );
+    println!(
+        "  filter token (Envoy -> sidecar)     {}",
+        stack.filter_token().file.display()
     );
     println!(
         "  Envoy admin                         http://127.0.0.1:{}",

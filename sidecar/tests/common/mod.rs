@@ -7,10 +7,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use time::macros::datetime;
 use tollgate_sidecar::clock::ManualClock;
+use tollgate_sidecar::dataplane_auth::{AcceptedCredentials, DataPlaneAuth, FilterTokens};
 use tollgate_sidecar::server::{build, Options};
 use tollgate_sidecar::service::{Service, Settings};
 
 pub const TOKEN: &str = "test-admin-token";
+/// The filter token every test sidecar accepts (sent by [`TestSidecar::data`]).
+pub const FILTER_TOKEN: &str = "test-filter-token-0123456789";
+pub const FILTER_TOKEN_HEADER: &str = "x-tollgate-filter-token";
 pub const SONNET: &str = "anthropic.claude-3-sonnet-20240229-v1:0";
 pub const HAIKU: &str = "anthropic.claude-3-haiku-20240307-v1:0";
 
@@ -35,6 +39,18 @@ pub struct Setup {
     pub settings: Settings,
     pub webhooks: Vec<String>,
     pub seed: Option<PathBuf>,
+    /// Default: [`FILTER_TOKEN`] required, every credential type accepted (the
+    /// ledger tests use trusted-header and JWT identities).
+    pub data_plane: Option<DataPlaneAuth>,
+    pub metrics_token: Option<String>,
+}
+
+/// [`FILTER_TOKEN`] required; every credential type accepted.
+pub fn default_data_plane() -> DataPlaneAuth {
+    DataPlaneAuth::new(
+        FilterTokens::new(None, Some(FILTER_TOKEN), Some(TOKEN)).expect("filter token"),
+        AcceptedCredentials::all(),
+    )
 }
 
 impl TestSidecar {
@@ -59,6 +75,8 @@ impl TestSidecar {
             settings: setup.settings,
             webhooks: setup.webhooks,
             admin_token: TOKEN.to_string(),
+            data_plane: Arc::new(setup.data_plane.unwrap_or_else(default_data_plane)),
+            metrics_token: setup.metrics_token,
             clock: clock.clone(),
         };
         let sidecar = build(&opts).await.expect("build sidecar");
@@ -119,10 +137,25 @@ impl TestSidecar {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, String) {
+        self.raw_with(method, path, token, &[], body).await
+    }
+
+    /// [`Self::raw`] with extra headers.
+    pub async fn raw_with(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> (StatusCode, String) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut req = self.http.request(method, format!("{}{}", self.url, path));
         if let Some(t) = token {
             req = req.bearer_auth(t);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
         }
         if let Some(b) = body {
             req = req.json(&b);
@@ -130,6 +163,25 @@ impl TestSidecar {
         let resp = req.send().await.expect("send");
         let status = resp.status();
         (status, resp.text().await.expect("body"))
+    }
+
+    /// A data-plane call with the filter token.
+    pub async fn data_raw(&self, path: &str, body: Value) -> (StatusCode, String) {
+        self.raw_with(
+            "POST",
+            path,
+            None,
+            &[(FILTER_TOKEN_HEADER, FILTER_TOKEN)],
+            Some(body),
+        )
+        .await
+    }
+
+    /// `GET /metrics` with the admin token.
+    pub async fn metrics(&self) -> String {
+        let (st, m) = self.raw("GET", "/metrics", Some(TOKEN), None).await;
+        assert_eq!(st, StatusCode::OK, "{m}");
+        m
     }
 
     /// Sends a literal JSON text with the admin token.
@@ -164,7 +216,7 @@ impl TestSidecar {
     }
 
     pub async fn data(&self, path: &str, body: Value) -> Value {
-        let (st, text) = self.raw("POST", path, None, Some(body)).await;
+        let (st, text) = self.data_raw(path, body).await;
         assert_eq!(st, StatusCode::OK, "{path}: {text}");
         serde_json::from_str(&text).expect("json")
     }
@@ -248,6 +300,7 @@ pub fn cli_output(url: &str, args: &[&str]) -> std::process::Output {
         .args(args)
         .env("TOLLGATE_URL", url)
         .env("TOLLGATE_ADMIN_TOKEN", TOKEN)
+        .env_remove("TOLLGATE_FILTER_TOKEN")
         .output()
         .expect("run tollgate-sidecar")
 }

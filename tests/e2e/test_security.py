@@ -1,0 +1,209 @@
+"""The sidecar's data plane and metrics against a caller that can reach its port
+but holds no filter token (any pod, in the documented Istio layout).
+
+Each attack from the security review is replayed against the real sidecar the
+harness started: the call must be refused AND the victim's ledger (read back
+through the admin API) must be exactly as before. Then the same calls with the
+filter token but a credential type the sidecar does not honour, token rotation
+end to end through Envoy, and /metrics."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from decimal import Decimal
+
+import pytest
+import requests
+
+from harness import CA, FILTER_TOKEN_HEADER, Stack
+
+HAIKU = "anthropic.claude-3-haiku-20240307-v1:0"
+PRICE = {"input": "0.25", "output": "1.25"}
+DATA_PLANE = ["/v1/reserve", "/v1/commit", "/v1/release", "/v1/leases/renew"]
+
+
+@pytest.fixture
+def victim(stack, tenant_id):
+    stack.set_price(HAIKU, **PRICE)
+    key = stack.create_tenant(tenant_id, budget="10.00")
+    return tenant_id, key
+
+
+def reserve_body(rid: str, credential: dict) -> dict:
+    return {"request_id": rid, "credential": credential, "operation": "converse", "model": HAIKU,
+            "input_tokens_estimate": 1000, "max_output_tokens": 1000}
+
+
+def unreserved_commit(rid: str, tenant: str) -> dict:
+    # 1M output tokens of Haiku: $1.25 charged to the victim.
+    return {"commits": [{"request_id": rid, "usage": {"input_tokens": 0, "output_tokens": 1_000_000},
+                         "unreserved": reserve_body(rid, {"type": "trusted_header", "tenant_id": tenant})}]}
+
+
+def assert_unauthorized(r: requests.Response) -> None:
+    assert r.status_code == 401, (r.status_code, r.text)
+    assert isinstance(r.json()["message"], str) and r.json()["message"]
+
+
+def balance(stack, tenant: str) -> dict:
+    return stack.tenant(tenant)["balance"]
+
+
+BAD_TOKENS = {
+    "none": None,
+    "wrong": "not-the-filter-token-" + "0" * 24,
+    "short": "x",
+}
+
+
+@pytest.mark.parametrize("token", BAD_TOKENS.values(), ids=BAD_TOKENS.keys())
+def test_reserve_for_a_victim_without_the_filter_token(stack, victim, token):
+    tenant, _ = victim
+    before = balance(stack, tenant)
+    r = stack.data("/v1/reserve", reserve_body(f"atk-{secrets.token_hex(4)}",
+                                               {"type": "trusted_header", "tenant_id": tenant}), token=token)
+    assert_unauthorized(r)
+    assert balance(stack, tenant) == before
+
+
+@pytest.mark.parametrize("token", BAD_TOKENS.values(), ids=BAD_TOKENS.keys())
+def test_unreserved_commit_charging_a_victim_without_the_filter_token(stack, victim, token):
+    tenant, _ = victim
+    before = balance(stack, tenant)
+    assert_unauthorized(stack.data("/v1/commit", unreserved_commit(f"atk-{secrets.token_hex(4)}", tenant), token=token))
+    assert balance(stack, tenant) == before
+    assert Decimal(before["spent_usd"]) == 0
+
+
+def test_release_of_another_requests_hold_without_the_filter_token(stack, victim):
+    tenant, key = victim
+    rid = f"victim-{secrets.token_hex(4)}"
+    r = stack.data("/v1/reserve", reserve_body(rid, {"type": "bearer", "key": key}))
+    assert r.status_code == 200 and r.json()["decision"] == "allow", r.text
+    held = balance(stack, tenant)
+    assert Decimal(held["reserved_usd"]) > 0
+    for token in BAD_TOKENS.values():
+        assert_unauthorized(stack.data("/v1/release", {"request_id": rid, "reason": "attack"}, token=token))
+    assert balance(stack, tenant) == held
+    # Its own commit still settles it.
+    c = stack.data("/v1/commit", {"commits": [{"request_id": rid, "usage": {"input_tokens": 10, "output_tokens": 10}}]})
+    assert c.json()["results"][0]["outcome"] == "committed", c.text
+
+
+def test_the_admin_token_is_not_a_filter_token(stack, victim):
+    tenant, _ = victim
+    before = balance(stack, tenant)
+    body = reserve_body(f"atk-{secrets.token_hex(4)}", {"type": "trusted_header", "tenant_id": tenant})
+    assert_unauthorized(stack.data("/v1/reserve", body, token=stack.admin_token))
+    r = requests.post(f"{stack.sidecar_url}/v1/reserve", json=body, timeout=10,
+                      headers={"Authorization": f"Bearer {stack.admin_token}"})
+    assert_unauthorized(r)
+    # Nor does the filter token open the admin API.
+    r = requests.get(f"{stack.sidecar_url}/v1/tenants/{tenant}", timeout=10,
+                     headers={"Authorization": f"Bearer {stack.filter_token}", FILTER_TOKEN_HEADER: stack.filter_token})
+    assert r.status_code == 401, r.text
+    assert balance(stack, tenant) == before
+
+
+def test_every_data_plane_route_needs_the_token(stack):
+    for path in DATA_PLANE + ["/v1/leases/added-later"]:
+        assert_unauthorized(stack.data(path, {}, token=None))
+    # With the token the same empty bodies reach the handlers (and are refused
+    # as malformed, not as unauthorized).
+    for path in DATA_PLANE:
+        assert stack.data(path, {}).status_code == 400, path
+
+
+def test_credentials_the_sidecar_does_not_honour(stack, victim):
+    """Even with the filter token, trusted-header and JWT identities are refused
+    by a sidecar started with the default --accept-credentials bearer,sigv4."""
+    tenant, _ = victim
+    before = balance(stack, tenant)
+    for kind in ("trusted_header", "jwt"):
+        r = stack.data("/v1/reserve", reserve_body(f"atk-{secrets.token_hex(4)}", {"type": kind, "tenant_id": tenant}))
+        assert r.status_code == 200, r.text
+        d = r.json()
+        assert (d["decision"], d["status"], d["error_type"]) == ("deny", 403, "AccessDeniedException"), d
+        assert d["message"] == f"credential type {kind} is not enabled on this sidecar"
+    rid = f"atk-{secrets.token_hex(4)}"
+    c = stack.data("/v1/commit", unreserved_commit(rid, tenant))
+    assert c.status_code == 200, c.text
+    assert c.json()["results"] == [{"request_id": rid, "outcome": "unknown_request"}]
+    assert balance(stack, tenant) == before
+
+
+def test_a_trusting_gateway_in_front_of_a_default_sidecar_is_refused(stack, tenant_id):
+    """A gateway configured with trusted_tenant_header cannot make the sidecar
+    honour it: the client gets Bedrock's AccessDeniedException."""
+    stack.set_price(HAIKU, **PRICE)
+    stack.create_tenant(tenant_id, budget="1.00")
+    before = balance(stack, tenant_id)
+    url = stack.start_edge_envoy("trusting-default", {"trusted_tenant_header": True})
+    stack.clear_emulator()
+    r = requests.post(f"{url}/model/{HAIKU}/converse", verify=str(CA), timeout=15,
+                      headers={"content-type": "application/json", "x-tenant-id": tenant_id},
+                      json={"messages": [{"role": "user", "content": [{"text": "hi"}]}]})
+    assert r.status_code == 403, r.text
+    assert r.headers["x-amzn-errortype"] == "AccessDeniedException"
+    assert "not enabled" in r.json()["message"]
+    assert stack.emulator_requests() == []
+    assert balance(stack, tenant_id) == before
+
+
+def test_metrics_need_a_token(stack, victim):
+    tenant, key = victim
+    # Put the victim in the metrics.
+    rid = f"m-{secrets.token_hex(4)}"
+    stack.data("/v1/reserve", reserve_body(rid, {"type": "bearer", "key": key}))
+    stack.data("/v1/release", {"request_id": rid, "reason": "test"})
+    for token in (None, "wrong-" + "0" * 24, stack.filter_token):
+        r = stack.metrics(token=token)
+        assert r.status_code == 401, r.text
+        assert tenant not in r.text
+    for token in (stack.metrics_token, stack.admin_token):
+        r = stack.metrics(token=token)
+        assert r.status_code == 200, r.text
+        assert f'tenant="{tenant}"' in r.text
+    assert requests.get(f"{stack.sidecar_url}/healthz", timeout=5).status_code == 200
+
+
+def converse_ok(url: str, key: str) -> None:
+    r = requests.post(f"{url}/model/{HAIKU}/converse", verify=str(CA), timeout=15,
+                      headers={"content-type": "application/json", "Authorization": f"Bearer {key}"},
+                      json={"messages": [{"role": "user", "content": [{"text": "rotation"}]}]})
+    assert r.status_code == 200, r.text
+
+
+def test_filter_token_rotation_without_downtime(tmp_path_factory, tenant_id):
+    """Add the new token to the file, roll Envoy to it, remove the old one: the
+    gateway answers at every step, and the old token stops working."""
+    s = Stack(tmp_path_factory.mktemp("rotation")).start()
+    try:
+        s.set_price(HAIKU, **PRICE)
+        key = s.create_tenant(tenant_id, budget="1.00")
+        old = s.filter_token
+        converse_ok(s.gateway_url, key)
+        new = secrets.token_hex(24)
+        assert_unauthorized(s.data("/v1/release", {"request_id": "x", "reason": "r"}, token=new))
+        # 1. The sidecar accepts both (the file is re-read; no restart).
+        s.write_filter_tokens(old, new)
+        deadline = time.monotonic() + 5
+        while s.data("/v1/release", {"request_id": "x", "reason": "r"}, token=new).status_code != 200:
+            assert time.monotonic() < deadline, "new token not accepted after 5 s"
+            time.sleep(0.1)
+        converse_ok(s.gateway_url, key)
+        # 2. Envoy rolls to the new token.
+        s.filter_token = new
+        s.restart_envoy()
+        converse_ok(s.gateway_url, key)
+        # 3. The old token is removed.
+        s.write_filter_tokens(new)
+        deadline = time.monotonic() + 5
+        while s.data("/v1/release", {"request_id": "x", "reason": "r"}, token=old).status_code != 401:
+            assert time.monotonic() < deadline, "old token still accepted after 5 s"
+            time.sleep(0.2)
+        converse_ok(s.gateway_url, key)
+        s.settled(tenant_id, 3)
+    finally:
+        s.stop()
