@@ -385,7 +385,10 @@ pub fn build_wasm(tools: &Tools) -> Result<()> {
     // `name` sections (cargo's `strip` alone leaves the latter in wasm).
     let lean = [
         ("CARGO_PROFILE_RELEASE_LTO", "true"),
-        ("CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS", "-C link-arg=--strip-all"),
+        (
+            "CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS",
+            "-C link-arg=--strip-all",
+        ),
     ];
     match tools.wasm {
         WasmToolchain::Rustup => {
@@ -406,7 +409,10 @@ pub fn build_wasm(tools: &Tools) -> Result<()> {
                 .env("RUSTC", "/usr/bin/rustc")
                 .env("RUSTC_BOOTSTRAP", "1")
                 .env("CARGO_TARGET_WASM32_WASIP1_LINKER", "wasm-ld-19")
-                .env("RUSTFLAGS", "-L /usr/lib/wasm32-wasi -C link-arg=--strip-all")
+                .env(
+                    "RUSTFLAGS",
+                    "-L /usr/lib/wasm32-wasi -C link-arg=--strip-all",
+                )
                 .env("CARGO_PROFILE_RELEASE_LTO", "true")
                 .env_remove("RUSTUP_TOOLCHAIN"))
         }
