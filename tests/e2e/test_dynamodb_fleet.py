@@ -162,3 +162,69 @@ def test_two_sidecars_share_one_budget(fleet):
         "commits": [{"request_id": "fleet-0", "usage": {"input_tokens": 1, "output_tokens": 1}}]}).json()
     assert dup["results"][0]["outcome"] in ("duplicate", "unknown_request"), dup
     assert admin(a, "GET", "/v1/tenants/fleet")["balance"] == views[0]
+
+
+def test_leased_gateways_on_two_sidecars_never_overspend(fleet, stack, tmp_path):
+    """Two gateways, each in front of its own sidecar, both sidecars on one
+    DynamoDB ledger: 200 concurrent requests against a budget for about 50.
+    The leases the gateways hold are counted in the shared ledger, so the
+    tenant never spends more than its budget."""
+    from harness import CA, ENVOY, WASM, emulator_envoy_config
+
+    (a, b), token, filter_token = fleet
+    auth = {"Authorization": f"Bearer {token}"}
+    haiku = "anthropic.claude-3-haiku-20240307-v1:0"
+    price = {"input": "0.25", "output": "1.25"}
+    requests.put(f"{a}/v1/pricing/{haiku}", json=price, headers=auth, timeout=10).raise_for_status()
+    hold = Decimal(64) * Decimal(price["output"]) / 1_000_000
+    budget = (hold * 50).quantize(Decimal("0.000001"))
+    tenant = "fleet-leases"
+    requests.put(f"{a}/v1/tenants/{tenant}", timeout=10, headers=auth, json={
+        "budget_usd": str(budget), "reset_cycle": "monthly", "active": True}).raise_for_status()
+    key = requests.post(f"{a}/v1/tenants/{tenant}/keys", json={"application_id": None}, headers=auth,
+                        timeout=10).json()["key"]
+    gateways = []
+    for name, sidecar in (("gw-a", a), ("gw-b", b)):
+        listener, admin = free_port(), free_port()
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(emulator_envoy_config(WASM, listener, admin, stack.emulator_port,
+                                             int(sidecar.rsplit(":", 1)[1])))
+        p = spawn(name, [ENVOY, "-c", str(cfg), "--concurrency", "2", "--log-level", "warn",
+                         "--base-id", str(admin)], tmp_path, env={"TOLLGATE_FILTER_TOKEN": filter_token})
+        stack.procs[name] = p
+        wait_http(f"http://127.0.0.1:{admin}/ready", p.popen, p.log)
+        gateways.append(f"https://127.0.0.1:{listener}")
+    try:
+        body = {"messages": [{"role": "user", "content": [{"text": "hello"}]}],
+                "inferenceConfig": {"maxTokens": 64}}
+
+        def one(i: int):
+            return requests.post(f"{gateways[i % 2]}/model/{haiku}/converse", json=body, verify=str(CA),
+                                 timeout=30, headers={"Authorization": f"Bearer {key}"})
+
+        with ThreadPoolExecutor(max_workers=50) as pool:
+            results = list(pool.map(one, range(200)))
+        ok = [r for r in results if r.status_code == 200]
+        assert ok, "some requests fit"
+        for r in results:
+            assert r.status_code in (200, 402), (r.status_code, r.text)
+        expected = sum((Decimal(r.json()["usage"]["inputTokens"]) * Decimal(price["input"])
+                        + Decimal(r.json()["usage"]["outputTokens"]) * Decimal(price["output"])) / 1_000_000
+                       for r in ok)
+        deadline = time.monotonic() + 45
+        while True:
+            bal = requests.get(f"{b}/v1/tenants/{tenant}", headers=auth, timeout=10).json()["balance"]
+            done = bal["requests"] == len(ok) and Decimal(bal["reserved_usd"]) == 0
+            if done or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert bal["requests"] == len(ok), bal
+        assert Decimal(bal["reserved_usd"]) == 0, bal
+        spent = Decimal(bal["spent_usd"])
+        assert spent == expected
+        assert spent <= budget, f"spent {spent} > budget {budget}"
+    finally:
+        for name in ("gw-a", "gw-b"):
+            p = stack.procs.pop(name, None)
+            if p:
+                p.stop()

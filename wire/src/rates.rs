@@ -92,7 +92,7 @@ mod tests {
             cache_read_input_tokens: 1,
             cache_write_input_tokens: 1,
         };
-        assert_eq!(r.cost(&u).unwrap(), d("0.00000584"));
+        assert_eq!(r.cost(&u).unwrap(), d("0.00000583"));
         assert!(r.hold(u64::MAX, u64::MAX).is_ok());
     }
 
