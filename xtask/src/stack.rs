@@ -388,8 +388,7 @@ pub fn filter_token() -> Result<FilterToken> {
     let read = |text: &str| -> Option<String> {
         text.lines()
             .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .next_back()
+            .rfind(|l| !l.is_empty() && !l.starts_with('#'))
             .map(str::to_owned)
     };
     let from_file = match std::fs::read_to_string(&file) {
