@@ -283,7 +283,11 @@ impl Decoder {
                 actual,
             });
         }
-        walk_headers(&frame[PRELUDE_LEN..PRELUDE_LEN + headers_us], |_, _| {})?;
+        walk_headers(
+            &frame[PRELUDE_LEN..PRELUDE_LEN + headers_us],
+            true,
+            |_, _| {},
+        )?;
         let start = self.start;
         self.start += total_us;
         Ok(Some((start, headers_us, total_us)))
@@ -302,15 +306,16 @@ impl<'a> Frame<'a> {
     /// A string header's value, found by comparing raw name bytes (no allocation).
     pub fn header_str(&self, name: &str) -> Option<&'a str> {
         let mut found = None;
-        // Validated in `try_decode`, so the walk cannot fail here.
-        let _ = walk_headers(self.headers, |n, v| {
+        // Validated in `try_decode`, so the walk cannot fail here and only the
+        // wanted value needs its (already checked) UTF-8 view.
+        let _ = walk_headers(self.headers, false, |n, v| {
             if found.is_none() && n == name.as_bytes() {
                 if let RawValue::String(s) = v {
-                    found = Some(s);
+                    found = Some(std::str::from_utf8(s).ok());
                 }
             }
         });
-        found
+        found.flatten()
     }
 
     pub fn message_type(&self) -> Option<&'a str> {
@@ -342,12 +347,15 @@ fn be_u32(b: &[u8]) -> u32 {
 enum RawValue<'a> {
     Other(HeaderValue),
     Bytes(&'a [u8]),
-    String(&'a str),
+    /// UTF-8 when the walk validates.
+    String(&'a [u8]),
 }
 
-/// Validates a header block, calling `f` with each name's bytes and value.
+/// Walks a header block, calling `f` with each name's bytes and value; with
+/// `validate`, also checks that names and string values are UTF-8.
 fn walk_headers<'a>(
     mut b: &'a [u8],
+    validate: bool,
     mut f: impl FnMut(&'a [u8], RawValue<'a>),
 ) -> Result<(), DecodeError> {
     fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], DecodeError> {
@@ -361,7 +369,7 @@ fn walk_headers<'a>(
     while !b.is_empty() {
         let name_len = take(&mut b, 1)?[0] as usize;
         let name = take(&mut b, name_len)?;
-        if !name.is_ascii() && std::str::from_utf8(name).is_err() {
+        if validate && std::str::from_utf8(name).is_err() {
             return Err(DecodeError::Header("header name is not UTF-8"));
         }
         let value = match take(&mut b, 1)?[0] {
@@ -396,10 +404,10 @@ fn walk_headers<'a>(
                 if t == 6 {
                     RawValue::Bytes(v)
                 } else {
-                    RawValue::String(
-                        std::str::from_utf8(v)
-                            .map_err(|_| DecodeError::Header("string header is not UTF-8"))?,
-                    )
+                    if validate && std::str::from_utf8(v).is_err() {
+                        return Err(DecodeError::Header("string header is not UTF-8"));
+                    }
+                    RawValue::String(v)
                 }
             }
             9 => {
@@ -416,14 +424,14 @@ fn walk_headers<'a>(
 
 fn decode_headers(b: &[u8]) -> Result<Vec<Header>, DecodeError> {
     let mut headers = Vec::new();
-    walk_headers(b, |name, value| {
+    walk_headers(b, true, |name, value| {
         headers.push(Header {
             // Checked to be UTF-8 by the walk.
             name: String::from_utf8_lossy(name).into_owned(),
             value: match value {
                 RawValue::Other(v) => v,
                 RawValue::Bytes(v) => HeaderValue::Bytes(v.to_vec()),
-                RawValue::String(s) => HeaderValue::String(s.to_owned()),
+                RawValue::String(s) => HeaderValue::String(String::from_utf8_lossy(s).into_owned()),
             },
         })
     })?;
