@@ -637,4 +637,79 @@ mod tests {
             );
         }
     }
+
+    /// The borrowing scans must read exactly what the `Value` code reads.
+    #[test]
+    fn scans_match_value_parsing() {
+        let payloads: &[&[u8]] = &[
+            br#"{"contentBlockIndex":0,"delta":{"text":"Hello"},"p":"ab"}"#,
+            br#"{"delta":{"text":"a\nb\u00e9","thinking":"xy","input":{"k":1}}}"#,
+            br#"{"delta":{"toolUse":{"input":"{\"a\":1}"},"reasoningContent":{"text":"hm"}}}"#,
+            br#"{"delta":{"text":"first","text":"second!"},"delta":{"text":"last"}}"#,
+            br#"{"delta":{"text":5,"partial_json":"[1]","toolUse":"x"}}"#,
+            br#"{"delta":"text"}"#,
+            br#"[{"delta":{"text":"no"}}]"#,
+            br#""str""#,
+            br#"{"delta":{"text":"cut"#,
+            br#"{"delta":{"text":"ok"}} trailing"#,
+            b"",
+        ];
+        for p in payloads {
+            let want = serde_json::from_slice::<Value>(p)
+                .ok()
+                .map(|v| v.get("delta").map_or(0, delta_text_len));
+            assert_eq!(
+                scan::converse_delta_text_len(p),
+                want,
+                "{}",
+                String::from_utf8_lossy(p)
+            );
+        }
+        let chunks: &[(&[u8], Option<scan::InvokeChunk>)] = &[
+            (
+                br#"{"type":"content_block_delta","delta":{"type":"text_delta","text":"Hi!"}}"#,
+                Some(scan::InvokeChunk::Text(3)),
+            ),
+            (
+                br#"{"generation":"hello","outputText":"x","completion":7}"#,
+                Some(scan::InvokeChunk::Text(6)),
+            ),
+            (
+                br#"{"type":"content_block_delta","generation":"not counted","delta":{"text":"ab"}}"#,
+                Some(scan::InvokeChunk::Text(2)),
+            ),
+            (
+                br#"{"type":"message_delta","usage":{"output_tokens":3}}"#,
+                Some(scan::InvokeChunk::NeedsFullParse),
+            ),
+            (
+                br#"{"type":"x","amazon-bedrock-invocationMetrics":null}"#,
+                Some(scan::InvokeChunk::NeedsFullParse),
+            ),
+            (
+                br#"{"type":"message_start","type":"ping"}"#,
+                Some(scan::InvokeChunk::Text(0)),
+            ),
+            (br#"[1,2]"#, Some(scan::InvokeChunk::Text(0))),
+            (br#"{"type":"#, None),
+        ];
+        for (p, want) in chunks {
+            assert_eq!(
+                &scan::invoke_chunk(p),
+                want,
+                "{}",
+                String::from_utf8_lossy(p)
+            );
+        }
+        assert_eq!(
+            scan::chunk_bytes(br#"{"bytes":"eyJ9","p":"x","bytes":"YWJj"}"#).as_deref(),
+            Some("YWJj")
+        );
+        assert_eq!(
+            scan::chunk_bytes(br#"{"bytes":"a\/b"}"#).as_deref(),
+            Some("a/b")
+        );
+        assert_eq!(scan::chunk_bytes(br#"{"bytes":1}"#), None);
+        assert_eq!(scan::chunk_bytes(br#"{"bytes":"YWJj""#), None);
+    }
 }
