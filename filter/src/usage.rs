@@ -5,7 +5,9 @@
 use base64::Engine as _;
 use serde_json::Value;
 use tollgate_wire::api::{Operation, Usage};
-use tollgate_wire::eventstream::{DecodeError, Decoder, Message};
+use tollgate_wire::eventstream::{DecodeError, Decoder, Frame};
+
+mod scan;
 
 pub const INPUT_TOKENS_HEADER: &str = "x-amzn-bedrock-input-token-count";
 pub const OUTPUT_TOKENS_HEADER: &str = "x-amzn-bedrock-output-token-count";
@@ -93,41 +95,56 @@ impl StreamObservation {
 /// inspected and passed on untouched; only an unfinished frame is kept.
 #[derive(Debug)]
 pub struct StreamMeter {
-    op: Operation,
     decoder: Decoder,
+    state: MeterState,
+}
+
+/// Everything but the decoder, so frames borrowed from it can be observed.
+#[derive(Debug)]
+struct MeterState {
+    op: Operation,
     seen: StreamObservation,
+    /// Reused for base64-decoded InvokeModel chunks.
+    scratch: Vec<u8>,
 }
 
 impl StreamMeter {
     pub fn new(op: Operation) -> Self {
         Self {
-            op,
             decoder: Decoder::new(),
-            seen: StreamObservation::default(),
+            state: MeterState {
+                op,
+                seen: StreamObservation::default(),
+                scratch: Vec::new(),
+            },
         }
     }
 
     pub fn push(&mut self, chunk: &[u8]) {
-        if self.seen.corrupt.is_some() {
+        if self.state.seen.corrupt.is_some() {
             return;
         }
         self.decoder.push(chunk);
-        while let Some(next) = self.decoder.next_message() {
+        while let Some(next) = self.decoder.next_frame() {
             match next {
-                Ok(m) => {
-                    self.seen.frames += 1;
-                    self.observe(&m);
+                Ok(f) => {
+                    self.state.seen.frames += 1;
+                    self.state.observe(&f);
                 }
-                Err(e) => self.seen.corrupt = Some(e),
+                Err(e) => self.state.seen.corrupt = Some(e),
             }
         }
     }
 
     pub fn observation(&self) -> &StreamObservation {
-        &self.seen
+        &self.state.seen
     }
+}
 
-    fn observe(&mut self, m: &Message) {
+impl MeterState {
+    /// Only frames that can carry usage are parsed in full; text deltas are
+    /// measured by a borrowing scan that reads the same fields (see `scan`).
+    fn observe(&mut self, m: &Frame<'_>) {
         match m.message_type() {
             Some("exception") | Some("error") => {
                 let kind = m
@@ -140,32 +157,43 @@ impl StreamMeter {
             Some("event") | None => {}
             Some(_) => return,
         }
-        let Ok(payload) = serde_json::from_slice::<Value>(&m.payload) else {
-            return;
-        };
         match (self.op, m.event_type()) {
             (Operation::ConverseStream, Some("contentBlockDelta")) => {
-                if let Some(delta) = payload.get("delta") {
-                    self.seen.text_bytes += delta_text_len(delta);
+                if let Some(n) = scan::converse_delta_text_len(m.payload) {
+                    self.seen.text_bytes += n;
                 }
             }
             (Operation::ConverseStream, Some("metadata")) => {
+                let Ok(payload) = serde_json::from_slice::<Value>(m.payload) else {
+                    return;
+                };
                 if let Some(usage) = payload.get("usage").and_then(converse_usage) {
                     self.seen.usage = Some(usage);
                     self.seen.final_usage = true;
                 }
             }
             (Operation::InvokeWithResponseStream, Some("chunk")) => {
-                let Some(bytes) = payload.get("bytes").and_then(Value::as_str) else {
+                let Some(bytes) = scan::chunk_bytes(m.payload) else {
                     return;
                 };
-                let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(bytes) else {
+                self.scratch.clear();
+                if base64::engine::general_purpose::STANDARD
+                    .decode_vec(bytes.as_bytes(), &mut self.scratch)
+                    .is_err()
+                {
                     return;
-                };
-                if let Ok(inner) = serde_json::from_slice::<Value>(&decoded) {
-                    self.observe_invoke_chunk(&inner);
+                }
+                match scan::invoke_chunk(&self.scratch) {
+                    Some(scan::InvokeChunk::Text(n)) => self.seen.text_bytes += n,
+                    Some(scan::InvokeChunk::NeedsFullParse) => {
+                        if let Ok(inner) = serde_json::from_slice::<Value>(&self.scratch) {
+                            self.observe_invoke_chunk(&inner);
+                        }
+                    }
+                    None => {}
                 }
             }
+            // Other events carry neither text nor usage.
             _ => {}
         }
     }
@@ -374,6 +402,7 @@ pub fn estimate_json_output_tokens(body: &[u8]) -> u64 {
     json_generated_text_bytes(body).div_ceil(TEXT_BYTES_PER_TOKEN)
 }
 
+/// What [`scan::delta_text_len`] computes without building a `Value`.
 fn delta_text_len(delta: &Value) -> u64 {
     ["text", "partial_json", "thinking", "input"]
         .iter()
@@ -392,6 +421,7 @@ fn delta_text_len(delta: &Value) -> u64 {
 mod tests {
     use super::*;
     use serde_json::json;
+    use tollgate_wire::eventstream::Message;
     // The same tests run natively and, under wasm-bindgen-test, on wasm32.
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
@@ -606,5 +636,80 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    /// The borrowing scans must read exactly what the `Value` code reads.
+    #[test]
+    fn scans_match_value_parsing() {
+        let payloads: &[&[u8]] = &[
+            br#"{"contentBlockIndex":0,"delta":{"text":"Hello"},"p":"ab"}"#,
+            br#"{"delta":{"text":"a\nb\u00e9","thinking":"xy","input":{"k":1}}}"#,
+            br#"{"delta":{"toolUse":{"input":"{\"a\":1}"},"reasoningContent":{"text":"hm"}}}"#,
+            br#"{"delta":{"text":"first","text":"second!"},"delta":{"text":"last"}}"#,
+            br#"{"delta":{"text":5,"partial_json":"[1]","toolUse":"x"}}"#,
+            br#"{"delta":"text"}"#,
+            br#"[{"delta":{"text":"no"}}]"#,
+            br#""str""#,
+            br#"{"delta":{"text":"cut"#,
+            br#"{"delta":{"text":"ok"}} trailing"#,
+            b"",
+        ];
+        for p in payloads {
+            let want = serde_json::from_slice::<Value>(p)
+                .ok()
+                .map(|v| v.get("delta").map_or(0, delta_text_len));
+            assert_eq!(
+                scan::converse_delta_text_len(p),
+                want,
+                "{}",
+                String::from_utf8_lossy(p)
+            );
+        }
+        let chunks: &[(&[u8], Option<scan::InvokeChunk>)] = &[
+            (
+                br#"{"type":"content_block_delta","delta":{"type":"text_delta","text":"Hi!"}}"#,
+                Some(scan::InvokeChunk::Text(3)),
+            ),
+            (
+                br#"{"generation":"hello","outputText":"x","completion":7}"#,
+                Some(scan::InvokeChunk::Text(6)),
+            ),
+            (
+                br#"{"type":"content_block_delta","generation":"not counted","delta":{"text":"ab"}}"#,
+                Some(scan::InvokeChunk::Text(2)),
+            ),
+            (
+                br#"{"type":"message_delta","usage":{"output_tokens":3}}"#,
+                Some(scan::InvokeChunk::NeedsFullParse),
+            ),
+            (
+                br#"{"type":"x","amazon-bedrock-invocationMetrics":null}"#,
+                Some(scan::InvokeChunk::NeedsFullParse),
+            ),
+            (
+                br#"{"type":"message_start","type":"ping"}"#,
+                Some(scan::InvokeChunk::Text(0)),
+            ),
+            (br#"[1,2]"#, Some(scan::InvokeChunk::Text(0))),
+            (br#"{"type":"#, None),
+        ];
+        for (p, want) in chunks {
+            assert_eq!(
+                &scan::invoke_chunk(p),
+                want,
+                "{}",
+                String::from_utf8_lossy(p)
+            );
+        }
+        assert_eq!(
+            scan::chunk_bytes(br#"{"bytes":"eyJ9","p":"x","bytes":"YWJj"}"#).as_deref(),
+            Some("YWJj")
+        );
+        assert_eq!(
+            scan::chunk_bytes(br#"{"bytes":"a\/b"}"#).as_deref(),
+            Some("a/b")
+        );
+        assert_eq!(scan::chunk_bytes(br#"{"bytes":1}"#), None);
+        assert_eq!(scan::chunk_bytes(br#"{"bytes":"YWJj""#), None);
     }
 }

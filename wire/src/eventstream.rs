@@ -216,11 +216,24 @@ impl Decoder {
     /// The next complete message, an error (once; the decoder then stops), or
     /// `None` when more bytes are needed.
     pub fn next_message(&mut self) -> Option<Result<Message, DecodeError>> {
+        self.next_frame().map(|r| r.and_then(|f| f.to_message()))
+    }
+
+    /// Like [`Decoder::next_message`], but borrows the frame from the decoder's
+    /// buffer instead of copying it: the hot path of a meter that only looks.
+    /// The headers are validated before the frame is returned.
+    pub fn next_frame(&mut self) -> Option<Result<Frame<'_>, DecodeError>> {
         if self.failed.is_some() {
             return None;
         }
         match self.try_decode() {
-            Ok(Some(m)) => Some(Ok(m)),
+            Ok(Some((start, headers_len, total))) => {
+                let frame = &self.buf[start..start + total];
+                Some(Ok(Frame {
+                    headers: &frame[PRELUDE_LEN..PRELUDE_LEN + headers_len],
+                    payload: &frame[PRELUDE_LEN + headers_len..total - 4],
+                }))
+            }
             Ok(None) => None,
             Err(e) => {
                 self.failed = Some(e.clone());
@@ -231,7 +244,9 @@ impl Decoder {
         }
     }
 
-    fn try_decode(&mut self) -> Result<Option<Message>, DecodeError> {
+    /// Checks the next whole frame and consumes it; returns its offset in `buf`,
+    /// headers length and total length.
+    fn try_decode(&mut self) -> Result<Option<(usize, usize, usize)>, DecodeError> {
         let data = &self.buf[self.start..];
         if data.len() < PRELUDE_LEN {
             return Ok(None);
@@ -268,10 +283,59 @@ impl Decoder {
                 actual,
             });
         }
-        let headers = decode_headers(&frame[PRELUDE_LEN..PRELUDE_LEN + headers_us])?;
-        let payload = frame[PRELUDE_LEN + headers_us..total_us - 4].to_vec();
+        walk_headers(
+            &frame[PRELUDE_LEN..PRELUDE_LEN + headers_us],
+            true,
+            |_, _| {},
+        )?;
+        let start = self.start;
         self.start += total_us;
-        Ok(Some(Message { headers, payload }))
+        Ok(Some((start, headers_us, total_us)))
+    }
+}
+
+/// A decoded frame borrowed from the [`Decoder`]'s buffer. Its header block has
+/// been validated, so lookups cannot fail.
+#[derive(Debug, Clone, Copy)]
+pub struct Frame<'a> {
+    headers: &'a [u8],
+    pub payload: &'a [u8],
+}
+
+impl<'a> Frame<'a> {
+    /// A string header's value, found by comparing raw name bytes (no allocation).
+    pub fn header_str(&self, name: &str) -> Option<&'a str> {
+        let mut found = None;
+        // Validated in `try_decode`, so the walk cannot fail here and only the
+        // wanted value needs its (already checked) UTF-8 view.
+        let _ = walk_headers(self.headers, false, |n, v| {
+            if found.is_none() && n == name.as_bytes() {
+                if let RawValue::String(s) = v {
+                    found = Some(std::str::from_utf8(s).ok());
+                }
+            }
+        });
+        found.flatten()
+    }
+
+    pub fn message_type(&self) -> Option<&'a str> {
+        self.header_str(":message-type")
+    }
+
+    pub fn event_type(&self) -> Option<&'a str> {
+        self.header_str(":event-type")
+    }
+
+    pub fn exception_type(&self) -> Option<&'a str> {
+        self.header_str(":exception-type")
+    }
+
+    /// An owned copy.
+    pub fn to_message(&self) -> Result<Message, DecodeError> {
+        Ok(Message {
+            headers: decode_headers(self.headers)?,
+            payload: self.payload.to_vec(),
+        })
     }
 }
 
@@ -279,7 +343,21 @@ fn be_u32(b: &[u8]) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
-fn decode_headers(mut b: &[u8]) -> Result<Vec<Header>, DecodeError> {
+/// A header value as it sits in the frame.
+enum RawValue<'a> {
+    Other(HeaderValue),
+    Bytes(&'a [u8]),
+    /// UTF-8 when the walk validates.
+    String(&'a [u8]),
+}
+
+/// Walks a header block, calling `f` with each name's bytes and value; with
+/// `validate`, also checks that names and string values are UTF-8.
+fn walk_headers<'a>(
+    mut b: &'a [u8],
+    validate: bool,
+    mut f: impl FnMut(&'a [u8], RawValue<'a>),
+) -> Result<(), DecodeError> {
     fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], DecodeError> {
         if b.len() < n {
             return Err(DecodeError::Header("truncated header"));
@@ -288,58 +366,75 @@ fn decode_headers(mut b: &[u8]) -> Result<Vec<Header>, DecodeError> {
         *b = rest;
         Ok(head)
     }
-    let mut headers = Vec::new();
     while !b.is_empty() {
         let name_len = take(&mut b, 1)?[0] as usize;
-        let name = std::str::from_utf8(take(&mut b, name_len)?)
-            .map_err(|_| DecodeError::Header("header name is not UTF-8"))?
-            .to_owned();
+        let name = take(&mut b, name_len)?;
+        if validate && std::str::from_utf8(name).is_err() {
+            return Err(DecodeError::Header("header name is not UTF-8"));
+        }
         let value = match take(&mut b, 1)?[0] {
-            0 => HeaderValue::Bool(true),
-            1 => HeaderValue::Bool(false),
-            2 => HeaderValue::Byte(take(&mut b, 1)?[0] as i8),
+            0 => RawValue::Other(HeaderValue::Bool(true)),
+            1 => RawValue::Other(HeaderValue::Bool(false)),
+            2 => RawValue::Other(HeaderValue::Byte(take(&mut b, 1)?[0] as i8)),
             3 => {
                 let v = take(&mut b, 2)?;
-                HeaderValue::Int16(i16::from_be_bytes([v[0], v[1]]))
+                RawValue::Other(HeaderValue::Int16(i16::from_be_bytes([v[0], v[1]])))
             }
             4 => {
                 let v = take(&mut b, 4)?;
-                HeaderValue::Int32(i32::from_be_bytes([v[0], v[1], v[2], v[3]]))
+                RawValue::Other(HeaderValue::Int32(i32::from_be_bytes([
+                    v[0], v[1], v[2], v[3],
+                ])))
             }
             t @ (5 | 8) => {
                 let v = take(&mut b, 8)?;
                 let mut a = [0u8; 8];
                 a.copy_from_slice(v);
                 let n = i64::from_be_bytes(a);
-                if t == 5 {
+                RawValue::Other(if t == 5 {
                     HeaderValue::Int64(n)
                 } else {
                     HeaderValue::Timestamp(n)
-                }
+                })
             }
             t @ (6 | 7) => {
                 let l = take(&mut b, 2)?;
                 let len = u16::from_be_bytes([l[0], l[1]]) as usize;
                 let v = take(&mut b, len)?;
                 if t == 6 {
-                    HeaderValue::Bytes(v.to_vec())
+                    RawValue::Bytes(v)
                 } else {
-                    HeaderValue::String(
-                        std::str::from_utf8(v)
-                            .map_err(|_| DecodeError::Header("string header is not UTF-8"))?
-                            .to_owned(),
-                    )
+                    if validate && std::str::from_utf8(v).is_err() {
+                        return Err(DecodeError::Header("string header is not UTF-8"));
+                    }
+                    RawValue::String(v)
                 }
             }
             9 => {
                 let mut a = [0u8; 16];
                 a.copy_from_slice(take(&mut b, 16)?);
-                HeaderValue::Uuid(a)
+                RawValue::Other(HeaderValue::Uuid(a))
             }
             _ => return Err(DecodeError::Header("unknown header value type")),
         };
-        headers.push(Header { name, value });
+        f(name, value);
     }
+    Ok(())
+}
+
+fn decode_headers(b: &[u8]) -> Result<Vec<Header>, DecodeError> {
+    let mut headers = Vec::new();
+    walk_headers(b, true, |name, value| {
+        headers.push(Header {
+            // Checked to be UTF-8 by the walk.
+            name: String::from_utf8_lossy(name).into_owned(),
+            value: match value {
+                RawValue::Other(v) => v,
+                RawValue::Bytes(v) => HeaderValue::Bytes(v.to_vec()),
+                RawValue::String(s) => HeaderValue::String(String::from_utf8_lossy(s).into_owned()),
+            },
+        })
+    })?;
     Ok(headers)
 }
 
