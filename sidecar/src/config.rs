@@ -338,13 +338,17 @@ pub struct KeysArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Issue a bearer key (printed once).
+    /// Issue a credential to a tenant — a bearer key (`keys issue`) or a SigV4
+    /// access key id and secret (`sigv4 issue`) — printed once, stored hashed
+    /// (keys) or sealed with TOLLGATE_SECRET_KEY (SigV4 secrets).
     Issue {
         tenant: String,
         #[arg(long)]
         application: Option<String>,
     },
-    /// Revoke a key (effective immediately).
+    /// Revoke a credential by its id (`key_id`, or the SigV4 access key id).
+    /// Per-request checks refuse it at once; gateways admitting from a lease
+    /// stop at the lease's next renewal (about a second).
     Revoke { tenant: String, key_id: String },
 }
 
