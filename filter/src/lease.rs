@@ -257,9 +257,8 @@ impl LeaseBook {
                 out.push(p.clone());
                 continue;
             }
-            let elapsed_ms = policy
-                .renew_interval_ms
-                .max(now_ms.saturating_sub(e.next_renew_ms) + policy.renew_interval_ms);
+            // Since the last answered renewal (due one interval after it).
+            let elapsed_ms = now_ms.saturating_sub(e.next_renew_ms) + policy.renew_interval_ms;
             // Spend per second × target seconds.
             let target = if e.closed {
                 Decimal::ZERO

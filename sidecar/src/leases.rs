@@ -58,6 +58,14 @@ pub(crate) struct LeaseAsk<'a> {
     pub attribution: Attribution,
 }
 
+/// RPM/TPM buckets and model budgets are checked per request by the sidecar,
+/// so a tenant or model that has one is never leased.
+fn limits_allow_leases(tenant: &TenantConfig, model_id: &str) -> bool {
+    tenant.rate_limit_rpm.is_none()
+        && tenant.rate_limit_tpm.is_none()
+        && !tenant.model_budgets.contains_key(model_id)
+}
+
 fn new_lease_id() -> String {
     format!("lease-{}", crate::keys::generate_key_id())
 }
@@ -78,9 +86,7 @@ impl Service {
                     | Credential::Jwt { .. }
                     | Credential::TrustedHeader { .. }
             )
-            && tenant.rate_limit_rpm.is_none()
-            && tenant.rate_limit_tpm.is_none()
-            && !tenant.model_budgets.contains_key(model_id)
+            && limits_allow_leases(tenant, model_id)
     }
 
     fn terms(
@@ -332,10 +338,7 @@ impl Service {
                 Ok(m) => m,
                 Err(d) => return Ok(Some(d.message)),
             };
-        if tenant.rate_limit_rpm.is_some()
-            || tenant.rate_limit_tpm.is_some()
-            || tenant.model_budgets.contains_key(&model_id)
-        {
+        if !limits_allow_leases(tenant, &model_id) {
             return Ok(Some("tenant now has rate limits or a model budget".into()));
         }
         let application_id = key_application.or_else(|| lease.terms.application_id.clone());
