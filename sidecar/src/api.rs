@@ -260,7 +260,10 @@ async fn commit(
         })
         .collect();
     if !refused.contains(&true) {
-        return Ok(Json(s.service.commit(batch).await?).into_response());
+        let svc = s.service.clone();
+        return Ok(
+            Json(to_completion(async move { svc.commit(batch).await }).await?).into_response(),
+        );
     }
     let all = std::mem::take(&mut batch.commits);
     let mut refused_ids = Vec::new();
@@ -274,7 +277,10 @@ async fn commit(
     let mut passed = if batch.commits.is_empty() {
         Vec::new()
     } else {
-        s.service.commit(batch).await?.results
+        let svc = s.service.clone();
+        to_completion(async move { svc.commit(batch).await })
+            .await?
+            .results
     }
     .into_iter();
     let mut refused_ids = refused_ids.into_iter();
@@ -300,14 +306,29 @@ async fn renew_leases(
     State(s): State<AppState>,
     JsonBody(batch): JsonBody<RenewBatch>,
 ) -> ApiResult<Response> {
-    Ok(Json(s.service.renew_leases(batch).await?).into_response())
+    let svc = s.service.clone();
+    Ok(Json(to_completion(async move { svc.renew_leases(batch).await }).await?).into_response())
 }
 
 async fn release(
     State(s): State<AppState>,
     JsonBody(req): JsonBody<ReleaseRequest>,
 ) -> ApiResult<Response> {
-    Ok(Json(s.service.release(req).await?).into_response())
+    let svc = s.service.clone();
+    Ok(Json(to_completion(async move { svc.release(req).await }).await?).into_response())
+}
+
+/// Runs a settlement to its end even if the caller hangs up. The server drops a
+/// handler whose connection closed (the filter's call timed out, Envoy
+/// restarted), and a DynamoDB commit is several writes: cut between them, the
+/// claimed commit would wait for the sweeper's recovery while the retry is
+/// answered `duplicate`, and the tenant's balance would lag for a minute.
+async fn to_completion<T: Send + 'static>(
+    work: impl std::future::Future<Output = crate::error::Result<T>> + Send + 'static,
+) -> crate::error::Result<T> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| Error::Internal(format!("settlement task failed: {e}")))?
 }
 
 // ------------------------------------------------------------------ tenants

@@ -690,19 +690,23 @@ impl Service {
         .await;
         let mut stored = stored.into_iter();
         let mut results = Vec::with_capacity(batch.commits.len());
+        // A failed write fails the batch (the gateway retries it whole, and the
+        // written ones answer `duplicate`), but only after the written ones had
+        // their metrics and alerts: a retry would not give them a second chance.
+        let mut failed = None;
         for (c, ok) in batch.commits.into_iter().zip(attributable) {
             let (outcome, cost_usd) = if !ok {
                 (CommitOutcome::UnknownRequest, None)
             } else {
-                let applied = match stored.next() {
-                    Some(Ok(a)) => a,
+                match stored.next() {
+                    Some(Ok(applied)) => self.after_commit(&c, applied, now_ms).await?,
                     Some(Err(e)) => {
                         self.count_store_error("commit", &e);
-                        return Err(e);
+                        failed.get_or_insert(e);
+                        continue;
                     }
                     None => return Err(Error::Internal("commit result missing".into())),
-                };
-                self.after_commit(&c, applied, now_ms).await?
+                }
             };
             results.push(CommitResult {
                 request_id: c.request_id,
@@ -711,7 +715,10 @@ impl Service {
             });
         }
         self.metrics.observe_commit(started.elapsed().as_secs_f64());
-        Ok(CommitResponse { results })
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(CommitResponse { results }),
+        }
     }
 
     /// One commit's write: a leased request (capped here, with the limits the

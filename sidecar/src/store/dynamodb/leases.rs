@@ -37,8 +37,10 @@
 //!   the claim is a `PutItem` of a `committing` hold item carrying `leaseId`
 //!   (`attribute_not_exists(requestId)`), then the ordinary commit steps
 //!   ([`DynamoStore::finish_commit`]) with C2 charging the `ALL` row and taking
-//!   `min(hold, r)` out of the entry (`#e.#v = :v AND NOT contains(settling,
-//!   :id)`), or late-style when the lease is closed (no entry).
+//!   the hold out of the entry as a delta (`#e.r >= :h AND NOT
+//!   contains(settling, :id)`, `v + 1`) so that commits of one lease commute;
+//!   `min(hold, r)` with a versioned rewrite when the lease holds less than the
+//!   hold; or late-style when the lease is closed (no entry).
 //! - **close** (renewal of an ended period, expiry): give-back first — `REMOVE
 //!   lease:<id> ADD reserved -:r, available :r` if `#e.#v = :v` — then the item
 //!   `open|pending → released|expired`. A crash between leaves an open item with
@@ -734,6 +736,24 @@ impl DynamoStore {
             let mut values = counters.to_vec();
             let entry = Entry::read(&row, &self.t.budgets, lease_id)?;
             let (update, cond, next) = match entry {
+                // The usual case: the lease holds the whole hold. Commits of one
+                // lease then commute (a delta, not a versioned rewrite), so a
+                // batch of them does not retry against itself; the version still
+                // moves, which makes a racing renewal re-read.
+                Some(e) if e.reserved >= h.hold_usd && h.hold_usd > Decimal::ZERO => {
+                    nm.push(("#r", "r"));
+                    values.push((":h", n(h.hold_usd)));
+                    values.push((":nt", n(-h.hold_usd)));
+                    values.push((":delta", n(h.hold_usd - cost)));
+                    (
+                        format!(
+                            "SET #e.#r = #e.#r - :h, #e.#v = #e.#v + :one \
+                             ADD {charge}, #reserved :nt, #available :delta"
+                        ),
+                        "#e.#r >= :h AND NOT contains(#settling, :id)",
+                        None,
+                    )
+                }
                 Some(e) => {
                     let taken = h.hold_usd.max(Decimal::ZERO).min(e.reserved);
                     let next = Entry {
@@ -773,6 +793,10 @@ impl DynamoStore {
                 )
                 .await;
             if let Some(row) = applied(r)? {
+                let next = match next {
+                    Some(next) => Some(next),
+                    None => Entry::read(&row, &self.t.budgets, lease_id)?,
+                };
                 if let Some(next) = next {
                     self.mirror_lease(lease_id, &next).await?;
                 }
