@@ -9,6 +9,7 @@
 //! else keeps one hold per request.
 
 use crate::clock::to_millis;
+use crate::dataplane_auth::{AcceptedCredentials, CredentialKind};
 use crate::error::{Error, Result};
 use crate::ledger::{self, LeaseSizing};
 use crate::metrics::Outcome;
@@ -22,7 +23,7 @@ use tollgate_wire::api::{
 };
 
 /// Tunables (from the command line).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LeaseSettings {
     /// Grant leases at all (`--no-leases` turns every reserve into a hold).
     pub enabled: bool,
@@ -30,6 +31,10 @@ pub struct LeaseSettings {
     pub ttl_secs: u64,
     /// The largest share of a tenant's available budget one grant may take.
     pub max_share: Decimal,
+    /// The credential types a lease may still be renewed under: the sidecar's
+    /// `--accept-credentials`, so narrowing it closes the leases of the types
+    /// it drops at their next renewal (filled in from the data plane's).
+    pub accepted: AcceptedCredentials,
 }
 
 impl Default for LeaseSettings {
@@ -38,6 +43,7 @@ impl Default for LeaseSettings {
             enabled: true,
             ttl_secs: 30,
             max_share: Decimal::new(25, 2),
+            accepted: AcceptedCredentials::all(),
         }
     }
 }
@@ -323,6 +329,12 @@ impl Service {
         if !tenant.active {
             return Ok(Some(format!("tenant {} is inactive", tenant.tenant_id)));
         }
+        if let Some(kind) = self.credential_refused(&lease.credential_ref) {
+            return Ok(Some(format!(
+                "credential type {} is not enabled on this sidecar",
+                kind.as_str()
+            )));
+        }
         let key_application = match lease.credential_ref.split_once(':') {
             Some(("key", key_id)) => {
                 let keys = self.store.list_keys(&tenant.tenant_id).await?;
@@ -351,6 +363,23 @@ impl Service {
         };
         let now_terms = self.terms(tenant, application_id, model_id, target_model, &price);
         Ok((now_terms != lease.terms).then(|| "tenant configuration or prices changed".into()))
+    }
+
+    /// The credential type of a lease's `credential_ref` when this sidecar no
+    /// longer honours it. `tenant:` is how leases granted before the JWT and
+    /// trusted-header refs were told apart named either.
+    fn credential_refused(&self, credential_ref: &str) -> Option<CredentialKind> {
+        let accepted = &self.settings.leases.accepted;
+        let kind = match credential_ref.split_once(':').map(|(k, _)| k) {
+            Some("key") => CredentialKind::Bearer,
+            Some("sigv4") => CredentialKind::Sigv4,
+            Some("jwt") => CredentialKind::Jwt,
+            Some("trusted_header") => CredentialKind::TrustedHeader,
+            Some("tenant") if accepted.allows(CredentialKind::Jwt) => return None,
+            Some("tenant") => CredentialKind::TrustedHeader,
+            _ => return None,
+        };
+        (!accepted.allows(kind)).then_some(kind)
     }
 
     /// Resolves the model a client named — alias, model ID, system profile ID or

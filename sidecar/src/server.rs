@@ -67,11 +67,13 @@ pub async fn open_store(args: &ServeArgs) -> Result<Arc<dyn Store>> {
 
 /// Like [`build`] on a given store (`opts.db` is then unused).
 pub async fn build_with_store(opts: &Options, store: Arc<dyn Store>) -> Result<Sidecar> {
+    let mut settings = opts.settings.clone();
+    settings.leases.accepted = opts.data_plane.accepted.clone();
     let service = Arc::new(
         Service::new(
             store,
             opts.clock.clone(),
-            opts.settings.clone(),
+            settings,
             Arc::new(Metrics::with_max_label_values(
                 opts.settings.metrics_max_label_values,
             )),
@@ -203,6 +205,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                 max_share: args
                     .lease_max_share
                     .clamp(rust_decimal::Decimal::ZERO, rust_decimal::Decimal::ONE),
+                // Set from the data plane's by `build_with_store`.
+                accepted: AcceptedCredentials::all(),
             },
         },
         webhooks: args.webhooks.clone(),

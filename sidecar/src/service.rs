@@ -309,9 +309,12 @@ impl Service {
                     )
                 }
             },
-            Credential::TrustedHeader { tenant_id } | Credential::Jwt { tenant_id } => {
-                (tenant_id.clone(), None, format!("tenant:{tenant_id}"))
-            }
+            Credential::TrustedHeader { tenant_id } => (
+                tenant_id.clone(),
+                None,
+                format!("trusted_header:{tenant_id}"),
+            ),
+            Credential::Jwt { tenant_id } => (tenant_id.clone(), None, format!("jwt:{tenant_id}")),
             Credential::Sigv4(proof) => match self.verify_sigv4(proof, now, admission).await? {
                 Ok(cred) => (
                     cred.tenant_id,

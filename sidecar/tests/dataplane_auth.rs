@@ -279,6 +279,54 @@ async fn credential_types_are_honoured_only_when_enabled() {
     );
 }
 
+/// Narrowing `--accept-credentials` closes the leases of the dropped types at
+/// their next renewal: a JWT lease granted before the restart admits nothing
+/// after it, while a bearer key's lease renews as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narrowing_accepted_credentials_closes_their_leases() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db");
+    let s = TestSidecar::open(&db, Setup::default()).await;
+    let key = s.tenant("acme", json!({})).await;
+    let mut grants = Vec::new();
+    for (id, credential) in [
+        ("via-jwt", json!({"type": "jwt", "tenant_id": "acme"})),
+        ("via-key", json!({"type": "bearer", "key": key})),
+    ] {
+        let mut body = reserve_body(id, credential);
+        body["lease"] = json!({"holds": 4});
+        let r = s.data("/v1/reserve", body).await;
+        assert_eq!(r["decision"], "lease", "{r}");
+        grants.push(r["lease_id"].as_str().unwrap().to_string());
+    }
+    drop(s);
+
+    let s = TestSidecar::open(
+        &db,
+        Setup {
+            data_plane: Some(DataPlaneAuth::new(
+                FilterTokens::new(None, Some(FILTER_TOKEN), Some(TOKEN)).unwrap(),
+                AcceptedCredentials::default(),
+            )),
+            ..Setup::default()
+        },
+    )
+    .await;
+    let leases: Vec<Value> = grants
+        .iter()
+        .map(|id| json!({"lease_id": id, "seq": 1, "return_usd": "0", "want_usd": "0.01"}))
+        .collect();
+    let r = s.data("/v1/leases/renew", json!({"leases": leases})).await;
+    let results = r["results"].as_array().expect("results");
+    assert_eq!(results[0]["lease_id"], grants[0].as_str());
+    assert_eq!(results[0]["status"], "closed", "{r}");
+    assert_eq!(
+        results[0]["reason"],
+        "credential type jwt is not enabled on this sidecar"
+    );
+    assert_eq!(results[1]["status"], "renewed", "{r}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_need_the_metrics_or_admin_token() {
     let s = TestSidecar::start_with(Setup {

@@ -159,7 +159,9 @@ pub struct LeaseRecord {
     /// Tenant, application, model, target and rates requests are admitted with.
     pub terms: LeaseTerms,
     /// What the lease was granted for, re-checked at every renewal:
-    /// `key:<key_id>` (bearer key), `tenant:<id>` (trusted header / JWT).
+    /// `key:<key_id>` (bearer key), `sigv4:<access key id>`,
+    /// `trusted_header:<tenant>` or `jwt:<tenant>` (`tenant:<tenant>` before
+    /// the two were told apart).
     pub credential_ref: String,
     /// The model as the client named it (alias, ID, ARN).
     pub requested_model: String,
