@@ -769,6 +769,7 @@ impl Service {
                 hold,
                 totals,
                 capped,
+                usage,
             } => {
                 if capped {
                     self.metrics.capped(&hold.tenant_id);
@@ -779,10 +780,10 @@ impl Service {
                     &hold.tenant_id,
                     &hold.model_id,
                     &hold.attribution,
-                    &c.usage,
+                    &usage,
                     cost,
                 );
-                let u = &c.usage;
+                let u = &usage;
                 self.tokens.settle(
                     &c.request_id,
                     u.input_tokens

@@ -230,11 +230,13 @@ async fn lease_lifecycle(s: Arc<DynamoStore>) {
         CommitApplied::Committed {
             cost,
             capped,
+            usage: charged,
             hold,
             totals,
         } => {
             assert_eq!(cost, d("0.0105"));
             assert!(!capped);
+            assert_eq!(charged, c.usage);
             assert_eq!(hold.tenant_id, "acme");
             assert_eq!(hold.attribution.application_id.as_deref(), Some("app"));
             assert_eq!(hold.attribution.cost_center.as_deref(), Some("cc-1"));

@@ -829,3 +829,27 @@ async fn unreserved_commits_are_charged_once() {
         .await;
     assert_eq!(r["decision"], "deny", "{r}");
 }
+
+/// Usage above what the request could use is capped in the ledger, and the
+/// metrics count the charged tokens, not the reported ones: the two agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_the_capped_usage() {
+    let s = TestSidecar::start().await;
+    let key = s.tenant("acme", json!({})).await;
+    let r = s.reserve("req-cap", &key, HAIKU, 100, Some(10)).await;
+    assert_eq!(r["decision"], "allow", "{r}");
+    let c = s.commit("req-cap", 100, 5_000_000).await;
+    assert_eq!(c["results"][0]["outcome"], "committed", "{c}");
+    let b = s.balance("acme").await;
+    assert_eq!(b["balance"]["output_tokens"], 10, "{b}");
+    let (_, m) = s.raw("GET", "/metrics", Some(TOKEN), None).await;
+    let output = m
+        .lines()
+        .find(|l| l.starts_with("tollgate_tokens_total{") && l.contains(r#"kind="output""#))
+        .unwrap_or_else(|| panic!("no output token counter in {m}"));
+    assert!(output.ends_with(" 10"), "{output}");
+    assert!(
+        m.contains(r#"tollgate_usage_capped_total{tenant="acme"} 1"#),
+        "{m}"
+    );
+}

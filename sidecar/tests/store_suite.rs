@@ -815,9 +815,16 @@ async fn commit_caps_usage_at_what_the_request_could_use(s: Arc<dyn Store>) {
     );
     // More output than the limit: 1000 × 3 + 100 × 15 per 1M.
     match s.commit("r1", &usage(), false, T0 + 1).await.unwrap() {
-        CommitApplied::Committed { cost, capped, .. } => {
+        CommitApplied::Committed {
+            cost,
+            capped,
+            usage: charged,
+            ..
+        } => {
             assert!(capped);
             assert_eq!(cost, d("0.0045"));
+            // What metrics and EMF count: the charged usage, not the report.
+            assert_eq!((charged.input_tokens, charged.output_tokens), (1000, 100));
         }
         other => panic!("{other:?}"),
     }
@@ -1256,11 +1263,13 @@ async fn leased_commits_move_the_hold_and_are_idempotent(s: Arc<dyn Store>) {
         CommitApplied::Committed {
             cost,
             capped,
+            usage,
             hold,
             totals,
         } => {
             assert_eq!(cost, d("0.0105"));
             assert!(!capped);
+            assert_eq!(usage, leased("r1", "l1", "0.05").usage);
             assert_eq!(hold.request_id, "r1");
             assert_eq!(hold.tenant_id, "acme");
             assert_eq!(hold.period, PERIOD);

@@ -252,6 +252,9 @@ pub enum CommitApplied {
         cost: Decimal,
         /// Usage was cut to what was possible (`ledger::cap_usage`).
         capped: bool,
+        /// The usage charged (after the cap): what metrics, EMF and the token
+        /// buckets count, so they agree with the ledger.
+        usage: Usage,
         hold: Box<Hold>,
         /// The period's totals after the commit.
         totals: Totals,

@@ -1460,6 +1460,7 @@ impl Store for SqliteStore {
             Ok(CommitApplied::Committed {
                 capped,
                 cost,
+                usage,
                 hold: Box::new(hold),
                 totals: total,
             })
@@ -1732,6 +1733,7 @@ impl Store for SqliteStore {
             Ok(CommitApplied::Committed {
                 cost,
                 capped: c.capped,
+                usage: c.usage,
                 hold: Box::new(hold),
                 totals: total,
             })

@@ -682,6 +682,7 @@ impl DynamoStore {
                 return Ok(CommitApplied::Committed {
                     cost,
                     capped: c.capped,
+                    usage: c.usage,
                     hold: Box::new(hold),
                     totals,
                 });

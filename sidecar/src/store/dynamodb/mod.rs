@@ -2245,6 +2245,7 @@ impl Store for DynamoStore {
             return Ok(CommitApplied::Committed {
                 capped,
                 cost,
+                usage: *usage,
                 hold: Box::new(hold),
                 totals,
             });
