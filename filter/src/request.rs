@@ -882,6 +882,30 @@ mod tests {
         );
     }
 
+    /// A key twice in one object is read once (the last, as Bedrock's parser
+    /// reads it), and the forwarded body is re-serialized with that key once: the
+    /// limit Bedrock obeys is the limit held, whatever order an attacker picks.
+    #[test]
+    fn a_key_twice_is_read_and_forwarded_once() {
+        for (body, read) in [
+            (
+                &br#"{"inferenceConfig":{"maxTokens":4000,"maxTokens":3}}"#[..],
+                3,
+            ),
+            (
+                &br#"{"inferenceConfig":{"maxTokens":3,"maxTokens":4000}}"#[..],
+                4000,
+            ),
+        ] {
+            let f = RequestFacts::read(Operation::Converse, "x", body).unwrap();
+            assert_eq!(f.max_output_tokens, Some(read));
+            let out = f.rewrite(Operation::Converse, "x", 4096, None).unwrap();
+            let text = String::from_utf8(out).unwrap();
+            assert_eq!(text.matches("maxTokens").count(), 1, "{text}");
+            assert!(text.contains(&format!(r#""maxTokens":{read}"#)), "{text}");
+        }
+    }
+
     #[test]
     fn rewrite_clamps_and_fills_max_tokens() {
         let out = rewrite(

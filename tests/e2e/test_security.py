@@ -9,6 +9,7 @@ end to end through Envoy, and /metrics."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from decimal import Decimal
@@ -207,3 +208,111 @@ def test_filter_token_rotation_without_downtime(tmp_path_factory, tenant_id):
         s.settled(tenant_id, 3)
     finally:
         s.stop()
+
+
+# ------------------------------------------------------ through the gateway
+#
+# The attacker now talks to the gateway, as any client can: replayed SigV4
+# requests and bodies built to confuse or exhaust the filter. Each refusal is
+# Bedrock-shaped, reaches neither Bedrock nor the ledger.
+
+def signed_converse(stack, akid: str, secret: str, model: str, body: bytes) -> tuple[str, dict]:
+    """A Converse request signed the way boto3 signs it, to be sent (and replayed)
+    by hand."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from harness import REGION
+
+    url = f"{stack.gateway_url}/model/{requests.utils.quote(model, safe='')}/converse"
+    req = AWSRequest(method="POST", url=url, data=body, headers={"Content-Type": "application/json"})
+    SigV4Auth(Credentials(akid, secret), "bedrock", REGION).add_auth(req)
+    return url, dict(req.headers.items())
+
+
+def send(url: str, headers: dict, body: bytes) -> requests.Response:
+    return requests.post(url, data=body, headers=headers, timeout=30, verify=CA)
+
+
+def test_replayed_sigv4_requests(stack, victim, tenant_id):
+    """A captured signed request replayed with anything changed (model, body,
+    date, tenant header) is refused; replayed as is, it is what AWS does too:
+    served within the signature's five minutes, and charged to its signer only."""
+    victim_id, _ = victim
+    signer = f"{tenant_id}-signer"
+    stack.create_tenant(signer, budget="10.00")
+    akid, secret = stack.issue_sigv4(signer)
+    body = json.dumps({"messages": [{"role": "user", "content": [{"text": "hello"}]}],
+                       "inferenceConfig": {"maxTokens": 20}}).encode()
+    url, headers = signed_converse(stack, akid, secret, HAIKU, body)
+    assert send(url, headers, body).status_code == 200
+    r = send(url, headers, body)
+    assert r.status_code == 200, r.text
+    signer_after = stack.settled(signer, 2)["balance"]
+    assert signer_after["requests"] == 2
+    victim_before = balance(stack, victim_id)
+
+    sonnet = "anthropic.claude-3-sonnet-20240229-v1:0"
+    stack.clear_emulator()
+    bigger = body.replace(b'"maxTokens": 20', b'"maxTokens": 4000')
+    assert bigger != body
+    later = dict(headers, **{"X-Amz-Date": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() + 60))})
+    replays = {
+        "another model": (url.replace(requests.utils.quote(HAIKU, safe=""), requests.utils.quote(sonnet, safe="")),
+                          headers, body),
+        "another body": (url, headers, bigger),
+        "another date": (url, later, body),
+    }
+    for name, (u, h, b) in replays.items():
+        r = send(u, h, b)
+        assert r.status_code == 403, (name, r.status_code, r.text)
+        assert r.headers["x-amzn-errortype"] == "InvalidSignatureException", (name, r.text)
+        assert r.json()["message"], name
+    # A tenant header added to the replay names no one: the signature does.
+    r = send(url, dict(headers, **{"x-tenant-id": victim_id}), body)
+    assert r.status_code == 200, r.text
+    assert stack.settled(signer, 3)["balance"]["requests"] == 3
+    assert len(stack.emulator_requests()) == 1
+    assert balance(stack, victim_id) == victim_before
+
+
+def test_oversize_and_odd_bodies_are_refused_and_cost_nothing(stack, victim):
+    tenant, key = victim
+    before = balance(stack, tenant)
+    stack.clear_emulator()
+    url = f"{stack.gateway_url}/model/{HAIKU}/converse"
+    auth = {"Authorization": f"Bearer {key}", "content-type": "application/json"}
+    huge_text = "x" * 25_000_001
+    cases = {
+        # Past the filter's 25 MB limit (Bedrock's own): a 413, read no further.
+        "oversize": (json.dumps({"messages": [{"role": "user", "content": [{"text": huge_text}]}]}).encode(), 413),
+        "empty": (b"", 400),
+        "not utf-8": (b'{"messages": [{"role": "user", "content": [{"text": "\xff\xfe"}]}]}', 400),
+        "nested 100k deep": (b"[" * 100_000 + b"]" * 100_000, 400),
+        "max tokens past u64": (b'{"messages": [], "inferenceConfig": {"maxTokens": 1e30}}', 400),
+        "a string for max tokens": (b'{"messages": [], "inferenceConfig": {"maxTokens": "4000"}}', 400),
+    }
+    for name, (body, status) in cases.items():
+        r = requests.post(url, data=body, headers=auth, timeout=60, verify=CA)
+        assert r.status_code == status, (name, r.status_code, r.text[:300])
+        assert r.headers["x-amzn-errortype"] == "ValidationException", (name, r.text[:300])
+        assert r.json()["message"], name
+    assert stack.emulator_requests() == []
+    assert balance(stack, tenant) == before
+    # The gateway is still fine.
+    ok = requests.post(url, headers=auth, timeout=30, verify=CA,
+                       json={"messages": [{"role": "user", "content": [{"text": "hi"}]}]})
+    assert ok.status_code == 200, ok.text
+    # A key twice is read once, as Bedrock's parser reads it (the last one), and
+    # the body Bedrock gets is the gateway's re-serialization: one limit, the
+    # one the hold was made for. (The unit tests check the single key.)
+    twice = b'{"messages": [{"role": "user", "content": [{"text": "hi"}]}], ' \
+            b'"inferenceConfig": {"maxTokens": 4000, "maxTokens": 3}}'
+    r = requests.post(url, data=twice, headers=auth, timeout=30, verify=CA)
+    assert r.status_code == 200, r.text
+    assert stack.emulator_requests()[-1]["body_json"]["inferenceConfig"]["maxTokens"] == 3
+    assert r.json()["usage"]["outputTokens"] <= 3
+    after = stack.settled(tenant, before["requests"] + 2)["balance"]
+    assert after["output_tokens"] - before["output_tokens"] == r.json()["usage"]["outputTokens"] \
+        + ok.json()["usage"]["outputTokens"]
