@@ -238,7 +238,7 @@ def send(url: str, headers: dict, body: bytes) -> requests.Response:
 def test_replayed_sigv4_requests(stack, victim, tenant_id):
     """A captured signed request replayed with anything changed (model, body,
     date, tenant header) is refused; replayed as is, it is what AWS does too:
-    served within the signature's five minutes, and charged to its signer only."""
+    served while the signature is valid (15 minutes), and charged to its signer only."""
     victim_id, _ = victim
     signer = f"{tenant_id}-signer"
     stack.create_tenant(signer, budget="10.00")
