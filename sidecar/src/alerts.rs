@@ -1,12 +1,12 @@
-//! Alert delivery: one JSON line on stderr (the log) and a POST of the same JSON to
-//! every configured webhook, from a detached task (3 retries with backoff), so a
-//! slow webhook never delays a request.
+//! Alert delivery: a `tracing` event (target `tollgate::alert`, so the log's
+//! format, level filter and destination apply to it) and a POST of the alert JSON
+//! to every configured webhook, from a detached task (3 retries with backoff), so
+//! a slow webhook never delays a request.
 
 use crate::clock::rfc3339;
 use crate::store::AlertRecord;
 use rust_decimal::Decimal;
 use serde::Serialize;
-use std::io::Write;
 use std::time::Duration;
 
 /// The alert as logged and POSTed.
@@ -134,10 +134,18 @@ impl Alerter {
         let Ok(line) = serde_json::to_string(&event) else {
             return;
         };
-        {
-            let mut err = std::io::stderr().lock();
-            let _ = writeln!(err, "{line}");
-        }
+        tracing::warn!(
+            target: "tollgate::alert",
+            kind = event.kind,
+            tenant = %event.tenant_id,
+            period = %event.period,
+            spent_usd = %event.spent_usd,
+            budget_usd = %event.budget_usd,
+            request_id = event.request_id.as_deref().unwrap_or_default(),
+            cost_usd = %event.cost_usd.map(|c| c.to_string()).unwrap_or_default(),
+            "{}",
+            sentence(&event)
+        );
         let payload = match self.format {
             WebhookFormat::Json => line,
             WebhookFormat::Slack => serde_json::json!({ "text": sentence(&event) }).to_string(),

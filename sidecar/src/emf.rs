@@ -110,8 +110,16 @@ pub fn render(namespace: &str, r: &EmfRecord<'_>) -> String {
 #[derive(Debug, Clone)]
 pub struct EmfWriter {
     namespace: Arc<str>,
-    tx: SyncSender<String>,
+    tx: SyncSender<Msg>,
     dropped: Arc<AtomicU64>,
+}
+
+/// What the writer thread is handed: a line, or a barrier answered once
+/// everything queued before it is written and flushed (shutdown).
+#[derive(Debug)]
+enum Msg {
+    Line(String),
+    Flushed(std::sync::mpsc::Sender<()>),
 }
 
 impl EmfWriter {
@@ -136,24 +144,33 @@ impl EmfWriter {
                 Box::new(std::io::BufWriter::new(f))
             }
         };
-        let (tx, rx) = sync_channel::<String>(CHANNEL_CAPACITY);
+        let (tx, rx) = sync_channel::<Msg>(CHANNEL_CAPACITY);
         std::thread::Builder::new()
             .name("tollgate-emf".into())
             .spawn(move || {
                 // Write what is queued, flush when the queue runs dry, then wait.
-                while let Ok(line) = rx.recv() {
-                    let mut next = Some(line);
-                    while let Some(l) = next.take() {
-                        if let Err(e) = writeln!(out, "{l}") {
-                            tracing::warn!(error = %e, "EMF write failed");
+                while let Ok(msg) = rx.recv() {
+                    let mut next = Some(msg);
+                    let mut waiting = Vec::new();
+                    while let Some(m) = next.take() {
+                        match m {
+                            Msg::Line(l) => {
+                                if let Err(e) = writeln!(out, "{l}") {
+                                    tracing::warn!(error = %e, "EMF write failed");
+                                }
+                            }
+                            Msg::Flushed(done) => waiting.push(done),
                         }
                         match rx.try_recv() {
-                            Ok(l) => next = Some(l),
+                            Ok(m) => next = Some(m),
                             Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => {}
                         }
                     }
                     if let Err(e) = out.flush() {
                         tracing::warn!(error = %e, "EMF flush failed");
+                    }
+                    for done in waiting {
+                        let _ = done.send(());
                     }
                 }
             })?;
@@ -167,7 +184,7 @@ impl EmfWriter {
     /// Queues one line; never blocks.
     pub fn record(&self, r: &EmfRecord<'_>) {
         let line = render(&self.namespace, r);
-        match self.tx.try_send(line) {
+        match self.tx.try_send(Msg::Line(line)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -176,6 +193,28 @@ impl EmfWriter {
                 }
             }
         }
+    }
+
+    /// Waits (up to `timeout`) until every line queued so far is written and
+    /// flushed: at shutdown, so the last commits' lines are not lost. `false` if
+    /// the writer did not get there in time.
+    pub fn flush(&self, timeout: std::time::Duration) -> bool {
+        let (done, flushed) = std::sync::mpsc::channel();
+        let deadline = std::time::Instant::now() + timeout;
+        let mut msg = Msg::Flushed(done);
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if std::time::Instant::now() < deadline => {
+                    msg = m;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(_) => return false,
+            }
+        }
+        flushed
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .is_ok()
     }
 
     /// Lines dropped because the writer could not keep up.
@@ -222,5 +261,29 @@ mod tests {
         assert!(v.get("Environment").is_none());
         assert_eq!(v["InputTokens"], 3);
         assert_eq!(EmfTarget::parse("-"), EmfTarget::Stdout);
+    }
+
+    #[test]
+    fn flush_waits_for_every_queued_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("emf.log");
+        let w = EmfWriter::start(&EmfTarget::File(path.clone()), DEFAULT_NAMESPACE).unwrap();
+        for i in 0..500 {
+            w.record(&EmfRecord {
+                timestamp_ms: i,
+                request_id: "r",
+                tenant_id: "acme",
+                application_id: None,
+                model_id: "m",
+                cost_center: None,
+                environment: None,
+                cost_usd: Decimal::ONE,
+                input_tokens: 1,
+                output_tokens: 1,
+            });
+        }
+        assert!(w.flush(std::time::Duration::from_secs(10)));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 500);
     }
 }

@@ -235,6 +235,11 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     sweeper.abort();
+    if let Some(emf) = sidecar.service.emf() {
+        if !emf.flush(Duration::from_secs(5)) {
+            tracing::warn!("EMF output not flushed within 5 s; its last lines may be lost");
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -227,6 +227,11 @@ impl Service {
         }
     }
 
+    /// The EMF writer, if `--emf-output` is set (flushed at shutdown).
+    pub fn emf(&self) -> Option<&EmfWriter> {
+        self.emf.as_ref()
+    }
+
     /// Writes one EMF line per committed invocation through `emf`.
     pub fn with_emf(mut self, emf: Option<EmfWriter>) -> Self {
         self.emf = emf;
