@@ -316,3 +316,25 @@ def test_oversize_and_odd_bodies_are_refused_and_cost_nothing(stack, victim):
     after = stack.settled(tenant, before["requests"] + 2)["balance"]
     assert after["output_tokens"] - before["output_tokens"] == r.json()["usage"]["outputTokens"] \
         + ok.json()["usage"]["outputTokens"]
+
+
+def test_admin_changes_are_audited_without_secrets(stack, tenant_id):
+    """Every admin change, applied or refused, leaves one `tollgate::audit` line
+    naming method, path and status; never a key or a token."""
+    key = stack.create_tenant(tenant_id, budget="1.00")
+    refused = requests.put(f"{stack.sidecar_url}/v1/tenants/{tenant_id}", json={"budget_usd": "5"},
+                           headers={"Authorization": "Bearer not-the-admin-token"}, timeout=10)
+    assert refused.status_code == 401
+    deadline = time.monotonic() + 5
+    while True:
+        log = stack.procs["sidecar"].log.read_text()
+        audit = [line for line in log.splitlines() if "tollgate::audit" in line and tenant_id in line]
+        if len(audit) >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    put, post, bad = audit[-3:]
+    assert "method=PUT" in put and f"path=/v1/tenants/{tenant_id} " in put and "status=200" in put, put
+    assert "method=POST" in post and f"/v1/tenants/{tenant_id}/keys" in post and "status=201" in post, post
+    assert "status=401" in bad and 'outcome="refused"' in bad, bad
+    for secret in (key, stack.admin_token, stack.filter_token, "not-the-admin-token"):
+        assert secret not in log
