@@ -121,6 +121,18 @@ impl Shared {
     /// One call to the sidecar's data plane, from whichever context is current
     /// (its answer comes back to that context).
     fn call_sidecar(&self, path: &str, body: &[u8], timeout_ms: u64) -> Result<u32, String> {
+        self.call_sidecar_for(None, path, body, timeout_ms)
+    }
+
+    /// [`Self::call_sidecar`] on behalf of one request: its id goes along as
+    /// `x-tollgate-request-id`, so the sidecar's log lines for the call carry it.
+    fn call_sidecar_for(
+        &self,
+        request_id: Option<&str>,
+        path: &str,
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Result<u32, String> {
         let mut headers = vec![
             (":method", "POST"),
             (":path", path),
@@ -129,6 +141,9 @@ impl Shared {
         ];
         if let Some(t) = &self.filter_token {
             headers.push((FILTER_TOKEN_HEADER, t.as_str()));
+        }
+        if let Some(id) = request_id {
+            headers.push((crate::reply::REQUEST_ID_HEADER, id));
         }
         hostcalls::dispatch_http_call(
             &self.config.sidecar_cluster,
@@ -699,7 +714,8 @@ impl Exchange {
                 })
                 .map_err(|e| e.to_string())
                 .and_then(|body| {
-                    self.shared.call_sidecar(
+                    self.shared.call_sidecar_for(
+                        Some(&self.request_id),
                         api::LEASE_RENEW_PATH,
                         &body,
                         self.shared.config.reserve_timeout_ms,
@@ -768,7 +784,8 @@ impl Exchange {
                 return self.reject(LocalReply::unavailable("cannot encode reserve request"));
             }
         };
-        match self.shared.call_sidecar(
+        match self.shared.call_sidecar_for(
+            Some(&self.request_id),
             api::RESERVE_PATH,
             &json,
             self.shared.config.reserve_timeout_ms,

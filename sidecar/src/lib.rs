@@ -11,6 +11,7 @@ pub mod dataplane_auth;
 pub mod emf;
 pub mod error;
 pub mod keys;
+pub mod layers;
 pub mod leases;
 pub mod ledger;
 pub mod metrics;

@@ -102,8 +102,8 @@ pub async fn build_with_store(opts: &Options, store: Arc<dyn Store>) -> Result<S
         admin_token: Arc::from(opts.admin_token.as_str()),
         data_plane: opts.data_plane.clone(),
         metrics_token: opts.metrics_token.as_deref().map(Arc::from),
-    })
-    .layer(axum::middleware::from_fn(crate::audit::log_admin_changes));
+    });
+    let router = crate::layers::wrap(router);
     Ok(Sidecar { router, service })
 }
 

@@ -853,3 +853,34 @@ async fn metrics_count_the_capped_usage() {
         "{m}"
     );
 }
+
+/// Every answer carries a request id: the caller's when it sent one, else a new
+/// one, so a log line and a response can be matched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_carry_a_request_id() {
+    let s = TestSidecar::start().await;
+    let http = reqwest::Client::new();
+    let r = http
+        .get(format!("{}/healthz", s.url))
+        .header("x-tollgate-request-id", "tg-given-0001")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-tollgate-request-id"], "tg-given-0001");
+    let a = http.get(format!("{}/healthz", s.url)).send().await.unwrap();
+    let b = http.get(format!("{}/nope", s.url)).send().await.unwrap();
+    let (a, b) = (
+        a.headers()["x-tollgate-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string(),
+        b.headers()["x-tollgate-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string(),
+    );
+    assert!(
+        a.starts_with("sc-") && b.starts_with("sc-") && a != b,
+        "{a} {b}"
+    );
+}
