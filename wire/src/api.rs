@@ -11,6 +11,7 @@ pub const LEASE_RENEW_PATH: &str = "/v1/leases/renew";
 
 /// A Bedrock Runtime operation, named as in its URL path segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Operation {
     Converse,
@@ -52,6 +53,7 @@ impl Operation {
 
 /// How the caller proved who it is. The sidecar resolves it to a tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Credential {
     /// `Authorization: Bearer <key>` (boto3's `AWS_BEARER_TOKEN_BEDROCK`).
@@ -70,6 +72,7 @@ pub enum Credential {
 
 /// What the sidecar needs to verify a client's SigV4 signature.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SigV4Proof {
     pub method: String,
     /// Path as received, still percent-encoded, without the query.
@@ -85,6 +88,7 @@ pub struct SigV4Proof {
 
 /// Optional cost-attribution labels. Never used for identity.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Attribution {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub application_id: Option<String>,
@@ -98,6 +102,7 @@ pub struct Attribution {
 
 /// `POST /v1/reserve`: admit a request and hold budget for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReserveRequest {
     /// Gateway-generated, unique; the idempotency key of the later commit.
     pub request_id: String,
@@ -122,6 +127,7 @@ pub struct ReserveRequest {
 
 /// What a gateway asks of a new lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LeaseWant {
     /// Budget for about this many requests like the one asking. The sidecar
     /// grants at least this request's hold and at most a fraction of what is
@@ -132,6 +138,7 @@ pub struct LeaseWant {
 /// The sidecar's answer to a reserve. Always HTTP 200 when the sidecar worked;
 /// a denial carries the Bedrock-shaped error the filter replies with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "decision", rename_all = "snake_case")]
 pub enum ReserveResponse {
     Allow(Reservation),
@@ -144,6 +151,7 @@ pub enum ReserveResponse {
 /// Everything a gateway needs to admit requests of one (credential, model,
 /// application) locally: who they belong to, where they go, what they cost.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LeaseTerms {
     pub tenant_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -177,19 +185,23 @@ impl LeaseTerms {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LeaseGrant {
     pub lease_id: String,
     pub terms: LeaseTerms,
     /// Budget now held for the gateway (the asking request's hold included).
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money))]
     pub granted_usd: Decimal,
     /// The sidecar expires the lease (returning what is unused) this long after
     /// the grant or the last renewal.
     pub ttl_ms: u64,
     /// The tenant's available budget after the grant.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money))]
     pub budget_remaining_usd: Decimal,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Reservation {
     pub request_id: String,
     pub tenant_id: String,
@@ -203,16 +215,24 @@ pub struct Reservation {
     /// Output token limit to enforce upstream (the tenant's cap, or the hold's
     /// assumption when the request stated none).
     pub max_output_tokens: u64,
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money))]
     pub hold_usd: Decimal,
     /// Available budget after this hold.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money))]
     pub budget_remaining_usd: Decimal,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Denial {
     /// HTTP status for the client (401, 402, 403, 429, 400…).
+    #[cfg_attr(feature = "openapi", schema(minimum = 400, maximum = 499))]
     pub status: u16,
     /// Bedrock error name for `x-amzn-ErrorType`.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = crate::openapi::DenyErrorType)
+    )]
     pub error_type: String,
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -221,6 +241,7 @@ pub struct Denial {
 
 /// Tokens Bedrock reported (or the gateway estimated) for one invocation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Usage {
     #[serde(default)]
     pub input_tokens: u64,
@@ -240,6 +261,7 @@ impl Usage {
 
 /// One settled invocation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Commit {
     pub request_id: String,
     pub usage: Usage,
@@ -260,8 +282,10 @@ pub struct Commit {
 /// How a request was admitted from a lease: the commit moves `hold_usd` out of
 /// the lease and charges the usage at the lease's rates.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LeasedAdmission {
     pub lease_id: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money))]
     pub hold_usd: Decimal,
     /// The output limit enforced upstream; reported usage above it is capped.
     pub max_output_tokens: u64,
@@ -273,6 +297,7 @@ pub struct LeasedAdmission {
 
 /// `POST /v1/leases/renew`: top up, return, and re-validate leases.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RenewBatch {
     pub leases: Vec<LeaseRenewal>,
 }
@@ -280,27 +305,33 @@ pub struct RenewBatch {
 /// One lease's renewal. Retried with the same `seq` until answered: the sidecar
 /// applies each `seq` once and replays its answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LeaseRenewal {
     pub lease_id: String,
     /// 1, 2, 3…: one more than the last renewal the gateway saw answered.
     pub seq: u64,
     /// Unused budget the gateway gives back (it stopped admitting from it when
     /// it sent this).
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money))]
     pub return_usd: Decimal,
     /// Budget the gateway would like added; 0 to only return.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money))]
     pub want_usd: Decimal,
     /// The smallest useful top-up (one typical request's hold); a smaller grant
     /// is not made.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money))]
     pub min_usd: Decimal,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RenewResponse {
     pub results: Vec<RenewResult>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RenewResult {
     pub lease_id: String,
     #[serde(flatten)]
@@ -308,12 +339,15 @@ pub struct RenewResult {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum RenewOutcome {
     /// The lease stays valid for `ttl_ms` more; `granted_usd` was added to it.
     Renewed {
+        #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money))]
         granted_usd: Decimal,
         ttl_ms: u64,
+        #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money))]
         budget_remaining_usd: Decimal,
     },
     /// Stop admitting from this lease (expired, key revoked, tenant or price
@@ -323,11 +357,13 @@ pub enum RenewOutcome {
 
 /// `POST /v1/commit`: settle a batch of invocations. Idempotent per request id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CommitBatch {
     pub commits: Vec<Commit>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CommitOutcome {
     /// Charged now.
@@ -339,26 +375,31 @@ pub enum CommitOutcome {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CommitResult {
     pub request_id: String,
     pub outcome: CommitOutcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::openapi::Money>))]
     pub cost_usd: Option<Decimal>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CommitResponse {
     pub results: Vec<CommitResult>,
 }
 
 /// `POST /v1/release`: Bedrock charged nothing; give the hold back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReleaseRequest {
     pub request_id: String,
     pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReleaseResponse {
     /// False when the hold was already settled or unknown (idempotent).
     pub released: bool,
@@ -366,6 +407,7 @@ pub struct ReleaseResponse {
 
 /// Error body of the sidecar API for malformed calls (HTTP 4xx/5xx).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiError {
     pub message: String,
 }
