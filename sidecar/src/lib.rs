@@ -13,6 +13,7 @@ pub mod keys;
 pub mod leases;
 pub mod ledger;
 pub mod metrics;
+pub mod openapi;
 pub mod pricing;
 pub mod seal;
 pub mod seed;
