@@ -414,12 +414,15 @@ pub struct ModelView {
     #[serde(flatten)]
     pub counters: Counters,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     #[schema(value_type = Option<Money>)]
     pub budget_usd: Option<Decimal>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     #[schema(value_type = Option<Money>)]
     pub reserved_usd: Option<Decimal>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     #[schema(value_type = Option<Money>)]
     pub available_usd: Option<Decimal>,
 }
@@ -469,8 +472,10 @@ pub struct AlertView {
     #[schema(value_type = Money)]
     pub budget_usd: Decimal,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub request_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     #[schema(value_type = Option<Money>)]
     pub cost_usd: Option<Decimal>,
 }

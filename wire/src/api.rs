@@ -78,6 +78,7 @@ pub struct SigV4Proof {
     /// Path as received, still percent-encoded, without the query.
     pub raw_path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub raw_query: Option<String>,
     /// `authorization`, `x-amz-date` and every header named in SignedHeaders
     /// (`host` taken from `:authority`), lowercase names, values as received.
@@ -91,12 +92,16 @@ pub struct SigV4Proof {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Attribution {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub application_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub cost_center: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub environment: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub user_id: Option<String>,
 }
 
@@ -117,11 +122,13 @@ pub struct ReserveRequest {
     pub input_tokens_estimate: u64,
     /// The request's own output limit, when it states one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub max_output_tokens: Option<u64>,
     /// Set by a gateway that admits requests locally: grant a budget lease for
     /// this (credential, model, application) instead of a one-request hold, when
     /// the tenant allows it. The answer is then [`ReserveResponse::Lease`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub lease: Option<LeaseWant>,
 }
 
@@ -155,6 +162,7 @@ pub enum ReserveResponse {
 pub struct LeaseTerms {
     pub tenant_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub application_id: Option<String>,
     /// The base model requests are priced as.
     pub model_id: String,
@@ -165,6 +173,7 @@ pub struct LeaseTerms {
     /// Output tokens assumed when a request states none.
     pub default_max_output_tokens: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub max_tokens_cap: Option<u64>,
 }
 
@@ -206,6 +215,7 @@ pub struct Reservation {
     pub request_id: String,
     pub tenant_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub application_id: Option<String>,
     /// The base model the request is priced as.
     pub model_id: String,
@@ -236,6 +246,7 @@ pub struct Denial {
     pub error_type: String,
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub retry_after_secs: Option<u64>,
 }
 
@@ -273,9 +284,11 @@ pub struct Commit {
     /// while the sidecar was unreachable): what the reserve would have carried,
     /// so the sidecar can identify, price and charge it now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub unreserved: Option<Box<ReserveRequest>>,
     /// Set when the request was admitted locally from a lease.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub lease: Option<LeasedAdmission>,
 }
 
@@ -380,6 +393,7 @@ pub struct CommitResult {
     pub request_id: String,
     pub outcome: CommitOutcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::openapi::Money>))]
     pub cost_usd: Option<Decimal>,
 }
