@@ -5,16 +5,19 @@ use crate::clock::rfc3339;
 use crate::dataplane_auth::{self, DataPlaneAuth};
 use crate::error::Error;
 use crate::keys;
-use crate::pricing::{self, PriceInput};
+use crate::ledger::AlertKind;
+use crate::pricing::{self, ModelPrice, PriceInput};
 use crate::service::{ProfileInput, Service, TenantDetails, TenantInput};
-use crate::store::{AlertRecord, ApiKeyRecord, Balance, Counters, UsageRecord};
+use crate::store::{
+    AlertRecord, ApiKeyRecord, Balance, Counters, Profile, SigV4CredentialRecord, TenantConfig,
+    UsageRecord,
+};
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use rust_decimal::Decimal;
 use serde::de::DeserializeOwned;
@@ -24,12 +27,16 @@ use std::sync::Arc;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tollgate_wire::api::{
-    ApiError, CommitBatch, CommitOutcome, CommitResponse, CommitResult, ReleaseRequest, RenewBatch,
-    ReserveRequest, ReserveResponse, COMMIT_PATH, LEASE_RENEW_PATH, RELEASE_PATH, RESERVE_PATH,
+    ApiError, CommitBatch, CommitOutcome, CommitResponse, CommitResult, ReleaseRequest,
+    ReleaseResponse, RenewBatch, RenewResponse, ReserveRequest, ReserveResponse, COMMIT_PATH,
+    LEASE_RENEW_PATH, RELEASE_PATH, RESERVE_PATH,
 };
-
-/// The hand-written OpenAPI 3.1 document served at `GET /openapi.json`.
-pub const OPENAPI: &str = include_str!("../openapi.json");
+use tollgate_wire::openapi::Money;
+use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, Type};
+use utoipa::openapi::{RefOr, Schema};
+use utoipa::{IntoParams, PartialSchema, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -148,37 +155,37 @@ impl FromRequestParts<AppState> for MetricsReader {
 
 type ApiResult<T> = Result<T, Error>;
 
+/// Every route with its OpenAPI operation: `routes!` takes the path and method
+/// from each handler's `#[utoipa::path]`, so a route cannot be served without
+/// being documented. Add routes here only through `routes!`.
+pub fn routes() -> OpenApiRouter<AppState> {
+    use utoipa::OpenApi;
+    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi))
+        .routes(routes!(reserve))
+        .routes(routes!(commit))
+        .routes(routes!(release))
+        .routes(routes!(renew_leases))
+        .routes(routes!(list_tenants))
+        .routes(routes!(put_tenant, get_tenant))
+        .routes(routes!(issue_key))
+        .routes(routes!(revoke_key))
+        .routes(routes!(issue_sigv4, list_sigv4))
+        .routes(routes!(revoke_sigv4))
+        .routes(routes!(put_profile, list_profiles))
+        .routes(routes!(list_prices))
+        .routes(routes!(put_price, get_price))
+        .routes(routes!(list_aliases))
+        .routes(routes!(put_alias))
+        .routes(routes!(usage))
+}
+
 pub fn router(state: AppState) -> Router {
     let data_plane = state.data_plane.clone();
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi))
-        .route(RESERVE_PATH, post(reserve))
-        .route(COMMIT_PATH, post(commit))
-        .route(RELEASE_PATH, post(release))
-        .route(LEASE_RENEW_PATH, post(renew_leases))
-        .route("/v1/tenants", get(list_tenants))
-        .route("/v1/tenants/{tenant}", put(put_tenant).get(get_tenant))
-        .route("/v1/tenants/{tenant}/keys", post(issue_key))
-        .route("/v1/tenants/{tenant}/keys/{key_id}", delete(revoke_key))
-        .route(
-            "/v1/tenants/{tenant}/sigv4-credentials",
-            post(issue_sigv4).get(list_sigv4),
-        )
-        .route(
-            "/v1/tenants/{tenant}/sigv4-credentials/{access_key_id}",
-            delete(revoke_sigv4),
-        )
-        .route(
-            "/v1/tenants/{tenant}/profiles",
-            put(put_profile).get(list_profiles),
-        )
-        .route("/v1/pricing", get(list_prices))
-        .route("/v1/pricing/{model_id}", put(put_price).get(get_price))
-        .route("/v1/aliases", get(list_aliases))
-        .route("/v1/aliases/{alias}", put(put_alias))
-        .route("/v1/usage", get(usage))
+    let (router, _) = routes().split_for_parts();
+    router
         .fallback(|| async { error_response(StatusCode::NOT_FOUND, "no such route") })
         // Over every route (and the fallback), so a data-plane route added later
         // is covered: see `dataplane_auth::is_data_plane_path`.
@@ -191,10 +198,23 @@ pub fn router(state: AppState) -> Router {
 
 // ------------------------------------------------------------------ basics
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok"}))
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    pub status: &'static str,
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "ops", summary = "Liveness",
+    responses((status = 200, description = "The sidecar is up", body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    summary = "Prometheus/OpenMetrics counters",
+    security(("metricsToken" = []), ("adminToken" = [])),
+    responses((status = 200, description = "OpenMetrics text",
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String)))]
 async fn metrics(_: MetricsReader, State(s): State<AppState>) -> Response {
     (
         [(
@@ -206,14 +226,27 @@ async fn metrics(_: MetricsReader, State(s): State<AppState>) -> Response {
         .into_response()
 }
 
+#[utoipa::path(get, path = "/openapi.json", tag = "ops", summary = "This document",
+    responses((status = 200, description = "OpenAPI 3.1 document", body = Object)))]
 async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::json(),
+    )
+        .into_response()
 }
 
 // ------------------------------------------------------------------ data plane
 
 // The filter token was checked by `dataplane_auth::require_filter_token`.
 
+#[utoipa::path(post, path = RESERVE_PATH, tag = "data-plane",
+    summary = "Admit a request and hold budget for it, or grant a lease",
+    request_body = ReserveRequest,
+    responses(
+        (status = 200, description = "Allow, deny or lease. A denial is still 200: it carries the Bedrock-shaped error (status, x-amzn-ErrorType, message) the filter answers the client with", body = ReserveResponse),
+        (status = 400, description = "Malformed call (invalid JSON body)", body = ApiError),
+    ))]
 async fn reserve(
     State(s): State<AppState>,
     JsonBody(req): JsonBody<ReserveRequest>,
@@ -234,6 +267,13 @@ async fn reserve(
     Ok(Json(s.service.reserve(req).await?).into_response())
 }
 
+#[utoipa::path(post, path = COMMIT_PATH, tag = "data-plane",
+    summary = "Settle actual usage (batch, idempotent per request id)",
+    request_body = CommitBatch,
+    responses(
+        (status = 200, description = "One result per commit, in the order of the batch", body = CommitResponse),
+        (status = 400, description = "Malformed call (invalid JSON body)", body = ApiError),
+    ))]
 async fn commit(
     State(s): State<AppState>,
     JsonBody(mut batch): JsonBody<CommitBatch>,
@@ -302,6 +342,13 @@ async fn commit(
     Ok(Json(CommitResponse { results }).into_response())
 }
 
+#[utoipa::path(post, path = LEASE_RENEW_PATH, tag = "data-plane",
+    summary = "Top up, return and re-validate budget leases (batch)",
+    request_body = RenewBatch,
+    responses(
+        (status = 200, description = "One result per lease: renewed (with the budget added) or closed (stop admitting from it)", body = RenewResponse),
+        (status = 400, description = "Malformed call (invalid JSON body)", body = ApiError),
+    ))]
 async fn renew_leases(
     State(s): State<AppState>,
     JsonBody(batch): JsonBody<RenewBatch>,
@@ -310,6 +357,13 @@ async fn renew_leases(
     Ok(Json(to_completion(async move { svc.renew_leases(batch).await }).await?).into_response())
 }
 
+#[utoipa::path(post, path = RELEASE_PATH, tag = "data-plane",
+    summary = "Give a hold back (Bedrock charged nothing)",
+    request_body = ReleaseRequest,
+    responses(
+        (status = 200, description = "Released, or already settled or unknown (idempotent)", body = ReleaseResponse),
+        (status = 400, description = "Malformed call (invalid JSON body)", body = ApiError),
+    ))]
 async fn release(
     State(s): State<AppState>,
     JsonBody(req): JsonBody<ReleaseRequest>,
@@ -333,12 +387,18 @@ async fn to_completion<T: Send + 'static>(
 
 // ------------------------------------------------------------------ tenants
 
-#[derive(Debug, Serialize)]
+/// A tenant's balance for one period.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct BalanceView {
+    /// `2026-11` (monthly), `2026-11-23` (daily) or `all`.
     pub period: String,
+    #[schema(value_type = Money)]
     pub budget_usd: Decimal,
+    #[schema(value_type = Money)]
     pub spent_usd: Decimal,
+    #[schema(value_type = Money)]
     pub reserved_usd: Decimal,
+    #[schema(value_type = Money)]
     pub available_usd: Decimal,
     pub input_tokens: u64,
     pub output_tokens: u64,
@@ -349,15 +409,21 @@ pub struct BalanceView {
 }
 
 /// One model's counters, with its budget when the tenant has one for it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ModelView {
     #[serde(flatten)]
     pub counters: Counters,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    #[schema(value_type = Option<Money>)]
     pub budget_usd: Option<Decimal>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    #[schema(value_type = Option<Money>)]
     pub reserved_usd: Option<Decimal>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    #[schema(value_type = Option<Money>)]
     pub available_usd: Option<Decimal>,
 }
 
@@ -394,16 +460,23 @@ impl From<Balance> for BalanceView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct AlertView {
+    #[schema(value_type = AlertKind)]
     pub kind: &'static str,
     pub period: String,
+    #[schema(format = DateTime)]
     pub fired_at: String,
+    #[schema(value_type = Money)]
     pub spent_usd: Decimal,
+    #[schema(value_type = Money)]
     pub budget_usd: Decimal,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub request_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    #[schema(value_type = Option<Money>)]
     pub cost_usd: Option<Decimal>,
 }
 
@@ -421,10 +494,11 @@ impl From<&AlertRecord> for AlertView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct KeyView {
     pub key_id: String,
     pub application_id: Option<String>,
+    #[schema(format = DateTime)]
     pub created_at: String,
     pub revoked: bool,
 }
@@ -440,22 +514,55 @@ impl From<&ApiKeyRecord> for KeyView {
     }
 }
 
-fn tenant_view(d: TenantDetails) -> serde_json::Value {
-    serde_json::json!({
-        "tenant_id": d.config.tenant_id,
-        "config": d.config,
-        "balance": BalanceView::from(d.balance),
-        "alerts": d.alerts.iter().map(AlertView::from).collect::<Vec<_>>(),
-        "profiles": d.profiles,
-        "keys": d.keys.iter().map(KeyView::from).collect::<Vec<_>>(),
-    })
+/// `GET /v1/tenants/{tenant}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantView {
+    pub tenant_id: String,
+    pub config: TenantConfig,
+    pub balance: BalanceView,
+    pub alerts: Vec<AlertView>,
+    pub profiles: Vec<Profile>,
+    pub keys: Vec<KeyView>,
 }
 
+impl From<TenantDetails> for TenantView {
+    fn from(d: TenantDetails) -> Self {
+        Self {
+            tenant_id: d.config.tenant_id.clone(),
+            config: d.config,
+            balance: BalanceView::from(d.balance),
+            alerts: d.alerts.iter().map(AlertView::from).collect(),
+            profiles: d.profiles,
+            keys: d.keys.iter().map(KeyView::from).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantList {
+    pub tenants: Vec<TenantConfig>,
+}
+
+/// Path parameters, named as in the routes.
+const TENANT: &str = "Tenant id: 1–128 of A-Z a-z 0-9 . _ : @ -";
+
+#[utoipa::path(get, path = "/v1/tenants", tag = "admin", summary = "List tenants",
+    security(("adminToken" = [])),
+    responses((status = 200, description = "Every tenant's configuration", body = TenantList)))]
 async fn list_tenants(_: Admin, State(s): State<AppState>) -> ApiResult<Response> {
     let tenants = s.service.store.list_tenants().await?;
-    Ok(Json(serde_json::json!({ "tenants": tenants })).into_response())
+    Ok(Json(TenantList { tenants }).into_response())
 }
 
+#[utoipa::path(put, path = "/v1/tenants/{tenant}", tag = "admin",
+    summary = "Create or update a tenant (budget, limits, allowed models, profiles, imported keys)",
+    security(("adminToken" = [])),
+    params(("tenant" = String, Path, description = TENANT)),
+    request_body = TenantInput,
+    responses(
+        (status = 200, description = "The stored configuration", body = TenantConfig),
+        (status = 400, description = "Invalid body or field (the message names it)", body = ApiError),
+    ))]
 async fn put_tenant(
     _: Admin,
     State(s): State<AppState>,
@@ -466,11 +573,22 @@ async fn put_tenant(
     Ok(Json(cfg).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct PeriodQuery {
+    /// Balance of this period (`2026-11`, `2026-11-23`) instead of the current one.
     period: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/tenants/{tenant}", tag = "admin",
+    summary = "A tenant's configuration, balance, alerts, profiles and keys",
+    security(("adminToken" = [])),
+    params(("tenant" = String, Path, description = TENANT), PeriodQuery),
+    responses(
+        (status = 200, description = "The tenant", body = TenantView),
+        (status = 400, description = "Invalid period", body = ApiError),
+        (status = 404, description = "No such tenant", body = ApiError),
+    ))]
 async fn get_tenant(
     _: Admin,
     State(s): State<AppState>,
@@ -481,12 +599,14 @@ async fn get_tenant(
     if let Some(period) = q.period {
         details.balance = s.service.balance(&tenant, &period).await?;
     }
-    Ok(Json(tenant_view(details)).into_response())
+    Ok(Json(TenantView::from(details)).into_response())
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Optional body of the issue routes.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct IssueKeyBody {
+    /// Bind the credential to this application (its profiles, its usage label).
     #[serde(default)]
     application_id: Option<String>,
 }
@@ -501,6 +621,25 @@ impl IssueKeyBody {
     }
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IssuedKey {
+    pub key_id: String,
+    /// `tg_<base64url 32 bytes>`; shown once, stored hashed.
+    pub key: String,
+    pub tenant_id: String,
+    pub application_id: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/keys", tag = "admin",
+    summary = "Issue a bearer key",
+    security(("adminToken" = [])),
+    params(("tenant" = String, Path, description = TENANT)),
+    request_body(content = Option<IssueKeyBody>, description = "Optional; empty means no application binding"),
+    responses(
+        (status = 201, description = "The key, shown once", body = IssuedKey),
+        (status = 400, description = "Invalid body or application id", body = ApiError),
+        (status = 404, description = "No such tenant", body = ApiError),
+    ))]
 async fn issue_key(
     _: Admin,
     State(s): State<AppState>,
@@ -511,16 +650,36 @@ async fn issue_key(
     let (record, key) = s.service.issue_key(&tenant, body.application_id).await?;
     Ok((
         StatusCode::CREATED,
-        Json(serde_json::json!({
-            "key_id": record.key_id,
-            "key": key,
-            "tenant_id": record.tenant_id,
-            "application_id": record.application_id,
-        })),
+        Json(IssuedKey {
+            key_id: record.key_id,
+            key,
+            tenant_id: record.tenant_id,
+            application_id: record.application_id,
+        }),
     )
         .into_response())
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IssuedSigV4Credential {
+    pub access_key_id: String,
+    /// Shown once; stored sealed under `TOLLGATE_SECRET_KEY`.
+    pub secret_access_key: String,
+    pub tenant_id: String,
+    pub application_id: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/sigv4-credentials", tag = "admin",
+    summary = "Issue a SigV4 credential (access key id + secret)",
+    security(("adminToken" = [])),
+    params(("tenant" = String, Path, description = TENANT)),
+    request_body(content = Option<IssueKeyBody>, description = "Optional; empty means no application binding"),
+    responses(
+        (status = 201, description = "The credential, secret shown once", body = IssuedSigV4Credential),
+        (status = 400, description = "Invalid body or application id", body = ApiError),
+        (status = 404, description = "No such tenant", body = ApiError),
+        (status = 500, description = "No TOLLGATE_SECRET_KEY to seal the secret with, or a store failure", body = ApiError),
+    ))]
 async fn issue_sigv4(
     _: Admin,
     State(s): State<AppState>,
@@ -531,25 +690,46 @@ async fn issue_sigv4(
     let (record, secret) = s.service.issue_sigv4(&tenant, body.application_id).await?;
     Ok((
         StatusCode::CREATED,
-        Json(serde_json::json!({
-            "access_key_id": record.access_key_id,
-            "secret_access_key": secret,
-            "tenant_id": record.tenant_id,
-            "application_id": record.application_id,
-        })),
+        Json(IssuedSigV4Credential {
+            access_key_id: record.access_key_id,
+            secret_access_key: secret,
+            tenant_id: record.tenant_id,
+            application_id: record.application_id,
+        }),
     )
         .into_response())
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SigV4CredentialList {
+    pub credentials: Vec<SigV4CredentialRecord>,
+}
+
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/sigv4-credentials", tag = "admin",
+    summary = "List a tenant's SigV4 credentials (never their secrets)",
+    security(("adminToken" = [])),
+    params(("tenant" = String, Path, description = TENANT)),
+    responses(
+        (status = 200, description = "The credentials", body = SigV4CredentialList),
+        (status = 404, description = "No such tenant", body = ApiError),
+    ))]
 async fn list_sigv4(
     _: Admin,
     State(s): State<AppState>,
     Path(tenant): Path<String>,
 ) -> ApiResult<Response> {
-    let creds = s.service.list_sigv4(&tenant).await?;
-    Ok(Json(serde_json::json!({ "credentials": creds })).into_response())
+    let credentials = s.service.list_sigv4(&tenant).await?;
+    Ok(Json(SigV4CredentialList { credentials }).into_response())
 }
 
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/sigv4-credentials/{access_key_id}", tag = "admin",
+    summary = "Revoke a SigV4 credential (leases granted with it close at their next renewal)",
+    security(("adminToken" = [])),
+    params(("tenant" = String, Path, description = TENANT), ("access_key_id" = String, Path)),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 404, description = "No such tenant or credential", body = ApiError),
+    ))]
 async fn revoke_sigv4(
     _: Admin,
     State(s): State<AppState>,
@@ -559,6 +739,14 @@ async fn revoke_sigv4(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/keys/{key_id}", tag = "admin",
+    summary = "Revoke a bearer key (leases granted with it close at their next renewal)",
+    security(("adminToken" = [])),
+    params(("tenant" = String, Path, description = TENANT), ("key_id" = String, Path)),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 404, description = "No such tenant or key", body = ApiError),
+    ))]
 async fn revoke_key(
     _: Admin,
     State(s): State<AppState>,
@@ -568,6 +756,16 @@ async fn revoke_key(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[utoipa::path(put, path = "/v1/tenants/{tenant}/profiles", tag = "admin",
+    summary = "Map (tenant, application, model) to an application inference profile ARN",
+    security(("adminToken" = [])),
+    params(("tenant" = String, Path, description = TENANT)),
+    request_body = ProfileInput,
+    responses(
+        (status = 200, description = "The stored mapping (model resolved)", body = Profile),
+        (status = 400, description = "Invalid body, model or ARN", body = ApiError),
+        (status = 404, description = "No such tenant", body = ApiError),
+    ))]
 async fn put_profile(
     _: Admin,
     State(s): State<AppState>,
@@ -578,6 +776,19 @@ async fn put_profile(
     Ok(Json(profile).into_response())
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProfileList {
+    pub profiles: Vec<Profile>,
+}
+
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/profiles", tag = "admin",
+    summary = "List a tenant's profile mappings",
+    security(("adminToken" = [])),
+    params(("tenant" = String, Path, description = TENANT)),
+    responses(
+        (status = 200, description = "The mappings", body = ProfileList),
+        (status = 404, description = "No such tenant", body = ApiError),
+    ))]
 async fn list_profiles(
     _: Admin,
     State(s): State<AppState>,
@@ -585,15 +796,17 @@ async fn list_profiles(
 ) -> ApiResult<Response> {
     s.service.require_tenant(&tenant).await?;
     let profiles = s.service.store.list_profiles(&tenant).await?;
-    Ok(Json(serde_json::json!({ "profiles": profiles })).into_response())
+    Ok(Json(ProfileList { profiles }).into_response())
 }
 
 // ------------------------------------------------------------------ pricing
 
 /// `?region=` of the pricing routes; default: the sidecar's `--pricing-region`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct RegionQuery {
+    /// AWS region of the price table (e.g. `us-east-1`); default: `--pricing-region`.
     region: Option<String>,
 }
 
@@ -614,6 +827,17 @@ fn region_query(q: Result<Query<RegionQuery>, QueryRejection>) -> Result<RegionQ
         .map_err(|e| Error::invalid(format!("invalid query: {}", e.body_text())))
 }
 
+const MODEL_ID: &str = "Base model ID (e.g. `anthropic.claude-sonnet-4-5-20250929-v1:0`)";
+
+#[utoipa::path(put, path = "/v1/pricing/{model_id}", tag = "admin",
+    summary = "Set a model's price (USD per 1M tokens)",
+    security(("adminToken" = [])),
+    params(("model_id" = String, Path, description = MODEL_ID), RegionQuery),
+    request_body = PriceInput,
+    responses(
+        (status = 200, description = "The stored price", body = ModelPrice),
+        (status = 400, description = "Invalid model id, region, query or price", body = ApiError),
+    ))]
 async fn put_price(
     _: Admin,
     State(s): State<AppState>,
@@ -627,6 +851,15 @@ async fn put_price(
     Ok(Json(price).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/pricing/{model_id}", tag = "admin",
+    summary = "A model's price",
+    security(("adminToken" = [])),
+    params(("model_id" = String, Path, description = MODEL_ID), RegionQuery),
+    responses(
+        (status = 200, description = "The price", body = ModelPrice),
+        (status = 400, description = "Invalid region or query", body = ApiError),
+        (status = 404, description = "No price configured for the model in the region", body = ApiError),
+    ))]
 async fn get_price(
     _: Admin,
     State(s): State<AppState>,
@@ -647,22 +880,57 @@ async fn get_price(
     Ok(Json(price).into_response())
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PriceList {
+    pub region: String,
+    pub pricing: Vec<ModelPrice>,
+}
+
+#[utoipa::path(get, path = "/v1/pricing", tag = "admin", summary = "The price table of a region",
+    security(("adminToken" = [])),
+    params(RegionQuery),
+    responses(
+        (status = 200, description = "The prices", body = PriceList),
+        (status = 400, description = "Invalid region or query", body = ApiError),
+    ))]
 async fn list_prices(
     _: Admin,
     State(s): State<AppState>,
     q: Result<Query<RegionQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let region = region_query(q)?.region(&s)?;
-    let prices = s.service.store.list_prices_in(&region).await?;
-    Ok(Json(serde_json::json!({ "region": region, "pricing": prices })).into_response())
+    let pricing = s.service.store.list_prices_in(&region).await?;
+    Ok(Json(PriceList { region, pricing }).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AliasBody {
     model_id: String,
 }
 
+/// An alias and the model ID it names.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AliasView {
+    pub alias: String,
+    pub model_id: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AliasList {
+    /// Alias → model ID.
+    pub aliases: BTreeMap<String, String>,
+}
+
+#[utoipa::path(put, path = "/v1/aliases/{alias}", tag = "admin",
+    summary = "Point a friendly model alias at a model ID",
+    security(("adminToken" = [])),
+    params(("alias" = String, Path)),
+    request_body = AliasBody,
+    responses(
+        (status = 200, description = "The alias", body = AliasView),
+        (status = 400, description = "Invalid alias, model id or body", body = ApiError),
+    ))]
 async fn put_alias(
     _: Admin,
     State(s): State<AppState>,
@@ -670,12 +938,19 @@ async fn put_alias(
     JsonBody(body): JsonBody<AliasBody>,
 ) -> ApiResult<Response> {
     s.service.put_alias(&alias, &body.model_id).await?;
-    Ok(Json(serde_json::json!({"alias": alias, "model_id": body.model_id})).into_response())
+    Ok(Json(AliasView {
+        alias,
+        model_id: body.model_id,
+    })
+    .into_response())
 }
 
+#[utoipa::path(get, path = "/v1/aliases", tag = "admin", summary = "List model aliases",
+    security(("adminToken" = [])),
+    responses((status = 200, description = "The aliases", body = AliasList)))]
 async fn list_aliases(_: Admin, State(s): State<AppState>) -> ApiResult<Response> {
     let aliases = s.service.store.list_aliases().await?;
-    Ok(Json(serde_json::json!({ "aliases": aliases })).into_response())
+    Ok(Json(AliasList { aliases }).into_response())
 }
 
 // ------------------------------------------------------------------ usage report
@@ -702,7 +977,7 @@ fn group_value(key: &str, r: &UsageRecord) -> Option<String> {
     }
 }
 
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, ToSchema)]
 pub struct UsageTotals {
     pub requests: u64,
     pub estimated_requests: u64,
@@ -710,6 +985,7 @@ pub struct UsageTotals {
     pub output_tokens: u64,
     pub cache_read_input_tokens: u64,
     pub cache_write_input_tokens: u64,
+    #[schema(value_type = Money)]
     pub cost_usd: Decimal,
 }
 
@@ -761,6 +1037,67 @@ fn csv_field(v: &str) -> String {
     }
 }
 
+/// `GET /v1/usage` as JSON.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageReport {
+    pub group_by: Vec<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    #[schema(value_type = Vec<UsageRow>)]
+    pub rows: Vec<serde_json::Value>,
+}
+
+/// One row of the usage report: the value of each `group_by` key (null when the
+/// usage has none, e.g. no application) and the group's totals. Its schema is
+/// built from [`GROUP_KEYS`] and [`UsageTotals`], the row's two sources.
+pub struct UsageRow;
+
+impl PartialSchema for UsageRow {
+    fn schema() -> RefOr<Schema> {
+        let keys = GROUP_KEYS.iter().fold(
+            ObjectBuilder::new().description(Some("Present for each `group_by` key")),
+            |o, k| {
+                o.property(
+                    *k,
+                    ObjectBuilder::new().schema_type(
+                        utoipa::openapi::schema::SchemaType::from_iter([Type::String, Type::Null]),
+                    ),
+                )
+            },
+        );
+        AllOfBuilder::new()
+            .item(keys)
+            .item(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                UsageTotals::name(),
+            )))
+            .into()
+    }
+}
+
+impl ToSchema for UsageRow {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((UsageTotals::name().into_owned(), UsageTotals::schema()));
+        UsageTotals::schemas(schemas);
+    }
+}
+
+#[utoipa::path(get, path = "/v1/usage", tag = "admin",
+    summary = "Usage and cost report, grouped (exact decimal sums)",
+    security(("adminToken" = [])),
+    params(
+        ("group_by" = Option<String>, Query, description = "Comma-separated keys among tenant, application, model, cost_center, environment, user; default tenant"),
+        ("from" = Option<String>, Query, format = DateTime, description = "RFC 3339 start (inclusive)"),
+        ("to" = Option<String>, Query, format = DateTime, description = "RFC 3339 end (exclusive)"),
+        ("format" = Option<String>, Query, description = "json (default) or csv"),
+        ("tenant" = Option<String>, Query, description = "Only this tenant's usage"),
+    ),
+    responses(
+        (status = 200, description = "The report", content(
+            (UsageReport = "application/json"),
+            (String = "text/csv"),
+        )),
+        (status = 400, description = "Unknown parameter, group_by key or format; a time not in RFC 3339", body = ApiError),
+    ))]
 async fn usage(
     _: Admin,
     State(s): State<AppState>,
@@ -811,12 +1148,12 @@ async fn usage(
                     serde_json::Value::Object(obj)
                 })
                 .collect();
-            Ok(Json(serde_json::json!({
-                "group_by": group_by,
-                "from": q.get("from"),
-                "to": q.get("to"),
-                "rows": rows,
-            }))
+            Ok(Json(UsageReport {
+                group_by,
+                from: q.get("from").cloned(),
+                to: q.get("to").cloned(),
+                rows,
+            })
             .into_response())
         }
         "csv" => {

@@ -78,6 +78,10 @@ impl Client {
 pub async fn run(command: Command) -> Result<()> {
     match command {
         Command::Serve(_) => Err(Error::Internal("serve is not a client command".into())),
+        Command::Openapi => {
+            print!("{}", crate::openapi::json());
+            Ok(())
+        }
         Command::Dynamodb(a) => match a.command {
             crate::config::DynamodbCommand::Init => {
                 crate::store::dynamodb::init_command(&a.options.store_options()?).await

@@ -37,6 +37,10 @@ pub enum Command {
     Usage(UsageArgs),
     /// Manage the DynamoDB tables of the shared store.
     Dynamodb(DynamodbArgs),
+    /// Print the OpenAPI document generated from the code, as served at
+    /// `GET /openapi.json` (regenerates `sidecar/openapi.json`).
+    #[command(hide = true)]
+    Openapi,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -7,7 +7,9 @@ use std::sync::Mutex;
 use time::OffsetDateTime;
 
 /// When a tenant's budget starts over (UTC).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ResetCycle {
     #[default]
@@ -108,7 +110,7 @@ pub fn cap_usage(
     (u, capped)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertKind {
     /// Spent reached `alert_threshold × budget`.

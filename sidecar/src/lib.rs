@@ -15,6 +15,7 @@ pub mod layers;
 pub mod leases;
 pub mod ledger;
 pub mod metrics;
+pub mod openapi;
 pub mod pricing;
 pub mod seal;
 pub mod seed;

@@ -4,33 +4,45 @@
 //! falls back to Anthropic's published ratios applied to the input price:
 //! cache **writes** cost 1.25 × input and cache **reads** 0.1 × input.
 
+use crate::openapi::DecimalInput;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::str::FromStr;
+use tollgate_wire::openapi::Money;
 
 /// One row of the price table (USD per 1M tokens).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModelPrice {
     pub model_id: String,
+    #[schema(value_type = Money)]
     pub input: Decimal,
+    #[schema(value_type = Money)]
     pub output: Decimal,
+    /// Absent: 0.1 × input.
     #[serde(default)]
+    #[schema(value_type = Option<Money>)]
     pub cache_read: Option<Decimal>,
+    /// Absent: 1.25 × input.
     #[serde(default)]
+    #[schema(value_type = Option<Money>)]
     pub cache_write: Option<Decimal>,
 }
 
 /// Body of `PUT /v1/pricing/{modelId}`; decimals as JSON strings or numbers.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PriceInput {
     #[serde(deserialize_with = "de_decimal")]
+    #[schema(value_type = DecimalInput)]
     pub input: Decimal,
     #[serde(deserialize_with = "de_decimal")]
+    #[schema(value_type = DecimalInput)]
     pub output: Decimal,
     #[serde(default, deserialize_with = "de_opt_decimal")]
+    #[schema(value_type = Option<DecimalInput>)]
     pub cache_read: Option<Decimal>,
     #[serde(default, deserialize_with = "de_opt_decimal")]
+    #[schema(value_type = Option<DecimalInput>)]
     pub cache_write: Option<Decimal>,
 }
 

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::keys;
 use crate::ledger::{self, AlertKind, RateLimiter, ResetCycle, TokenRateLimiter};
 use crate::metrics::{Metrics, Outcome};
+use crate::openapi::DecimalInput;
 use crate::pricing::{self, de_decimal, de_opt_decimal, ModelPrice};
 use crate::store::SigV4CredentialRecord;
 use crate::store::{
@@ -94,19 +95,22 @@ pub(crate) fn deny(status: u16, error_type: &str, message: impl Into<String>) ->
 }
 
 /// `PUT /v1/tenants/{tenant}` body (and a seed file's tenant entry).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantInput {
     /// Optional; must equal the tenant in the path when given.
     #[serde(default)]
     pub tenant_id: Option<String>,
     #[serde(deserialize_with = "de_decimal")]
+    #[schema(value_type = DecimalInput)]
     pub budget_usd: Decimal,
     /// Fraction of the budget (0–1) at which the `threshold` alert fires; default 0.8.
     #[serde(default, deserialize_with = "de_opt_decimal")]
+    #[schema(value_type = Option<DecimalInput>)]
     pub alert_threshold: Option<Decimal>,
     /// `monthly` (default), `daily` or `none`.
     #[serde(default)]
+    #[schema(value_type = Option<crate::ledger::ResetCycle>)]
     pub reset_cycle: Option<String>,
     #[serde(default)]
     pub active: Option<bool>,
@@ -125,6 +129,7 @@ pub struct TenantInput {
     /// Per-model budgets (USD per period) inside the tenant budget, keyed by
     /// alias or model ID (stored resolved); decimals as strings or numbers.
     #[serde(default, deserialize_with = "de_decimal_map")]
+    #[schema(value_type = BTreeMap<String, DecimalInput>)]
     pub model_budgets: BTreeMap<String, Decimal>,
     /// Profile ARNs to map (upserted; existing mappings not listed stay).
     #[serde(default)]
@@ -135,7 +140,7 @@ pub struct TenantInput {
     pub keys: Vec<KeyImport>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileInput {
     #[serde(default)]
@@ -144,7 +149,7 @@ pub struct ProfileInput {
     pub arn: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyImport {
     pub key: String,

@@ -11,6 +11,7 @@ pub const LEASE_RENEW_PATH: &str = "/v1/leases/renew";
 
 /// A Bedrock Runtime operation, named as in its URL path segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Operation {
     Converse,
@@ -52,6 +53,7 @@ impl Operation {
 
 /// How the caller proved who it is. The sidecar resolves it to a tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Credential {
     /// `Authorization: Bearer <key>` (boto3's `AWS_BEARER_TOKEN_BEDROCK`).
@@ -70,11 +72,13 @@ pub enum Credential {
 
 /// What the sidecar needs to verify a client's SigV4 signature.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SigV4Proof {
     pub method: String,
     /// Path as received, still percent-encoded, without the query.
     pub raw_path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub raw_query: Option<String>,
     /// `authorization`, `x-amz-date` and every header named in SignedHeaders
     /// (`host` taken from `:authority`), lowercase names, values as received.
@@ -85,19 +89,25 @@ pub struct SigV4Proof {
 
 /// Optional cost-attribution labels. Never used for identity.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Attribution {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub application_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub cost_center: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub environment: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub user_id: Option<String>,
 }
 
 /// `POST /v1/reserve`: admit a request and hold budget for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReserveRequest {
     /// Gateway-generated, unique; the idempotency key of the later commit.
     pub request_id: String,
@@ -112,16 +122,19 @@ pub struct ReserveRequest {
     pub input_tokens_estimate: u64,
     /// The request's own output limit, when it states one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub max_output_tokens: Option<u64>,
     /// Set by a gateway that admits requests locally: grant a budget lease for
     /// this (credential, model, application) instead of a one-request hold, when
     /// the tenant allows it. The answer is then [`ReserveResponse::Lease`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub lease: Option<LeaseWant>,
 }
 
 /// What a gateway asks of a new lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LeaseWant {
     /// Budget for about this many requests like the one asking. The sidecar
     /// grants at least this request's hold and at most a fraction of what is
@@ -132,6 +145,7 @@ pub struct LeaseWant {
 /// The sidecar's answer to a reserve. Always HTTP 200 when the sidecar worked;
 /// a denial carries the Bedrock-shaped error the filter replies with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "decision", rename_all = "snake_case")]
 pub enum ReserveResponse {
     Allow(Reservation),
@@ -144,9 +158,11 @@ pub enum ReserveResponse {
 /// Everything a gateway needs to admit requests of one (credential, model,
 /// application) locally: who they belong to, where they go, what they cost.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LeaseTerms {
     pub tenant_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub application_id: Option<String>,
     /// The base model requests are priced as.
     pub model_id: String,
@@ -157,6 +173,7 @@ pub struct LeaseTerms {
     /// Output tokens assumed when a request states none.
     pub default_max_output_tokens: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub max_tokens_cap: Option<u64>,
 }
 
@@ -177,23 +194,28 @@ impl LeaseTerms {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LeaseGrant {
     pub lease_id: String,
     pub terms: LeaseTerms,
     /// Budget now held for the gateway (the asking request's hold included).
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money))]
     pub granted_usd: Decimal,
     /// The sidecar expires the lease (returning what is unused) this long after
     /// the grant or the last renewal.
     pub ttl_ms: u64,
     /// The tenant's available budget after the grant.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money))]
     pub budget_remaining_usd: Decimal,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Reservation {
     pub request_id: String,
     pub tenant_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub application_id: Option<String>,
     /// The base model the request is priced as.
     pub model_id: String,
@@ -203,24 +225,34 @@ pub struct Reservation {
     /// Output token limit to enforce upstream (the tenant's cap, or the hold's
     /// assumption when the request stated none).
     pub max_output_tokens: u64,
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money))]
     pub hold_usd: Decimal,
     /// Available budget after this hold.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money))]
     pub budget_remaining_usd: Decimal,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Denial {
     /// HTTP status for the client (401, 402, 403, 429, 400…).
+    #[cfg_attr(feature = "openapi", schema(minimum = 400, maximum = 499))]
     pub status: u16,
     /// Bedrock error name for `x-amzn-ErrorType`.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = crate::openapi::DenyErrorType)
+    )]
     pub error_type: String,
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub retry_after_secs: Option<u64>,
 }
 
 /// Tokens Bedrock reported (or the gateway estimated) for one invocation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Usage {
     #[serde(default)]
     pub input_tokens: u64,
@@ -240,6 +272,7 @@ impl Usage {
 
 /// One settled invocation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Commit {
     pub request_id: String,
     pub usage: Usage,
@@ -251,17 +284,21 @@ pub struct Commit {
     /// while the sidecar was unreachable): what the reserve would have carried,
     /// so the sidecar can identify, price and charge it now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub unreserved: Option<Box<ReserveRequest>>,
     /// Set when the request was admitted locally from a lease.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub lease: Option<LeasedAdmission>,
 }
 
 /// How a request was admitted from a lease: the commit moves `hold_usd` out of
 /// the lease and charges the usage at the lease's rates.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LeasedAdmission {
     pub lease_id: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money))]
     pub hold_usd: Decimal,
     /// The output limit enforced upstream; reported usage above it is capped.
     pub max_output_tokens: u64,
@@ -273,6 +310,7 @@ pub struct LeasedAdmission {
 
 /// `POST /v1/leases/renew`: top up, return, and re-validate leases.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RenewBatch {
     pub leases: Vec<LeaseRenewal>,
 }
@@ -280,27 +318,33 @@ pub struct RenewBatch {
 /// One lease's renewal. Retried with the same `seq` until answered: the sidecar
 /// applies each `seq` once and replays its answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LeaseRenewal {
     pub lease_id: String,
     /// 1, 2, 3…: one more than the last renewal the gateway saw answered.
     pub seq: u64,
     /// Unused budget the gateway gives back (it stopped admitting from it when
     /// it sent this).
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money))]
     pub return_usd: Decimal,
     /// Budget the gateway would like added; 0 to only return.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money))]
     pub want_usd: Decimal,
     /// The smallest useful top-up (one typical request's hold); a smaller grant
     /// is not made.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money))]
     pub min_usd: Decimal,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RenewResponse {
     pub results: Vec<RenewResult>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RenewResult {
     pub lease_id: String,
     #[serde(flatten)]
@@ -308,12 +352,15 @@ pub struct RenewResult {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum RenewOutcome {
     /// The lease stays valid for `ttl_ms` more; `granted_usd` was added to it.
     Renewed {
+        #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money))]
         granted_usd: Decimal,
         ttl_ms: u64,
+        #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money))]
         budget_remaining_usd: Decimal,
     },
     /// Stop admitting from this lease (expired, key revoked, tenant or price
@@ -323,11 +370,13 @@ pub enum RenewOutcome {
 
 /// `POST /v1/commit`: settle a batch of invocations. Idempotent per request id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CommitBatch {
     pub commits: Vec<Commit>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CommitOutcome {
     /// Charged now.
@@ -339,26 +388,32 @@ pub enum CommitOutcome {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CommitResult {
     pub request_id: String,
     pub outcome: CommitOutcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::openapi::Money>))]
     pub cost_usd: Option<Decimal>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CommitResponse {
     pub results: Vec<CommitResult>,
 }
 
 /// `POST /v1/release`: Bedrock charged nothing; give the hold back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReleaseRequest {
     pub request_id: String,
     pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReleaseResponse {
     /// False when the hold was already settled or unknown (idempotent).
     pub released: bool,
@@ -366,6 +421,7 @@ pub struct ReleaseResponse {
 
 /// Error body of the sidecar API for malformed calls (HTTP 4xx/5xx).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiError {
     pub message: String,
 }

@@ -6,6 +6,8 @@
 
 pub mod api;
 pub mod eventstream;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod rates;
 #[cfg(feature = "sigv4")]
 pub mod sigv4;

@@ -9,10 +9,15 @@ use serde::{Deserialize, Serialize};
 
 /// USD per 1M tokens a hold was priced with; its commits are charged at these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Rates {
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money))]
     pub input: Decimal,
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money))]
     pub output: Decimal,
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money))]
     pub cache_read: Decimal,
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money))]
     pub cache_write: Decimal,
 }
 

@@ -17,12 +17,16 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use tollgate_wire::api::{Attribution, LeaseTerms, Reservation, Usage};
+use tollgate_wire::openapi::Money;
 
 /// A tenant's configuration (`TenantConfigs` in the DynamoDB layout).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TenantConfig {
     pub tenant_id: String,
+    #[schema(value_type = Money)]
     pub budget_usd: Decimal,
+    /// Fraction of the budget (0–1) at which the `threshold` alert fires.
+    #[schema(value_type = Money)]
     pub alert_threshold: Decimal,
     pub reset_cycle: ResetCycle,
     pub active: bool,
@@ -39,11 +43,12 @@ pub struct TenantConfig {
     /// stored). A hold on such a model must fit both the tenant's and the model's
     /// available amount.
     #[serde(default)]
+    #[schema(value_type = BTreeMap<String, Money>)]
     pub model_budgets: BTreeMap<String, Decimal>,
 }
 
 /// (tenant, application, model) → application inference profile ARN.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Profile {
     pub tenant_id: String,
     pub application_id: Option<String>,
@@ -66,7 +71,7 @@ pub struct ApiKeyRecord {
 
 /// A SigV4 credential issued to a tenant. The secret is stored sealed
 /// (AES-256-GCM under `TOLLGATE_SECRET_KEY`), never in clear.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SigV4CredentialRecord {
     pub access_key_id: String,
     pub tenant_id: String,
@@ -266,8 +271,9 @@ pub enum CommitApplied {
 }
 
 /// Token and request counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Counters {
+    #[schema(value_type = Money)]
     pub spent_usd: Decimal,
     pub input_tokens: u64,
     pub output_tokens: u64,
