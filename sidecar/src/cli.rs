@@ -79,9 +79,12 @@ pub async fn run(command: Command) -> Result<()> {
     match command {
         Command::Serve(_) => Err(Error::Internal("serve is not a client command".into())),
         Command::Dynamodb(a) => match a.command {
+            #[cfg(feature = "dynamodb")]
             crate::config::DynamodbCommand::Init => {
                 crate::store::dynamodb::init_command(&a.options.store_options()?).await
             }
+            #[cfg(not(feature = "dynamodb"))]
+            crate::config::DynamodbCommand::Init => Err(Error::invalid(crate::store::NO_DYNAMODB)),
         },
         Command::Tenants(a) => {
             let c = Client::new(&a.client)?;
