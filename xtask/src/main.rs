@@ -98,6 +98,24 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    // `cargo run` gives xtask its package's CARGO_MANIFEST_*/CARGO_PKG_*, and
+    // ring's build script reruns when they change: each cargo command from here
+    // would rebuild ring and all above it (rustls, reqwest, the sidecar) again
+    // after one run by hand. Nothing here reads them at run time.
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+            .contains(&&*k)
+        {
+            std::env::remove_var(&key);
+        }
+    }
     let cli = Cli::parse();
     match cli.command {
         Cmd::Setup => setup::setup().map(|_| ()),
