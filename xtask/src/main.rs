@@ -158,7 +158,7 @@ fn gate(what: &str, fix: &str, cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// The cheap checks, before any test runs.
+/// Checks that fail fast, before any test runs.
 fn gates(tools: &setup::Tools, cargo: &str) -> Result<()> {
     gate(
         "formatting (cargo fmt --all --check)",
