@@ -83,9 +83,12 @@ pub async fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Dynamodb(a) => match a.command {
+            #[cfg(feature = "dynamodb")]
             crate::config::DynamodbCommand::Init => {
                 crate::store::dynamodb::init_command(&a.options.store_options()?).await
             }
+            #[cfg(not(feature = "dynamodb"))]
+            crate::config::DynamodbCommand::Init => Err(Error::invalid(crate::store::NO_DYNAMODB)),
         },
         Command::Tenants(a) => {
             let c = Client::new(&a.client)?;

@@ -222,6 +222,7 @@ impl DynamodbOptions {
         Ok(region)
     }
 
+    #[cfg(feature = "dynamodb")]
     pub fn store_options(&self) -> crate::error::Result<crate::store::dynamodb::DynamoOptions> {
         Ok(crate::store::dynamodb::DynamoOptions {
             table_prefix: self.dynamodb_table_prefix.clone(),

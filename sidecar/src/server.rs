@@ -11,6 +11,7 @@ use crate::keys;
 use crate::metrics::Metrics;
 use crate::service::{Service, Settings};
 use crate::store::cached::{CachedStore, DEFAULT_TTL};
+#[cfg(feature = "dynamodb")]
 use crate::store::dynamodb::DynamoStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
@@ -57,9 +58,12 @@ pub async fn open_store(args: &ServeArgs) -> Result<Arc<dyn Store>> {
                 .with_synchronous(args.sqlite_synchronous)?
                 .with_pricing_region(&args.dynamodb.pricing_region()?),
         ),
+        #[cfg(feature = "dynamodb")]
         StoreKind::Dynamodb => {
             Arc::new(DynamoStore::connect(&args.dynamodb.store_options()?).await?)
         }
+        #[cfg(not(feature = "dynamodb"))]
+        StoreKind::Dynamodb => return Err(Error::invalid(crate::store::NO_DYNAMODB)),
     };
     let ttl = Duration::from_millis(args.config_cache_ms);
     Ok(CachedStore::wrap(store, ttl))

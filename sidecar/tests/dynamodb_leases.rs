@@ -2,6 +2,7 @@
 //! (see `common/dynalite.rs`). One dynalite process; each case gets fresh tables
 //! (a new prefix), and the concurrent cases run two stores on the same tables —
 //! two sidecars sharing one ledger.
+#![cfg(feature = "dynamodb")]
 
 #[path = "common/dynalite.rs"]
 mod dynalite;

@@ -5,9 +5,11 @@
 //! Each case gets a fresh store: a new SQLite file, or a new table prefix on the
 //! one dynalite process the DynamoDB test starts (and kills when it ends).
 
+#[cfg(feature = "dynamodb")]
 #[path = "common/dynalite.rs"]
 mod dynalite;
 
+#[cfg(feature = "dynamodb")]
 use dynalite::Dynalite;
 use rust_decimal::Decimal;
 use std::future::Future;
@@ -17,6 +19,7 @@ use std::time::Instant;
 use tollgate_sidecar::error::Error;
 use tollgate_sidecar::ledger::{AlertKind, LeaseSizing, ResetCycle};
 use tollgate_sidecar::pricing::{ModelPrice, Rates};
+#[cfg(feature = "dynamodb")]
 use tollgate_sidecar::store::dynamodb::{DynamoOptions, DynamoStore};
 use tollgate_sidecar::store::sqlite::SqliteStore;
 use tollgate_sidecar::store::*;
@@ -1714,6 +1717,7 @@ async fn sqlite_store() {
     .await;
 }
 
+#[cfg(feature = "dynamodb")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
 async fn dynamodb_store_on_dynalite() {
     let dynalite = Dynalite::start();
@@ -1782,6 +1786,7 @@ async fn dynamodb_store_on_dynalite() {
 /// A reserve that died after counting its hold in the model row (M1) but before
 /// the ALL row (R2) leaves a `pending` hold: the sweeper expires it at its TTL
 /// and its give-back returns the model row's count.
+#[cfg(feature = "dynamodb")]
 async fn sweeper_returns_the_model_count_of_a_reserve_that_died(
     client: &aws_sdk_dynamodb::Client,
     prefix: &str,
@@ -1844,6 +1849,7 @@ async fn sweeper_returns_the_model_count_of_a_reserve_that_died(
 /// `put_tenant` updates the attributes Tollgate owns in place: attributes written
 /// by others (the seed deployment's `createdAt`) survive, and the optional ones
 /// that became null are removed.
+#[cfg(feature = "dynamodb")]
 async fn put_tenant_keeps_attributes_it_does_not_own(
     client: &aws_sdk_dynamodb::Client,
     table: &str,
@@ -1926,6 +1932,7 @@ async fn put_tenant_keeps_attributes_it_does_not_own(
 
 /// Every `ALL` row keeps `available = totalBudget − totalCost − reserved` (the
 /// attribute admission is conditioned on), and no commit is left half-done.
+#[cfg(feature = "dynamodb")]
 async fn check_budget_rows(client: &aws_sdk_dynamodb::Client, table: &str) {
     use aws_sdk_dynamodb::types::AttributeValue;
     let items = client

@@ -1,6 +1,10 @@
 //! `cargo xtask …`: everything a developer or CI runs, each command installing
 //! what it needs first.
 
+// libc process control (kill, prctl, geteuid, sysconf), each call with its
+// SAFETY note; the shipped crates keep the workspace's `unsafe_code = "deny"`.
+#![allow(unsafe_code)]
+
 mod bench;
 mod fuzz;
 mod setup;
@@ -32,8 +36,12 @@ enum Cmd {
     Up(UpArgs),
     /// The budget-exhaustion demo on the emulator, with a report.
     Demo,
-    /// Everything CI runs.
+    /// Everything CI runs: the gates (fmt, clippy, SQLite-only build,
+    /// cargo-deny), then every test.
     Test,
+    /// Supply-chain checks with cargo-deny: licenses, bans, sources and
+    /// advisories (the advisory database is fetched from github.com).
+    Deny,
     /// The benchmark report (DESIGN §6): gateway with and without Tollgate,
     /// side by side on the emulator; writes .tollgate/bench/report.md.
     Bench(bench::BenchArgs),
@@ -90,6 +98,24 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    // `cargo run` gives xtask its package's CARGO_MANIFEST_*/CARGO_PKG_*, and
+    // ring's build script reruns when they change: each cargo command from here
+    // would rebuild ring and all above it (rustls, reqwest, the sidecar) again
+    // after one run by hand. Nothing here reads them at run time.
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+            .contains(&&*k)
+        {
+            std::env::remove_var(&key);
+        }
+    }
     let cli = Cli::parse();
     match cli.command {
         Cmd::Setup => setup::setup().map(|_| ()),
@@ -111,6 +137,10 @@ fn main() -> Result<()> {
             let tools = setup::setup()?;
             test(&tools)
         }
+        Cmd::Deny => {
+            let tools = setup::setup()?;
+            deny(&tools)
+        }
         Cmd::Bench(args) => {
             let tools = setup::setup()?;
             bench::bench(&tools, &args)
@@ -119,8 +149,83 @@ fn main() -> Result<()> {
     }
 }
 
+/// Runs one gate of `cargo xtask test`: it fails fast, saying what to do.
+fn gate(what: &str, fix: &str, cmd: &mut Command) -> Result<()> {
+    println!("==> {what}");
+    let start = std::time::Instant::now();
+    run(cmd).with_context(|| format!("gate failed: {what}; {fix}"))?;
+    println!("    ok ({:.1} s)", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Checks that fail fast, before any test runs.
+fn gates(tools: &setup::Tools, cargo: &str) -> Result<()> {
+    gate(
+        "formatting (cargo fmt --all --check)",
+        "run `cargo fmt --all`",
+        Command::new(cargo).args(["fmt", "--all", "--check"]),
+    )?;
+    gate(
+        "lints (cargo clippy --workspace --all-targets -- -D warnings)",
+        "fix the findings above",
+        Command::new(cargo).args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--quiet",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    // The SQLite-only sidecar is its own cfg: lint it too, so neither build
+    // rots while the other is the one developers run.
+    gate(
+        "SQLite-only sidecar (cargo clippy -p tollgate-sidecar --no-default-features)",
+        "fix the findings above (code behind `feature = \"dynamodb\"`?)",
+        Command::new(cargo).args([
+            "clippy",
+            "-p",
+            "tollgate-sidecar",
+            "--no-default-features",
+            "--all-targets",
+            "--quiet",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    // Advisories need the RustSec database from github.com: `cargo xtask deny`.
+    gate(
+        "supply chain (cargo deny check licenses bans sources)",
+        "see deny.toml",
+        Command::new(tools.cargo_deny()).args([
+            "check",
+            "--hide-inclusion-graph",
+            "licenses",
+            "bans",
+            "sources",
+        ]),
+    )
+}
+
+/// Every cargo-deny check; advisories last, as the only one that needs the
+/// network (the RustSec database, cloned from github.com).
+fn deny(tools: &setup::Tools) -> Result<()> {
+    let deny = |checks: &[&str]| {
+        let mut cmd = Command::new(tools.cargo_deny());
+        cmd.args(["check", "--hide-inclusion-graph"]).args(checks);
+        cmd
+    };
+    run(&mut deny(&["licenses", "bans", "sources"]))?;
+    run(&mut deny(&["advisories"])).context(
+        "advisories need the RustSec database: is github.com/RustSec/advisory-db reachable?",
+    )
+}
+
 fn test(tools: &setup::Tools) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    gates(tools, &cargo)?;
     println!("==> unit and integration tests (cargo test --workspace)");
     run(Command::new(&cargo).args(["test", "--workspace", "--quiet"]))?;
     println!("==> the filter's pure core and the wire crate on wasm32 (wasm-bindgen-test, node)");

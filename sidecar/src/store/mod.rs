@@ -5,8 +5,15 @@
 //! store), so several sidecars could share one ledger.
 
 pub mod cached;
+#[cfg(feature = "dynamodb")]
 pub mod dynamodb;
 pub mod sqlite;
+
+/// What selecting the DynamoDB store says in a build without it: the flags stay
+/// (one CLI for every build), the choice fails with how to get it.
+#[cfg(not(feature = "dynamodb"))]
+pub const NO_DYNAMODB: &str =
+    "this build has no DynamoDB support; rebuild with --features dynamodb";
 
 use crate::error::Result;
 use crate::ledger::LeaseSizing;
