@@ -26,6 +26,7 @@ import requests
 from harness import BIN_DIR, REPO, free_port, spawn, wait_http
 
 DYNALITE = Path(os.environ.get("DYNALITE_BIN", REPO / "tests/node_modules/.bin/dynalite"))
+DYNALITE_URL = ""  # set by the `fleet` fixture
 SONNET = "anthropic.claude-3-sonnet-20240229-v1:0"
 # 1000 input + 1000 output tokens at 3/15 USD per 1M = 0.018 per hold; commits
 # charge exactly the hold, so admissions consume the budget for good.
@@ -85,15 +86,44 @@ def fleet(tmp_path):
         for name in ("sidecar-a", "sidecar-b"):
             p = free_port()
             proc = spawn(name, [str(sidecar_bin), "serve", "--store", "dynamodb", "--listen", f"127.0.0.1:{p}",
-                                "--db", str(tmp_path / f"{name}-unused.db"), "--sweep-interval-secs", "1"],
+                                "--db", str(tmp_path / f"{name}-unused.db"), "--sweep-interval-secs", "1",
+                                # As the harness's sidecar: a lease a gateway stopped renewing
+                                # comes back within seconds, not the default 30 s.
+                                "--lease-ttl-secs", "5"],
                          tmp_path, env=env)
             procs.append(proc)
             wait_http(f"http://127.0.0.1:{p}/healthz", proc.popen, proc.log, timeout=60)
             urls.append(f"http://127.0.0.1:{p}")
+        global DYNALITE_URL
+        DYNALITE_URL = f"http://127.0.0.1:{port}"
         yield urls, token, filter_token
     finally:
         for p in reversed(procs):
             p.stop()
+
+
+def dump_ledger_items(tenant: str, tmp_path) -> None:
+    """On a failure: the tenant's raw budget rows, holds and leases, and the
+    warnings of every process, so that a rare race can be read after the fact."""
+    import boto3
+
+    c = boto3.client("dynamodb", endpoint_url=DYNALITE_URL, region_name="us-east-1",
+                     aws_access_key_id="dummy", aws_secret_access_key="dummy")
+    for table in ("fleet-TenantBudgets", "fleet-TollgateLeases", "fleet-TollgateHolds"):
+        try:
+            items = c.scan(TableName=table)["Items"]
+        except Exception as e:  # noqa: BLE001 - a diagnostic must not hide the failure
+            print(f"scan {table}: {e}")
+            continue
+        for item in items:
+            text = json.dumps(item)
+            if tenant in text and ('"open"' in text or '"pending"' in text or "lease:" in text
+                                   or table.endswith("TenantBudgets")):
+                print(f"{table}: {text[:2000]}")
+    for log in sorted(tmp_path.glob("*.log")):
+        for line in log.read_text(errors="replace").splitlines():
+            if any(w in line for w in ("WARN", "ERROR", "warning", "error")):
+                print(f"{log.name}: {line[:500]}")
 
 
 def test_two_sidecars_share_one_budget(fleet):
@@ -224,6 +254,8 @@ def test_leased_gateways_on_two_sidecars_never_overspend(fleet, stack, tmp_path)
             if done or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
+        if not (bal["requests"] == len(ok) and Decimal(bal["reserved_usd"]) == 0):
+            dump_ledger_items(tenant, tmp_path)
         assert bal["requests"] == len(ok), bal
         assert Decimal(bal["reserved_usd"]) == 0, bal
         spent = Decimal(bal["spent_usd"])
