@@ -162,6 +162,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     use utoipa::OpenApi;
     OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
         .routes(routes!(healthz))
+        .routes(routes!(readyz))
         .routes(routes!(metrics))
         .routes(routes!(openapi))
         .routes(routes!(reserve))
@@ -208,6 +209,35 @@ pub struct Health {
     responses((status = 200, description = "The sidecar is up", body = Health)))]
 async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
+}
+
+/// The store is not usable now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NotReady {
+    #[schema(example = "not ready: table fleet-TenantBudgets is UPDATING, not ACTIVE")]
+    pub message: String,
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "ops", summary = "Readiness",
+    description = "Checks the store now (SQLite: a read and a write through the ledger writer; \
+        DynamoDB: every table ACTIVE). Use it for readiness probes; `/healthz` is liveness.",
+    responses(
+        (status = 200, description = "Ready to take traffic", body = Health),
+        (status = 503, description = "The store is not usable", body = NotReady)))]
+async fn readyz(State(s): State<AppState>) -> Response {
+    match s.service.store.check_ready().await {
+        Ok(()) => Json(Health { status: "ready" }).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(NotReady {
+                    message: format!("not ready: {e}"),
+                }),
+            )
+                .into_response()
+        }
+    }
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "ops",

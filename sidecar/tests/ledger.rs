@@ -782,6 +782,7 @@ async fn openapi_lists_every_route() {
         ("/v1/aliases/{alias}", "put"),
         ("/v1/usage", "get"),
         ("/healthz", "get"),
+        ("/readyz", "get"),
         ("/metrics", "get"),
         ("/openapi.json", "get"),
     ] {
@@ -987,4 +988,24 @@ async fn responses_carry_a_request_id() {
         a.starts_with("sc-") && b.starts_with("sc-") && a != b,
         "{a} {b}"
     );
+}
+
+/// `/readyz` checks the store now: ready on an open ledger, 503 with the reason
+/// once the database is gone from under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_checks_the_store() {
+    let s = TestSidecar::start().await;
+    let (st, body) = s.raw("GET", "/readyz", None, None).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert!(body.contains("ready"), "{body}");
+    // Make the ledger unwritable: the writer's next transaction fails.
+    let conn = rusqlite::Connection::open(&s.db).unwrap();
+    conn.execute_batch("PRAGMA busy_timeout = 0; BEGIN EXCLUSIVE;")
+        .unwrap();
+    let (st, body) = s.raw("GET", "/readyz", None, None).await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("not ready"), "{body}");
+    conn.execute_batch("ROLLBACK;").unwrap();
+    let (st, _) = s.raw("GET", "/readyz", None, None).await;
+    assert_eq!(st, StatusCode::OK);
 }

@@ -216,6 +216,10 @@ impl Store for CachedStore {
         self.inner.list_tenants().await
     }
 
+    async fn check_ready(&self) -> Result<()> {
+        self.inner.check_ready().await
+    }
+
     fn pricing_region(&self) -> &str {
         self.inner.pricing_region()
     }
@@ -496,6 +500,9 @@ mod tests {
         }
         async fn list_tenants(&self) -> Result<Vec<TenantConfig>> {
             self.inner.list_tenants().await
+        }
+        async fn check_ready(&self) -> Result<()> {
+            self.inner.check_ready().await
         }
         fn pricing_region(&self) -> &str {
             "eu-west-1"

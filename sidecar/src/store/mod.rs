@@ -358,6 +358,11 @@ pub struct UsageRecord {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Readiness (`GET /readyz`): the store answers reads and takes writes now
+    /// (SQLite: a read and an empty write through the writer thread; DynamoDB:
+    /// every table described and `ACTIVE`). Never answered from a cache.
+    async fn check_ready(&self) -> Result<()>;
+
     // --- configuration -------------------------------------------------------
     /// Upserts a tenant. The current period's budget (if its row exists) follows
     /// the new configured budget; earlier periods keep theirs.

@@ -1036,6 +1036,15 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn check_ready(&self) -> Result<()> {
+        self.with(|conn| {
+            conn.query_row("SELECT count(*) FROM tenants", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await?;
+        self.write(|_| Ok(())).await
+    }
+
     async fn list_tenants(&self) -> Result<Vec<TenantConfig>> {
         self.with(|conn| {
             let mut stmt = conn.prepare(&format!(

@@ -1851,6 +1851,26 @@ impl DynamoStore {
 
 #[async_trait]
 impl Store for DynamoStore {
+    async fn check_ready(&self) -> Result<()> {
+        for (name, ..) in self.t.definitions() {
+            let d = self
+                .client
+                .describe_table()
+                .table_name(name)
+                .send()
+                .await
+                .map_err(|e| hard(ddb_error("DescribeTable", name, e), "DescribeTable"))?;
+            let status = d.table().and_then(|t| t.table_status().cloned());
+            if status != Some(TableStatus::Active) {
+                return Err(Error::Internal(format!(
+                    "table {name} is {}, not ACTIVE",
+                    status.map_or("missing".to_string(), |s| s.as_str().to_string())
+                )));
+            }
+        }
+        Ok(())
+    }
+
     async fn put_tenant(&self, cfg: &TenantConfig, current_period: &str) -> Result<()> {
         // One UpdateItem over the attributes Tollgate owns (an upsert), so
         // attributes written by others (e.g. the seed deployment's `createdAt`)
