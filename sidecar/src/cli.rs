@@ -1,8 +1,8 @@
 //! Command-line client for the admin API (`tollgate-sidecar tenants|keys|prices|…`).
 
 use crate::config::{
-    AliasesCommand, ClientArgs, Command, KeysArgs, KeysCommand, PricesCommand, ProfilesCommand,
-    TenantsCommand,
+    arg_name, AliasesCommand, ClientArgs, Command, KeysArgs, KeysCommand, PricesCommand,
+    ProfilesCommand, TenantsCommand,
 };
 use crate::error::{Error, Result};
 use reqwest::Method;
@@ -113,7 +113,7 @@ pub async fn run(command: Command) -> Result<()> {
                     let body = json!({
                         "budget_usd": budget.to_string(),
                         "alert_threshold": alert_threshold.to_string(),
-                        "reset_cycle": reset_cycle,
+                        "reset_cycle": arg_name(&reset_cycle),
                         "active": !inactive,
                         "allowed_models": allowed_models,
                         "default_model": default_model,
@@ -244,8 +244,16 @@ pub async fn run(command: Command) -> Result<()> {
         Command::Usage(a) => {
             let c = Client::new(&a.client)?;
             let mut q = vec![
-                format!("group_by={}", seg(&a.group_by)),
-                format!("format={}", seg(&a.format)),
+                format!(
+                    "group_by={}",
+                    seg(&a
+                        .group_by
+                        .iter()
+                        .map(arg_name)
+                        .collect::<Vec<_>>()
+                        .join(","))
+                ),
+                format!("format={}", arg_name(&a.format)),
             ];
             if let Some(f) = &a.from {
                 q.push(format!("from={}", seg(f)));

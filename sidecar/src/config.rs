@@ -286,9 +286,9 @@ pub enum TenantsCommand {
         /// Fraction of the budget (0–1) that fires the threshold alert.
         #[arg(long, default_value = "0.8", value_parser = parse_decimal_arg)]
         alert_threshold: Decimal,
-        /// monthly, daily or none.
-        #[arg(long, default_value = "monthly")]
-        reset_cycle: String,
+        /// When the budget starts over.
+        #[arg(long, value_enum, default_value_t = ResetCycleArg::Monthly)]
+        reset_cycle: ResetCycleArg,
         /// Allowed model (alias or ID; repeatable). None: every priced model.
         #[arg(long = "allowed-model")]
         allowed_models: Vec<String>,
@@ -432,9 +432,9 @@ pub enum AliasesCommand {
 pub struct UsageArgs {
     #[command(flatten)]
     pub client: ClientArgs,
-    /// Comma-separated: tenant, application, model, cost_center, environment, user.
-    #[arg(long, default_value = "tenant")]
-    pub group_by: String,
+    /// Dimensions to group by, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "tenant")]
+    pub group_by: Vec<GroupBy>,
     /// RFC 3339 start (inclusive).
     #[arg(long)]
     pub from: Option<String>,
@@ -444,7 +444,98 @@ pub struct UsageArgs {
     /// Only this tenant.
     #[arg(long)]
     pub tenant: Option<String>,
-    /// json or csv.
-    #[arg(long, default_value = "json")]
-    pub format: String,
+    #[arg(long, value_enum, default_value_t = UsageFormat::Json)]
+    pub format: UsageFormat,
+}
+
+/// `tenants set --reset-cycle` (checked here, before any call).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ResetCycleArg {
+    Monthly,
+    Daily,
+    None,
+}
+
+/// `usage --group-by` dimensions, as `GET /v1/usage` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum GroupBy {
+    Tenant,
+    Application,
+    Model,
+    CostCenter,
+    Environment,
+    User,
+}
+
+/// `usage --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UsageFormat {
+    Json,
+    Csv,
+}
+
+/// The name a value has on the command line (and in the API).
+pub fn arg_name(v: &impl ValueEnum) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("tollgate-sidecar").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn usage_arguments_are_checked_before_any_call() {
+        let cli = parse(&[
+            "usage",
+            "--group-by",
+            "tenant,cost_center",
+            "--format",
+            "csv",
+        ])
+        .unwrap();
+        let Command::Usage(u) = cli.command else {
+            panic!("not usage")
+        };
+        assert_eq!(u.group_by, vec![GroupBy::Tenant, GroupBy::CostCenter]);
+        assert_eq!(arg_name(&u.format), "csv");
+        for bad in [
+            &["usage", "--group-by", "planet"][..],
+            &["usage", "--format", "xml"],
+            &[
+                "tenants",
+                "set",
+                "acme",
+                "--budget",
+                "1",
+                "--reset-cycle",
+                "weekly",
+            ],
+        ] {
+            let e = parse(bad).err().expect("refused");
+            assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue, "{bad:?}");
+        }
+        // `--url` goes anywhere after the command (also after a nested one).
+        for args in [
+            &["usage", "--url", "http://x:1"][..],
+            &["usage", "--format", "csv", "--url", "http://x:1"],
+        ] {
+            let Command::Usage(u) = parse(args).unwrap().command else {
+                panic!("not usage")
+            };
+            assert_eq!(u.client.url, "http://x:1");
+        }
+    }
+
+    #[test]
+    fn group_by_names_are_the_apis() {
+        let names: Vec<String> = GroupBy::value_variants().iter().map(arg_name).collect();
+        assert_eq!(names, crate::api::GROUP_KEYS);
+    }
 }
