@@ -518,7 +518,7 @@ mod tests {
                 "weekly",
             ],
         ] {
-            let e = parse(bad).err().expect("refused");
+            let e = parse(bad).expect_err("refused");
             assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue, "{bad:?}");
         }
         // `--url` goes anywhere after the command (also after a nested one).
