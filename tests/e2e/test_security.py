@@ -338,3 +338,23 @@ def test_admin_changes_are_audited_without_secrets(stack, tenant_id):
     assert "status=401" in bad and 'outcome="refused"' in bad, bad
     for secret in (key, stack.admin_token, stack.filter_token, "not-the-admin-token"):
         assert secret not in log
+
+
+def test_headers_with_underscores_never_reach_the_filter_or_bedrock(stack, victim, tenant_id):
+    """`x_tenant_id` could alias `x-tenant-id` behind Envoy: the edge drops every
+    header with an underscore (`headers_with_underscores_action: DROP_HEADER`).
+    The request is served as the key's tenant, charged to it alone."""
+    victim_id, _ = victim
+    caller = f"{tenant_id}-caller"
+    key = stack.create_tenant(caller, budget="1.00")
+    before = balance(stack, victim_id)
+    stack.clear_emulator()
+    r = requests.post(f"{stack.gateway_url}/model/{HAIKU}/converse", timeout=10, verify=CA,
+                      headers={"Authorization": f"Bearer {key}", "x_tenant_id": victim_id},
+                      json={"messages": [{"role": "user", "content": [{"text": "hi"}]}]})
+    assert r.status_code == 200, r.text
+    seen = stack.emulator_requests()
+    assert len(seen) == 1
+    assert not any("_" in h for h in seen[0]["headers"]), seen[0]["headers"]
+    assert stack.settled(caller, 1)["balance"]["requests"] == 1
+    assert balance(stack, victim_id) == before
