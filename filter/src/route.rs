@@ -4,6 +4,7 @@
 //! AnthropicBedrock leaves `:` raw), so the segment is percent-decoded before it is
 //! matched, and re-encoded the way the AWS SDKs do when the path is rewritten.
 
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use thiserror::Error;
 use tollgate_wire::api::Operation;
 
@@ -161,35 +162,37 @@ pub fn valid_model_id(s: &str) -> bool {
     }
 }
 
-/// RFC 3986 unreserved characters stay; everything else is `%XX`.
+/// RFC 3986 unreserved characters stay; everything else is `%XX` (a path
+/// segment as the AWS SDKs encode a model ID).
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 pub fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(s, SEGMENT).to_string()
 }
 
+/// The decoded segment; `None` when it is not UTF-8 or has a malformed escape
+/// (the crate would pass `%zz` through as is; a model ID with one is refused).
 pub fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    let b = s.as_bytes();
+    let well_formed = b
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c == b'%')
+        .all(|(i, _)| {
+            b.get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+        });
+    if !well_formed {
+        return None;
     }
-    String::from_utf8(out).ok()
+    percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(|c| c.into_owned())
 }
 
 #[cfg(test)]
@@ -343,6 +346,14 @@ mod tests {
         }
         let e = BedrockRoute::parse("POST", "/model/a%0Ab/converse").unwrap_err();
         assert!(e.to_string().contains("a\\nb"), "{e}");
+    }
+
+    #[test]
+    fn malformed_escapes_and_non_utf8_are_refused() {
+        for bad in ["a%zz", "a%4", "a%", "%E2%82"] {
+            assert_eq!(percent_decode(bad), None, "{bad}");
+        }
+        assert_eq!(percent_decode("a%3Ab%2F").as_deref(), Some("a:b/"));
     }
 
     #[test]

@@ -14,17 +14,19 @@ struct Client {
     token: String,
 }
 
-/// Percent-encodes one path segment (model IDs contain `:`; keep it readable).
+/// What stays as is in a path segment or query value: RFC 3986 unreserved, and
+/// `:` and `@` (model IDs contain `:`; keep them readable).
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b':')
+    .remove(b'@');
+
+/// Percent-encodes one path segment or query value.
 fn seg(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':' | b'@') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
 }
 
 impl Client {
