@@ -62,6 +62,8 @@ fn model_id() -> impl Strategy<Value = String> {
             base,
         )
             .prop_map(|(r, acct, kind, id)| format!("arn:aws:bedrock:{r}:{acct}:{kind}/{id}")),
+        // Anything else a caller may put in the label (`%`, spaces, `.`, `..`, Unicode).
+        "(\\.|\\.\\.|[ -~]{1,30}|.{1,10})",
     ]
 }
 
@@ -89,6 +91,9 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
 
 /// Header values as clients send them: printable ASCII with runs of spaces,
 /// including leading and trailing ones (which SigV4 trims and collapses).
+/// No tabs: aws-sigv4 keeps a tab in a value as is (it trims and collapses only
+/// spaces), while botocore and `verify` treat it as whitespace, so the two
+/// signers disagree there and the gateway follows botocore.
 fn header_value() -> impl Strategy<Value = String> {
     "[ -~]{0,40}"
 }
@@ -267,10 +272,14 @@ proptest! {
 
     #[test]
     fn changed_body_is_refused(c in case(), at in any::<prop::sample::Index>(), bit in 0u8..8) {
-        prop_assume!(!c.body.is_empty());
         let s = aws_sign(&c);
         let mut body = c.body.clone();
-        body[at.index(c.body.len())] ^= 1 << bit;
+        if body.is_empty() {
+            // A body where none was signed.
+            body.push(1 << bit);
+        } else {
+            body[at.index(c.body.len())] ^= 1 << bit;
+        }
         let got = verify(&c, &s, &s.headers, &sigv4::sha256_hex(&body));
         prop_assert!(got.is_err(), "{got:?}");
     }
