@@ -88,8 +88,10 @@ def fleet(tmp_path):
             proc = spawn(name, [str(sidecar_bin), "serve", "--store", "dynamodb", "--listen", f"127.0.0.1:{p}",
                                 "--db", str(tmp_path / f"{name}-unused.db"), "--sweep-interval-secs", "1",
                                 # As the harness's sidecar: a lease a gateway stopped renewing
-                                # comes back within seconds, not the default 30 s.
-                                "--lease-ttl-secs", "5"],
+                                # comes back within seconds, not the default 30 s; and a hold
+                                # left open (a gateway that never settled it) within the
+                                # lease test's wait, not the default 10 min.
+                                "--lease-ttl-secs", "5", "--hold-ttl-secs", "30"],
                          tmp_path, env=env)
             procs.append(proc)
             wait_http(f"http://127.0.0.1:{p}/healthz", proc.popen, proc.log, timeout=60)
