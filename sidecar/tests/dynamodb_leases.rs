@@ -761,7 +761,9 @@ async fn dynamodb_leases_on_dynalite() {
         Arc::new(s)
     };
 
-    lease_lifecycle(open(fresh()).await).await;
+    let ready = open(fresh()).await;
+    ready.check_ready().await.expect("tables ACTIVE: ready");
+    lease_lifecycle(ready).await;
     leases_respect_the_budget_and_expire(open(fresh()).await).await;
     hold_commits_are_capped(open(fresh()).await).await;
     crash_windows_are_repaired(aws_sdk_dynamodb::Client::new(&conf), open(fresh()).await).await;

@@ -986,26 +986,32 @@ impl DynamoStore {
         Ok(out)
     }
 
+    /// `DescribeTable`: the table's status, and whether all its GSIs are active.
+    async fn table_status(&self, table: &str) -> Result<(Option<TableStatus>, bool)> {
+        let d = self
+            .client
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .map_err(|e| hard(ddb_error("DescribeTable", table, e), "DescribeTable"))?;
+        let status = d.table().and_then(|t| t.table_status().cloned());
+        let gsis_active = d
+            .table()
+            .map(|t| {
+                t.global_secondary_indexes().iter().all(|g| {
+                    g.index_status()
+                        .is_none_or(|s| *s == aws_sdk_dynamodb::types::IndexStatus::Active)
+                })
+            })
+            .unwrap_or(true);
+        Ok((status, gsis_active))
+    }
+
     async fn wait_active(&self, table: &str) -> Result<()> {
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
         loop {
-            let d = self
-                .client
-                .describe_table()
-                .table_name(table)
-                .send()
-                .await
-                .map_err(|e| hard(ddb_error("DescribeTable", table, e), "DescribeTable"))?;
-            let status = d.table().and_then(|t| t.table_status().cloned());
-            let gsis_active = d
-                .table()
-                .map(|t| {
-                    t.global_secondary_indexes().iter().all(|g| {
-                        g.index_status()
-                            .is_none_or(|s| *s == aws_sdk_dynamodb::types::IndexStatus::Active)
-                    })
-                })
-                .unwrap_or(true);
+            let (status, gsis_active) = self.table_status(table).await?;
             if status == Some(TableStatus::Active) && gsis_active {
                 return Ok(());
             }
@@ -1853,14 +1859,7 @@ impl DynamoStore {
 impl Store for DynamoStore {
     async fn check_ready(&self) -> Result<()> {
         for (name, ..) in self.t.definitions() {
-            let d = self
-                .client
-                .describe_table()
-                .table_name(name)
-                .send()
-                .await
-                .map_err(|e| hard(ddb_error("DescribeTable", name, e), "DescribeTable"))?;
-            let status = d.table().and_then(|t| t.table_status().cloned());
+            let (status, _) = self.table_status(name).await?;
             if status != Some(TableStatus::Active) {
                 return Err(Error::Internal(format!(
                     "table {name} is {}, not ACTIVE",
