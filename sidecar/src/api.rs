@@ -188,6 +188,12 @@ pub fn router(state: AppState) -> Router {
     let (router, _) = routes().split_for_parts();
     router
         .fallback(|| async { error_response(StatusCode::NOT_FOUND, "no such route") })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed on this route (see /openapi.json)"),
+            )
+        })
         // Over every route (and the fallback), so a data-plane route added later
         // is covered: see `dataplane_auth::is_data_plane_path`.
         .layer(axum::middleware::from_fn_with_state(

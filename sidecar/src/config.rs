@@ -13,8 +13,61 @@ use std::path::PathBuf;
     about = "Tollgate budget sidecar: per-tenant Bedrock budgets, holds, commits and cost attribution"
 )]
 pub struct Cli {
+    /// Base URL of the sidecar, for the admin commands (also accepted after
+    /// the command, where it wins).
+    #[arg(long = "url", id = "leading_url", value_name = "URL")]
+    leading_url: Option<String>,
+    /// Admin token, for the admin commands (also accepted after the command).
+    #[arg(long = "admin-token", id = "leading_admin_token", value_name = "TOKEN")]
+    leading_admin_token: Option<String>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parses the process's arguments; `--url`/`--admin-token` may stand before
+    /// the command (`tollgate-sidecar --url … tenants list`) as well as after it.
+    pub fn parse_args() -> Self {
+        Self::parse_from_args(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    pub fn parse_from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{CommandFactory, FromArgMatches};
+        let mut cmd = Self::command();
+        let matches = cmd.try_get_matches_from_mut(args)?;
+        let mut cli = Self::from_arg_matches(&matches)?;
+        if cli.leading_url.is_none() && cli.leading_admin_token.is_none() {
+            return Ok(cli);
+        }
+        if cli.command.client_mut().is_none() {
+            return Err(cmd.error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--url and --admin-token are for the admin commands (tenants, keys, usage, …)",
+            ));
+        }
+        // A value given after the command is nearer to it and wins; one given
+        // before only replaces the default or the environment.
+        let after = |id: &str| {
+            matches.subcommand().is_some_and(|(_, sub)| {
+                sub.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+            })
+        };
+        let (url_after, token_after) = (after("url"), after("admin_token"));
+        let Some(client) = cli.command.client_mut() else {
+            return Ok(cli);
+        };
+        if let Some(url) = cli.leading_url.take().filter(|_| !url_after) {
+            client.url = url;
+        }
+        if let Some(token) = cli.leading_admin_token.take().filter(|_| !token_after) {
+            client.admin_token = Some(token);
+        }
+        Ok(cli)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -41,6 +94,21 @@ pub enum Command {
     /// `GET /openapi.json` (regenerates `sidecar/openapi.json`).
     #[command(hide = true)]
     Openapi,
+}
+
+impl Command {
+    /// Where the admin API is, for the commands that call it.
+    fn client_mut(&mut self) -> Option<&mut ClientArgs> {
+        match self {
+            Command::Tenants(a) => Some(&mut a.client),
+            Command::Keys(a) | Command::Sigv4(a) => Some(&mut a.client),
+            Command::Prices(a) => Some(&mut a.client),
+            Command::Profiles(a) => Some(&mut a.client),
+            Command::Aliases(a) => Some(&mut a.client),
+            Command::Usage(a) => Some(&mut a.client),
+            Command::Serve(_) | Command::Dynamodb(_) | Command::Openapi => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -487,7 +555,7 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("tollgate-sidecar").chain(args.iter().copied()))
+        Cli::parse_from_args(std::iter::once("tollgate-sidecar").chain(args.iter().copied()))
     }
 
     #[test]
@@ -531,6 +599,48 @@ mod tests {
             };
             assert_eq!(u.client.url, "http://x:1");
         }
+        // …and before it; after it wins.
+        let url_of = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Tenants(t) => (t.client.url, t.client.admin_token),
+            _ => panic!("not tenants"),
+        };
+        assert_eq!(
+            url_of(&[
+                "--url",
+                "http://a:1",
+                "--admin-token",
+                "t",
+                "tenants",
+                "list"
+            ]),
+            ("http://a:1".into(), Some("t".into()))
+        );
+        assert_eq!(
+            url_of(&[
+                "--url",
+                "http://a:1",
+                "tenants",
+                "list",
+                "--url",
+                "http://b:2"
+            ])
+            .0,
+            "http://b:2"
+        );
+        assert_eq!(
+            url_of(&[
+                "--url",
+                "http://a:1",
+                "tenants",
+                "--url",
+                "http://b:2",
+                "list"
+            ])
+            .0,
+            "http://b:2"
+        );
+        let e = parse(&["--url", "http://a:1", "openapi"]).expect_err("not an admin command");
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 
     #[test]

@@ -1,4 +1,3 @@
-use clap::Parser;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use tollgate_sidecar::config::{Cli, Command, LogFormat};
@@ -18,7 +17,7 @@ fn init_logging(format: LogFormat) {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     let result = match cli.command {
         Command::Serve(args) => {
             init_logging(args.log_format);

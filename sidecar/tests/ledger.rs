@@ -820,6 +820,39 @@ async fn openapi_lists_every_route() {
     }
 }
 
+/// Every status the API answers is JSON, including the router's own 404 and
+/// 405 (which also names the allowed methods, as HTTP asks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrouted_requests_get_json_errors() {
+    let s = TestSidecar::start().await;
+    let resp = s
+        .http
+        .delete(format!("{}/v1/pricing", s.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let allow = resp
+        .headers()
+        .get("allow")
+        .map(|v| v.to_str().unwrap_or("").to_owned());
+    assert!(
+        allow.as_deref().is_some_and(|a| a.contains("GET")),
+        "{allow:?}"
+    );
+    let v: Value = resp.json().await.expect("405 is JSON");
+    assert!(
+        v["message"].as_str().is_some_and(|m| m.contains("DELETE")),
+        "{v}"
+    );
+
+    let (st, body) = s.raw("GET", "/v1/nowhere", Some(TOKEN), None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let v: Value = serde_json::from_str(&body).expect("404 is JSON");
+    assert_eq!(v["message"], "no such route");
+}
+
 /// `sidecar/openapi.json` (what readers see) is what the code generates.
 #[test]
 fn checked_in_openapi_is_current() {
