@@ -26,7 +26,10 @@ def test_aws_config_validates(tmp_path, tls):
         AWS_REGION="eu-west-1", BEDROCK_HOST="bedrock-runtime.eu-west-1.amazonaws.com",
         BEDROCK_PORT=443 if tls else 80, SIDECAR_PORT=9190,
         TLS_CERT=TLS_DIR / "gateway.pem", TLS_KEY=TLS_DIR / "gateway.key",
+        # Any bundle, not only Debian's: the test's own CA.
+        TRUSTED_CA=TLS_DIR / "ca.pem",
     )
+    assert str(TLS_DIR / "ca.pem") in text
     if not tls:
         start = text.index("    # BEGIN TLS")
         end = text.index("    # END TLS\n") + len("    # END TLS\n")

@@ -65,6 +65,11 @@ pub struct UpArgs {
     /// Seed file (tenants, keys, prices) loaded by the sidecar at start.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// CA bundle that verifies Bedrock's certificate (with an https://
+    /// --bedrock-endpoint). Default: the system bundle, wherever this
+    /// distribution keeps it.
+    #[arg(long, env = "TOLLGATE_TRUSTED_CA")]
+    trusted_ca: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]

@@ -466,11 +466,41 @@ fn parse_endpoint(url: &str) -> Result<(String, u16, bool)> {
     Ok((host, port, tls))
 }
 
+/// Where distributions keep the system CA bundle: Debian/Ubuntu/Alpine,
+/// Fedora/RHEL/Amazon Linux, openSUSE, macOS.
+const SYSTEM_CA_BUNDLES: [&str; 4] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// The CA bundle Envoy verifies Bedrock with: the one given, or the system's.
+fn trusted_ca(given: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = given {
+        if !p.is_file() {
+            bail!("--trusted-ca {}: no such file", p.display());
+        }
+        return Ok(p.to_path_buf());
+    }
+    SYSTEM_CA_BUNDLES
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .with_context(|| {
+            format!(
+                "no system CA bundle found (looked for {}); pass --trusted-ca or set TOLLGATE_TRUSTED_CA",
+                SYSTEM_CA_BUNDLES.join(", ")
+            )
+        })
+}
+
 pub fn aws_envoy_config(
     tools: &Tools,
     ports: Ports,
     region: &str,
     endpoint: &str,
+    ca: Option<&Path>,
 ) -> Result<String> {
     let (host, port, tls) = parse_endpoint(endpoint)?;
     let mut template = std::fs::read_to_string(repo_root().join("envoy/aws.yaml"))?;
@@ -483,6 +513,11 @@ pub fn aws_envoy_config(
             .context("aws.yaml lacks the TLS markers")?;
         template.replace_range(start..end + "    # END TLS\n".len(), "");
     }
+    let ca = if tls {
+        trusted_ca(ca)?.display().to_string()
+    } else {
+        String::new()
+    };
     render(
         &template,
         &[
@@ -492,6 +527,7 @@ pub fn aws_envoy_config(
             ("AWS_REGION", region.to_owned()),
             ("BEDROCK_HOST", host),
             ("BEDROCK_PORT", port.to_string()),
+            ("TRUSTED_CA", ca),
             ("SIDECAR_PORT", ports.sidecar.to_string()),
             ("TLS_CERT", tools.tls_cert().display().to_string()),
             ("TLS_KEY", tools.tls_key().display().to_string()),
@@ -512,7 +548,13 @@ pub fn up(tools: &Tools, args: &UpArgs) -> Result<()> {
         }
     };
     let config = match &args.bedrock_endpoint {
-        Some(endpoint) => aws_envoy_config(tools, ports, &args.region, endpoint)?,
+        Some(endpoint) => aws_envoy_config(
+            tools,
+            ports,
+            &args.region,
+            endpoint,
+            args.trusted_ca.as_deref(),
+        )?,
         None => {
             stack.start_emulator(tools, ports)?;
             emulator_envoy_config(tools, ports, &args.region)?
@@ -646,6 +688,14 @@ pub fn demo(tools: &Tools) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trusted_ca_is_the_given_file_or_refused() {
+        let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        assert_eq!(trusted_ca(Some(&here)).unwrap(), here);
+        let err = trusted_ca(Some(Path::new("/nonexistent/ca.pem"))).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+    }
 
     #[test]
     fn render_fills_and_refuses_unknown_placeholders() {
