@@ -167,8 +167,11 @@ class Stack:
         p = spawn("sidecar", [str(BIN_DIR / "tollgate-sidecar"), "serve", "--listen", f"127.0.0.1:{self.sidecar_port}",
                               "--db", str(self.workdir / "ledger.db"),
                               # Short lease TTL and sweep, so a dead gateway's lease
-                              # comes back within a test's patience.
+                              # comes back within a test's patience; and its
+                              # one-request holds (taken when a lease's admit
+                              # window ran out under load) soon after.
                               "--lease-ttl-secs", "5", "--sweep-interval-secs", "1",
+                              "--hold-ttl-secs", "20",
                               "--filter-token-file", str(self.filter_token_file), *self.sidecar_args], self.workdir,
                   env={"TOLLGATE_ADMIN_TOKEN": self.admin_token, "TOLLGATE_SECRET_KEY": self.secret_key,
                        "TOLLGATE_METRICS_TOKEN": self.metrics_token, "TOLLGATE_FILTER_TOKEN": ""})
