@@ -87,11 +87,49 @@ def test_istio_manifests_parse():
 
     kinds = []
     for f in sorted((REPO / "envoy/istio").glob("*.yaml")):
+        if f.name == "kustomization.yaml":
+            continue
         for doc in yaml.safe_load_all(f.read_text()):
             assert doc["apiVersion"] and doc["metadata"]["name"], f
             kinds.append(doc["kind"])
     for k in ["EnvoyFilter", "Deployment", "Service", "ServiceEntry", "DestinationRule", "Gateway", "VirtualService"]:
         assert k in kinds
+
+
+def test_istio_region_is_set_in_one_place(tmp_path):
+    """`kubectl apply -k envoy/istio` with another Region in the kustomization's
+    one literal: every host, SNI and the signer follow, and nothing of the
+    default Region is left."""
+    import shutil
+
+    import yaml
+
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl (with its built-in kustomize) is not installed")
+    base = tmp_path / "istio"
+    shutil.copytree(REPO / "envoy/istio", base)
+    k = base / "kustomization.yaml"
+    assert "- region=us-east-1\n" in k.read_text()
+    k.write_text(k.read_text().replace("- region=us-east-1\n", "- region=eu-west-1\n"))
+    out = subprocess.run(["kubectl", "kustomize", str(base)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "us-east-1" not in out.stdout
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out.stdout)}
+    assert not [k for k in docs if k[0] == "ConfigMap"], "the region ConfigMap is local-config"
+    host = "bedrock-runtime.eu-west-1.amazonaws.com"
+    assert docs[("ServiceEntry", "bedrock-runtime")]["spec"]["hosts"] == [host]
+    dr = docs[("DestinationRule", "bedrock-runtime")]["spec"]
+    assert (dr["host"], dr["trafficPolicy"]["tls"]["sni"]) == (host, host)
+    vs = docs[("VirtualService", "bedrock-runtime")]["spec"]
+    assert vs["http"][0]["route"][0]["destination"]["host"] == host
+    signer = next(p["patch"]["value"] for p in docs[("EnvoyFilter", "tollgate")]["spec"]["configPatches"]
+                  if p["patch"]["value"].get("name") == "envoy.filters.http.aws_request_signing")
+    assert signer["typed_config"]["region"] == "eu-west-1"
+    assert signer["typed_config"]["host_rewrite"] == host
+    # Every manifest of the directory is in the kustomization.
+    listed = yaml.safe_load(k.read_text())["resources"]
+    assert sorted(listed) == sorted(f.name for f in (REPO / "envoy/istio").glob("*.yaml")
+                                    if f.name != "kustomization.yaml")
 
 
 def test_the_filter_token_reaches_the_wasm_vm_by_name_only():
