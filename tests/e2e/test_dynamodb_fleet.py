@@ -202,7 +202,7 @@ def test_leased_gateways_on_two_sidecars_never_overspend(fleet, stack, tmp_path)
     DynamoDB ledger: 200 concurrent requests against a budget for about 50.
     The leases the gateways hold are counted in the shared ledger, so the
     tenant never spends more than its budget."""
-    from harness import CA, ENVOY, WASM, emulator_envoy_config
+    from harness import CA, plan
 
     (a, b), token, filter_token = fleet
     auth = {"Authorization": f"Bearer {token}"}
@@ -219,16 +219,19 @@ def test_leased_gateways_on_two_sidecars_never_overspend(fleet, stack, tmp_path)
     gateways = []
     for name, sidecar in (("gw-a", a), ("gw-b", b)):
         listener, admin = free_port(), free_port()
-        cfg = tmp_path / f"{name}.yaml"
-        text = emulator_envoy_config(WASM, listener, admin, stack.emulator_port, int(sidecar.rsplit(":", 1)[1]))
+        planned = plan(tmp_path, listener=listener, admin=admin, emulator=stack.emulator_port,
+                       sidecar=int(sidecar.rsplit(":", 1)[1]), filter_token=filter_token)
+        text = planned["envoy_config"]
         default_cfg = '{"sidecar_cluster": "tollgate_sidecar", "failure_mode": "closed"}'
         assert default_cfg in text
         # dynalite on a shared 2-core machine answers a burst of contended
         # reserves slowly; give them time rather than failing closed.
+        cfg = tmp_path / f"{name}.yaml"
         cfg.write_text(text.replace(default_cfg, json.dumps(
             {"sidecar_cluster": "tollgate_sidecar", "reserve_timeout_ms": 20000})))
-        p = spawn(name, [ENVOY, "-c", str(cfg), "--concurrency", "2", "--log-level", "warn",
-                         "--base-id", str(admin)], tmp_path, env={"TOLLGATE_FILTER_TOKEN": filter_token})
+        launch = planned["envoy"]
+        launch["args"][launch["args"].index(planned["envoy_config_path"])] = str(cfg)
+        p = spawn(name, [launch["program"], *launch["args"]], tmp_path, env=launch["env"])
         stack.procs[name] = p
         wait_http(f"http://127.0.0.1:{admin}/ready", p.popen, p.log)
         gateways.append(f"https://127.0.0.1:{listener}")

@@ -11,6 +11,7 @@
 //! byte); two examples measure the sidecar's reserve+commit rate and the
 //! event-stream decoder. The report goes to stdout and `.tollgate/bench/report.md`.
 
+use crate::plan;
 use crate::setup::{self, have, Tools};
 use crate::stack::{self, Ports, Stack};
 use crate::{repo_root, run, state_dir};
@@ -111,25 +112,24 @@ pub fn bench(tools: &Tools, args: &BenchArgs) -> Result<()> {
         "bench: starting emulator, sidecar and two Envoys (logs in {})",
         dir.join("logs").display()
     );
-    let mut emulator = Command::new(bin.join("bedrock-emulator"));
-    emulator
-        .args(["--listen", &format!("127.0.0.1:{}", pa.emulator)])
-        .args(["--access-key-id", stack::EMULATOR_ACCESS_KEY_ID])
-        .args(["--secret-access-key", stack::EMULATOR_SECRET_ACCESS_KEY]);
-    stack.start_process("emulator", emulator, pa.emulator, "/_emulator/health")?;
+    stack.launch("emulator", &plan::emulator(&bin, pa))?;
 
     let admin_token = stack::random_token()?;
-    let mut sidecar = Command::new(bin.join("tollgate-sidecar"));
-    sidecar
-        .arg("serve")
-        .args(["--listen", &format!("127.0.0.1:{}", pa.sidecar)])
-        .arg("--db")
-        .arg(dir.join("ledger.db"))
-        .arg("--filter-token-file")
-        .arg(&stack.filter_token().file)
-        .env("TOLLGATE_ADMIN_TOKEN", &admin_token)
-        .env("TOLLGATE_SECRET_KEY", stack::secret_key()?);
-    stack.start_process("sidecar", sidecar, pa.sidecar, "/healthz")?;
+    let secret_key = stack::secret_key()?;
+    let filter_token_file = stack.filter_token().file.clone();
+    let sidecar = plan::sidecar(
+        &bin,
+        pa,
+        &plan::SidecarSpec {
+            db: &dir.join("ledger.db"),
+            filter_token_file: &filter_token_file,
+            admin_token: &admin_token,
+            secret_key: &secret_key,
+            seed: None,
+            dynamodb: false,
+        },
+    );
+    stack.launch("sidecar", &sidecar)?;
 
     let base = plain_http(&stack::emulator_envoy_config(tools, pa, "us-east-1")?)?;
     start_envoy(&mut stack, tools, &dir, "envoy-a", &base, pa)?;
@@ -360,13 +360,8 @@ fn start_envoy(
 ) -> Result<()> {
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(&path, config)?;
-    let mut cmd = Command::new(tools.envoy());
-    cmd.arg("-c")
-        .arg(&path)
-        .args(["--concurrency", "2", "--log-level", "warn"])
-        .args(["--base-id", &ports.envoy_admin.to_string()])
-        .env("TOLLGATE_FILTER_TOKEN", &stack.filter_token().token);
-    stack.start_process(name, cmd, ports.envoy_admin, "/ready")?;
+    let launch = plan::envoy(&tools.envoy(), &path, ports, 2, &stack.filter_token().token);
+    stack.launch(name, &launch)?;
     let addr: SocketAddr = ([127, 0, 0, 1], ports.listener).into();
     TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .with_context(|| format!("{name} listener {addr} not accepting"))?;

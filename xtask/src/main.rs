@@ -7,6 +7,7 @@
 
 mod bench;
 mod fuzz;
+mod plan;
 mod setup;
 mod stack;
 mod wasmtest;
@@ -45,6 +46,10 @@ enum Cmd {
     /// The benchmark report (DESIGN §6): gateway with and without Tollgate,
     /// side by side on the emulator; writes .tollgate/bench/report.md.
     Bench(bench::BenchArgs),
+    /// The stack's launches (argv, environment, readiness) and rendered Envoy
+    /// config for given ports, as JSON: what the e2e harness starts.
+    #[command(hide = true)]
+    Plan(plan::PlanArgs),
     /// Fuzz the event-stream decoder and body readers (needs nightly).
     Fuzz {
         /// Seconds per target.
@@ -151,6 +156,7 @@ fn main() -> Result<()> {
             bench::bench(&tools, &args)
         }
         Cmd::Fuzz { seconds } => fuzz::fuzz(seconds),
+        Cmd::Plan(args) => plan::plan(&args),
     }
 }
 

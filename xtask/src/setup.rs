@@ -53,7 +53,7 @@ impl Tools {
     }
 
     pub fn wasm_path(&self) -> PathBuf {
-        repo_root().join("target/wasm/wasm32-wasip1/release/tollgate_filter.wasm")
+        wasm_path()
     }
 
     pub fn bin_dir(&self, release: bool) -> PathBuf {
@@ -77,6 +77,14 @@ impl Tools {
             ("TOLLGATE_REPO".into(), repo_root().display().to_string()),
             ("TOLLGATE_TLS_DIR".into(), self.tls.display().to_string()),
             ("DYNALITE_BIN".into(), self.dynalite.display().to_string()),
+            // The e2e harness gets its launches from `cargo xtask plan`: this
+            // very binary.
+            (
+                "TOLLGATE_XTASK".into(),
+                std::env::current_exe()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+            ),
         ]
     }
 
@@ -92,6 +100,11 @@ impl Tools {
     pub fn tls_ca(&self) -> PathBuf {
         self.tls.join("ca.pem")
     }
+}
+
+/// Where the build puts the lean release filter.
+pub fn wasm_path() -> PathBuf {
+    repo_root().join("target/wasm/wasm32-wasip1/release/tollgate_filter.wasm")
 }
 
 pub(crate) fn have(cmd: &str, args: &[&str]) -> bool {

@@ -2,6 +2,7 @@
 //! Envoy with the Wasm filter. Every child dies with us: on Ctrl-C or SIGTERM
 //! the handler stops them, and `PR_SET_PDEATHSIG` covers a SIGKILL of xtask.
 
+use crate::plan::{self, Launch};
 use crate::setup::Tools;
 use crate::{repo_root, state_dir, Store, UpArgs};
 use anyhow::{bail, Context as _, Result};
@@ -158,12 +159,17 @@ impl Stack {
     }
 
     pub fn start_emulator(&mut self, tools: &Tools, ports: Ports) -> Result<()> {
-        let mut cmd = Command::new(tools.bin_dir(false).join("bedrock-emulator"));
-        cmd.args(["--listen", &format!("127.0.0.1:{}", ports.emulator)])
-            .args(["--access-key-id", EMULATOR_ACCESS_KEY_ID])
-            .args(["--secret-access-key", EMULATOR_SECRET_ACCESS_KEY]);
-        self.spawn("emulator", cmd)?;
-        self.wait_ready("emulator", ports.emulator, "/_emulator/health")
+        self.launch("emulator", &plan::emulator(&tools.bin_dir(false), ports))
+    }
+
+    /// Starts a planned process and waits until it is ready.
+    pub fn launch(&mut self, name: &'static str, launch: &Launch) -> Result<()> {
+        self.start_process(
+            name,
+            launch.command(),
+            launch.ready.port,
+            &launch.ready.path,
+        )
     }
 
     pub fn start_sidecar(
@@ -213,43 +219,36 @@ impl Stack {
         admin_token: &str,
         dynamo: Option<&[(String, String)]>,
     ) -> Result<()> {
-        let bin = tools.bin_dir(false).join("tollgate-sidecar");
-        let mut cmd = Command::new(&bin);
+        let bin_dir = tools.bin_dir(false);
         if let Some(env) = dynamo {
-            let mut init = Command::new(&bin);
+            let mut init = Command::new(bin_dir.join("tollgate-sidecar"));
             init.args(["dynamodb", "init"]).envs(env.iter().cloned());
             crate::run(&mut init).context("creating the DynamoDB tables")?;
-            cmd.envs(env.iter().cloned());
         }
-        cmd.arg("serve")
-            .args(["--listen", &format!("127.0.0.1:{}", ports.sidecar)])
-            .arg("--db")
-            .arg(db)
-            .arg("--filter-token-file")
-            .arg(&self.filter_token.file)
-            .env("TOLLGATE_ADMIN_TOKEN", admin_token)
-            .env("TOLLGATE_SECRET_KEY", secret_key()?);
-        if let Some(seed) = seed {
-            cmd.arg("--seed").arg(seed);
-        }
-        if dynamo.is_some() {
-            cmd.args(["--store", "dynamodb"]);
-        }
-        self.spawn("sidecar", cmd)?;
-        self.wait_ready("sidecar", ports.sidecar, "/healthz")
+        let secret_key = secret_key()?;
+        let mut launch = plan::sidecar(
+            &bin_dir,
+            ports,
+            &plan::SidecarSpec {
+                db,
+                filter_token_file: &self.filter_token.file,
+                admin_token,
+                secret_key: &secret_key,
+                seed,
+                dynamodb: dynamo.is_some(),
+            },
+        );
+        launch
+            .env
+            .extend(dynamo.unwrap_or_default().iter().cloned());
+        self.launch("sidecar", &launch)
     }
 
     pub fn start_envoy(&mut self, tools: &Tools, config: &str, ports: Ports) -> Result<()> {
         let path = self.dir.join("envoy.yaml");
         std::fs::write(&path, config)?;
-        let mut cmd = Command::new(tools.envoy());
-        cmd.arg("-c")
-            .arg(&path)
-            .args(["--concurrency", "2", "--log-level", "warn"])
-            .args(["--base-id", &ports.envoy_admin.to_string()])
-            .env("TOLLGATE_FILTER_TOKEN", &self.filter_token.token);
-        self.spawn("envoy", cmd)?;
-        self.wait_ready("envoy", ports.envoy_admin, "/ready")?;
+        let launch = plan::envoy(&tools.envoy(), &path, ports, 2, &self.filter_token.token);
+        self.launch("envoy", &launch)?;
         // The listener accepts once Envoy is LIVE; check it anyway.
         let addr: SocketAddr = ([127, 0, 0, 1], ports.listener).into();
         TcpStream::connect_timeout(&addr, Duration::from_secs(5)).with_context(|| {
@@ -422,13 +421,30 @@ pub fn random_token() -> Result<String> {
 }
 
 pub fn emulator_envoy_config(tools: &Tools, ports: Ports, region: &str) -> Result<String> {
+    render_emulator_config(
+        &tools.wasm_path(),
+        &tools.tls_cert(),
+        &tools.tls_key(),
+        ports,
+        region,
+    )
+}
+
+/// `envoy/emulator.yaml` for these ports and files.
+pub fn render_emulator_config(
+    wasm: &Path,
+    tls_cert: &Path,
+    tls_key: &Path,
+    ports: Ports,
+    region: &str,
+) -> Result<String> {
     let template = std::fs::read_to_string(repo_root().join("envoy/emulator.yaml"))?;
     render(
         &template,
         &[
             ("ENVOY_ADMIN_PORT", ports.envoy_admin.to_string()),
             ("LISTENER_PORT", ports.listener.to_string()),
-            ("WASM_PATH", tools.wasm_path().display().to_string()),
+            ("WASM_PATH", wasm.display().to_string()),
             ("AWS_REGION", region.to_owned()),
             ("EMULATOR_ACCESS_KEY_ID", EMULATOR_ACCESS_KEY_ID.to_owned()),
             (
@@ -437,8 +453,8 @@ pub fn emulator_envoy_config(tools: &Tools, ports: Ports, region: &str) -> Resul
             ),
             ("BEDROCK_PORT", ports.emulator.to_string()),
             ("SIDECAR_PORT", ports.sidecar.to_string()),
-            ("TLS_CERT", tools.tls_cert().display().to_string()),
-            ("TLS_KEY", tools.tls_key().display().to_string()),
+            ("TLS_CERT", tls_cert.display().to_string()),
+            ("TLS_KEY", tls_key.display().to_string()),
         ],
     )
 }
