@@ -178,7 +178,7 @@ impl MeterState {
                 };
                 self.scratch.clear();
                 if base64::engine::general_purpose::STANDARD
-                    .decode_vec(bytes.as_bytes(), &mut self.scratch)
+                    .decode_vec(&bytes, &mut self.scratch)
                     .is_err()
                 {
                     return;
@@ -703,11 +703,11 @@ mod tests {
         }
         assert_eq!(
             scan::chunk_bytes(br#"{"bytes":"eyJ9","p":"x","bytes":"YWJj"}"#).as_deref(),
-            Some("YWJj")
+            Some(&b"YWJj"[..])
         );
         assert_eq!(
             scan::chunk_bytes(br#"{"bytes":"a\/b"}"#).as_deref(),
-            Some("a/b")
+            Some(&b"a/b"[..])
         );
         assert_eq!(scan::chunk_bytes(br#"{"bytes":1}"#), None);
         assert_eq!(scan::chunk_bytes(br#"{"bytes":"YWJj""#), None);
