@@ -494,6 +494,9 @@ fn walk_headers<'a>(
         *b = rest;
         Ok(head)
     }
+    // In an all-ASCII block (Bedrock's always are) every name and string is
+    // UTF-8: one pass over the block instead of a check per name and value.
+    let validate = validate && !b.is_ascii();
     while !b.is_empty() {
         let name_len = take(&mut b, 1)?[0] as usize;
         let name = take(&mut b, name_len)?;
