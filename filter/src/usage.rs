@@ -124,16 +124,16 @@ impl StreamMeter {
         if self.state.seen.corrupt.is_some() {
             return;
         }
-        self.decoder.push(chunk);
-        while let Some(next) = self.decoder.next_frame() {
-            match next {
-                Ok(f) => {
-                    self.state.seen.frames += 1;
-                    self.state.observe(&f);
-                }
-                Err(e) => self.state.seen.corrupt = Some(e),
+        // Frames are read where they lie in the chunk: only one a chunk leaves
+        // unfinished is copied.
+        let state = &mut self.state;
+        self.decoder.feed(chunk, |next| match next {
+            Ok(f) => {
+                state.seen.frames += 1;
+                state.observe(&f);
             }
-        }
+            Err(e) => state.seen.corrupt = Some(e),
+        });
     }
 
     pub fn observation(&self) -> &StreamObservation {
@@ -145,8 +145,11 @@ impl MeterState {
     /// Only frames that can carry usage are parsed in full; text deltas are
     /// measured by a borrowing scan that reads the same fields (see `scan`).
     fn observe(&mut self, m: &Frame<'_>) {
-        match m.message_type() {
-            Some("exception") | Some("error") => {
+        // Dispatch on the raw header bytes the decoder found while checking
+        // the frame: no second walk of the headers, no UTF-8 conversion.
+        let types = m.types();
+        match types.message_type {
+            Some(b"exception" | b"error") => {
                 let kind = m
                     .exception_type()
                     .or_else(|| m.header_str(":error-code"))
@@ -154,16 +157,16 @@ impl MeterState {
                 self.seen.exception = Some(kind.to_owned());
                 return;
             }
-            Some("event") | None => {}
+            Some(b"event") | None => {}
             Some(_) => return,
         }
-        match (self.op, m.event_type()) {
-            (Operation::ConverseStream, Some("contentBlockDelta")) => {
+        match (self.op, types.event_type) {
+            (Operation::ConverseStream, Some(b"contentBlockDelta")) => {
                 if let Some(n) = scan::converse_delta_text_len(m.payload) {
                     self.seen.text_bytes += n;
                 }
             }
-            (Operation::ConverseStream, Some("metadata")) => {
+            (Operation::ConverseStream, Some(b"metadata")) => {
                 let Ok(payload) = serde_json::from_slice::<Value>(m.payload) else {
                     return;
                 };
@@ -172,13 +175,13 @@ impl MeterState {
                     self.seen.final_usage = true;
                 }
             }
-            (Operation::InvokeWithResponseStream, Some("chunk")) => {
+            (Operation::InvokeWithResponseStream, Some(b"chunk")) => {
                 let Some(bytes) = scan::chunk_bytes(m.payload) else {
                     return;
                 };
                 self.scratch.clear();
                 if base64::engine::general_purpose::STANDARD
-                    .decode_vec(bytes.as_bytes(), &mut self.scratch)
+                    .decode_vec(&bytes, &mut self.scratch)
                     .is_err()
                 {
                     return;
@@ -703,11 +706,11 @@ mod tests {
         }
         assert_eq!(
             scan::chunk_bytes(br#"{"bytes":"eyJ9","p":"x","bytes":"YWJj"}"#).as_deref(),
-            Some("YWJj")
+            Some(&b"YWJj"[..])
         );
         assert_eq!(
             scan::chunk_bytes(br#"{"bytes":"a\/b"}"#).as_deref(),
-            Some("a/b")
+            Some(&b"a/b"[..])
         );
         assert_eq!(scan::chunk_bytes(br#"{"bytes":1}"#), None);
         assert_eq!(scan::chunk_bytes(br#"{"bytes":"YWJj""#), None);

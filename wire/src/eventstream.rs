@@ -176,6 +176,11 @@ pub enum DecodeError {
 
 /// Incremental frame decoder. After the first error it stays failed: a corrupt
 /// length field gives no reliable way back to a frame boundary.
+///
+/// Two ways to use it: [`Decoder::push`] then [`Decoder::next_message`] /
+/// [`Decoder::next_frame`] until `None` (every byte is copied into the
+/// decoder), or [`Decoder::feed`], which reads the frames of a chunk where they
+/// lie and copies only a frame that the chunk leaves unfinished.
 #[derive(Debug, Default)]
 pub struct Decoder {
     buf: Vec<u8>,
@@ -192,6 +197,7 @@ impl Decoder {
     /// Appends a body chunk. Call [`Decoder::next_message`] until it returns `None`.
     pub fn push(&mut self, chunk: &[u8]) {
         if self.failed.is_some() {
+            self.release();
             return;
         }
         if self.start > 0 && self.start == self.buf.len() {
@@ -220,93 +226,204 @@ impl Decoder {
     }
 
     /// Like [`Decoder::next_message`], but borrows the frame from the decoder's
-    /// buffer instead of copying it: the hot path of a meter that only looks.
-    /// The headers are validated before the frame is returned.
+    /// buffer instead of copying it. The headers are validated before the frame
+    /// is returned.
     pub fn next_frame(&mut self) -> Option<Result<Frame<'_>, DecodeError>> {
         if self.failed.is_some() {
+            self.release();
             return None;
         }
-        match self.try_decode() {
-            Ok(Some((start, headers_len, total))) => {
-                let frame = &self.buf[start..start + total];
-                Some(Ok(Frame {
-                    headers: &frame[PRELUDE_LEN..PRELUDE_LEN + headers_len],
-                    payload: &frame[PRELUDE_LEN + headers_len..total - 4],
-                }))
+        match check_frame(&self.buf[self.start..]) {
+            Ok(Some((frame, len))) => {
+                self.start += len;
+                Some(Ok(frame))
             }
             Ok(None) => None,
             Err(e) => {
+                // The buffer is still borrowed on the other path, so it is
+                // released on the next call; nothing is pending from here on.
                 self.failed = Some(e.clone());
-                self.buf = Vec::new();
-                self.start = 0;
+                self.start = self.buf.len();
                 Some(Err(e))
             }
         }
     }
 
-    /// Checks the next whole frame and consumes it; returns its offset in `buf`,
-    /// headers length and total length.
-    fn try_decode(&mut self) -> Result<Option<(usize, usize, usize)>, DecodeError> {
-        let data = &self.buf[self.start..];
-        if data.len() < PRELUDE_LEN {
-            return Ok(None);
+    /// Decodes `chunk`, calling `f` with each whole frame (then with an error,
+    /// once, if the stream is corrupt; the decoder then stops, as with
+    /// [`Decoder::next_frame`]). Frames that lie wholly inside `chunk` are read
+    /// there; only a frame the chunk leaves unfinished is copied, so a meter
+    /// that only looks at frames does not copy the stream.
+    pub fn feed(&mut self, chunk: &[u8], mut f: impl FnMut(Result<Frame<'_>, DecodeError>)) {
+        if self.failed.is_some() {
+            self.release();
+            return;
         }
-        let total = be_u32(&data[0..4]);
-        let headers_len = be_u32(&data[4..8]);
-        let prelude_crc = be_u32(&data[8..12]);
-        let actual = crc32fast::hash(&data[0..8]);
-        if actual != prelude_crc {
-            return Err(DecodeError::PreludeCrc {
-                expected: prelude_crc,
-                actual,
-            });
+        let mut rest = chunk;
+        // First the frame an earlier chunk began: move over just the bytes it
+        // lacks (its prelude first, which says how many that is).
+        while self.pending() > 0 {
+            let have = self.pending();
+            let want = if have < PRELUDE_LEN {
+                PRELUDE_LEN
+            } else {
+                match frame_len(&self.buf[self.start..]) {
+                    Ok(len) => len,
+                    Err(e) => return f(Err(self.fail(e))),
+                }
+            };
+            if have < want {
+                let take = (want - have).min(rest.len());
+                let (head, tail) = rest.split_at(take);
+                self.buf.extend_from_slice(head);
+                rest = tail;
+                if take < want - have {
+                    return;
+                }
+                continue;
+            }
+            match self.next_frame() {
+                Some(Ok(frame)) => f(Ok(frame)),
+                Some(Err(e)) => {
+                    f(Err(e));
+                    return self.release();
+                }
+                // A whole frame is buffered, so this does not happen; waiting
+                // for more bytes would be the safe answer if it did.
+                None => return,
+            }
         }
-        let (total_us, headers_us) = (total as usize, headers_len as usize);
-        if total_us < FRAME_OVERHEAD + headers_us
-            || headers_us > MAX_HEADERS_LEN
-            || total_us - FRAME_OVERHEAD - headers_us > MAX_PAYLOAD_LEN
-        {
-            return Err(DecodeError::Length {
-                total,
-                headers: headers_len,
-            });
+        self.buf.clear();
+        self.start = 0;
+        loop {
+            match check_frame(rest) {
+                Ok(Some((frame, len))) => {
+                    f(Ok(frame));
+                    rest = &rest[len..];
+                }
+                Ok(None) => break,
+                Err(e) => return f(Err(self.fail(e))),
+            }
         }
-        if data.len() < total_us {
-            return Ok(None);
-        }
-        let frame = &data[..total_us];
-        let message_crc = be_u32(&frame[total_us - 4..]);
-        let actual = crc32fast::hash(&frame[..total_us - 4]);
-        if actual != message_crc {
-            return Err(DecodeError::MessageCrc {
-                expected: message_crc,
-                actual,
-            });
-        }
-        walk_headers(
-            &frame[PRELUDE_LEN..PRELUDE_LEN + headers_us],
-            true,
-            |_, _| {},
-        )?;
-        let start = self.start;
-        self.start += total_us;
-        Ok(Some((start, headers_us, total_us)))
+        self.buf.extend_from_slice(rest);
+    }
+
+    /// Stops the decoder for good and drops what it holds.
+    fn fail(&mut self, e: DecodeError) -> DecodeError {
+        self.failed = Some(e.clone());
+        self.release();
+        e
+    }
+
+    fn release(&mut self) {
+        self.buf = Vec::new();
+        self.start = 0;
     }
 }
 
-/// A decoded frame borrowed from the [`Decoder`]'s buffer. Its header block has
-/// been validated, so lookups cannot fail.
+/// The total length of the frame at the start of `data` (at least [`PRELUDE_LEN`]
+/// bytes), once its prelude CRC and lengths check out.
+fn frame_len(data: &[u8]) -> Result<usize, DecodeError> {
+    prelude(data).map(|(len, _, _)| len)
+}
+
+/// Checks the prelude at the start of `data` (at least [`PRELUDE_LEN`] bytes):
+/// returns the frame's total and headers lengths and the CRC hasher that has
+/// read the first 8 bytes, which the message CRC goes on from.
+fn prelude(data: &[u8]) -> Result<(usize, usize, crc32fast::Hasher), DecodeError> {
+    let total = be_u32(&data[0..4]);
+    let headers_len = be_u32(&data[4..8]);
+    let prelude_crc = be_u32(&data[8..12]);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&data[0..8]);
+    let actual = crc.clone().finalize();
+    if actual != prelude_crc {
+        return Err(DecodeError::PreludeCrc {
+            expected: prelude_crc,
+            actual,
+        });
+    }
+    let (total_us, headers_us) = (total as usize, headers_len as usize);
+    if total_us < FRAME_OVERHEAD + headers_us
+        || headers_us > MAX_HEADERS_LEN
+        || total_us - FRAME_OVERHEAD - headers_us > MAX_PAYLOAD_LEN
+    {
+        return Err(DecodeError::Length {
+            total,
+            headers: headers_len,
+        });
+    }
+    Ok((total_us, headers_us, crc))
+}
+
+/// Checks the frame at the start of `data` and returns it with its length, or
+/// `None` if `data` ends first. The prelude is checked as soon as it is there,
+/// the message CRC and then the headers once the frame is whole.
+fn check_frame(data: &[u8]) -> Result<Option<(Frame<'_>, usize)>, DecodeError> {
+    if data.len() < PRELUDE_LEN {
+        return Ok(None);
+    }
+    let (total, headers_len, mut crc) = prelude(data)?;
+    let Some(frame) = data.get(..total) else {
+        return Ok(None);
+    };
+    let message_crc = be_u32(&frame[total - 4..]);
+    // The message CRC covers the prelude too: continue from its first 8 bytes.
+    crc.update(&frame[8..total - 4]);
+    let actual = crc.finalize();
+    if actual != message_crc {
+        return Err(DecodeError::MessageCrc {
+            expected: message_crc,
+            actual,
+        });
+    }
+    let headers = &frame[PRELUDE_LEN..PRELUDE_LEN + headers_len];
+    let mut types = TypeHeaders::default();
+    walk_headers(headers, true, |name, value| {
+        if let RawValue::String(v) = value {
+            let slot = match name {
+                b":message-type" => &mut types.message_type,
+                b":event-type" => &mut types.event_type,
+                b":exception-type" => &mut types.exception_type,
+                _ => return,
+            };
+            // The first string header of a name is the one lookups find.
+            slot.get_or_insert(v);
+        }
+    })?;
+    let frame = Frame {
+        headers,
+        payload: &frame[PRELUDE_LEN + headers_len..total - 4],
+        types,
+    };
+    Ok(Some((frame, total)))
+}
+
+/// The string headers that say what a message is, as their raw bytes (checked
+/// to be UTF-8 with the frame). Found while the frame is validated, so a
+/// reader that dispatches on them neither walks the headers again nor converts
+/// them to `str`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TypeHeaders<'a> {
+    pub message_type: Option<&'a [u8]>,
+    pub event_type: Option<&'a [u8]>,
+    pub exception_type: Option<&'a [u8]>,
+}
+
+/// A decoded frame borrowed from the [`Decoder`]'s buffer or the chunk being
+/// fed. Its header block has been validated, so lookups cannot fail.
 #[derive(Debug, Clone, Copy)]
 pub struct Frame<'a> {
     headers: &'a [u8],
     pub payload: &'a [u8],
+    types: TypeHeaders<'a>,
 }
 
 impl<'a> Frame<'a> {
     /// A string header's value, found by comparing raw name bytes (no allocation).
     pub fn header_str(&self, name: &str) -> Option<&'a str> {
         let mut found = None;
-        // Validated in `try_decode`, so the walk cannot fail here and only the
+        // Validated in `check_frame`, so the walk cannot fail here and only the
         // wanted value needs its (already checked) UTF-8 view.
         let _ = walk_headers(self.headers, false, |n, v| {
             if found.is_none() && n == name.as_bytes() {
@@ -318,16 +435,27 @@ impl<'a> Frame<'a> {
         found.flatten()
     }
 
+    /// `:message-type`, `:event-type` and `:exception-type` as bytes.
+    pub fn types(&self) -> TypeHeaders<'a> {
+        self.types
+    }
+
     pub fn message_type(&self) -> Option<&'a str> {
-        self.header_str(":message-type")
+        self.types
+            .message_type
+            .and_then(|v| std::str::from_utf8(v).ok())
     }
 
     pub fn event_type(&self) -> Option<&'a str> {
-        self.header_str(":event-type")
+        self.types
+            .event_type
+            .and_then(|v| std::str::from_utf8(v).ok())
     }
 
     pub fn exception_type(&self) -> Option<&'a str> {
-        self.header_str(":exception-type")
+        self.types
+            .exception_type
+            .and_then(|v| std::str::from_utf8(v).ok())
     }
 
     /// An owned copy.
@@ -366,10 +494,13 @@ fn walk_headers<'a>(
         *b = rest;
         Ok(head)
     }
+    // In an all-ASCII block (Bedrock's always are) every name and string is
+    // UTF-8: one pass over the block instead of a check per name and value.
+    let validate = validate && !b.is_ascii();
     while !b.is_empty() {
         let name_len = take(&mut b, 1)?[0] as usize;
         let name = take(&mut b, name_len)?;
-        if validate && std::str::from_utf8(name).is_err() {
+        if validate && !is_utf8(name) {
             return Err(DecodeError::Header("header name is not UTF-8"));
         }
         let value = match take(&mut b, 1)?[0] {
@@ -404,7 +535,7 @@ fn walk_headers<'a>(
                 if t == 6 {
                     RawValue::Bytes(v)
                 } else {
-                    if validate && std::str::from_utf8(v).is_err() {
+                    if validate && !is_utf8(v) {
                         return Err(DecodeError::Header("string header is not UTF-8"));
                     }
                     RawValue::String(v)
@@ -420,6 +551,12 @@ fn walk_headers<'a>(
         f(name, value);
     }
     Ok(())
+}
+
+/// Header names and values are short and nearly always ASCII, which is much
+/// cheaper to check than to run the general UTF-8 validation on.
+fn is_utf8(b: &[u8]) -> bool {
+    b.is_ascii() || std::str::from_utf8(b).is_ok()
 }
 
 fn decode_headers(b: &[u8]) -> Result<Vec<Header>, DecodeError> {
@@ -610,6 +747,137 @@ mod tests {
             d.next_message(),
             Some(Err(DecodeError::Length { .. }))
         ));
+    }
+
+    /// Everything `feed` hands out for `chunks`, as owned messages.
+    fn feed_all(chunks: &[&[u8]]) -> (Vec<Result<Message, DecodeError>>, Decoder) {
+        let mut d = Decoder::new();
+        let mut got = Vec::new();
+        for c in chunks {
+            d.feed(c, |f| got.push(f.and_then(|f| f.to_message())));
+        }
+        (got, d)
+    }
+
+    #[test]
+    fn feed_reads_frames_split_at_every_byte_boundary() {
+        let (msgs, bytes) = sample_stream();
+        let want: Vec<_> = msgs.into_iter().map(Ok).collect();
+        for split in 0..=bytes.len() {
+            let (got, d) = feed_all(&[&bytes[..split], &bytes[split..]]);
+            assert_eq!(got, want, "split at {split}");
+            assert_eq!(d.pending(), 0);
+        }
+        for (a, b) in [(3, 40), (11, 12), (12, 13), (20, 90), (0, bytes.len())] {
+            let (got, _) = feed_all(&[&bytes[..a], &bytes[a..b], &[], &bytes[b..]]);
+            assert_eq!(got, want, "splits at {a} and {b}");
+        }
+    }
+
+    #[test]
+    fn feed_one_byte_at_a_time_keeps_only_the_unfinished_frame() {
+        let (msgs, bytes) = sample_stream();
+        let mut d = Decoder::new();
+        let mut got = Vec::new();
+        let first = msgs[0].encode().len();
+        for (i, b) in bytes.iter().enumerate() {
+            d.feed(std::slice::from_ref(b), |f| {
+                got.push(f.unwrap().to_message().unwrap())
+            });
+            if i + 1 < first {
+                assert_eq!(d.pending(), i + 1);
+            }
+        }
+        assert_eq!(got, msgs);
+        assert_eq!(d.pending(), 0);
+    }
+
+    #[test]
+    fn feed_keeps_the_tail_of_a_chunk() {
+        let (msgs, bytes) = sample_stream();
+        let cut = bytes.len() - 5;
+        let (got, d) = feed_all(&[&bytes[..cut]]);
+        assert_eq!(got.len(), msgs.len() - 1);
+        assert_eq!(d.pending(), msgs[msgs.len() - 1].encode().len() - 5);
+    }
+
+    #[test]
+    fn feed_reports_corruption_once_then_stops() {
+        let (_, mut bytes) = sample_stream();
+        bytes[20] ^= 0xff; // inside the first frame's headers
+        for split in [0, 5, 12, 19, 21, bytes.len()] {
+            let (got, mut d) = feed_all(&[&bytes[..split], &bytes[split..]]);
+            assert!(
+                matches!(got[..], [Err(DecodeError::MessageCrc { .. })]),
+                "split at {split}: {got:?}"
+            );
+            assert!(d.error().is_some());
+            let mut more = 0;
+            d.feed(&bytes, |_| more += 1);
+            assert_eq!(more, 0);
+            assert_eq!(d.pending(), 0);
+        }
+        let mut prelude = botocore_vector();
+        prelude[3] ^= 1;
+        for split in [4, 11, 12] {
+            let (got, _) = feed_all(&[&prelude[..split], &prelude[split..]]);
+            assert!(
+                matches!(got[..], [Err(DecodeError::PreludeCrc { .. })]),
+                "split at {split}: {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn type_headers_are_the_first_string_of_each_name() {
+        let m = Message {
+            headers: vec![
+                Header {
+                    name: ":message-type".into(),
+                    value: HeaderValue::Int32(1),
+                },
+                Header::string(":event-type", "chunk"),
+                Header::string(":message-type", "event"),
+                Header::string(":message-type", "exception"),
+                Header::string(":event-type", "metadata"),
+            ],
+            payload: b"{}".to_vec(),
+        };
+        let bytes = m.encode();
+        let mut d = Decoder::new();
+        d.feed(&bytes, |f| {
+            let f = f.unwrap();
+            let types = f.types();
+            assert_eq!(types.message_type, Some(&b"event"[..]));
+            assert_eq!(types.event_type, Some(&b"chunk"[..]));
+            assert_eq!(types.exception_type, None);
+            assert_eq!(f.message_type(), f.header_str(":message-type"));
+            assert_eq!(f.event_type(), f.header_str(":event-type"));
+            assert_eq!(f.exception_type(), None);
+        });
+        assert_eq!(m.message_type(), Some("event"));
+    }
+
+    #[test]
+    fn non_ascii_headers_are_still_checked_for_utf8() {
+        let m = Message {
+            headers: vec![Header::string("é", "日本")],
+            payload: vec![],
+        };
+        let (got, _) = feed_all(&[&m.encode()]);
+        assert_eq!(got, [Ok(m.clone())]);
+        // Replace the value's UTF-8 with a lone continuation byte.
+        let mut bytes = m.encode();
+        let at = bytes.windows(3).position(|w| w == "日".as_bytes()).unwrap();
+        bytes[at] = 0x80;
+        let n = bytes.len();
+        let crc = crc32fast::hash(&bytes[..n - 4]);
+        bytes[n - 4..].copy_from_slice(&crc.to_be_bytes());
+        let (got, _) = feed_all(&[&bytes]);
+        assert_eq!(
+            got,
+            [Err(DecodeError::Header("string header is not UTF-8"))]
+        );
     }
 
     #[test]

@@ -2,6 +2,11 @@
 //! fields the `serde_json::Value` code in `usage` reads (last duplicate key wins,
 //! non-strings count as absent, any other JSON is accepted and skipped) without
 //! building a tree: text deltas are most frames and carry no usage.
+//!
+//! Each scan first tries [`quick`], a byte-level reader of the JSON Bedrock
+//! sends, and runs its serde_json visitor only where that one is unsure.
+
+mod quick;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use std::borrow::Cow;
@@ -223,6 +228,13 @@ impl<'de> Visitor<'de> for DeltaField {
 /// Text bytes of a ConverseStream `contentBlockDelta` payload; `None` if it is
 /// not JSON.
 pub(super) fn converse_delta_text_len(payload: &[u8]) -> Option<u64> {
+    match quick::converse_delta_text_len(payload) {
+        Ok(len) => Some(len),
+        Err(quick::Unsure) => serde_converse_delta_text_len(payload),
+    }
+}
+
+fn serde_converse_delta_text_len(payload: &[u8]) -> Option<u64> {
     scan(payload, DeltaField)
 }
 
@@ -256,7 +268,17 @@ impl<'de> Visitor<'de> for ChunkBytes {
 
 /// The base64 `bytes` of an InvokeModel stream `chunk` payload; `None` if the
 /// payload is not JSON or has no such string.
-pub(super) fn chunk_bytes(payload: &[u8]) -> Option<Cow<'_, str>> {
+pub(super) fn chunk_bytes(payload: &[u8]) -> Option<Cow<'_, [u8]>> {
+    match quick::chunk_bytes(payload) {
+        Ok(bytes) => bytes.map(Cow::Borrowed),
+        Err(quick::Unsure) => serde_chunk_bytes(payload).map(|s| match s {
+            Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
+            Cow::Owned(s) => Cow::Owned(s.into_bytes()),
+        }),
+    }
+}
+
+fn serde_chunk_bytes(payload: &[u8]) -> Option<Cow<'_, str>> {
     scan(payload, ChunkBytes).flatten()
 }
 
@@ -328,5 +350,12 @@ impl<'de> Visitor<'de> for InvokeChunkScan {
 
 /// Classifies a base64-decoded InvokeModel chunk; `None` if it is not JSON.
 pub(super) fn invoke_chunk(json: &[u8]) -> Option<InvokeChunk> {
+    match quick::invoke_chunk(json) {
+        Ok(chunk) => Some(chunk),
+        Err(quick::Unsure) => serde_invoke_chunk(json),
+    }
+}
+
+fn serde_invoke_chunk(json: &[u8]) -> Option<InvokeChunk> {
     scan(json, InvokeChunkScan)
 }
