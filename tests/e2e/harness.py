@@ -129,6 +129,8 @@ class Stack:
     metrics_token: str = field(default_factory=lambda: secrets.token_hex(16))
     # Extra `tollgate-sidecar serve` arguments (e.g. --accept-credentials).
     sidecar_args: list[str] = field(default_factory=list)
+    # Extra environment of the sidecar (e.g. TOLLGATE_SECRET_KEY_PREVIOUS).
+    sidecar_env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, Proc] = field(default_factory=dict)
 
     # --- lifecycle -------------------------------------------------------
@@ -171,7 +173,9 @@ class Stack:
                               "--lease-ttl-secs", "5", "--sweep-interval-secs", "1",
                               "--filter-token-file", str(self.filter_token_file), *self.sidecar_args], self.workdir,
                   env={"TOLLGATE_ADMIN_TOKEN": self.admin_token, "TOLLGATE_SECRET_KEY": self.secret_key,
-                       "TOLLGATE_METRICS_TOKEN": self.metrics_token, "TOLLGATE_FILTER_TOKEN": ""})
+                       "TOLLGATE_SECRET_KEY_PREVIOUS": "",
+                       "TOLLGATE_METRICS_TOKEN": self.metrics_token, "TOLLGATE_FILTER_TOKEN": "",
+                       **self.sidecar_env})
         self.procs["sidecar"] = p
         wait_http(f"{self.sidecar_url}/healthz", p.popen, p.log)
 
