@@ -128,6 +128,14 @@ pub async fn command(args: RewrapArgs) -> Result<()> {
              the keys the stored secrets were sealed with"
         ))
     })?;
+    // Opening SQLite creates a missing file: a mistyped --db would report an
+    // empty ledger as done.
+    if args.ledger.store == crate::config::StoreKind::Sqlite && !args.ledger.db.exists() {
+        return Err(Error::invalid(format!(
+            "no ledger at {}: pass the --db (TOLLGATE_DB) the sidecar serves",
+            args.ledger.db.display()
+        )));
+    }
     let store = crate::server::open_ledger(&args.ledger).await?;
     let started = Instant::now();
     let result = rewrap(&*store, &keys, args.dry_run).await;

@@ -241,6 +241,13 @@ async fn rotate_the_secret_key_rewrap_and_drop_the_old_one() {
     // No key at all: told which variables to set.
     let (ok, _, err) = rewrap(&db, None, "", &[]);
     assert!(!ok && err.contains(SECRET_KEY_ENV), "{err}");
+    // A mistyped ledger path is not an empty ledger.
+    let missing = dir.path().join("no-such.db");
+    let (ok, _, err) = rewrap(&missing, Some(&b), &a, &[]);
+    assert!(
+        !ok && err.contains("no ledger at") && !missing.exists(),
+        "{err}"
+    );
 
     // A dry run changes nothing; the real run (next to the running sidecar)
     // re-seals both, logs an audit event, and a second run is a no-op.
