@@ -37,10 +37,14 @@ pub enum Command {
     Usage(UsageArgs),
     /// Manage the DynamoDB tables of the shared store.
     Dynamodb(DynamodbArgs),
-    /// Re-seal every stored SigV4 secret under the current TOLLGATE_SECRET_KEY,
-    /// opening them with it or a key in TOLLGATE_SECRET_KEY_PREVIOUS (after a key
-    /// rotation). Works on the store directly, with `serve`'s store flags;
-    /// idempotent; exits non-zero when any secret could not be re-sealed.
+    /// Re-seal every stored SigV4 secret under the current key (after rotating
+    /// TOLLGATE_SECRET_KEY).
+    ///
+    /// Opens each secret with TOLLGATE_SECRET_KEY or a key in
+    /// TOLLGATE_SECRET_KEY_PREVIOUS (comma-separated) and seals it again with
+    /// TOLLGATE_SECRET_KEY. Works on the store directly, with `serve`'s store
+    /// flags, while sidecars run. Idempotent; prints the counts and exits
+    /// non-zero when any secret could not be re-sealed.
     Rewrap(RewrapArgs),
     /// Print the OpenAPI document generated from the code, as served at
     /// `GET /openapi.json` (regenerates `sidecar/openapi.json`).
