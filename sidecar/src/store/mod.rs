@@ -77,8 +77,7 @@ pub struct ApiKeyRecord {
 }
 
 /// A SigV4 credential issued to a tenant. The secret is stored sealed
-/// (AES-256-GCM under `TOLLGATE_SECRET_KEY`, format in [`crate::seal`]), never
-/// in clear.
+/// (AES-256-GCM under `TOLLGATE_SECRET_KEY`), never in clear.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SigV4CredentialRecord {
     pub access_key_id: String,
