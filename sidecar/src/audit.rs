@@ -2,6 +2,8 @@
 //! through the admin API — method, path, outcome, time taken — whether it
 //! succeeded or was refused. Bodies are never logged: they carry keys and
 //! secrets. Data-plane calls (thousands a second) and reads are not audited.
+//! `tollgate-sidecar rewrap` changes the store without the API and logs its own
+//! event ([`log_rewrap`]).
 
 use crate::dataplane_auth::is_data_plane_path;
 use axum::extract::Request;
@@ -39,6 +41,40 @@ pub async fn log_admin_changes(req: Request, next: Next) -> Response {
         "admin change"
     );
     response
+}
+
+/// Logs a `tollgate-sidecar rewrap` run (not a dry run): the current key id,
+/// the counts, and `outcome` `applied` (everything current), `incomplete` (some
+/// secrets failed) or `failed` (the run stopped, e.g. the store was unreachable).
+pub fn log_rewrap(
+    key_id: &str,
+    result: &crate::Result<crate::rewrap::Report>,
+    elapsed: std::time::Duration,
+) {
+    let elapsed_ms = elapsed.as_millis() as u64;
+    match result {
+        Ok(r) => tracing::info!(
+            target: "tollgate::audit",
+            command = "rewrap",
+            key_id,
+            rewrapped = r.rewrapped,
+            already_current = r.already_current,
+            failed = r.failed,
+            skipped_revoked = r.skipped_revoked,
+            outcome = if r.failed == 0 { "applied" } else { "incomplete" },
+            elapsed_ms,
+            "SigV4 secrets rewrapped"
+        ),
+        Err(e) => tracing::info!(
+            target: "tollgate::audit",
+            command = "rewrap",
+            key_id,
+            outcome = "failed",
+            error = %e,
+            elapsed_ms,
+            "SigV4 secrets rewrapped"
+        ),
+    }
 }
 
 #[cfg(test)]

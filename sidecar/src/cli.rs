@@ -80,6 +80,8 @@ impl Client {
 pub async fn run(command: Command) -> Result<()> {
     match command {
         Command::Serve(_) => Err(Error::Internal("serve is not a client command".into())),
+        // Works on the store, like `dynamodb init`; `main` sets up its logging.
+        Command::Rewrap(a) => crate::rewrap::command(a).await,
         Command::Openapi => {
             print!("{}", crate::openapi::json());
             Ok(())

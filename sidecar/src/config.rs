@@ -90,6 +90,15 @@ pub enum Command {
     Usage(UsageArgs),
     /// Manage the DynamoDB tables of the shared store.
     Dynamodb(DynamodbArgs),
+    /// Re-seal every stored SigV4 secret under the current key (after rotating
+    /// TOLLGATE_SECRET_KEY).
+    ///
+    /// Opens each secret with TOLLGATE_SECRET_KEY or a key in
+    /// TOLLGATE_SECRET_KEY_PREVIOUS (comma-separated) and seals it again with
+    /// TOLLGATE_SECRET_KEY. Works on the store directly, with `serve`'s store
+    /// flags, while sidecars run. Idempotent; prints the counts and exits
+    /// non-zero when any secret could not be re-sealed.
+    Rewrap(RewrapArgs),
     /// Print the OpenAPI document generated from the code, as served at
     /// `GET /openapi.json` (regenerates `sidecar/openapi.json`).
     #[command(hide = true)]
@@ -166,19 +175,8 @@ pub struct ServeArgs {
     /// `GET /metrics`.
     #[arg(long, env = "TOLLGATE_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
-    /// SQLite ledger file (created if missing).
-    #[arg(long, env = "TOLLGATE_DB", default_value = ".tollgate/ledger.db")]
-    pub db: PathBuf,
-    /// SQLite durability: `full` syncs every ledger write to disk (survives power
-    /// loss); `normal` syncs at WAL checkpoints (survives a crash of the sidecar,
-    /// may lose the last writes on power loss) and is about 3× faster.
-    #[arg(
-        long,
-        env = "TOLLGATE_SQLITE_SYNCHRONOUS",
-        value_enum,
-        default_value = "full"
-    )]
-    pub sqlite_synchronous: crate::store::sqlite::Synchronous,
+    #[command(flatten)]
+    pub ledger: StoreArgs,
     /// JSON seed file applied (upserted) at startup.
     #[arg(long, env = "TOLLGATE_SEED")]
     pub seed: Option<PathBuf>,
@@ -238,13 +236,45 @@ pub struct ServeArgs {
     /// another sidecar on the same ledger is seen at most this late. 0 disables.
     #[arg(long, env = "TOLLGATE_CONFIG_CACHE_MS", default_value_t = 1000)]
     pub config_cache_ms: u64,
+}
+
+/// Which ledger store to open and how: shared by `serve` and the commands that
+/// work on the store directly (`rewrap`), so they take the same flags.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
     /// Ledger store: sqlite (embedded, default) or dynamodb (shared by a fleet;
     /// configured by the AWS SDK's standard chain, e.g. AWS_REGION and
     /// AWS_ENDPOINT_URL_DYNAMODB).
     #[arg(long, env = "TOLLGATE_STORE", value_enum, default_value = "sqlite")]
     pub store: StoreKind,
+    /// SQLite ledger file (created if missing).
+    #[arg(long, env = "TOLLGATE_DB", default_value = ".tollgate/ledger.db")]
+    pub db: PathBuf,
+    /// SQLite durability: `full` syncs every ledger write to disk (survives power
+    /// loss); `normal` syncs at WAL checkpoints (survives a crash of the sidecar,
+    /// may lose the last writes on power loss) and is about 3× faster.
+    #[arg(
+        long,
+        env = "TOLLGATE_SQLITE_SYNCHRONOUS",
+        value_enum,
+        default_value = "full"
+    )]
+    pub sqlite_synchronous: crate::store::sqlite::Synchronous,
     #[command(flatten)]
     pub dynamodb: DynamodbOptions,
+}
+
+/// `tollgate-sidecar rewrap`.
+#[derive(Debug, Clone, Args)]
+pub struct RewrapArgs {
+    #[command(flatten)]
+    pub ledger: StoreArgs,
+    /// Only count what would be re-sealed; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Log format (the audit event and warnings go to stderr).
+    #[arg(long, env = "TOLLGATE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -25,6 +25,13 @@ pub enum Error {
     Json(#[from] serde_json::Error),
     #[error("http client error: {0}")]
     Http(#[from] reqwest::Error),
+    /// A SigV4 secret could not be sealed or opened, or a sealing key is
+    /// malformed (HTTP 500: the sidecar's keys need fixing, not the request).
+    #[error(transparent)]
+    Seal(#[from] crate::seal::SealError),
+    /// `rewrap` finished with secrets it could not re-seal (exit status 1).
+    #[error(transparent)]
+    RewrapIncomplete(#[from] crate::rewrap::Incomplete),
     #[error("internal error: {0}")]
     Internal(String),
 }

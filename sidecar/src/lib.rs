@@ -17,6 +17,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod openapi;
 pub mod pricing;
+pub mod rewrap;
 pub mod seal;
 pub mod seed;
 pub mod server;

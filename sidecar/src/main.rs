@@ -23,6 +23,10 @@ async fn main() -> ExitCode {
             init_logging(args.log_format);
             tollgate_sidecar::server::serve(args).await
         }
+        Command::Rewrap(args) => {
+            init_logging(args.log_format);
+            tollgate_sidecar::rewrap::command(args).await
+        }
         other => tollgate_sidecar::cli::run(other).await,
     };
     match result {

@@ -4,7 +4,7 @@
 use crate::alerts::Alerter;
 use crate::api::{router, AppState};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{ServeArgs, StoreKind};
+use crate::config::{ServeArgs, StoreArgs, StoreKind};
 use crate::dataplane_auth::{AcceptedCredentials, DataPlaneAuth, FilterTokens, FILTER_TOKEN_ENV};
 use crate::error::{Error, Result};
 use crate::keys;
@@ -49,10 +49,9 @@ pub async fn build(opts: &Options) -> Result<Sidecar> {
     build_with_store(opts, CachedStore::wrap(store, DEFAULT_TTL)).await
 }
 
-/// Opens the store `serve` was configured with, behind the configuration
-/// cache (`--config-cache-ms`).
-pub async fn open_store(args: &ServeArgs) -> Result<Arc<dyn Store>> {
-    let store: Arc<dyn Store> = match args.store {
+/// Opens the ledger store the flags name (`--store`, `--db`, …), uncached.
+pub async fn open_ledger(args: &StoreArgs) -> Result<Arc<dyn Store>> {
+    Ok(match args.store {
         StoreKind::Sqlite => Arc::new(
             SqliteStore::open(&args.db)?
                 .with_synchronous(args.sqlite_synchronous)?
@@ -64,7 +63,13 @@ pub async fn open_store(args: &ServeArgs) -> Result<Arc<dyn Store>> {
         }
         #[cfg(not(feature = "dynamodb"))]
         StoreKind::Dynamodb => return Err(Error::invalid(crate::store::NO_DYNAMODB)),
-    };
+    })
+}
+
+/// Opens the store `serve` was configured with, behind the configuration
+/// cache (`--config-cache-ms`).
+pub async fn open_store(args: &ServeArgs) -> Result<Arc<dyn Store>> {
+    let store = open_ledger(&args.ledger).await?;
     let ttl = Duration::from_millis(args.config_cache_ms);
     Ok(CachedStore::wrap(store, ttl))
 }
@@ -191,19 +196,32 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             )));
         }
     }
+    let sealing = crate::seal::Keyring::from_env()?;
+    match &sealing {
+        Some(k) => tracing::info!(
+            current_key_id = k.current_id(),
+            previous_key_ids = ?k.previous_ids(),
+            "SigV4 secrets sealed with key id {}",
+            k.current_id()
+        ),
+        None => tracing::info!(
+            "{} is not set: SigV4 credentials cannot be issued or verified",
+            crate::seal::SECRET_KEY_ENV
+        ),
+    }
     let opts = Options {
-        db: args.db.clone(),
+        db: args.ledger.db.clone(),
         seed: args.seed.clone(),
         settings: Settings {
             hold_ttl_secs: args.hold_ttl_secs,
             default_max_output_tokens: args.default_max_output_tokens,
             high_cost_threshold_usd: args.high_cost_threshold_usd,
-            sealing_key: crate::seal::SealingKey::from_env()?,
+            sealing,
             metrics_max_label_values: args.metrics_max_label_values,
             webhook_format: args.webhook_format.into(),
             emf_output: args.emf_output.as_deref().map(crate::emf::EmfTarget::parse),
             emf_namespace: args.emf_namespace.clone(),
-            pricing_region: args.dynamodb.pricing_region()?,
+            pricing_region: args.ledger.dynamodb.pricing_region()?,
             leases: crate::leases::LeaseSettings {
                 enabled: !args.no_leases,
                 ttl_secs: args.lease_ttl_secs.max(1),
@@ -221,10 +239,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         clock: Arc::new(SystemClock),
     };
     let sidecar = build_with_store(&opts, open_store(&args).await?).await?;
-    match args.store {
+    match args.ledger.store {
         StoreKind::Sqlite => tracing::info!(db = %opts.db.display(), "ledger open (sqlite)"),
         StoreKind::Dynamodb => tracing::info!(
-            table_prefix = %args.dynamodb.dynamodb_table_prefix,
+            table_prefix = %args.ledger.dynamodb.dynamodb_table_prefix,
             "ledger open (dynamodb)"
         ),
     }

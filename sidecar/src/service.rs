@@ -36,9 +36,9 @@ pub struct Settings {
     pub default_max_output_tokens: u64,
     /// One invocation costing more than this fires a `high_cost` alert.
     pub high_cost_threshold_usd: Decimal,
-    /// Seals SigV4 secrets at rest; without it SigV4 credentials cannot be
-    /// issued or verified.
-    pub sealing_key: Option<crate::seal::SealingKey>,
+    /// Seals SigV4 secrets at rest (current key) and opens them (current and
+    /// previous keys); without it SigV4 credentials cannot be issued or verified.
+    pub sealing: Option<crate::seal::Keyring>,
     /// Distinct values kept per metrics label before folding into `other`.
     pub metrics_max_label_values: usize,
     /// Body format of alert webhooks.
@@ -59,7 +59,7 @@ impl Default for Settings {
             hold_ttl_secs: 600,
             default_max_output_tokens: 4096,
             high_cost_threshold_usd: Decimal::TEN,
-            sealing_key: None,
+            sealing: None,
             metrics_max_label_values: crate::metrics::DEFAULT_MAX_LABEL_VALUES,
             webhook_format: crate::alerts::WebhookFormat::Json,
             emf_output: None,
@@ -1135,7 +1135,7 @@ impl Service {
         else {
             return Ok(Err(deny(403, "UnrecognizedClientException", INVALID_TOKEN)));
         };
-        let Some(sealing) = &self.settings.sealing_key else {
+        let Some(sealing) = &self.settings.sealing else {
             return Err(Error::Internal(format!(
                 "SigV4 credential {} presented but {} is not set on the sidecar",
                 record.access_key_id,
@@ -1144,7 +1144,7 @@ impl Service {
         };
         let creds = sigv4::Credentials {
             access_key_id: record.access_key_id.clone(),
-            secret_access_key: sealing.open(&record.sealed_secret)?,
+            secret_access_key: sealing.open(&record.access_key_id, &record.sealed_secret)?,
             // Clients sign for the region they think Bedrock is in; the gateway
             // re-signs for its own, so any region is accepted here.
             region: auth.region.clone(),
@@ -1173,18 +1173,19 @@ impl Service {
         if let Some(a) = &application_id {
             validate_id("application_id", a)?;
         }
-        let Some(sealing) = &self.settings.sealing_key else {
+        let Some(sealing) = &self.settings.sealing else {
             return Err(Error::invalid(format!(
                 "SigV4 credentials need {} on the sidecar (32 bytes, e.g. `openssl rand -hex 32`) to seal secrets at rest",
                 crate::seal::SECRET_KEY_ENV
             )));
         };
         let secret = keys::generate_secret_access_key();
+        let access_key_id = keys::generate_access_key_id();
         let record = SigV4CredentialRecord {
-            access_key_id: keys::generate_access_key_id(),
+            sealed_secret: sealing.seal(&access_key_id, &secret)?,
+            access_key_id,
             tenant_id: tenant_id.to_string(),
             application_id,
-            sealed_secret: sealing.seal(&secret)?,
             created_at_ms: to_millis(self.clock.now()),
             revoked: false,
         };

@@ -11,7 +11,7 @@ use tollgate_sidecar::service::Settings;
 async fn issue_and_revoke_keys_and_sigv4_credentials() {
     let s = TestSidecar::start_with(Setup {
         settings: Settings {
-            sealing_key: Some(SealingKey::parse(&"ab".repeat(32)).unwrap()),
+            sealing: Some(SealingKey::parse(&"ab".repeat(32)).unwrap().into()),
             ..Settings::default()
         },
         ..Setup::default()

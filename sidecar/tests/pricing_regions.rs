@@ -134,7 +134,7 @@ async fn cli_prices_commands_take_a_region() {
 #[test]
 fn serve_takes_pricing_region_and_the_older_flag_name() {
     let region = |args: &[&str]| match Cli::try_parse_from(args).expect("parses").command {
-        Command::Serve(a) => a.dynamodb.pricing_region,
+        Command::Serve(a) => a.ledger.dynamodb.pricing_region,
         _ => unreachable!(),
     };
     assert_eq!(

@@ -43,6 +43,8 @@ fn all_cases() -> Vec<(&'static str, Case)> {
         tenants_prices_aliases_profiles,
         keys,
         sigv4_credentials,
+        sigv4_sealed_secrets_are_listed_and_replaced_conditionally,
+        rewrap_reseals_every_secret_under_the_current_key,
         reserve_admits_and_denies_at_the_exact_boundary,
         reserve_is_idempotent,
         commit_is_idempotent,
@@ -352,6 +354,209 @@ async fn sigv4_credentials(s: Arc<dyn Store>) {
     assert_eq!(s.find_sigv4_credential("AKIA1").await.unwrap(), None);
     let listed = s.list_sigv4_credentials("acme").await.unwrap();
     assert!(listed[0].revoked && !listed[1].revoked, "{listed:?}");
+}
+
+fn cred(id: &str, tenant: &str, sealed: &str) -> SigV4CredentialRecord {
+    SigV4CredentialRecord {
+        access_key_id: id.into(),
+        tenant_id: tenant.into(),
+        application_id: None,
+        sealed_secret: sealed.into(),
+        created_at_ms: T0,
+        revoked: false,
+    }
+}
+
+async fn sealed_of(s: &Arc<dyn Store>, id: &str) -> (String, bool) {
+    let c = s
+        .list_all_sigv4_credentials()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.access_key_id == id)
+        .unwrap_or_else(|| panic!("{id} not listed"));
+    (c.sealed_secret, c.revoked)
+}
+
+async fn sigv4_sealed_secrets_are_listed_and_replaced_conditionally(s: Arc<dyn Store>) {
+    assert!(s.list_all_sigv4_credentials().await.unwrap().is_empty());
+    for (id, tenant) in [("AKIA2", "beta"), ("AKIA1", "acme"), ("AKIA3", "acme")] {
+        assert!(s
+            .insert_sigv4_credential(&cred(id, tenant, &format!("old-{id}")))
+            .await
+            .unwrap());
+    }
+    assert!(s
+        .revoke_sigv4_credential("acme", "AKIA3", T0)
+        .await
+        .unwrap());
+    // Every tenant's, revoked ones too, by access key id.
+    let all = s.list_all_sigv4_credentials().await.unwrap();
+    let ids: Vec<(&str, &str, bool)> = all
+        .iter()
+        .map(|c| (c.access_key_id.as_str(), c.tenant_id.as_str(), c.revoked))
+        .collect();
+    assert_eq!(
+        ids,
+        vec![
+            ("AKIA1", "acme", false),
+            ("AKIA2", "beta", false),
+            ("AKIA3", "acme", true)
+        ]
+    );
+
+    // Only over the value read.
+    assert!(!s
+        .replace_sigv4_sealed_secret("AKIA1", "not-what-is-stored", "new-AKIA1")
+        .await
+        .unwrap());
+    assert_eq!(sealed_of(&s, "AKIA1").await.0, "old-AKIA1");
+    assert!(s
+        .replace_sigv4_sealed_secret("AKIA1", "old-AKIA1", "new-AKIA1")
+        .await
+        .unwrap());
+    assert_eq!(
+        s.find_sigv4_credential("AKIA1")
+            .await
+            .unwrap()
+            .map(|c| c.sealed_secret)
+            .as_deref(),
+        Some("new-AKIA1")
+    );
+    // A second writer that read the old value loses.
+    assert!(!s
+        .replace_sigv4_sealed_secret("AKIA1", "old-AKIA1", "other-AKIA1")
+        .await
+        .unwrap());
+    assert_eq!(sealed_of(&s, "AKIA1").await.0, "new-AKIA1");
+
+    // A revocation made after the read is kept.
+    assert!(s
+        .revoke_sigv4_credential("beta", "AKIA2", T0)
+        .await
+        .unwrap());
+    assert!(s
+        .replace_sigv4_sealed_secret("AKIA2", "old-AKIA2", "new-AKIA2")
+        .await
+        .unwrap());
+    assert_eq!(sealed_of(&s, "AKIA2").await, ("new-AKIA2".into(), true));
+    assert_eq!(s.find_sigv4_credential("AKIA2").await.unwrap(), None);
+
+    // No such credential: nothing is created.
+    assert!(!s
+        .replace_sigv4_sealed_secret("AKIA9", "old-AKIA9", "new-AKIA9")
+        .await
+        .unwrap());
+    assert_eq!(s.list_all_sigv4_credentials().await.unwrap().len(), 3);
+    assert_eq!(s.find_sigv4_credential("AKIA9").await.unwrap(), None);
+}
+
+/// What the sidecar wrote before key ids: `base64(nonce || ciphertext+tag)`
+/// under the bare key, without associated data.
+fn legacy_sealed(key_hex: &str, secret: &str) -> String {
+    use aes_gcm::aead::{Aead, KeyInit};
+    use base64::Engine;
+    let cipher = aes_gcm::Aes256Gcm::new_from_slice(&hex::decode(key_hex).unwrap()).unwrap();
+    let nonce = [3u8; 12];
+    let ct = cipher
+        .encrypt(aes_gcm::Nonce::from_slice(&nonce), secret.as_bytes())
+        .unwrap();
+    base64::engine::general_purpose::STANDARD.encode([nonce.to_vec(), ct].concat())
+}
+
+async fn rewrap_reseals_every_secret_under_the_current_key(s: Arc<dyn Store>) {
+    use tollgate_sidecar::rewrap::rewrap;
+    use tollgate_sidecar::seal::Keyring;
+    let (a, b, lost) = ("aa".repeat(32), "bb".repeat(32), "cc".repeat(32));
+    let ring = |current: &str, previous: &str| {
+        Keyring::from_values(Some(current), Some(previous))
+            .unwrap()
+            .unwrap()
+    };
+    let (only_a, only_lost) = (ring(&a, ""), ring(&lost, ""));
+    let rows = [
+        ("AKIA1", only_a.seal("AKIA1", "secret-1").unwrap()),
+        ("AKIA2", legacy_sealed(&a, "secret-2")),
+        ("AKIA3", only_lost.seal("AKIA3", "secret-3").unwrap()),
+        ("AKIA4", only_lost.seal("AKIA4", "secret-4").unwrap()),
+        ("AKIA5", only_a.seal("AKIA5", "secret-5").unwrap()),
+    ];
+    for (id, sealed) in &rows {
+        assert!(s
+            .insert_sigv4_credential(&cred(id, "acme", sealed))
+            .await
+            .unwrap());
+    }
+    // AKIA4: revoked, and no key opens it; AKIA5: revoked, still re-sealed.
+    for id in ["AKIA4", "AKIA5"] {
+        assert!(s.revoke_sigv4_credential("acme", id, T0).await.unwrap());
+    }
+    let rotated = ring(&b, &a);
+
+    // A dry run counts and writes nothing.
+    let dry = rewrap(&*s, &rotated, true).await.unwrap();
+    assert_eq!(
+        (
+            dry.rewrapped,
+            dry.already_current,
+            dry.failed,
+            dry.skipped_revoked
+        ),
+        (3, 0, 1, 1),
+        "{dry:?}"
+    );
+    for (id, sealed) in &rows {
+        assert_eq!(&sealed_of(&s, id).await.0, sealed);
+    }
+
+    let report = rewrap(&*s, &rotated, false).await.unwrap();
+    assert_eq!(
+        (
+            report.rewrapped,
+            report.already_current,
+            report.failed,
+            report.skipped_revoked
+        ),
+        (3, 0, 1, 1),
+        "{report:?}"
+    );
+    assert_eq!(report.current_key_id, rotated.current_id());
+    assert_eq!(report.problems.len(), 2, "{:?}", report.problems);
+    assert!(
+        report.problems[0].contains("AKIA3") && report.problems[0].contains(only_lost.current_id()),
+        "{:?}",
+        report.problems
+    );
+    // Re-sealed under B alone, bound to their access key ids; revocation kept.
+    let only_b = ring(&b, "");
+    for (id, want) in [
+        ("AKIA1", "secret-1"),
+        ("AKIA2", "secret-2"),
+        ("AKIA5", "secret-5"),
+    ] {
+        let (sealed, _) = sealed_of(&s, id).await;
+        assert!(only_b.is_current(&sealed), "{id}: {sealed}");
+        assert_eq!(only_b.open(id, &sealed).unwrap(), want);
+    }
+    assert!(sealed_of(&s, "AKIA5").await.1, "still revoked");
+    assert_eq!(
+        sealed_of(&s, "AKIA3").await.0,
+        rows[2].1,
+        "failed: untouched"
+    );
+
+    // Idempotent: a second run only checks.
+    let again = rewrap(&*s, &rotated, false).await.unwrap();
+    assert_eq!(
+        (
+            again.rewrapped,
+            again.already_current,
+            again.failed,
+            again.skipped_revoked
+        ),
+        (0, 3, 1, 1),
+        "{again:?}"
+    );
 }
 
 async fn reserve_admits_and_denies_at_the_exact_boundary(s: Arc<dyn Store>) {

@@ -146,6 +146,8 @@ class Stack:
     metrics_token: str = field(default_factory=lambda: secrets.token_hex(16))
     # Extra `tollgate-sidecar serve` arguments (e.g. --accept-credentials).
     sidecar_args: list[str] = field(default_factory=list)
+    # Extra environment of the sidecar (e.g. TOLLGATE_SECRET_KEY_PREVIOUS).
+    sidecar_env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, Proc] = field(default_factory=dict)
 
     # --- lifecycle -------------------------------------------------------
@@ -198,7 +200,8 @@ class Stack:
             # lease's admit window ran out under load) soon after.
             "--lease-ttl-secs", "5", "--sweep-interval-secs", "1", "--hold-ttl-secs", "20",
             *self.sidecar_args,
-        ], env={"TOLLGATE_METRICS_TOKEN": self.metrics_token, "TOLLGATE_FILTER_TOKEN": ""})
+        ], env={"TOLLGATE_SECRET_KEY_PREVIOUS": "", "TOLLGATE_METRICS_TOKEN": self.metrics_token,
+                "TOLLGATE_FILTER_TOKEN": "", **self.sidecar_env})
 
     def start_envoy(self) -> None:
         p = self.plan()

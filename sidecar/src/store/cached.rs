@@ -8,7 +8,7 @@
 //! |---------------------------|-----------------------|--------------------------------------------|
 //! | `get_tenant`              | tenant id             | `put_tenant` of that tenant                |
 //! | `find_key`                | key hash              | `insert_key` of that hash; `revoke_key` (all keys) |
-//! | `find_sigv4_credential`   | access key id         | `insert_/revoke_sigv4_credential` of that id |
+//! | `find_sigv4_credential`   | access key id         | `insert_/revoke_sigv4_credential`, `replace_sigv4_sealed_secret` of that id |
 //! | `get_price_in`            | (region, model)       | `put_price_in` of that (region, model)     |
 //! | `get_alias`               | alias                 | `put_alias` (all aliases)                  |
 //! | `list_profiles`           | tenant id             | `put_profile` of that tenant               |
@@ -347,6 +347,24 @@ impl Store for CachedStore {
         self.inner.list_sigv4_credentials(tenant_id).await
     }
 
+    async fn list_all_sigv4_credentials(&self) -> Result<Vec<SigV4CredentialRecord>> {
+        self.inner.list_all_sigv4_credentials().await
+    }
+
+    async fn replace_sigv4_sealed_secret(
+        &self,
+        access_key_id: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<bool> {
+        let r = self
+            .inner
+            .replace_sigv4_sealed_secret(access_key_id, old, new)
+            .await;
+        self.sigv4.invalidate(access_key_id);
+        r
+    }
+
     async fn revoke_sigv4_credential(
         &self,
         tenant_id: &str,
@@ -559,6 +577,12 @@ mod tests {
         }
         async fn revoke_sigv4_credential(&self, t: &str, id: &str, now: i64) -> Result<bool> {
             self.inner.revoke_sigv4_credential(t, id, now).await
+        }
+        async fn list_all_sigv4_credentials(&self) -> Result<Vec<SigV4CredentialRecord>> {
+            self.inner.list_all_sigv4_credentials().await
+        }
+        async fn replace_sigv4_sealed_secret(&self, id: &str, o: &str, n: &str) -> Result<bool> {
+            self.inner.replace_sigv4_sealed_secret(id, o, n).await
         }
         async fn get_hold(&self, id: &str) -> Result<Option<Hold>> {
             self.hit("get_hold");
@@ -902,6 +926,21 @@ mod tests {
             .await
             .unwrap()
             .is_some());
+        // A rewrap's new sealed value is seen at once.
+        assert!(f
+            .cached
+            .replace_sigv4_sealed_secret("AKIA1", "sealed", "resealed")
+            .await
+            .unwrap());
+        assert_eq!(
+            f.cached
+                .find_sigv4_credential("AKIA1")
+                .await
+                .unwrap()
+                .map(|c| c.sealed_secret)
+                .as_deref(),
+            Some("resealed")
+        );
         assert!(f
             .cached
             .revoke_sigv4_credential("acme", "AKIA1", 2)

@@ -424,6 +424,19 @@ pub trait Store: Send + Sync + 'static {
         access_key_id: &str,
         now_ms: i64,
     ) -> Result<bool>;
+    /// Every SigV4 credential of every tenant, revoked ones included, ordered
+    /// by access key id (`tollgate-sidecar rewrap` re-seals them all).
+    async fn list_all_sigv4_credentials(&self) -> Result<Vec<SigV4CredentialRecord>>;
+    /// Sets the sealed secret of `access_key_id` to `new` only if it is still
+    /// `old`, the value the caller read; nothing else changes (a revocation made
+    /// in between stays). False when the value changed since it was read (e.g.
+    /// by another `rewrap`) or there is no such credential.
+    async fn replace_sigv4_sealed_secret(
+        &self,
+        access_key_id: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<bool>;
 
     // --- ledger --------------------------------------------------------------
     async fn get_hold(&self, request_id: &str) -> Result<Option<Hold>>;

@@ -1250,6 +1250,36 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn list_all_sigv4_credentials(&self) -> Result<Vec<SigV4CredentialRecord>> {
+        self.with(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT access_key_id, tenant_id, application_id, sealed_secret, created_at, revoked_at
+                 FROM sigv4_credentials ORDER BY access_key_id",
+            )?;
+            let rows = stmt.query_map([], sigv4_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn replace_sigv4_sealed_secret(
+        &self,
+        access_key_id: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<bool> {
+        let (a, old, new) = (access_key_id.to_string(), old.to_string(), new.to_string());
+        self.write(move |conn| {
+            let n = conn.execute(
+                "UPDATE sigv4_credentials SET sealed_secret = ?3
+                 WHERE access_key_id = ?1 AND sealed_secret = ?2",
+                params![a, old, new],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
     async fn insert_key(&self, key: &ApiKeyRecord) -> Result<bool> {
         let k = key.clone();
         self.write(move |conn| {

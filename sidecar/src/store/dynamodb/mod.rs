@@ -2166,6 +2166,39 @@ impl Store for DynamoStore {
         .await
     }
 
+    async fn list_all_sigv4_credentials(&self) -> Result<Vec<SigV4CredentialRecord>> {
+        let mut out = self
+            .scan_all(&self.t.sigv4, None)
+            .await?
+            .iter()
+            .map(|i| sigv4_from_item(i, &self.t.sigv4))
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by(|a, b| a.access_key_id.cmp(&b.access_key_id));
+        Ok(out)
+    }
+
+    async fn replace_sigv4_sealed_secret(
+        &self,
+        access_key_id: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<bool> {
+        // SET of the one attribute, conditional on the value read: a revocation
+        // in between is kept, and a missing item fails the condition instead of
+        // being created.
+        let r = self
+            .update(
+                &self.t.sigv4,
+                vec![("accessKeyId", s(access_key_id))],
+                "SET #s = :new",
+                Some("#s = :old"),
+                &[("#s", "sealedSecret")],
+                vec![(":new", s(new)), (":old", s(old))],
+            )
+            .await;
+        Ok(applied(r)?.is_some())
+    }
+
     async fn get_hold(&self, request_id: &str) -> Result<Option<Hold>> {
         // A pending hold is not a reservation yet (see the module docs).
         Ok(self
