@@ -115,7 +115,9 @@ impl Command {
             Command::Profiles(a) => Some(&mut a.client),
             Command::Aliases(a) => Some(&mut a.client),
             Command::Usage(a) => Some(&mut a.client),
-            Command::Serve(_) | Command::Dynamodb(_) | Command::Openapi => None,
+            Command::Serve(_) | Command::Dynamodb(_) | Command::Rewrap(_) | Command::Openapi => {
+                None
+            }
         }
     }
 }
