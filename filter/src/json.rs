@@ -102,7 +102,7 @@ impl<'de> SeenKeys<'de> {
     pub fn insert(&mut self, key: Cow<'de, str>) -> bool {
         // Objects in Bedrock bodies have a handful of keys; a linear scan beats
         // hashing them.
-        if self.keys.iter().any(|k| *k == key) {
+        if self.keys.contains(&key) {
             return false;
         }
         self.keys.push(key);

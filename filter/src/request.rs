@@ -1737,3 +1737,95 @@ mod tests {
         }
     }
 }
+
+/// The differential test of `splice_matches_the_whole_value_rewrite`, over
+/// generated bodies (native only: proptest is not built for wasm32).
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod splice_proptest {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(MEMBERS.to_vec()).prop_map(str::to_owned),
+            prop::sample::select(PRESENCE.to_vec()).prop_map(str::to_owned),
+            prop::sample::select(vec![
+                "maxTokens",
+                "max_new_tokens",
+                "maxTokenCount",
+                "type",
+                "latency",
+                "text",
+                "bytes",
+                "data",
+                "é\"}\\",
+            ])
+            .prop_map(str::to_owned),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            (0u64..20_000).prop_map(Value::from),
+            (-5i64..5).prop_map(Value::from),
+            Just(serde_json::json!(0.5)),
+            "[a-z \"\\\\}{é😀]{0,8}".prop_map(Value::String),
+            Just(Value::String("A".repeat(300))),
+        ];
+        leaf.prop_recursive(4, 40, 5, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec((key(), inner), 0..5)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn body() -> impl Strategy<Value = (Vec<u8>, bool)> {
+        (prop::collection::vec((key(), value()), 0..6), any::<bool>()).prop_map(|(kv, pretty)| {
+            let v = Value::Object(kv.into_iter().collect());
+            let b = if pretty {
+                serde_json::to_vec_pretty(&v).unwrap()
+            } else {
+                serde_json::to_vec(&v).unwrap()
+            };
+            (b, pretty)
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn survey_and_splice_match_the_whole_value((body, _pretty) in body(), cap in 1u64..10_000) {
+            let reparse = |b: &[u8]| {
+                serde_json::to_string(&serde_json::from_slice::<Value>(b).unwrap()).unwrap()
+            };
+            let md: BTreeMap<String, String> =
+                [("tenant_id".to_string(), "t".to_string())].into();
+            for op in [Operation::Converse, Operation::Invoke] {
+                for model in ["x", "anthropic.claude-3-haiku-20240307-v1:0", "us.amazon.nova-pro-v1:0", "meta.llama3-8b-instruct-v1:0"] {
+                    let fast = RequestFacts::read(op, model, &body);
+                    let whole = RequestFacts::read_whole(op, model, &body);
+                    match (fast, whole) {
+                        (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                        (Ok(f), Ok(w)) => {
+                            prop_assert_eq!(f.max_output_tokens, w.max_output_tokens);
+                            prop_assert_eq!(f.input_tokens_estimate, w.input_tokens_estimate);
+                            prop_assert_eq!(&f.metadata, &w.metadata);
+                            prop_assert_eq!(&f.billing, &w.billing);
+                            for m in [None, Some(&md)] {
+                                match (f.rewrite(&body, op, model, cap, m), w.rewrite(&body, op, model, cap, m)) {
+                                    (Ok(a), Ok(b)) => prop_assert_eq!(reparse(&a), reparse(&b)),
+                                    (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                                    (a, b) => prop_assert!(false, "{:?} vs {:?}", a, b),
+                                }
+                            }
+                        }
+                        (a, b) => prop_assert!(false, "{:?} vs {:?}", a, b),
+                    }
+                }
+            }
+        }
+    }
+}
