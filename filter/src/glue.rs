@@ -17,7 +17,7 @@ use crate::lease::{Admit, Ask, LeaseBook, LeaseKey, LeasePolicy};
 use crate::reply::{LocalReply, BUDGET_REMAINING_HEADER, REQUEST_ID_HEADER};
 use crate::request::{self, RequestFacts};
 use crate::route::{BedrockRoute, RouteError};
-use crate::settle::{settle, ResponseOutcome, Settlement};
+use crate::settle::{settle, Queued, QueuedKind, ResponseOutcome, Settlement};
 use crate::usage::{self, StreamMeter};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -27,8 +27,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 use tollgate_wire::api::{
-    self, Attribution, CommitBatch, Credential, LeaseWant, LeasedAdmission, ReleaseRequest,
-    RenewBatch, RenewResponse, Reservation, ReserveRequest, ReserveResponse,
+    self, Attribution, Credential, LeaseWant, LeasedAdmission, RenewBatch, RenewResponse,
+    Reservation, ReserveRequest, ReserveResponse,
 };
 
 const QUEUE_NAME: &str = "tollgate.settlements";
@@ -95,8 +95,12 @@ impl Metrics {
     }
 
     fn inc(id: u32) {
-        if id != 0 {
-            let _ = hostcalls::increment_metric(id, 1);
+        Self::add(id, 1);
+    }
+
+    fn add(id: u32, n: i64) {
+        if id != 0 && n != 0 {
+            let _ = hostcalls::increment_metric(id, n);
         }
     }
 
@@ -166,8 +170,8 @@ impl Shared {
 #[derive(Default)]
 struct Root {
     shared: Option<Rc<Shared>>,
-    pending: VecDeque<Settlement>,
-    in_flight: HashMap<u32, Vec<Settlement>>,
+    pending: VecDeque<Queued>,
+    in_flight: HashMap<u32, Vec<Queued>>,
     /// Renewal calls on their way, by token: the leases they carry.
     renewing: HashMap<u32, Vec<String>>,
     retry_at: Option<SystemTime>,
@@ -200,13 +204,18 @@ impl Context for Root {
             self.backoff = Duration::ZERO;
             self.retry_at = None;
             if let Some(s) = &self.shared {
+                // One host call per counter, not per settlement.
+                let (mut estimated, mut committed, mut released) = (0, 0, 0);
                 for item in &items {
-                    match item {
-                        Settlement::Commit(c) if c.estimated => Metrics::inc(s.metrics.estimated),
-                        Settlement::Commit(_) => Metrics::inc(s.metrics.committed),
-                        Settlement::Release { .. } => Metrics::inc(s.metrics.released),
+                    match item.kind {
+                        QueuedKind::EstimatedCommit => estimated += 1,
+                        QueuedKind::Commit => committed += 1,
+                        QueuedKind::Release => released += 1,
                     }
                 }
+                Metrics::add(s.metrics.estimated, estimated);
+                Metrics::add(s.metrics.committed, committed);
+                Metrics::add(s.metrics.released, released);
             }
             self.flush();
         } else {
@@ -237,14 +246,16 @@ impl Root {
             return;
         };
         while let Ok(Some(bytes)) = self.dequeue_shared_queue(shared.queue_id) {
-            match serde_json::from_slice::<Settlement>(&bytes) {
+            match Queued::from_message(&bytes) {
                 Ok(s) if self.pending.len() < shared.config.max_pending_settlements => {
                     self.pending.push_back(s)
                 }
                 Ok(s) => {
                     log::error!(
-                        "tollgate: settlement queue full ({} pending); dropping {s:?}",
-                        self.pending.len()
+                        "tollgate: settlement queue full ({} pending); dropping {:?} {}",
+                        self.pending.len(),
+                        s.kind,
+                        String::from_utf8_lossy(&s.json)
                     );
                     Metrics::inc(shared.metrics.dropped);
                 }
@@ -267,40 +278,24 @@ impl Root {
         // One settlement call at a time: what arrives meanwhile rides the next
         // batch, so the sidecar sees fewer, larger transactions under load.
         while !self.pending.is_empty() && self.in_flight.is_empty() {
-            let batch: Vec<Settlement> = match self.pending.front() {
-                Some(Settlement::Release { .. }) => self.pending.pop_front().into_iter().collect(),
+            let batch: Vec<Queued> = match self.pending.front() {
+                Some(q) if !q.is_commit() => self.pending.pop_front().into_iter().collect(),
                 _ => {
                     let mut b = Vec::new();
                     while b.len() < shared.config.commit_batch_size
-                        && matches!(self.pending.front(), Some(Settlement::Commit(_)))
+                        && self.pending.front().is_some_and(Queued::is_commit)
                     {
                         b.extend(self.pending.pop_front());
                     }
                     b
                 }
             };
+            // The streams encoded each settlement already: a release is sent as
+            // it is, commits are joined into one `CommitBatch`.
             let (path, body) = match batch.as_slice() {
-                [Settlement::Release { request_id, reason }] => (
-                    api::RELEASE_PATH,
-                    serde_json::to_vec(&ReleaseRequest {
-                        request_id: request_id.clone(),
-                        reason: reason.clone(),
-                    }),
-                ),
-                _ => (
-                    api::COMMIT_PATH,
-                    serde_json::to_vec(&CommitBatch {
-                        commits: batch
-                            .iter()
-                            .filter_map(|s| match s {
-                                Settlement::Commit(c) => Some(c.clone()),
-                                Settlement::Release { .. } => None,
-                            })
-                            .collect(),
-                    }),
-                ),
+                [q] if !q.is_commit() => (api::RELEASE_PATH, q.json.clone()),
+                _ => (api::COMMIT_PATH, Queued::commit_batch(&batch)),
             };
-            let Ok(body) = body else { continue };
             match shared.call_sidecar(path, &body, shared.config.commit_timeout_ms) {
                 Ok(token) => {
                     self.in_flight.insert(token, batch);
@@ -900,7 +895,13 @@ impl Exchange {
         let rewritten = merged.and_then(|md| {
             // The resolved base model decides which output-limit field is clamped.
             let body = match &self.facts {
-                Some(f) => f.rewrite(route.operation, &r.model_id, r.max_output_tokens, Some(&md)),
+                Some(f) => f.rewrite(
+                    &self.body,
+                    route.operation,
+                    &r.model_id,
+                    r.max_output_tokens,
+                    Some(&md),
+                ),
                 None => request::rewrite(
                     route.operation,
                     &r.model_id,
@@ -935,7 +936,15 @@ impl Exchange {
         self.set_http_request_header("content-length", Some(&body.len().to_string()));
         // Converse carries the merged metadata in the body; a client's header
         // must not reach Bedrock beside it.
-        self.set_http_request_header(METADATA_HEADER, md_header.as_deref());
+        // (Nothing to remove when the client sent none: skip the host call.)
+        if md_header.is_some()
+            || self
+                .bedrock_headers
+                .iter()
+                .any(|(k, _)| k == METADATA_HEADER)
+        {
+            self.set_http_request_header(METADATA_HEADER, md_header.as_deref());
+        }
         self.body = Vec::new();
         self.reservation = Some(r);
         self.phase = Phase::Forwarded;
@@ -965,9 +974,11 @@ impl Exchange {
     }
 
     fn enqueue(&self, s: Settlement) {
-        match serde_json::to_vec(&s) {
-            Ok(bytes) => {
-                if let Err(e) = self.enqueue_shared_queue(self.shared.queue_id, Some(&bytes)) {
+        match Queued::new(&s) {
+            Ok(q) => {
+                if let Err(e) =
+                    self.enqueue_shared_queue(self.shared.queue_id, Some(&q.to_message()))
+                {
                     log::error!(
                         "tollgate {}: cannot queue settlement {s:?}: {e:?}",
                         self.request_id
@@ -1011,7 +1022,11 @@ impl Exchange {
                     .flatten();
                 outcome.usage = self.header_usage.or(from_body);
                 outcome.final_usage = outcome.usage.is_some();
-                outcome.estimated_output_tokens = usage::estimate_json_output_tokens(copy);
+                // Only an estimated commit reads the estimate (see `settle`):
+                // skip the scan when Bedrock's usage is there.
+                if !outcome.final_usage {
+                    outcome.estimated_output_tokens = usage::estimate_json_output_tokens(copy);
+                }
             }
             ResponseMeter::None => {}
         }
@@ -1116,8 +1131,17 @@ impl Context for Exchange {
 
 impl HttpContext for Exchange {
     fn on_http_request_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
-        let method = self.get_http_request_header(":method").unwrap_or_default();
-        let path = self.get_http_request_header(":path").unwrap_or_default();
+        // One host call for every header, pseudo-headers included, rather than
+        // one per header read.
+        let headers = self.get_http_request_headers();
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        };
+        let method = header(":method").unwrap_or_default().to_owned();
+        let path = header(":path").unwrap_or_default().to_owned();
         let route = match BedrockRoute::parse(&method, &path) {
             Ok(r) => r,
             Err(e @ (RouteError::UnknownPath(_) | RouteError::UnsupportedOperation(_))) => {
@@ -1126,13 +1150,6 @@ impl HttpContext for Exchange {
             Err(e) => return self.reject(LocalReply::validation(400, e.to_string())),
         };
         self.route = Some(route);
-        let headers = self.get_http_request_headers();
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
-        };
         self.attribution = match identity::attribution(header) {
             Ok(a) => a,
             Err(r) => return self.reject(r),
@@ -1289,6 +1306,5 @@ fn new_request_id() -> String {
         b[..8].copy_from_slice(&t.to_be_bytes());
         b[8..].copy_from_slice(&n.to_be_bytes());
     }
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("tg-{hex}")
+    format!("tg-{}", identity::hex(&b))
 }

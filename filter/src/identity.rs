@@ -155,10 +155,19 @@ pub fn sigv4_fresh(proof: &SigV4Proof, now_secs: i64) -> bool {
 /// Lowercase hex SHA-256, the SigV4 payload hash.
 pub fn sha256_hex(body: &[u8]) -> String {
     use sha2::Digest as _;
-    sha2::Sha256::digest(body)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&sha2::Sha256::digest(body))
+}
+
+/// Lowercase hex of `bytes`, in one allocation (per-byte `format!` cost more
+/// than the hash it printed).
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    s
 }
 
 /// Reads the attribution headers; a value Bedrock could not log is refused.
@@ -202,8 +211,11 @@ pub fn merge_body_attribution(
 /// Request headers that must not reach Bedrock: the client's credential and
 /// signing headers (the gateway signs with its own) and an untrusted tenant claim.
 pub fn is_stripped_header(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    n == "authorization" || n == TENANT_HEADER || n.starts_with("x-amz-")
+    name.eq_ignore_ascii_case("authorization")
+        || name.eq_ignore_ascii_case(TENANT_HEADER)
+        || name
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case("x-amz-"))
 }
 
 #[cfg(test)]
@@ -300,6 +312,12 @@ mod tests {
         assert_eq!(amz_date_epoch("20240229T235959Z"), Some(1_709_251_199));
         assert_eq!(amz_date_epoch("2026-11-23T20:00Z"), None);
         assert_eq!(amz_date_epoch("20261323T200000Z"), None);
+    }
+
+    #[test]
+    fn hex_is_lowercase_two_digits_a_byte() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa0, 0xff]), "000fa0ff");
+        assert_eq!(hex(&[]), "");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod identity;
+pub mod json;
 pub mod lease;
 pub mod reply;
 pub mod request;

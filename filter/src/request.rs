@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 use thiserror::Error;
 use tollgate_wire::api::Operation;
 
+mod survey;
+
 /// Bedrock's `requestMetadata` limits.
 pub const METADATA_MAX_ENTRIES: usize = 16;
 pub const METADATA_MAX_LEN: usize = 256;
@@ -70,9 +72,46 @@ pub struct RequestFacts {
     pub metadata: BTreeMap<String, String>,
     /// Billing-changing options in the body (Converse), for [`billing_options`].
     pub billing: BodyBillingOptions,
-    /// The parsed body, kept so [`RequestFacts::rewrite`] need not parse it again.
-    root: Value,
+    /// The parsed body (or what the rules need of it), kept so
+    /// [`RequestFacts::rewrite`] need not parse it again.
+    parsed: Parsed,
 }
+
+/// What [`RequestFacts::read`] keeps of a body for the rewrite.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Parsed {
+    /// The body's top-level [`MEMBERS`] (as `Value`s) and [`PRESENCE`] members
+    /// (as `null` placeholders), in body order: everything the rules read and
+    /// the rewrite may change. The rewrite splices the members it changed (or
+    /// adds) into the body's own bytes, so the rest of the body, typically the
+    /// conversation, is never built as a `Value` nor serialised again.
+    Members(Value),
+    /// The whole body, for bodies with a key twice in some object: the rewrite
+    /// serialises it again with each key once (its last value, the one read), so
+    /// the limit Bedrock obeys is the limit held whatever the client repeated.
+    Whole(Value),
+}
+
+/// Top-level members the rules read or the rewrite changes: the output limits of
+/// every family (and their parent objects), Converse metadata, billing options.
+const MEMBERS: &[&str] = &[
+    "inferenceConfig",
+    "textGenerationConfig",
+    "additionalModelRequestFields",
+    "requestMetadata",
+    "serviceTier",
+    "performanceConfig",
+    "guardrailConfig",
+    "max_tokens",
+    "max_tokens_to_sample",
+    "max_gen_len",
+    "maxTokens",
+    "max_completion_tokens",
+];
+
+/// Top-level members whose presence alone the rules test ([`ModelFamily::fields`],
+/// [`max_plan`]).
+const PRESENCE: &[&str] = &["prompt", "messages", "anthropic_version"];
 
 /// Where a model family keeps its output limit, as a JSON pointer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -401,9 +440,31 @@ impl RequestFacts {
     /// field counts; bodies stating conflicting limits, or a limit in a field the
     /// family ignores, are refused.
     pub fn read(op: Operation, model: &str, body: &[u8]) -> Result<Self, BodyError> {
-        let map = parse_object(body)?;
-        let root = Value::Object(map);
-        let max_output_tokens = max_plan(op, model, &root)?.value;
+        match survey::survey(body) {
+            Some(s) => Self::from_parsed(op, model, Parsed::Members(s.members), s.estimate),
+            // Not JSON, not an object, or a key twice: the whole-`Value` path
+            // decides (and words the error) exactly as it always did.
+            None => Self::read_whole(op, model, body),
+        }
+    }
+
+    /// [`RequestFacts::read`] through a whole `Value` of the body.
+    fn read_whole(op: Operation, model: &str, body: &[u8]) -> Result<Self, BodyError> {
+        let root = Value::Object(parse_object(body)?);
+        let estimate = estimate_input_tokens(&root);
+        Self::from_parsed(op, model, Parsed::Whole(root), estimate)
+    }
+
+    fn from_parsed(
+        op: Operation,
+        model: &str,
+        parsed: Parsed,
+        input_tokens_estimate: u64,
+    ) -> Result<Self, BodyError> {
+        let root = match &parsed {
+            Parsed::Members(v) | Parsed::Whole(v) => v,
+        };
+        let max_output_tokens = max_plan(op, model, root)?.value;
         let metadata = if op.is_converse() {
             read_metadata(root.get("requestMetadata"))?
         } else {
@@ -411,23 +472,55 @@ impl RequestFacts {
         };
         Ok(Self {
             max_output_tokens,
-            input_tokens_estimate: estimate_input_tokens(&root),
+            input_tokens_estimate,
             metadata,
-            billing: BodyBillingOptions::read(op, &root),
-            root,
+            billing: BodyBillingOptions::read(op, root),
+            parsed,
         })
     }
 
-    /// [`rewrite`] of the body these facts were read from, without parsing it
-    /// again (the body is parsed once per request).
+    /// [`rewrite`] of `body`, the body these facts were read from, without
+    /// parsing it again (the body is parsed once per request).
     pub fn rewrite(
         &self,
+        body: &[u8],
         op: Operation,
         model: &str,
         max_tokens: u64,
         metadata: Option<&BTreeMap<String, String>>,
     ) -> Result<Vec<u8>, BodyError> {
-        rewrite_value(op, model, self.root.clone(), max_tokens, metadata)
+        match &self.parsed {
+            Parsed::Whole(root) => rewrite_value(op, model, root.clone(), max_tokens, metadata),
+            Parsed::Members(members) => {
+                rewrite_members(op, model, body, members, max_tokens, metadata)
+            }
+        }
+    }
+}
+
+/// The rewrite of a body read as [`Parsed::Members`]: the rules run on the
+/// members, and the members they changed or added are spliced into `body`.
+fn rewrite_members(
+    op: Operation,
+    model: &str,
+    body: &[u8],
+    members: &Value,
+    max_tokens: u64,
+    metadata: Option<&BTreeMap<String, String>>,
+) -> Result<Vec<u8>, BodyError> {
+    let mut changed = members.clone();
+    apply_rewrite(op, model, &mut changed, max_tokens, metadata)?;
+    match survey::splice(body, members, &changed) {
+        Some(out) => Ok(out),
+        // `members` was read from `body`, so this does not happen; if it did,
+        // the whole-`Value` rewrite is still right, only slower.
+        None => rewrite_value(
+            op,
+            model,
+            Value::Object(parse_object(body)?),
+            max_tokens,
+            metadata,
+        ),
     }
 }
 
@@ -451,29 +544,56 @@ fn read_metadata(v: Option<&Value>) -> Result<BTreeMap<String, String>, BodyErro
 /// whole body (tool specs, system prompts, history) keeps it an upper bound for
 /// every model family without knowing its schema.
 pub fn estimate_input_tokens(root: &Value) -> u64 {
-    fn walk(v: &Value, key: Option<&str>, text: &mut u64, blocks: &mut u64) {
-        match v {
-            Value::String(s) => {
-                if matches!(key, Some("bytes" | "data")) && s.len() > 256 {
-                    *blocks += 1;
-                } else {
-                    *text += s.len() as u64;
-                }
-            }
-            Value::Array(a) => a.iter().for_each(|x| walk(x, None, text, blocks)),
-            Value::Object(m) => {
-                for (k, x) in m {
-                    // Keys of free-form objects (tool input schemas) are text too.
-                    *text += k.len() as u64;
-                    walk(x, Some(k), text, blocks);
-                }
-            }
-            _ => *text += 4,
+    let mut count = InputCount::default();
+    count.value(root, None);
+    count.estimate()
+}
+
+/// The running sums of [`estimate_input_tokens`], shared with the survey,
+/// which counts a body without building it as a `Value`.
+#[derive(Debug, Default, Clone, Copy)]
+struct InputCount {
+    text: u64,
+    blocks: u64,
+}
+
+impl InputCount {
+    /// A string, the value of `key` (`None` in arrays).
+    fn string(&mut self, key: Option<&str>, s: &str) {
+        if matches!(key, Some("bytes" | "data")) && s.len() > 256 {
+            self.blocks += 1;
+        } else {
+            self.text += s.len() as u64;
         }
     }
-    let (mut text, mut blocks) = (0, 0);
-    walk(root, None, &mut text, &mut blocks);
-    text.div_ceil(BYTES_PER_TOKEN_UPPER_BOUND) + blocks * BINARY_BLOCK_TOKENS + 1
+
+    /// A number, `true`/`false` or `null`.
+    fn scalar(&mut self) {
+        self.text += 4;
+    }
+
+    /// An object key: keys of free-form objects (tool input schemas) are text too.
+    fn key(&mut self, k: &str) {
+        self.text += k.len() as u64;
+    }
+
+    fn value(&mut self, v: &Value, key: Option<&str>) {
+        match v {
+            Value::String(s) => self.string(key, s),
+            Value::Array(a) => a.iter().for_each(|x| self.value(x, None)),
+            Value::Object(m) => {
+                for (k, x) in m {
+                    self.key(k);
+                    self.value(x, Some(k));
+                }
+            }
+            _ => self.scalar(),
+        }
+    }
+
+    fn estimate(self) -> u64 {
+        self.text.div_ceil(BYTES_PER_TOKEN_UPPER_BOUND) + self.blocks * BINARY_BLOCK_TOKENS + 1
+    }
 }
 
 /// Checks a value against Bedrock's `requestMetadata` pattern
@@ -524,15 +644,19 @@ pub fn rewrite(
     max_tokens: u64,
     metadata: Option<&BTreeMap<String, String>>,
 ) -> Result<Vec<u8>, BodyError> {
-    rewrite_value(
-        op,
-        model,
-        Value::Object(parse_object(body)?),
-        max_tokens,
-        metadata,
-    )
+    match survey::survey(body) {
+        Some(s) => rewrite_members(op, model, body, &s.members, max_tokens, metadata),
+        None => rewrite_value(
+            op,
+            model,
+            Value::Object(parse_object(body)?),
+            max_tokens,
+            metadata,
+        ),
+    }
 }
 
+/// The rewrite of a whole parsed body, serialised again.
 fn rewrite_value(
     op: Operation,
     model: &str,
@@ -540,30 +664,43 @@ fn rewrite_value(
     max_tokens: u64,
     metadata: Option<&BTreeMap<String, String>>,
 ) -> Result<Vec<u8>, BodyError> {
-    let plan = max_plan(op, model, &root)?;
+    apply_rewrite(op, model, &mut root, max_tokens, metadata)?;
+    serde_json::to_vec(&root).map_err(|e| BodyError::Json(e.to_string()))
+}
+
+/// The rules of [`rewrite`], applied to `root`: the whole body, or its
+/// [`MEMBERS`] and [`PRESENCE`] members (all they read or change).
+fn apply_rewrite(
+    op: Operation,
+    model: &str,
+    root: &mut Value,
+    max_tokens: u64,
+    metadata: Option<&BTreeMap<String, String>>,
+) -> Result<(), BodyError> {
+    let plan = max_plan(op, model, root)?;
     let limit = plan.value.map_or(max_tokens, |v| v.min(max_tokens));
     if plan.present.is_empty() {
         if let Some(f) = plan.insert {
-            set_pointer(&mut root, f.pointer, Value::from(max_tokens));
+            set_pointer(root, f.pointer, Value::from(max_tokens));
         }
     } else if plan.value.is_some_and(|v| v > max_tokens) {
         for f in &plan.present {
-            set_pointer(&mut root, f.pointer, Value::from(max_tokens));
+            set_pointer(root, f.pointer, Value::from(max_tokens));
         }
     }
     if op.is_converse() {
-        clamp_additional_fields(&mut root, limit);
+        clamp_additional_fields(root, limit);
     }
     if let (true, Some(md)) = (op.is_converse(), metadata) {
         let md: Map<String, Value> = md
             .iter()
             .map(|(k, v)| (k.clone(), Value::String(v.clone())))
             .collect();
-        if let Value::Object(m) = &mut root {
+        if let Value::Object(m) = root {
             m.insert("requestMetadata".into(), Value::Object(md));
         }
     }
-    serde_json::to_vec(&root).map_err(|e| BodyError::Json(e.to_string()))
+    Ok(())
 }
 
 /// The `X-Amzn-Bedrock-Request-Metadata` header value for InvokeModel operations.
@@ -899,7 +1036,9 @@ mod tests {
         ] {
             let f = RequestFacts::read(Operation::Converse, "x", body).unwrap();
             assert_eq!(f.max_output_tokens, Some(read));
-            let out = f.rewrite(Operation::Converse, "x", 4096, None).unwrap();
+            let out = f
+                .rewrite(body, Operation::Converse, "x", 4096, None)
+                .unwrap();
             let text = String::from_utf8(out).unwrap();
             assert_eq!(text.matches("maxTokens").count(), 1, "{text}");
             assert!(text.contains(&format!(r#""maxTokens":{read}"#)), "{text}");
@@ -1392,6 +1531,166 @@ mod tests {
         assert_eq!(merge_metadata(&forged, &gw).unwrap()["tenant_id"], "real");
     }
 
+    /// The survey + splice path against the whole-`Value` path it replaces:
+    /// the same facts, the same errors, and a forwarded body that is the same
+    /// JSON document (key order included) as the re-serialised one.
+    #[test]
+    fn splice_matches_the_whole_value_rewrite() {
+        let bodies: &[&str] = &[
+            // The bench's shape, with whitespace the splice must keep.
+            r#"{"messages":[{"role":"user","content":[{"text":"hi"}]}],"inferenceConfig":{"maxTokens":128}}"#,
+            "{ \"messages\" : [ ] ,\n \"inferenceConfig\" :\t{ \"maxTokens\" : 9000 , \"temperature\" : 0.5 } }\n",
+            r#"{"messages":[]}"#,
+            r#"{}"#,
+            " { } ",
+            r#"{"inferenceConfig":{}}"#,
+            r#"{"inferenceConfig":{"temperature":1}, "messages":[]}"#,
+            r#"{"inferenceConfig":null}"#,
+            r#"{"inferenceConfig":"x"}"#,
+            r#"{"inferenceConfig":{"maxTokens":null}}"#,
+            // Escapes and unicode in keys and strings, skipped and kept as sent.
+            r#"{"messages":[{"content":[{"text":"a \"quoted\" }{ ][ \\ \u00e9 é 😀 \ud83d\ude00"}]}],"inferenceConfig":{"maxTokens":5000}}"#,
+            r#"{"inference\u0043onfig":{"maxTokens":5000},"messages":[]}"#,
+            r#"{"m\u00e9ssages":"x","inferenceConfig":{"maxTokens":50}}"#,
+            r#"{"requestMetadata":{"user_id":"u1","tenant_id":"forged"},"messages":[]}"#,
+            r#"{"messages":[],"requestMetadata":{}}"#,
+            r#"{"requestMetadata":{"a":"b"},"inferenceConfig":{"maxTokens":10}}"#,
+            r#"{"inferenceConfig":{"maxTokens":100},"additionalModelRequestFields":{"max_tokens":100,"top_k":5,"inferenceConfig":{"max_new_tokens":100}}}"#,
+            r#"{"additionalModelRequestFields":{"top_k":5},"messages":[]}"#,
+            r#"{"serviceTier":{"type":"default"},"performanceConfig":{"latency":"standard"}}"#,
+            // Nested objects and arrays, numbers of every kind, binary blocks.
+            r#"{"toolConfig":{"tools":[{"toolSpec":{"name":"t","inputSchema":{"json":{"type":"object","properties":{"a":{"type":"number","minimum":-1.5e3}}}}}}]},"messages":[{"content":[{"image":{"format":"png","source":{"bytes":"QUFB"}}}]}],"x":[1,-2,3.25,true,false,null,[],{}]}"#,
+            // InvokeModel families.
+            r#"{"anthropic_version":"bedrock-2023-05-31","messages":[],"max_tokens":9000}"#,
+            r#"{"anthropic_version":"bedrock-2023-05-31","messages":[]}"#,
+            r#"{"prompt":"\n\nHuman: hi\n\nAssistant:","max_tokens_to_sample":900}"#,
+            r#"{"messages":[],"inferenceConfig":{"max_new_tokens":3000,"maxTokens":3000}}"#,
+            r#"{"inputText":"x","textGenerationConfig":{"maxTokenCount":9000}}"#,
+            r#"{"inputText":"x"}"#,
+            r#"{"prompt":"x","max_gen_len":9000}"#,
+            r#"{"messages":[],"max_completion_tokens":9000,"max_tokens":9000}"#,
+            r#"{"prompt":"x","maxTokens":9000}"#,
+            r#"{"max_tokens":"9"}"#,
+            r#"{"max_tokens":-1}"#,
+            r#"{"max_tokens":1.0}"#,
+            r#"{"max_tokens":1,"inferenceConfig":{"max_new_tokens":3000}}"#,
+            // Keys twice (anywhere): the whole-`Value` path.
+            r#"{"inferenceConfig":{"maxTokens":4000,"maxTokens":3}}"#,
+            r#"{"inferenceConfig":{"maxTokens":4000},"inferenceConfig":{"maxTokens":3}}"#,
+            r#"{"messages":[{"role":"user","role":"assistant"}],"inferenceConfig":{"maxTokens":3}}"#,
+            r#"{"a":1,"a":2}"#,
+            // Refused bodies.
+            "",
+            "{",
+            "{nope",
+            "[1]",
+            "\"s\"",
+            "null",
+            r#"{"x":1e400}"#,
+            r#"{"x":"\ud800"}"#,
+            r#"{"x":1} x"#,
+            r#"{"x":1,}"#,
+            r#"{"requestMetadata":{"a":1}}"#,
+            r#"{"requestMetadata":[]}"#,
+        ];
+        let models = [
+            "x",
+            "anthropic.claude-3-haiku-20240307-v1:0",
+            "anthropic.claude-v2:1",
+            NOVA,
+            "us.amazon.nova-2-lite-v1:0",
+            "amazon.titan-text-express-v1",
+            "amazon.titan-embed-text-v2:0",
+            "meta.llama3-70b-instruct-v1:0",
+            "openai.gpt-oss-20b-1:0",
+            "ai21.j2-ultra-v1",
+            "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc",
+        ];
+        let md: BTreeMap<String, String> = [
+            ("tenant_id".to_string(), "t1".to_string()),
+            ("request_id".to_string(), "tg-1".to_string()),
+        ]
+        .into();
+        let reparse =
+            |b: &[u8]| serde_json::to_string(&serde_json::from_slice::<Value>(b).unwrap()).unwrap();
+        for body in bodies {
+            let body = body.as_bytes();
+            for op in [Operation::Converse, Operation::Invoke] {
+                for model in models {
+                    let ctx = format!("{op:?} {model} {}", String::from_utf8_lossy(body));
+                    let fast = RequestFacts::read(op, model, body);
+                    let whole = RequestFacts::read_whole(op, model, body);
+                    let (fast, whole) = match (fast, whole) {
+                        (Err(a), Err(b)) => {
+                            assert_eq!(a, b, "{ctx}");
+                            continue;
+                        }
+                        (Ok(a), Ok(b)) => (a, b),
+                        (a, b) => panic!("{ctx}: {a:?} vs {b:?}"),
+                    };
+                    assert_eq!(fast.max_output_tokens, whole.max_output_tokens, "{ctx}");
+                    assert_eq!(
+                        fast.input_tokens_estimate, whole.input_tokens_estimate,
+                        "{ctx}"
+                    );
+                    assert_eq!(fast.metadata, whole.metadata, "{ctx}");
+                    assert_eq!(fast.billing, whole.billing, "{ctx}");
+                    for cap in [1, 64, 128, 100_000] {
+                        for m in [None, Some(&md)] {
+                            let a = fast.rewrite(body, op, model, cap, m);
+                            let b = whole.rewrite(body, op, model, cap, m);
+                            let c = rewrite(op, model, body, cap, m);
+                            match (a, b, c) {
+                                (Ok(a), Ok(b), Ok(c)) => {
+                                    assert_eq!(reparse(&a), reparse(&b), "{ctx} {cap}");
+                                    assert_eq!(a, c, "{ctx} {cap}");
+                                }
+                                (Err(a), Err(b), Err(c)) => {
+                                    assert_eq!(a, b, "{ctx}");
+                                    assert_eq!(a, c, "{ctx}");
+                                }
+                                (a, b, c) => panic!("{ctx}: {a:?} / {b:?} / {c:?}"),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The splice keeps the client's bytes outside the members it changes.
+    #[test]
+    fn splice_keeps_the_rest_of_the_body_as_sent() {
+        let body = "{ \"messages\" : [{\"content\":[{\"text\":\"caf\\u00e9 \\\"}\"}]}] ,\n \"inferenceConfig\" : { \"maxTokens\" : 9000 } }\n";
+        let out = rewrite(Operation::Converse, "x", body.as_bytes(), 100, None).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{ \"messages\" : [{\"content\":[{\"text\":\"caf\\u00e9 \\\"}\"}]}] ,\n \"inferenceConfig\" : {\"maxTokens\":100} }\n"
+        );
+        // Under the limit and no metadata: nothing to change, the body as sent.
+        let body = b"{\"inferenceConfig\": {\"maxTokens\": 10}, \"messages\": []}";
+        assert_eq!(
+            rewrite(Operation::Converse, "x", body, 100, None).unwrap(),
+            body.to_vec()
+        );
+        // Added members go last, after the client's, in the rules' order.
+        let md: BTreeMap<_, _> = [("tenant_id".to_string(), "t".to_string())].into();
+        let out = rewrite(
+            Operation::Converse,
+            "x",
+            b"{\"messages\":[] }",
+            7,
+            Some(&md),
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"messages":[] ,"inferenceConfig":{"maxTokens":7},"requestMetadata":{"tenant_id":"t"}}"#
+        );
+        let out = rewrite(Operation::Converse, "x", b"{}", 7, None).unwrap();
+        assert_eq!(out, br#"{"inferenceConfig":{"maxTokens":7}}"#.to_vec());
+    }
+
     /// The fuzz target's invariant, over family bodies: a rewritten body reads
     /// back under the same model, with a limit no higher than the cap (or the
     /// request's own, lower, limit).
@@ -1432,6 +1731,98 @@ mod tests {
                         .unwrap_or_else(|e| panic!("{op:?} {model} {body}: {e}"));
                     if let Some(max) = again.max_output_tokens {
                         assert!(max <= cap, "{op:?} {model} {body}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The differential test of `splice_matches_the_whole_value_rewrite`, over
+/// generated bodies (native only: proptest is not built for wasm32).
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod splice_proptest {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(MEMBERS.to_vec()).prop_map(str::to_owned),
+            prop::sample::select(PRESENCE.to_vec()).prop_map(str::to_owned),
+            prop::sample::select(vec![
+                "maxTokens",
+                "max_new_tokens",
+                "maxTokenCount",
+                "type",
+                "latency",
+                "text",
+                "bytes",
+                "data",
+                "é\"}\\",
+            ])
+            .prop_map(str::to_owned),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            (0u64..20_000).prop_map(Value::from),
+            (-5i64..5).prop_map(Value::from),
+            Just(serde_json::json!(0.5)),
+            "[a-z \"\\\\}{é😀]{0,8}".prop_map(Value::String),
+            Just(Value::String("A".repeat(300))),
+        ];
+        leaf.prop_recursive(4, 40, 5, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec((key(), inner), 0..5)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn body() -> impl Strategy<Value = (Vec<u8>, bool)> {
+        (prop::collection::vec((key(), value()), 0..6), any::<bool>()).prop_map(|(kv, pretty)| {
+            let v = Value::Object(kv.into_iter().collect());
+            let b = if pretty {
+                serde_json::to_vec_pretty(&v).unwrap()
+            } else {
+                serde_json::to_vec(&v).unwrap()
+            };
+            (b, pretty)
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn survey_and_splice_match_the_whole_value((body, _pretty) in body(), cap in 1u64..10_000) {
+            let reparse = |b: &[u8]| {
+                serde_json::to_string(&serde_json::from_slice::<Value>(b).unwrap()).unwrap()
+            };
+            let md: BTreeMap<String, String> =
+                [("tenant_id".to_string(), "t".to_string())].into();
+            for op in [Operation::Converse, Operation::Invoke] {
+                for model in ["x", "anthropic.claude-3-haiku-20240307-v1:0", "us.amazon.nova-pro-v1:0", "meta.llama3-8b-instruct-v1:0"] {
+                    let fast = RequestFacts::read(op, model, &body);
+                    let whole = RequestFacts::read_whole(op, model, &body);
+                    match (fast, whole) {
+                        (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                        (Ok(f), Ok(w)) => {
+                            prop_assert_eq!(f.max_output_tokens, w.max_output_tokens);
+                            prop_assert_eq!(f.input_tokens_estimate, w.input_tokens_estimate);
+                            prop_assert_eq!(&f.metadata, &w.metadata);
+                            prop_assert_eq!(&f.billing, &w.billing);
+                            for m in [None, Some(&md)] {
+                                match (f.rewrite(&body, op, model, cap, m), w.rewrite(&body, op, model, cap, m)) {
+                                    (Ok(a), Ok(b)) => prop_assert_eq!(reparse(&a), reparse(&b)),
+                                    (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                                    (a, b) => prop_assert!(false, "{:?} vs {:?}", a, b),
+                                }
+                            }
+                        }
+                        (a, b) => prop_assert!(false, "{:?} vs {:?}", a, b),
                     }
                 }
             }

@@ -2,7 +2,8 @@
 //! the usage (exact, or estimated and flagged), or a release of the hold.
 
 use serde::{Deserialize, Serialize};
-use tollgate_wire::api::{Commit, Usage};
+use thiserror::Error;
+use tollgate_wire::api::{Commit, ReleaseRequest, Usage};
 
 /// What the response showed, from headers to the last byte (or the abort).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -31,6 +32,110 @@ impl Settlement {
             Settlement::Commit(c) => &c.request_id,
             Settlement::Release { request_id, .. } => request_id,
         }
+    }
+}
+
+/// A settlement on its way to the sidecar: what kind it is, and the JSON the
+/// sidecar reads (a [`Commit`], or a [`ReleaseRequest`]). The stream that settles
+/// encodes it once; the root context batches these bytes as they are, instead of
+/// parsing every settlement back and serialising it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    pub kind: QueuedKind,
+    pub json: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueuedKind {
+    Commit,
+    /// A commit flagged `estimated`.
+    EstimatedCommit,
+    Release,
+}
+
+impl QueuedKind {
+    /// The first byte of a queue message.
+    fn tag(self) -> u8 {
+        match self {
+            Self::Commit => b'C',
+            Self::EstimatedCommit => b'E',
+            Self::Release => b'R',
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum QueueError {
+    #[error("empty settlement message")]
+    Empty,
+    #[error("settlement message with unknown tag {0:#04x}")]
+    Tag(u8),
+    #[error("unreadable settlement: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl Queued {
+    pub fn new(s: &Settlement) -> Result<Self, serde_json::Error> {
+        Ok(match s {
+            Settlement::Commit(c) => Self {
+                kind: if c.estimated {
+                    QueuedKind::EstimatedCommit
+                } else {
+                    QueuedKind::Commit
+                },
+                json: serde_json::to_vec(c)?,
+            },
+            Settlement::Release { request_id, reason } => Self {
+                kind: QueuedKind::Release,
+                json: serde_json::to_vec(&ReleaseRequest {
+                    request_id: request_id.clone(),
+                    reason: reason.clone(),
+                })?,
+            },
+        })
+    }
+
+    /// The shared-queue message: a tag byte, then the JSON.
+    pub fn to_message(&self) -> Vec<u8> {
+        let mut m = Vec::with_capacity(self.json.len() + 1);
+        m.push(self.kind.tag());
+        m.extend_from_slice(&self.json);
+        m
+    }
+
+    /// Reads a queue message. A message that starts with `{` is a whole
+    /// [`Settlement`] as JSON, the format before the tag (a VM of the previous
+    /// build can still be draining into the same queue during a reload).
+    pub fn from_message(m: &[u8]) -> Result<Self, QueueError> {
+        let (&tag, json) = m.split_first().ok_or(QueueError::Empty)?;
+        let kind = match tag {
+            b'C' => QueuedKind::Commit,
+            b'E' => QueuedKind::EstimatedCommit,
+            b'R' => QueuedKind::Release,
+            b'{' => return Ok(Self::new(&serde_json::from_slice::<Settlement>(m)?)?),
+            other => return Err(QueueError::Tag(other)),
+        };
+        Ok(Self {
+            kind,
+            json: json.to_vec(),
+        })
+    }
+
+    pub fn is_commit(&self) -> bool {
+        self.kind != QueuedKind::Release
+    }
+
+    /// The `/v1/commit` body (`CommitBatch`) of these commits.
+    pub fn commit_batch<'a>(commits: impl IntoIterator<Item = &'a Queued>) -> Vec<u8> {
+        let mut body = b"{\"commits\":[".to_vec();
+        for (i, q) in commits.into_iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(&q.json);
+        }
+        body.extend_from_slice(b"]}");
+        body
     }
 }
 
@@ -131,6 +236,74 @@ mod tests {
             output_tokens: o,
             ..Usage::default()
         }
+    }
+
+    #[test]
+    fn queued_settlements_batch_as_the_sidecar_reads_them() {
+        use tollgate_wire::api::CommitBatch;
+        let exact = settle(
+            "r1",
+            10,
+            Some(5),
+            &ResponseOutcome {
+                status: Some(200),
+                usage: Some(usage(3, 4)),
+                final_usage: true,
+                ..Default::default()
+            },
+        );
+        let estimated = settle(
+            "r2",
+            10,
+            Some(5),
+            &ResponseOutcome {
+                status: Some(200),
+                ..Default::default()
+            },
+        );
+        let release = settle(
+            "r3",
+            10,
+            Some(5),
+            &ResponseOutcome {
+                status: Some(500),
+                ..Default::default()
+            },
+        );
+        let mut queued = Vec::new();
+        for (s, kind) in [
+            (&exact, QueuedKind::Commit),
+            (&estimated, QueuedKind::EstimatedCommit),
+            (&release, QueuedKind::Release),
+        ] {
+            let q = Queued::new(s).unwrap();
+            assert_eq!(q.kind, kind);
+            let back = Queued::from_message(&q.to_message()).unwrap();
+            assert_eq!(back, q);
+            // The format before the tag still reads the same.
+            let legacy = Queued::from_message(&serde_json::to_vec(s).unwrap()).unwrap();
+            assert_eq!(legacy, q);
+            queued.push(q);
+        }
+        let batch: CommitBatch = serde_json::from_slice(&Queued::commit_batch(
+            queued.iter().filter(|q| q.is_commit()),
+        ))
+        .unwrap();
+        let commits: Vec<Commit> = [exact, estimated]
+            .into_iter()
+            .filter_map(|s| match s {
+                Settlement::Commit(c) => Some(c),
+                Settlement::Release { .. } => None,
+            })
+            .collect();
+        assert_eq!(batch, CommitBatch { commits });
+        let empty: CommitBatch = serde_json::from_slice(&Queued::commit_batch([])).unwrap();
+        assert!(empty.commits.is_empty());
+        let release: ReleaseRequest = serde_json::from_slice(&queued[2].json).unwrap();
+        assert_eq!(release.request_id, "r3");
+        assert!(Queued::from_message(b"").is_err());
+        assert!(Queued::from_message(b"X{}").is_err());
+        assert!(Queued::from_message(b"{nope").is_err());
     }
 
     #[test]

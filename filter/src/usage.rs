@@ -58,13 +58,16 @@ pub fn header_usage(header: impl Fn(&str) -> Option<String>) -> Option<Usage> {
     })
 }
 
-/// Usage from a complete non-streaming JSON body.
+/// Usage from a complete non-streaming JSON body. Only `usage` is built as a
+/// `Value`; the rest (the generated text) is parsed and discarded, so the body
+/// is accepted or refused exactly as parsing it all into a `Value` would.
 pub fn body_usage(op: Operation, body: &[u8]) -> Option<Usage> {
-    let v: Value = serde_json::from_slice(body).ok()?;
+    let mut picked = crate::json::pick_fields(body, &["usage"]).ok()??;
+    let usage = picked.pop().flatten()?;
     match op {
-        Operation::Converse => converse_usage(v.get("usage")?),
+        Operation::Converse => converse_usage(&usage),
         // Anthropic Messages; other families report usage only in headers.
-        _ => anthropic_usage(v.get("usage")?),
+        _ => anthropic_usage(&usage),
     }
 }
 
