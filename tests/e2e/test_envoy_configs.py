@@ -154,3 +154,7 @@ def test_the_filter_token_reaches_the_wasm_vm_by_name_only():
     deploy = next(d for d in sidecar if d["kind"] == "Deployment")
     args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--filter-token-file") + 1] == "/etc/tollgate/filter-token/tokens"
+    container = deploy["spec"]["template"]["spec"]["containers"][0]
+    # Readiness checks the store; liveness only that the process serves.
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
