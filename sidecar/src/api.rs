@@ -1,13 +1,14 @@
 //! HTTP routes (axum): the data plane for the filter, the admin API, metrics,
 //! health and the OpenAPI document.
 
+use crate::admin::{ProfileInput, TenantDetails, TenantInput};
 use crate::clock::rfc3339;
 use crate::dataplane_auth::{self, DataPlaneAuth};
 use crate::error::Error;
 use crate::keys;
 use crate::ledger::AlertKind;
 use crate::pricing::{self, ModelPrice, PriceInput};
-use crate::service::{ProfileInput, Service, TenantDetails, TenantInput};
+use crate::service::Service;
 use crate::store::{
     AlertRecord, ApiKeyRecord, Balance, Counters, Profile, SigV4CredentialRecord, TenantConfig,
     UsageRecord,
@@ -605,7 +606,7 @@ async fn put_tenant(
     Path(tenant): Path<String>,
     JsonBody(input): JsonBody<TenantInput>,
 ) -> ApiResult<Response> {
-    let cfg = s.service.put_tenant(&tenant, input).await?;
+    let cfg = s.service.admin().put_tenant(&tenant, input).await?;
     Ok(Json(cfg).into_response())
 }
 
@@ -631,9 +632,9 @@ async fn get_tenant(
     Path(tenant): Path<String>,
     Query(q): Query<PeriodQuery>,
 ) -> ApiResult<Response> {
-    let mut details = s.service.tenant_details(&tenant).await?;
+    let mut details = s.service.admin().tenant_details(&tenant).await?;
     if let Some(period) = q.period {
-        details.balance = s.service.balance(&tenant, &period).await?;
+        details.balance = s.service.admin().balance(&tenant, &period).await?;
     }
     Ok(Json(TenantView::from(details)).into_response())
 }
@@ -683,7 +684,11 @@ async fn issue_key(
     body: Bytes,
 ) -> ApiResult<Response> {
     let body = IssueKeyBody::parse(&body)?;
-    let (record, key) = s.service.issue_key(&tenant, body.application_id).await?;
+    let (record, key) = s
+        .service
+        .admin()
+        .issue_key(&tenant, body.application_id)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(IssuedKey {
@@ -723,7 +728,11 @@ async fn issue_sigv4(
     body: Bytes,
 ) -> ApiResult<Response> {
     let body = IssueKeyBody::parse(&body)?;
-    let (record, secret) = s.service.issue_sigv4(&tenant, body.application_id).await?;
+    let (record, secret) = s
+        .service
+        .admin()
+        .issue_sigv4(&tenant, body.application_id)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(IssuedSigV4Credential {
@@ -754,7 +763,7 @@ async fn list_sigv4(
     State(s): State<AppState>,
     Path(tenant): Path<String>,
 ) -> ApiResult<Response> {
-    let credentials = s.service.list_sigv4(&tenant).await?;
+    let credentials = s.service.admin().list_sigv4(&tenant).await?;
     Ok(Json(SigV4CredentialList { credentials }).into_response())
 }
 
@@ -771,7 +780,10 @@ async fn revoke_sigv4(
     State(s): State<AppState>,
     Path((tenant, access_key_id)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    s.service.revoke_sigv4(&tenant, &access_key_id).await?;
+    s.service
+        .admin()
+        .revoke_sigv4(&tenant, &access_key_id)
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -788,7 +800,7 @@ async fn revoke_key(
     State(s): State<AppState>,
     Path((tenant, key_id)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    s.service.revoke_key(&tenant, &key_id).await?;
+    s.service.admin().revoke_key(&tenant, &key_id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -808,7 +820,7 @@ async fn put_profile(
     Path(tenant): Path<String>,
     JsonBody(input): JsonBody<ProfileInput>,
 ) -> ApiResult<Response> {
-    let profile = s.service.put_profile(&tenant, input).await?;
+    let profile = s.service.admin().put_profile(&tenant, input).await?;
     Ok(Json(profile).into_response())
 }
 
@@ -830,7 +842,7 @@ async fn list_profiles(
     State(s): State<AppState>,
     Path(tenant): Path<String>,
 ) -> ApiResult<Response> {
-    s.service.require_tenant(&tenant).await?;
+    s.service.admin().require_tenant(&tenant).await?;
     let profiles = s.service.store.list_profiles(&tenant).await?;
     Ok(Json(ProfileList { profiles }).into_response())
 }
@@ -973,7 +985,7 @@ async fn put_alias(
     Path(alias): Path<String>,
     JsonBody(body): JsonBody<AliasBody>,
 ) -> ApiResult<Response> {
-    s.service.put_alias(&alias, &body.model_id).await?;
+    s.service.admin().put_alias(&alias, &body.model_id).await?;
     Ok(Json(AliasView {
         alias,
         model_id: body.model_id,

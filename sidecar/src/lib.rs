@@ -1,6 +1,7 @@
 //! Tollgate budget sidecar: per-tenant budgets, holds and commits for the Envoy
 //! filter, plus the admin API, metrics and the `tollgate-sidecar` CLI.
 
+pub mod admin;
 pub mod alerts;
 pub mod api;
 pub mod audit;

@@ -1,9 +1,10 @@
 //! Seed file: aliases, prices and tenants (with profiles and plaintext keys, which
 //! are stored hashed), applied idempotently at startup. See `examples/seed.json`.
 
+use crate::admin::TenantInput;
 use crate::error::{Error, Result};
 use crate::pricing::{de_decimal, de_opt_decimal, PriceInput};
-use crate::service::{Service, TenantInput};
+use crate::service::Service;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -95,7 +96,7 @@ pub async fn apply_file(service: &Service, path: &Path) -> Result<SeedSummary> {
 pub async fn apply(service: &Service, seed: SeedFile) -> Result<SeedSummary> {
     let mut summary = SeedSummary::default();
     for (alias, model_id) in &seed.aliases {
-        service.put_alias(alias, model_id).await?;
+        service.admin().put_alias(alias, model_id).await?;
         summary.aliases += 1;
     }
     for p in seed.pricing {
@@ -118,6 +119,7 @@ pub async fn apply(service: &Service, seed: SeedFile) -> Result<SeedSummary> {
             return Err(Error::invalid("seed tenants[].tenant_id is required"));
         };
         service
+            .admin()
             .put_tenant(&id, t)
             .await
             .map_err(|e| Error::invalid(format!("seed tenant {id}: {e}")))?;

@@ -170,13 +170,16 @@ async fn run_case(budget: Decimal, ops: Vec<Op>) -> Result<(), TestCaseError> {
     .expect("build");
     let svc: Arc<Service> = sidecar.service;
     svc.store.put_price(&price()).await.expect("price");
-    svc.put_tenant(
-        TENANT,
-        serde_json::from_value(json!({"budget_usd": budget.to_string(), "reset_cycle": "monthly"}))
+    svc.admin()
+        .put_tenant(
+            TENANT,
+            serde_json::from_value(
+                json!({"budget_usd": budget.to_string(), "reset_cycle": "monthly"}),
+            )
             .expect("tenant input"),
-    )
-    .await
-    .expect("tenant");
+        )
+        .await
+        .expect("tenant");
 
     let mut model = Model::default();
     let mut next_id = 0usize;
@@ -340,7 +343,7 @@ async fn run_case(budget: Decimal, ops: Vec<Op>) -> Result<(), TestCaseError> {
 
         // Invariants, per period.
         for period in &periods {
-            let b = svc.balance(TENANT, period).await.expect("balance");
+            let b = svc.admin().balance(TENANT, period).await.expect("balance");
             let t = &b.totals;
             let spent = t.counters.spent_usd;
             let reserved = t.reserved_usd;
