@@ -18,7 +18,6 @@
 //! it in the proportions of the wall-clock steps.
 
 use rust_decimal::Decimal;
-use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::Instant;
 use tollgate_filter::identity;
@@ -28,7 +27,7 @@ use tollgate_filter::route::BedrockRoute;
 use tollgate_filter::settle::{settle, Queued, ResponseOutcome, Settlement};
 use tollgate_filter::usage;
 use tollgate_wire::api::{
-    Attribution, Credential, LeaseGrant, LeaseTerms, LeasedAdmission, Reservation, ReserveRequest,
+    Credential, LeaseGrant, LeaseTerms, LeasedAdmission, Reservation, ReserveRequest,
 };
 use tollgate_wire::rates::Rates;
 
@@ -101,32 +100,6 @@ fn lease_grant() -> LeaseGrant {
         ttl_ms: 30_000,
         budget_remaining_usd: d("1000000000"),
     }
-}
-
-/// `glue::Exchange::gateway_metadata`.
-fn gateway_metadata(
-    a: &Attribution,
-    request_id: &str,
-    r: Option<&Reservation>,
-) -> BTreeMap<String, String> {
-    let mut m = BTreeMap::new();
-    let tenant = r.map_or("-", |r| r.tenant_id.as_str());
-    m.insert("tenant_id".to_owned(), tenant.to_owned());
-    m.insert("request_id".to_owned(), request_id.to_owned());
-    let app = r
-        .and_then(|r| r.application_id.clone())
-        .or_else(|| a.application_id.clone());
-    for (k, v) in [
-        ("application_id", app),
-        ("cost_center", a.cost_center.clone()),
-        ("environment", a.environment.clone()),
-        ("user_id", a.user_id.clone()),
-    ] {
-        if let Some(v) = v {
-            m.insert(k.to_owned(), v);
-        }
-    }
-    m
 }
 
 /// `glue::new_request_id` (getrandom + hex).
@@ -245,7 +218,7 @@ fn main() {
         };
         request::merge_metadata(
             &facts.metadata,
-            &gateway_metadata(&attribution, &request_id, Some(&placeholder)),
+            &request::gateway_metadata(&attribution, &request_id, Some(&placeholder)),
         )
         .expect("metadata limits");
         lap(3, &mut t);
@@ -288,7 +261,7 @@ fn main() {
         // forward
         let md = request::merge_metadata(
             &facts.metadata,
-            &gateway_metadata(&attribution, &request_id, Some(&r)),
+            &request::gateway_metadata(&attribution, &request_id, Some(&r)),
         )
         .expect("metadata limits");
         let out = facts

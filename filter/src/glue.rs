@@ -23,7 +23,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 use tollgate_wire::api::{
@@ -584,29 +584,6 @@ impl Exchange {
         String::from_utf8(bytes).ok()
     }
 
-    /// Gateway attribution for Bedrock's invocation logs.
-    fn gateway_metadata(&self, r: Option<&Reservation>) -> BTreeMap<String, String> {
-        let a = &self.attribution;
-        let mut m = BTreeMap::new();
-        let tenant = r.map_or("-", |r| r.tenant_id.as_str());
-        m.insert("tenant_id".to_owned(), tenant.to_owned());
-        m.insert("request_id".to_owned(), self.request_id.clone());
-        let app = r
-            .and_then(|r| r.application_id.clone())
-            .or_else(|| a.application_id.clone());
-        for (k, v) in [
-            ("application_id", app),
-            ("cost_center", a.cost_center.clone()),
-            ("environment", a.environment.clone()),
-            ("user_id", a.user_id.clone()),
-        ] {
-            if let Some(v) = v {
-                m.insert(k.to_owned(), v);
-            }
-        }
-        m
-    }
-
     fn start_reserve(&mut self, body: Vec<u8>) -> Action {
         let Some(route) = self.route.clone() else {
             return Action::Continue;
@@ -644,9 +621,10 @@ impl Exchange {
             hold_usd: Default::default(),
             budget_remaining_usd: Default::default(),
         };
-        if let Err(e) =
-            request::merge_metadata(&facts.metadata, &self.gateway_metadata(Some(&placeholder)))
-        {
+        if let Err(e) = request::merge_metadata(
+            &facts.metadata,
+            &request::gateway_metadata(&self.attribution, &self.request_id, Some(&placeholder)),
+        ) {
             return self.reject(LocalReply::validation(400, e.to_string()));
         }
         let req = ReserveRequest {
@@ -891,7 +869,10 @@ impl Exchange {
             .as_ref()
             .map(|f| f.metadata.clone())
             .unwrap_or_default();
-        let merged = request::merge_metadata(&client_md, &self.gateway_metadata(Some(&r)));
+        let merged = request::merge_metadata(
+            &client_md,
+            &request::gateway_metadata(&self.attribution, &self.request_id, Some(&r)),
+        );
         let rewritten = merged.and_then(|md| {
             // The resolved base model decides which output-limit field is clamped.
             let body = match &self.facts {

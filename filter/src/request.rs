@@ -12,7 +12,7 @@
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use thiserror::Error;
-use tollgate_wire::api::Operation;
+use tollgate_wire::api::{Attribution, Operation, Reservation};
 
 mod survey;
 
@@ -704,6 +704,34 @@ fn apply_rewrite(
 }
 
 /// The `X-Amzn-Bedrock-Request-Metadata` header value for InvokeModel operations.
+/// Gateway attribution for Bedrock's invocation logs: the tenant and
+/// application of the reservation (the client's application when it names
+/// none), the request id and the client's attribution.
+pub fn gateway_metadata(
+    a: &Attribution,
+    request_id: &str,
+    r: Option<&Reservation>,
+) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    let tenant = r.map_or("-", |r| r.tenant_id.as_str());
+    m.insert("tenant_id".to_owned(), tenant.to_owned());
+    m.insert("request_id".to_owned(), request_id.to_owned());
+    let app = r
+        .and_then(|r| r.application_id.clone())
+        .or_else(|| a.application_id.clone());
+    for (k, v) in [
+        ("application_id", app),
+        ("cost_center", a.cost_center.clone()),
+        ("environment", a.environment.clone()),
+        ("user_id", a.user_id.clone()),
+    ] {
+        if let Some(v) = v {
+            m.insert(k.to_owned(), v);
+        }
+    }
+    m
+}
+
 pub fn metadata_header(metadata: &BTreeMap<String, String>) -> Result<String, BodyError> {
     let s = serde_json::to_string(metadata).map_err(|e| BodyError::Json(e.to_string()))?;
     if s.len() > METADATA_HEADER_MAX_LEN {
