@@ -1,9 +1,13 @@
 //! `cargo xtask bench`: the benchmark report of DESIGN §6.
 //!
-//! One run, one machine, one emulator upstream, two gateways side by side:
+//! One run, one machine, one emulator upstream, four gateways side by side:
 //!
 //! - **A**: Envoy with the Tollgate filter, the sidecar and `aws_request_signing`;
-//! - **B**: the same Envoy configuration without the Tollgate filter (signing kept).
+//! - **B**: the same Envoy configuration without the Tollgate filter (signing kept);
+//! - **C**: B plus the reference Wasm filter (`filter/examples/wasm_baseline.rs`),
+//!   which only reads headers and bodies: the price of any body-reading filter;
+//! - **D**: C plus a shared-data lease admission per request: what sharing one
+//!   lease among an Envoy's workers would add to the request path.
 //!
 //! Both listeners speak plain HTTP (the template's downstream TLS block is
 //! removed) so the numbers isolate the filter's cost, not the TLS handshake's.
@@ -25,6 +29,8 @@ use std::time::{Duration, Instant};
 
 const MODEL: &str = "anthropic.claude-3-haiku-20240307-v1:0";
 const TENANT: &str = "bench";
+/// Runs the filter's benchmark examples, built for wasm32-wasip1, under node.
+const WASI_RUNNER: &str = include_str!("wasi-run.mjs");
 
 #[derive(clap::Args, Clone)]
 pub struct BenchArgs {
@@ -37,6 +43,9 @@ pub struct BenchArgs {
     /// Concurrent connections for the maximum-throughput runs.
     #[arg(long, default_value_t = 64)]
     max_concurrency: u32,
+    /// Concurrent connections for the unsaturated latency runs (A, B and C).
+    #[arg(long, default_value_t = 1)]
+    light_concurrency: u32,
     /// Sequential ConverseStream requests per gateway for time to first byte.
     #[arg(long, default_value_t = 50)]
     ttfb_requests: u32,
@@ -63,6 +72,13 @@ pub fn bench(tools: &Tools, args: &BenchArgs) -> Result<()> {
     ensure_tool("curl", &["--version"], "curl")?;
 
     setup::build_wasm(tools)?;
+    let [baseline_wasm, decode_wasm, request_path_wasm]: [PathBuf; 3] = setup::build_wasm_examples(
+        tools,
+        &["wasm_baseline", "decode_throughput", "request_path"],
+    )?
+    .try_into()
+    .map_err(|_| anyhow::anyhow!("three Wasm examples expected"))?;
+    let node = ensure_tool("node", &["--version"], "nodejs")?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     println!("build: sidecar, emulator and benchmark examples (release)");
     run(Command::new(&cargo).args([
@@ -91,6 +107,8 @@ pub fn bench(tools: &Tools, args: &BenchArgs) -> Result<()> {
         "tollgate-filter",
         "--example",
         "decode_throughput",
+        "--example",
+        "request_path",
     ]))?;
     let bin = tools.bin_dir(true);
 
@@ -105,11 +123,30 @@ pub fn bench(tools: &Tools, args: &BenchArgs) -> Result<()> {
         Duration::from_secs(300),
     )
     .context("running the decode_throughput example")?;
+    println!("bench: the filter's request path (native), and both examples under node's V8");
+    let mut native_path = Command::new(bin.join("examples/request_path"));
+    native_path.arg("100000");
+    let request_path = json_output(native_path, Duration::from_secs(300))
+        .context("running the request_path example")?;
+    let runner = dir.join("wasi-run.mjs");
+    std::fs::write(&runner, WASI_RUNNER)?;
+    let under_v8 = |wasm: &Path, arg: &str| -> Result<Value> {
+        let mut cmd = Command::new(&node);
+        cmd.arg("--no-warnings").arg(&runner).arg(wasm).arg(arg);
+        json_output(cmd, Duration::from_secs(300))
+            .with_context(|| format!("running {} under node", wasm.display()))
+    };
+    // 32 MiB: node 20 sometimes crashes at exit after a 64 MiB run (a larger
+    // Wasm memory); the throughput is the same.
+    let decode_v8 = under_v8(&decode_wasm, "32")?;
+    let request_path_v8 = under_v8(&request_path_wasm, "100000")?;
 
-    let (pa, pb) = two_port_sets()?;
+    let [pa, pb, pc, pd]: [Ports; 4] = port_sets(4)?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("four port sets expected"))?;
     let mut stack = Stack::new(dir.clone())?;
     println!(
-        "bench: starting emulator, sidecar and two Envoys (logs in {})",
+        "bench: starting emulator, sidecar and four Envoys (logs in {})",
         dir.join("logs").display()
     );
     stack.launch("emulator", &plan::emulator(&bin, pa))?;
@@ -131,21 +168,23 @@ pub fn bench(tools: &Tools, args: &BenchArgs) -> Result<()> {
     );
     stack.launch("sidecar", &sidecar)?;
 
-    let base = plain_http(&stack::emulator_envoy_config(tools, pa, "us-east-1")?)?;
-    start_envoy(&mut stack, tools, &dir, "envoy-a", &base, pa)?;
-    let without = without_tollgate(&plain_http(&stack::emulator_envoy_config(
-        tools,
-        pb,
-        "us-east-1",
-    )?)?)?;
-    start_envoy(&mut stack, tools, &dir, "envoy-b", &without, pb)?;
+    let config = |p: Ports| -> Result<String> {
+        plain_http(&stack::emulator_envoy_config(tools, p, "us-east-1")?)
+    };
+    start_envoy(&mut stack, tools, &dir, "envoy-a", &config(pa)?, pa, 2)?;
+    let without = without_tollgate(&config(pb)?)?;
+    start_envoy(&mut stack, tools, &dir, "envoy-b", &without, pb, 2)?;
+    let c_config = reference_filter(&config(pc)?, tools, &baseline_wasm, false)?;
+    start_envoy(&mut stack, tools, &dir, "envoy-c", &c_config, pc, 2)?;
+    let d_config = reference_filter(&config(pd)?, tools, &baseline_wasm, true)?;
+    start_envoy(&mut stack, tools, &dir, "envoy-d", &d_config, pd, 2)?;
 
     let sidecar_url = format!("http://127.0.0.1:{}", pa.sidecar);
     let key = provision(&sidecar_url, &admin_token)?;
 
     let url = |p: Ports, op: &str| format!("http://127.0.0.1:{}/model/{MODEL}/{op}", p.listener);
     let body = converse_body();
-    for (name, p) in [("A", pa), ("B", pb)] {
+    for (name, p) in [("A", pa), ("B", pb), ("C", pc), ("D", pd)] {
         let (code, text) = curl(
             "POST",
             &url(p, "converse"),
@@ -160,48 +199,65 @@ pub fn bench(tools: &Tools, args: &BenchArgs) -> Result<()> {
     let load = |p: Ports, c: u32, secs: u64| -> Result<HeyResult> {
         run_hey(&hey, &url(p, "converse"), &key, &body, c, secs, &dir)
     };
+    let gateways = [("A", pa), ("B", pb), ("C", pc), ("D", pd)];
     println!("bench: warm-up (2 s each)");
-    load(pa, args.concurrency, 2)?;
-    load(pb, args.concurrency, 2)?;
+    for (_, p) in gateways {
+        load(p, args.concurrency, 2)?;
+    }
     let c = args.concurrency;
     let cmax = args.max_concurrency;
     let s = args.seconds;
-    println!("bench: latency, Converse, hey -z {s}s -c {c}: A then B");
-    let lat_a = checked(load(pa, c, s)?, "A", c)?;
-    let lat_b = checked(load(pb, c, s)?, "B", c)?;
-    println!("bench: throughput, Converse, hey -z {s}s -c {cmax}: A then B");
-    let before = cpu_snapshot(&stack)?;
-    let max_a = checked(load(pa, cmax, s)?, "A", cmax)?;
-    let mid = cpu_snapshot(&stack)?;
-    let max_b = checked(load(pb, cmax, s)?, "B", cmax)?;
-    let after = cpu_snapshot(&stack)?;
-    let per_request = |from: &CpuSnapshot, to: &CpuSnapshot, r: &HeyResult| -> CpuSnapshot {
-        let n = (r.ok + r.failed).max(1) as f64;
-        let ms = |a: f64, b: f64| (b - a) * 1000.0 / n;
-        CpuSnapshot {
-            envoy_a: ms(from.envoy_a, to.envoy_a),
-            envoy_b: ms(from.envoy_b, to.envoy_b),
-            sidecar: ms(from.sidecar, to.sidecar),
-            emulator: ms(from.emulator, to.emulator),
-        }
-    };
-    let cpu_a = per_request(&before, &mid, &max_a);
-    let cpu_b = per_request(&mid, &after, &max_b);
+    println!("bench: latency, Converse, hey -z {s}s -c {c}: A, B, C, D");
+    let mut lat = Vec::new();
+    for (name, p) in gateways {
+        lat.push(checked(load(p, c, s)?, name, c)?);
+    }
+    println!("bench: throughput, Converse, hey -z {s}s -c {cmax}: A, B, C, D");
+    let mut max = Vec::new();
+    let mut cpu = Vec::new();
+    for (name, p) in gateways {
+        let before = cpu_snapshot(&stack)?;
+        let r = checked(load(p, cmax, s)?, name, cmax)?;
+        let after = cpu_snapshot(&stack)?;
+        cpu.push(after.per_request_since(&before, &r));
+        max.push(r);
+    }
+    let lc = args.light_concurrency;
+    println!("bench: latency below saturation, Converse, hey -z {s}s -c {lc}: A, B, C");
+    let mut light = Vec::new();
+    for (name, p) in &gateways[..3] {
+        light.push(checked(load(*p, lc, s)?, name, lc)?);
+    }
+    let [light_a, light_b, light_c]: [HeyResult; 3] = light
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("three runs"))?;
+    let [lat_a, lat_b, lat_c, lat_d]: [HeyResult; 4] =
+        lat.try_into().map_err(|_| anyhow::anyhow!("four runs"))?;
+    let [max_a, max_b, max_c, max_d]: [HeyResult; 4] =
+        max.try_into().map_err(|_| anyhow::anyhow!("four runs"))?;
+    let [cpu_a, cpu_b, cpu_c, cpu_d]: [CpuSnapshot; 4] =
+        cpu.try_into().map_err(|_| anyhow::anyhow!("four runs"))?;
 
     println!(
         "bench: ConverseStream time to first byte, {} sequential requests each (interleaved)",
         args.ttfb_requests
     );
-    let (ttfb_a, ttfb_b) = ttfb(
-        &url(pa, "converse-stream"),
-        &url(pb, "converse-stream"),
+    let [ttfb_a, ttfb_b, ttfb_c]: [Vec<f64>; 3] = ttfb(
+        &[
+            url(pa, "converse-stream"),
+            url(pb, "converse-stream"),
+            url(pc, "converse-stream"),
+        ],
         &key,
         &body,
         args.ttfb_requests,
-    )?;
+    )?
+    .try_into()
+    .map_err(|_| anyhow::anyhow!("three TTFB samples"))?;
 
     let rss_a = rss(&stack, "envoy-a")?;
     let rss_b = rss(&stack, "envoy-b")?;
+    let rss_c = rss(&stack, "envoy-c")?;
     let rss_emulator = rss(&stack, "emulator")?;
 
     println!(
@@ -217,8 +273,12 @@ pub fn bench(tools: &Tools, args: &BenchArgs) -> Result<()> {
         .context("running the reserve_commit_load example")?;
     let rss_sidecar = rss(&stack, "sidecar")?;
 
-    println!("bench: overspend under contention: 4 gateways, 1 tenant, 200 concurrent requests");
-    let contention = contention(
+    // The reference gateways are done; the contention runs start their own.
+    for name in ["envoy-b", "envoy-c", "envoy-d"] {
+        stack.stop_one(name);
+    }
+    println!("bench: overspend under contention: 4 gateways × 2 workers, 1 tenant, 200 concurrent requests");
+    let contention_2 = contention(
         &mut stack,
         tools,
         &dir,
@@ -227,6 +287,19 @@ pub fn bench(tools: &Tools, args: &BenchArgs) -> Result<()> {
         &sidecar_url,
         &admin_token,
         &body,
+        2,
+    )?;
+    println!("bench: overspend under contention: 4 gateways × 1 worker (one lease per Envoy)");
+    let contention_1 = contention(
+        &mut stack,
+        tools,
+        &dir,
+        &hey,
+        pa,
+        &sidecar_url,
+        &admin_token,
+        &body,
+        1,
     )?;
     stack.stop();
 
@@ -234,20 +307,42 @@ pub fn bench(tools: &Tools, args: &BenchArgs) -> Result<()> {
         args: args.clone(),
         lat_a,
         lat_b,
+        lat_c,
+        lat_d,
+        light_a,
+        light_b,
+        light_c,
         max_a,
         max_b,
+        max_c,
+        max_d,
         ttfb_a,
         ttfb_b,
+        ttfb_c,
         rss_a,
         rss_b,
+        rss_c,
         rss_sidecar,
         rss_emulator,
         cpu_a,
         cpu_b,
+        cpu_c,
+        cpu_d,
         reserve_commit,
         decode,
+        decode_v8,
+        request_path,
+        request_path_v8,
+        node_version: Command::new(&node)
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default(),
         body_bytes: body.len(),
-        contention,
+        contention: [contention_2, contention_1],
+        baseline_wasm_bytes: std::fs::metadata(&baseline_wasm)
+            .map(|m| m.len())
+            .unwrap_or(0),
         wasm_bytes: std::fs::metadata(tools.wasm_path())
             .map(|m| m.len())
             .unwrap_or(0),
@@ -293,20 +388,29 @@ fn ensure_tool(cmd: &str, probe: &[&str], package: &str) -> Result<PathBuf> {
 
 /// Two port sets sharing nothing: A's, and B's listener and admin ports
 /// (B reuses A's emulator and sidecar ports).
-fn two_port_sets() -> Result<(Ports, Ports)> {
-    let a = Ports::ephemeral()?;
-    let used = [a.listener, a.envoy_admin, a.sidecar, a.emulator];
-    for _ in 0..20 {
-        let b = Ports::ephemeral()?;
-        if !used.contains(&b.listener) && !used.contains(&b.envoy_admin) {
-            return Ok((
-                a,
-                Ports {
-                    listener: b.listener,
-                    envoy_admin: b.envoy_admin,
-                    ..a
-                },
-            ));
+/// `n` sets of ports sharing one sidecar and emulator, each with its own
+/// listener and Envoy admin port.
+fn port_sets(n: usize) -> Result<Vec<Ports>> {
+    let first = Ports::ephemeral()?;
+    let mut used = vec![
+        first.listener,
+        first.envoy_admin,
+        first.sidecar,
+        first.emulator,
+    ];
+    let mut sets = vec![first];
+    for _ in 0..20 * n {
+        if sets.len() == n {
+            return Ok(sets);
+        }
+        let p = Ports::ephemeral()?;
+        if !used.contains(&p.listener) && !used.contains(&p.envoy_admin) {
+            used.extend([p.listener, p.envoy_admin]);
+            sets.push(Ports {
+                listener: p.listener,
+                envoy_admin: p.envoy_admin,
+                ..first
+            });
         }
     }
     bail!("could not find free loopback ports")
@@ -350,6 +454,25 @@ fn without_tollgate(config: &str) -> Result<String> {
     Ok(out.join("\n") + "\n")
 }
 
+/// The config with the Tollgate filter's code and configuration replaced by the
+/// reference filter (`filter/examples/wasm_baseline.rs`), in the same place of
+/// the chain with the same Wasm settings.
+fn reference_filter(
+    config: &str,
+    tools: &Tools,
+    wasm: &Path,
+    shared_lease: bool,
+) -> Result<String> {
+    let filter = tools.wasm_path().display().to_string();
+    let settings = r#"{"sidecar_cluster": "tollgate_sidecar", "failure_mode": "closed"}"#;
+    if !config.contains(&filter) || !config.contains(settings) {
+        bail!("envoy config: the Tollgate filter's code path or configuration not found");
+    }
+    Ok(config
+        .replace(&filter, &wasm.display().to_string())
+        .replace(settings, &format!(r#"{{"shared_lease": {shared_lease}}}"#)))
+}
+
 fn start_envoy(
     stack: &mut Stack,
     tools: &Tools,
@@ -357,10 +480,17 @@ fn start_envoy(
     name: &'static str,
     config: &str,
     ports: Ports,
+    workers: u32,
 ) -> Result<()> {
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(&path, config)?;
-    let launch = plan::envoy(&tools.envoy(), &path, ports, 2, &stack.filter_token().token);
+    let launch = plan::envoy(
+        &tools.envoy(),
+        &path,
+        ports,
+        workers,
+        &stack.filter_token().token,
+    );
     stack.launch(name, &launch)?;
     let addr: SocketAddr = ([127, 0, 0, 1], ports.listener).into();
     TcpStream::connect_timeout(&addr, Duration::from_secs(5))
@@ -554,9 +684,9 @@ fn checked(r: HeyResult, gateway: &str, c: u32) -> Result<HeyResult> {
     Ok(r)
 }
 
-/// Time to first byte (ms, p50 and p90) of ConverseStream through A and B,
-/// interleaved so drift affects both alike. One warm-up request each.
-fn ttfb(url_a: &str, url_b: &str, key: &str, body: &str, n: u32) -> Result<(Vec<f64>, Vec<f64>)> {
+/// Time to first byte (ms, sorted) of ConverseStream through each URL, one
+/// request per URL in turn so drift affects all alike. One warm-up request each.
+fn ttfb(urls: &[String], key: &str, body: &str, n: u32) -> Result<Vec<Vec<f64>>> {
     let one = |url: &str| -> Result<f64> {
         let out = Command::new("curl")
             .args(["-sS", "--max-time", "10", "-o", "/dev/null", "-X", "POST"])
@@ -577,16 +707,19 @@ fn ttfb(url_a: &str, url_b: &str, key: &str, body: &str, n: u32) -> Result<(Vec<
         }
         Ok(t.parse::<f64>()? * 1000.0)
     };
-    one(url_a)?;
-    one(url_b)?;
-    let (mut a, mut b) = (Vec::new(), Vec::new());
-    for _ in 0..n {
-        a.push(one(url_a)?);
-        b.push(one(url_b)?);
+    for url in urls {
+        one(url)?;
     }
-    a.sort_by(f64::total_cmp);
-    b.sort_by(f64::total_cmp);
-    Ok((a, b))
+    let mut samples = vec![Vec::new(); urls.len()];
+    for _ in 0..n {
+        for (url, s) in urls.iter().zip(&mut samples) {
+            s.push(one(url)?);
+        }
+    }
+    for s in &mut samples {
+        s.sort_by(f64::total_cmp);
+    }
+    Ok(samples)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -614,13 +747,33 @@ fn rss(stack: &Stack, name: &str) -> Result<(f64, f64)> {
     Ok((kb("VmRSS:"), kb("VmHWM:")))
 }
 
-/// CPU seconds (user + system) each server process has used so far.
-#[derive(Debug, Clone, Copy)]
+/// CPU seconds (user + system) the server processes have used so far; or,
+/// from [`CpuSnapshot::per_request_since`], milliseconds per request of a run.
+#[derive(Debug, Clone, Copy, Default)]
 struct CpuSnapshot {
     envoy_a: f64,
     envoy_b: f64,
+    envoy_c: f64,
+    envoy_d: f64,
     sidecar: f64,
     emulator: f64,
+}
+
+impl CpuSnapshot {
+    /// CPU milliseconds per request each process used between `from` and now,
+    /// over the requests of run `r`.
+    fn per_request_since(&self, from: &CpuSnapshot, r: &HeyResult) -> CpuSnapshot {
+        let n = (r.ok + r.failed).max(1) as f64;
+        let ms = |a: f64, b: f64| (b - a) * 1000.0 / n;
+        CpuSnapshot {
+            envoy_a: ms(from.envoy_a, self.envoy_a),
+            envoy_b: ms(from.envoy_b, self.envoy_b),
+            envoy_c: ms(from.envoy_c, self.envoy_c),
+            envoy_d: ms(from.envoy_d, self.envoy_d),
+            sidecar: ms(from.sidecar, self.sidecar),
+            emulator: ms(from.emulator, self.emulator),
+        }
+    }
 }
 
 fn cpu_snapshot(stack: &Stack) -> Result<CpuSnapshot> {
@@ -644,6 +797,8 @@ fn cpu_snapshot(stack: &Stack) -> Result<CpuSnapshot> {
     Ok(CpuSnapshot {
         envoy_a: secs("envoy-a")?,
         envoy_b: secs("envoy-b")?,
+        envoy_c: secs("envoy-c")?,
+        envoy_d: secs("envoy-d")?,
         sidecar: secs("sidecar")?,
         emulator: secs("emulator")?,
     })
@@ -699,31 +854,54 @@ fn machine(tools: &Tools) -> Vec<(String, String)> {
     ]
 }
 
+/// What one run measured. A: Tollgate; B: no Wasm filter; C: the reference
+/// Wasm filter (headers and bodies read, nothing else); D: C plus a
+/// shared-data lease admission per request.
 struct Measured {
     args: BenchArgs,
     lat_a: HeyResult,
+    /// At `--light-concurrency` (A, B, C): the cost of one request, not queueing.
+    light_a: HeyResult,
+    light_b: HeyResult,
+    light_c: HeyResult,
     lat_b: HeyResult,
+    lat_c: HeyResult,
+    lat_d: HeyResult,
     max_a: HeyResult,
     max_b: HeyResult,
+    max_c: HeyResult,
+    max_d: HeyResult,
     ttfb_a: Vec<f64>,
     ttfb_b: Vec<f64>,
+    ttfb_c: Vec<f64>,
     rss_a: (f64, f64),
     rss_b: (f64, f64),
+    rss_c: (f64, f64),
     rss_sidecar: (f64, f64),
     rss_emulator: (f64, f64),
-    /// CPU milliseconds per request during A's and B's max-throughput runs.
+    /// CPU milliseconds per request during each gateway's max-throughput run.
     cpu_a: CpuSnapshot,
     cpu_b: CpuSnapshot,
+    cpu_c: CpuSnapshot,
+    cpu_d: CpuSnapshot,
     reserve_commit: Value,
     decode: Value,
+    decode_v8: Value,
+    request_path: Value,
+    request_path_v8: Value,
+    node_version: String,
     body_bytes: usize,
-    contention: Contention,
+    /// With 2 workers per gateway, then 1.
+    contention: [Contention; 2],
     wasm_bytes: u64,
+    baseline_wasm_bytes: u64,
 }
 
 /// The overspend-under-contention row.
 struct Contention {
     gateways: usize,
+    /// Envoy workers per gateway: each worker keeps its own leases.
+    workers: u32,
     requests: u64,
     admitted: u64,
     refused_402: u64,
@@ -747,15 +925,23 @@ fn contention(
     sidecar: &str,
     admin_token: &str,
     body: &str,
+    workers: u32,
 ) -> Result<Contention> {
     use rust_decimal::Decimal;
-    const TENANT_C: &str = "contention";
-    let names = ["envoy-c1", "envoy-c2", "envoy-c3"];
-    let mut urls = vec![format!(
-        "http://127.0.0.1:{}/model/{MODEL}/converse",
-        a.listener
-    )];
-    for name in names {
+    let tenant = format!("contention-{workers}w");
+    let names: &[&'static str] = match workers {
+        2 => &["envoy-x1", "envoy-x2", "envoy-x3"],
+        _ => &["envoy-y0", "envoy-y1", "envoy-y2", "envoy-y3"],
+    };
+    // A (2 workers) takes part in the 2-worker run; the other run starts four.
+    let mut urls = Vec::new();
+    if workers == 2 {
+        urls.push(format!(
+            "http://127.0.0.1:{}/model/{MODEL}/converse",
+            a.listener
+        ));
+    }
+    for &name in names {
         let fresh = Ports::ephemeral()?;
         let p = Ports {
             listener: fresh.listener,
@@ -763,7 +949,7 @@ fn contention(
             ..a
         };
         let config = plain_http(&stack::emulator_envoy_config(tools, p, "us-east-1")?)?;
-        start_envoy(stack, tools, dir, name, &config, p)?;
+        start_envoy(stack, tools, dir, name, &config, p, workers)?;
         urls.push(format!(
             "http://127.0.0.1:{}/model/{MODEL}/converse",
             p.listener
@@ -774,23 +960,23 @@ fn contention(
     let auth = format!("Bearer {admin_token}");
     let (code, text) = curl(
         "PUT",
-        &format!("{sidecar}/v1/tenants/{TENANT_C}"),
+        &format!("{sidecar}/v1/tenants/{tenant}"),
         Some(&auth),
         Some(&format!(
             r#"{{"budget_usd": "{budget}", "reset_cycle": "none", "active": true}}"#
         )),
     )?;
     if code != 200 {
-        bail!("creating tenant {TENANT_C}: HTTP {code}: {text}");
+        bail!("creating tenant {tenant}: HTTP {code}: {text}");
     }
     let (code, text) = curl(
         "POST",
-        &format!("{sidecar}/v1/tenants/{TENANT_C}/keys"),
+        &format!("{sidecar}/v1/tenants/{tenant}/keys"),
         Some(&auth),
         Some(r#"{"application_id": null}"#),
     )?;
     if code != 201 {
-        bail!("issuing a key for {TENANT_C}: HTTP {code}: {text}");
+        bail!("issuing a key for {tenant}: HTTP {code}: {text}");
     }
     let key: Value = serde_json::from_str(&text)?;
     let key = key["key"]
@@ -807,7 +993,7 @@ fn contention(
                 .args(["-H", &format!("Authorization: Bearer {key}")])
                 .args(["-d", body])
                 .arg(url);
-            let out = dir.join(format!("hey-contention-{i}.out"));
+            let out = dir.join(format!("hey-contention-{workers}w-{i}.out"));
             std::thread::spawn(move || bounded_output(cmd, Duration::from_secs(60), &out))
         })
         .collect();
@@ -830,7 +1016,7 @@ fn contention(
     let spent = loop {
         let (code, text) = curl(
             "GET",
-            &format!("{sidecar}/v1/tenants/{TENANT_C}"),
+            &format!("{sidecar}/v1/tenants/{tenant}"),
             Some(&auth),
             None,
         )?;
@@ -855,8 +1041,12 @@ fn contention(
     } else {
         0
     };
+    for &name in names {
+        stack.stop_one(name);
+    }
     Ok(Contention {
         gateways: urls.len(),
+        workers,
         requests: 200,
         admitted,
         refused_402,
@@ -876,9 +1066,10 @@ fn report(m: &Measured, machine: &[(String, String)]) -> Result<String> {
     }
     writeln!(
         s,
-        "- setup: one Bedrock emulator, one sidecar (SQLite), two Envoys (`--concurrency 2` each) \
+        "- setup: one Bedrock emulator, one sidecar (SQLite), four Envoys (`--concurrency 2` each) \
          on 127.0.0.1; A = Tollgate filter + sidecar + `aws_request_signing`, \
-         B = the same Envoy config without the Tollgate filter; plain HTTP listeners \
+         B = the same Envoy config without the Tollgate filter, C = B plus the reference \
+         Wasm filter, D = C plus a shared-data lease admission; plain HTTP listeners \
          (downstream TLS excluded to isolate the filter)"
     )?;
     writeln!(
@@ -909,6 +1100,19 @@ fn report(m: &Measured, machine: &[(String, String)]) -> Result<String> {
             ms(m.lat_a.p99_ms),
             ms(m.lat_b.p99_ms),
             added(m.lat_a.p99_ms, m.lat_b.p99_ms),
+        ),
+        (
+            format!(
+                "Converse latency p50 / p99 (c={}, below saturation)",
+                a.light_concurrency
+            ),
+            format!("{:.2} / {:.2} ms", m.light_a.p50_ms, m.light_a.p99_ms),
+            format!("{:.2} / {:.2} ms", m.light_b.p50_ms, m.light_b.p99_ms),
+            format!(
+                "{:+.2} / {:+.2} ms",
+                m.light_a.p50_ms - m.light_b.p50_ms,
+                m.light_a.p99_ms - m.light_b.p99_ms
+            ),
         ),
         (
             format!("Converse throughput (c={c})"),
@@ -1026,23 +1230,38 @@ fn report(m: &Measured, machine: &[(String, String)]) -> Result<String> {
         "| emulator | RSS after load (peak), for reference | {:.1} MiB ({:.1}) |",
         m.rss_emulator.0, m.rss_emulator.1
     )?;
-    let ct = &m.contention;
-    let ratio = if ct.budget.is_zero() {
-        0.0
-    } else {
-        use rust_decimal::prelude::ToPrimitive;
-        (ct.spent / ct.budget).to_f64().unwrap_or(0.0)
-    };
     writeln!(
         s,
-        "| gateways | **overspend under contention**: {} gateways, 1 tenant, {} concurrent requests, budget ${} | **spent/budget {:.3}**, admitted {}/{} possible ({} refused 402) |",
-        ct.gateways, ct.requests, ct.budget, ratio, ct.admitted, ct.possible, ct.refused_402
+        "| filter | decode under V8 (node {}, the same code built for wasm32-wasip1) | {:.0} MB/s (ConverseStream {:.0}, Invoke {:.0}) |",
+        m.node_version,
+        f(&m.decode_v8, "/total/mb_per_s"),
+        f(&m.decode_v8, "/converse_stream/mb_per_s"),
+        f(&m.decode_v8, "/invoke_with_response_stream/mb_per_s"),
     )?;
+    for ct in &m.contention {
+        let ratio = if ct.budget.is_zero() {
+            0.0
+        } else {
+            use rust_decimal::prelude::ToPrimitive;
+            (ct.spent / ct.budget).to_f64().unwrap_or(0.0)
+        };
+        writeln!(
+            s,
+            "| gateways | **overspend under contention**: {} gateways × {} worker(s), 1 tenant, {} concurrent requests, budget ${} | **spent/budget {:.3}**, admitted {}/{} possible ({} refused 402) |",
+            ct.gateways, ct.workers, ct.requests, ct.budget, ratio, ct.admitted, ct.possible, ct.refused_402
+        )?;
+    }
     writeln!(
         s,
         "| filter | `tollgate_filter.wasm` size | {:.0} KB |",
         m.wasm_bytes as f64 / 1000.0
     )?;
+    writeln!(
+        s,
+        "| reference | `wasm_baseline.wasm` size (gateways C and D) | {:.0} KB |",
+        m.baseline_wasm_bytes as f64 / 1000.0
+    )?;
+    breakdown(&mut s, m)?;
     if f(rc, "/errors") > 0.0 || f(rc, "/denied") > 0.0 {
         writeln!(
             s,
@@ -1061,6 +1280,98 @@ fn report(m: &Measured, machine: &[(String, String)]) -> Result<String> {
             .map_or("?", |(_, v)| v.as_str())
     )?;
     Ok(s)
+}
+
+/// Where A's cost goes: the four gateways side by side, and the filter's own
+/// work per request natively and under V8.
+fn breakdown(s: &mut String, m: &Measured) -> Result<()> {
+    let a = &m.args;
+    let f = |v: &Value, path: &str| v.pointer(path).and_then(Value::as_f64).unwrap_or(0.0);
+    writeln!(
+        s,
+        "\n### Where the cost goes\n\n\
+         B: no Wasm filter. C: the reference Wasm filter (`filter/examples/wasm_baseline.rs`: \
+         reads two headers, holds them until the body is in, copies the request body and every \
+         response chunk into the VM; nothing else). D: C plus one shared-data lease admission \
+         per request (get, parse, take the hold, compare-and-swap). A: Tollgate.\n"
+    )?;
+    writeln!(
+        s,
+        "| metric | B: no Wasm | C: reference Wasm | D: C + shared lease | A: Tollgate |"
+    )?;
+    writeln!(s, "| --- | ---: | ---: | ---: | ---: |")?;
+    let rows: [(String, [String; 4]); 6] = [
+        (
+            format!("max throughput (c={})", a.max_concurrency),
+            [&m.max_b, &m.max_c, &m.max_d, &m.max_a].map(|r| format!("{:.0} req/s", r.rps)),
+        ),
+        (
+            format!("latency p50 / p99 (c={})", a.light_concurrency),
+            [
+                format!("{:.2} / {:.2} ms", m.light_b.p50_ms, m.light_b.p99_ms),
+                format!("{:.2} / {:.2} ms", m.light_c.p50_ms, m.light_c.p99_ms),
+                "—".into(),
+                format!("{:.2} / {:.2} ms", m.light_a.p50_ms, m.light_a.p99_ms),
+            ],
+        ),
+        (
+            format!("latency p50 / p99 (c={})", a.concurrency),
+            [&m.lat_b, &m.lat_c, &m.lat_d, &m.lat_a]
+                .map(|r| format!("{:.2} / {:.2} ms", r.p50_ms, r.p99_ms)),
+        ),
+        (
+            format!("Envoy CPU per request (c={})", a.max_concurrency),
+            [
+                m.cpu_b.envoy_b,
+                m.cpu_c.envoy_c,
+                m.cpu_d.envoy_d,
+                m.cpu_a.envoy_a,
+            ]
+            .map(|v| format!("{v:.3} ms")),
+        ),
+        (
+            "… added to B".into(),
+            [
+                0.0,
+                m.cpu_c.envoy_c - m.cpu_b.envoy_b,
+                m.cpu_d.envoy_d - m.cpu_b.envoy_b,
+                m.cpu_a.envoy_a - m.cpu_b.envoy_b,
+            ]
+            .map(|v| format!("{v:+.3} ms")),
+        ),
+        (
+            "ConverseStream TTFB p50".into(),
+            [
+                format!("{:.2} ms", percentile(&m.ttfb_b, 0.5)),
+                format!("{:.2} ms", percentile(&m.ttfb_c, 0.5)),
+                "—".into(),
+                format!("{:.2} ms", percentile(&m.ttfb_a, 0.5)),
+            ],
+        ),
+    ];
+    for (k, v) in rows {
+        writeln!(s, "| {k} | {} |", v.join(" | "))?;
+    }
+    writeln!(
+        s,
+        "| Envoy RSS after load | {:.1} MiB | {:.1} MiB | — | {:.1} MiB |",
+        m.rss_b.0, m.rss_c.0, m.rss_a.0
+    )?;
+    writeln!(
+        s,
+        "\nTollgate's own Rust per request (`filter/examples/request_path.rs`, {} requests, \
+         a lease-admitted Converse): **{:.1} µs native, {:.1} µs under V8** (node {}). \
+         Envoy CPU that is A's own (A − C): {:+.3} ms; the price of a body-reading Wasm \
+         filter (C − B): {:+.3} ms; a shared-data lease admission (D − C): {:+.3} ms.",
+        m.request_path["iterations"],
+        f(&m.request_path, "/ns_per_request") / 1000.0,
+        f(&m.request_path_v8, "/ns_per_request") / 1000.0,
+        m.node_version,
+        m.cpu_a.envoy_a - m.cpu_c.envoy_c,
+        m.cpu_c.envoy_c - m.cpu_b.envoy_b,
+        m.cpu_d.envoy_d - m.cpu_c.envoy_c,
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1104,6 +1415,58 @@ mod tests {
             "          http_filters:\n          - name: envoy.filters.http.aws_request_signing"
         ));
         assert!(bare.contains("envoy.filters.http.router"));
+    }
+
+    #[test]
+    fn the_reference_filter_takes_tollgates_place() {
+        let tools = Tools {
+            wasm: setup::WasmToolchain::Rustup,
+            venv: "/nonexistent".into(),
+            tls: "/nonexistent".into(),
+            dynalite: "/nonexistent".into(),
+        };
+        let template = std::fs::read_to_string(repo_root().join("envoy/emulator.yaml")).unwrap();
+        let vars = [
+            ("ENVOY_ADMIN_PORT", "1".to_owned()),
+            ("LISTENER_PORT", "1".into()),
+            ("WASM_PATH", tools.wasm_path().display().to_string()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("EMULATOR_ACCESS_KEY_ID", "1".into()),
+            ("EMULATOR_SECRET_ACCESS_KEY", "1".into()),
+            ("BEDROCK_PORT", "1".into()),
+            ("SIDECAR_PORT", "1".into()),
+            ("TLS_CERT", "1".into()),
+            ("TLS_KEY", "1".into()),
+        ];
+        let config = plain_http(&stack::render(&template, &vars).unwrap()).unwrap();
+        let reference = Path::new("/x/wasm_baseline.wasm");
+        let c = reference_filter(&config, &tools, reference, false).unwrap();
+        assert!(c.contains(r#"filename: "/x/wasm_baseline.wasm""#), "{c}");
+        assert!(c.contains(r#"{"shared_lease": false}"#));
+        assert!(!c.contains("sidecar_cluster") && !c.contains("tollgate_filter.wasm"));
+        // Same place in the chain, same Wasm settings.
+        assert!(c.contains("allow_on_headers_stop_iteration: true"));
+        assert!(c.contains(
+            "          - name: tollgate\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+        ));
+        let d = reference_filter(&config, &tools, reference, true).unwrap();
+        assert!(d.contains(r#"{"shared_lease": true}"#));
+        assert!(reference_filter("static_resources: {}", &tools, reference, true).is_err());
+    }
+
+    #[test]
+    fn port_sets_do_not_collide() {
+        let sets = port_sets(4).unwrap();
+        let mut own: Vec<u16> = sets
+            .iter()
+            .flat_map(|p| [p.listener, p.envoy_admin])
+            .collect();
+        own.sort_unstable();
+        own.dedup();
+        assert_eq!(own.len(), 8);
+        assert!(sets
+            .iter()
+            .all(|p| p.sidecar == sets[0].sidecar && p.emulator == sets[0].emulator));
     }
 
     #[test]

@@ -389,6 +389,38 @@ pub fn build_wasm(tools: &Tools) -> Result<()> {
         "build: Wasm filter ({WASM_TARGET}, {:?} toolchain)",
         tools.wasm
     );
+    cargo_wasm(tools, &[])?;
+    if !tools.wasm_path().exists() {
+        bail!(
+            "the Wasm build finished but {} is missing",
+            tools.wasm_path().display()
+        );
+    }
+    Ok(())
+}
+
+/// Examples of the filter crate built for wasm32-wasip1 as the filter is (the
+/// bench's reference filter, and the benchmarks it runs under node's V8); they
+/// land in `target/wasm/wasm32-wasip1/release/examples/<name>.wasm`.
+pub fn build_wasm_examples(tools: &Tools, names: &[&str]) -> Result<Vec<PathBuf>> {
+    let mut extra = Vec::new();
+    for n in names {
+        extra.extend(["--example", n]);
+    }
+    cargo_wasm(tools, &extra)?;
+    Ok(names
+        .iter()
+        .map(|n| {
+            repo_root().join(format!(
+                "target/wasm/{WASM_TARGET}/release/examples/{n}.wasm"
+            ))
+        })
+        .collect())
+}
+
+/// `cargo build --release` of the filter crate for wasm32-wasip1, with `extra`
+/// arguments (none: the filter itself).
+fn cargo_wasm(tools: &Tools, extra: &[&str]) -> Result<()> {
     let args = [
         "build",
         "--quiet",
@@ -400,6 +432,7 @@ pub fn build_wasm(tools: &Tools) -> Result<()> {
         "--target-dir",
         "target/wasm",
     ];
+    let args = args.iter().chain(extra);
     // Every Envoy worker loads the filter: ship it lean. LTO, and no debug or
     // `name` sections (cargo's `strip` alone leaves the latter in wasm).
     let lean = [
@@ -436,12 +469,5 @@ pub fn build_wasm(tools: &Tools) -> Result<()> {
                 .env_remove("RUSTUP_TOOLCHAIN"))
         }
     }
-    .context("building the Wasm filter")?;
-    if !tools.wasm_path().exists() {
-        bail!(
-            "the Wasm build finished but {} is missing",
-            tools.wasm_path().display()
-        );
-    }
-    Ok(())
+    .context("building the Wasm filter")
 }

@@ -291,6 +291,25 @@ impl Stack {
         }
     }
 
+    /// Stops one process (SIGTERM, then SIGKILL after 5 s); the rest keep running.
+    pub fn stop_one(&mut self, name: &str) {
+        let Some(i) = self.procs.iter().position(|p| p.name == name) else {
+            return;
+        };
+        let mut p = self.procs.remove(i);
+        // SAFETY: plain kill(2) on a child we spawned.
+        unsafe { libc::kill(p.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(p.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+        if let Ok(mut pids) = CHILDREN.lock() {
+            pids.retain(|&pid| pid != p.child.id());
+        }
+    }
+
     pub fn stop(&mut self) {
         for p in self.procs.iter().rev() {
             // SAFETY: plain kill(2) on a child we spawned.
