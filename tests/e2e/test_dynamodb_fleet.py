@@ -197,10 +197,11 @@ def test_two_sidecars_share_one_budget(fleet):
     assert admin(a, "GET", "/v1/tenants/fleet")["balance"] == views[0]
 
 
-def test_leased_gateways_on_two_sidecars_never_overspend(fleet, stack, tmp_path):
-    """Two gateways, each in front of its own sidecar, both sidecars on one
-    DynamoDB ledger: 200 concurrent requests against a budget for about 50.
-    The leases the gateways hold are counted in the shared ledger, so the
+@pytest.mark.parametrize("gateways", [1, 2, 4])
+def test_leased_gateways_on_two_sidecars_never_overspend(fleet, stack, tmp_path, gateways):
+    """1, 2 or 4 gateways, in front of the two sidecars in turn, both sidecars
+    on one DynamoDB ledger: 200 concurrent requests against a budget for about
+    50. The leases the gateways hold are counted in the shared ledger, so the
     tenant never spends more than its budget."""
     from harness import CA, plan
 
@@ -216,8 +217,10 @@ def test_leased_gateways_on_two_sidecars_never_overspend(fleet, stack, tmp_path)
         "budget_usd": str(budget), "reset_cycle": "monthly", "active": True}).raise_for_status()
     key = requests.post(f"{a}/v1/tenants/{tenant}/keys", json={"application_id": None}, headers=auth,
                         timeout=10).json()["key"]
-    gateways = []
-    for name, sidecar in (("gw-a", a), ("gw-b", b)):
+    names = [f"gw-{i}" for i in range(gateways)]
+    urls = []
+    for i, name in enumerate(names):
+        sidecar = (a, b)[i % 2]
         listener, admin = free_port(), free_port()
         planned = plan(tmp_path, listener=listener, admin=admin, emulator=stack.emulator_port,
                        sidecar=int(sidecar.rsplit(":", 1)[1]), filter_token=filter_token)
@@ -234,13 +237,13 @@ def test_leased_gateways_on_two_sidecars_never_overspend(fleet, stack, tmp_path)
         p = spawn(name, [launch["program"], *launch["args"]], tmp_path, env=launch["env"])
         stack.procs[name] = p
         wait_http(f"http://127.0.0.1:{admin}/ready", p.popen, p.log)
-        gateways.append(f"https://127.0.0.1:{listener}")
+        urls.append(f"https://127.0.0.1:{listener}")
     try:
         body = {"messages": [{"role": "user", "content": [{"text": "hello"}]}],
                 "inferenceConfig": {"maxTokens": 64}}
 
         def one(i: int):
-            return requests.post(f"{gateways[i % 2]}/model/{haiku}/converse", json=body, verify=str(CA),
+            return requests.post(f"{urls[i % len(urls)]}/model/{haiku}/converse", json=body, verify=str(CA),
                                  timeout=30, headers={"Authorization": f"Bearer {key}"})
 
         with ThreadPoolExecutor(max_workers=50) as pool:
@@ -267,7 +270,7 @@ def test_leased_gateways_on_two_sidecars_never_overspend(fleet, stack, tmp_path)
         assert spent == expected
         assert spent <= budget, f"spent {spent} > budget {budget}"
     finally:
-        for name in ("gw-a", "gw-b"):
+        for name in names:
             p = stack.procs.pop(name, None)
             if p:
                 p.stop()
