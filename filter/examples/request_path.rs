@@ -215,6 +215,7 @@ fn main() {
             max_output_tokens: 0,
             hold_usd: Default::default(),
             budget_remaining_usd: Default::default(),
+            rates: None,
         };
         request::merge_metadata(
             &facts.metadata,

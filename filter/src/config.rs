@@ -58,6 +58,10 @@ pub struct FilterConfig {
     /// inference, guardrails). Refused unless allowed here: holds and commits
     /// are priced at the standard on-demand rates.
     pub billing_options: crate::request::BillingOptionsPolicy,
+    /// Publish each request's tenant, application, request id, model, tokens
+    /// and cost as Envoy filter state `wasm.tollgate.*` (for access logs and
+    /// later filters). Eight host calls per request; off saves them.
+    pub filter_state: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -94,6 +98,7 @@ impl Default for FilterConfig {
             lease_admit_window_ms: 10_000,
             lease_initial_holds: 8,
             billing_options: Default::default(),
+            filter_state: true,
         }
     }
 }

@@ -11,6 +11,7 @@
 //! `RefCell`), renews them on its tick, and a stream asks the sidecar only when no
 //! lease can hold its request.
 
+use crate::attributes;
 use crate::config::{FailureMode, FilterConfig};
 use crate::identity;
 use crate::lease::{Admit, Ask, LeaseBook, LeaseKey, LeasePolicy};
@@ -620,6 +621,7 @@ impl Exchange {
             max_output_tokens: 0,
             hold_usd: Default::default(),
             budget_remaining_usd: Default::default(),
+            rates: None,
         };
         if let Err(e) = request::merge_metadata(
             &facts.metadata,
@@ -927,6 +929,9 @@ impl Exchange {
             self.set_http_request_header(METADATA_HEADER, md_header.as_deref());
         }
         self.body = Vec::new();
+        if self.shared.config.filter_state {
+            self.publish(attributes::admitted(&r));
+        }
         self.reservation = Some(r);
         self.phase = Phase::Forwarded;
         Metrics::inc(self.shared.metrics.allowed);
@@ -951,6 +956,13 @@ impl Exchange {
                 request_id: self.request_id.clone(),
                 reason,
             }),
+        }
+    }
+
+    /// Sets filter state `wasm.<name>` for each attribute (see `attributes`).
+    fn publish(&self, attrs: Vec<(&'static str, String)>) {
+        for (name, value) in attrs {
+            self.set_property(vec![name], Some(value.as_bytes()));
         }
     }
 
@@ -1015,6 +1027,9 @@ impl Exchange {
         let max_output = (self.reservation.as_ref().map(|r| r.max_output_tokens))
             .or_else(|| self.facts.as_ref().and_then(|f| f.max_output_tokens));
         let mut s = settle(&self.request_id, input_estimate, max_output, &outcome);
+        if let (true, Some(r)) = (self.shared.config.filter_state, &self.reservation) {
+            self.publish(attributes::settled(&s, r, input_estimate));
+        }
         if let (Some(lease_id), Some(r)) = (&self.lease_id, &self.reservation) {
             match &mut s {
                 Settlement::Commit(c) => {
@@ -1112,6 +1127,9 @@ impl Context for Exchange {
 
 impl HttpContext for Exchange {
     fn on_http_request_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
+        if self.shared.config.filter_state {
+            self.publish(attributes::received(&self.request_id));
+        }
         // One host call for every header, pseudo-headers included, rather than
         // one per header read.
         let headers = self.get_http_request_headers();

@@ -94,6 +94,7 @@ impl Entry {
             max_output_tokens: max_out,
             hold_usd: hold,
             budget_remaining_usd: self.remaining_hint + self.headroom,
+            rates: Some(t.rates),
         })
     }
 }

@@ -2,6 +2,7 @@
 //! (tested natively and on wasm32); `glue` is the thin proxy-wasm layer that moves
 //! bytes between Envoy and them.
 
+pub mod attributes;
 pub mod config;
 pub mod identity;
 pub mod json;

@@ -92,23 +92,7 @@ impl LeaseSizing {
     }
 }
 
-/// What a commit may charge: Bedrock never generates more than the output
-/// limit the gateway set, and an estimate never exceeds the input the hold was
-/// priced with. Returns the capped usage and whether anything was cut.
-pub fn cap_usage(
-    usage: &tollgate_wire::api::Usage,
-    estimated: bool,
-    max_output_tokens: u64,
-    input_tokens_estimate: u64,
-) -> (tollgate_wire::api::Usage, bool) {
-    let mut u = *usage;
-    u.output_tokens = u.output_tokens.min(max_output_tokens);
-    if estimated {
-        u.input_tokens = u.input_tokens.min(input_tokens_estimate);
-    }
-    let capped = u != *usage;
-    (u, capped)
-}
+pub use tollgate_wire::rates::cap_usage;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]

@@ -230,6 +230,11 @@ pub struct Reservation {
     /// Available budget after this hold.
     #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money))]
     pub budget_remaining_usd: Decimal,
+    /// The prices the request will be charged at, so the gateway can report
+    /// the cost of what it meters (Envoy access logs) without asking again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub rates: Option<crate::rates::Rates>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -459,6 +464,7 @@ mod tests {
             max_output_tokens: 10,
             hold_usd: "0.000000000000000001".parse().unwrap(),
             budget_remaining_usd: "0.1".parse().unwrap(),
+            rates: None,
         };
         let json = serde_json::to_string(&ReserveResponse::Allow(r.clone())).unwrap();
         assert!(

@@ -21,6 +21,25 @@ pub struct Rates {
     pub cache_write: Decimal,
 }
 
+/// What a commit may charge: Bedrock never generates more than the output limit
+/// the gateway set, and an estimate never exceeds the input the hold was priced
+/// with. Returns the capped usage and whether anything was cut. The sidecar
+/// charges this; the filter reports the same figure in Envoy's access log.
+pub fn cap_usage(
+    usage: &Usage,
+    estimated: bool,
+    max_output_tokens: u64,
+    input_tokens_estimate: u64,
+) -> (Usage, bool) {
+    let mut u = *usage;
+    u.output_tokens = u.output_tokens.min(max_output_tokens);
+    if estimated {
+        u.input_tokens = u.input_tokens.min(input_tokens_estimate);
+    }
+    let capped = u != *usage;
+    (u, capped)
+}
+
 /// The cost arithmetic overflowed `Decimal` (absurd token counts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("cost arithmetic overflow")]

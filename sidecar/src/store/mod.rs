@@ -156,6 +156,7 @@ impl Hold {
             max_output_tokens: self.max_output_tokens,
             hold_usd: self.hold_usd,
             budget_remaining_usd: self.budget_remaining_usd,
+            rates: Some(self.rates),
         }
     }
 }
