@@ -82,6 +82,7 @@ pub async fn run(command: Command) -> Result<()> {
         Command::Serve(_) => Err(Error::Internal("serve is not a client command".into())),
         // Works on the store, like `dynamodb init`; `main` sets up its logging.
         Command::Rewrap(a) => crate::rewrap::command(a).await,
+        Command::Doctor(a) => crate::doctor::command(a).await,
         Command::Openapi => {
             print!("{}", crate::openapi::json());
             Ok(())

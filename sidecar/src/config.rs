@@ -88,6 +88,11 @@ pub enum Command {
     Aliases(AliasesArgs),
     /// Usage and cost report.
     Usage(UsageArgs),
+    /// Check a deployment and say what to fix: the sidecar's health, store and
+    /// clock, prices, aliases and profile ARNs, and (with --envoy-admin) the
+    /// filter's live Envoy configuration and counters. Exits non-zero when a
+    /// check fails.
+    Doctor(DoctorArgs),
     /// Manage the DynamoDB tables of the shared store.
     Dynamodb(DynamodbArgs),
     /// Re-seal every stored SigV4 secret under the current key (after rotating
@@ -115,6 +120,7 @@ impl Command {
             Command::Profiles(a) => Some(&mut a.client),
             Command::Aliases(a) => Some(&mut a.client),
             Command::Usage(a) => Some(&mut a.client),
+            Command::Doctor(a) => Some(&mut a.client),
             Command::Serve(_) | Command::Dynamodb(_) | Command::Rewrap(_) | Command::Openapi => {
                 None
             }
@@ -526,6 +532,21 @@ pub enum AliasesCommand {
     Set { alias: String, model_id: String },
     /// List aliases.
     List,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Envoy's admin address (e.g. http://127.0.0.1:9901), to check the
+    /// filter's configuration (`/config_dump`) and counters (`/stats`).
+    #[arg(long, env = "TOLLGATE_ENVOY_ADMIN")]
+    pub envoy_admin: Option<String>,
+    /// The Bedrock Region the gateway calls, for the profile ARN check.
+    /// Default: the region of Envoy's aws_request_signing filter, else the
+    /// sidecar's pricing region unless that is `global`.
+    #[arg(long)]
+    pub region: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod dataplane_auth;
+pub mod doctor;
 pub mod emf;
 pub mod error;
 pub mod keys;
