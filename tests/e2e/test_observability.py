@@ -17,7 +17,6 @@ import json
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import botocore.exceptions
 import pytest
@@ -141,20 +140,18 @@ def test_dashboard_is_importable_with_a_prometheus_input_and_a_tenant_variable()
                 assert 'tenant=~"$tenant"' in e, e
 
 
-def test_dashboard_promql_parses():
+def test_dashboard_promql_parses(tmp_path):
     """promtool parses every panel query (as a recording rule)."""
     promtool = shutil.which("promtool")
     assert promtool, "promtool is missing: apt-get install prometheus (cargo xtask test installs it)"
     exprs = [plain_promql(e) for e in dashboard_exprs()]
     rules = {"groups": [{"name": "dashboard", "rules": [
         {"record": f"tollgate:dashboard_query_{i}", "expr": e} for i, e in enumerate(exprs)]}]}
-    path = Path(__file__).parent / ".dashboard-rules.yaml"
-    try:
-        path.write_text(yaml.safe_dump(rules))
-        out = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
-    finally:
-        path.unlink(missing_ok=True)
+    path = tmp_path / "dashboard-rules.yaml"
+    path.write_text(yaml.safe_dump(rules))
+    out = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
+    assert f"SUCCESS: {len(exprs)} rules found" in out.stdout, out.stdout
 
 
 # --- against the running stack ------------------------------------------------------
