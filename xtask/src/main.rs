@@ -38,7 +38,7 @@ enum Cmd {
     /// The budget-exhaustion demo on the emulator, with a report.
     Demo,
     /// Everything CI runs: the gates (fmt, clippy, SQLite-only build,
-    /// cargo-deny), then every test.
+    /// cargo-deny, promtool on deploy/prometheus), then every test.
     Test,
     /// Supply-chain checks with cargo-deny: licenses, bans, sources and
     /// advisories (the advisory database is fetched from github.com).
@@ -234,9 +234,50 @@ fn deny(tools: &setup::Tools) -> Result<()> {
     )
 }
 
+/// The Prometheus files in `deploy/prometheus`: the alerting rules checked and
+/// unit-tested, the example configuration checked (rules included) with its
+/// metrics token file pointed at a stand-in, since promtool opens it.
+fn prometheus_gates() -> Result<()> {
+    const TOKEN_FILE: &str = "/etc/prometheus/tollgate-metrics-token";
+    let promtool = setup::promtool()?;
+    gate(
+        "alerting rules (promtool check rules deploy/prometheus/alerts.yaml)",
+        "fix the rules above",
+        Command::new(&promtool).args(["check", "rules", "deploy/prometheus/alerts.yaml"]),
+    )?;
+    gate(
+        "alerting rules' unit tests (promtool test rules deploy/prometheus/alerts_test.yaml)",
+        "an alert fired or stayed silent against its test series: see above",
+        Command::new(&promtool).args(["test", "rules", "deploy/prometheus/alerts_test.yaml"]),
+    )?;
+    let src = repo_root().join("deploy/prometheus");
+    let dir = state_dir().join("promtool");
+    std::fs::create_dir_all(&dir)?;
+    let config = std::fs::read_to_string(src.join("prometheus.yaml"))
+        .context("reading deploy/prometheus/prometheus.yaml")?;
+    if !config.contains(TOKEN_FILE) {
+        bail!("deploy/prometheus/prometheus.yaml no longer reads {TOKEN_FILE}: update this check");
+    }
+    let token = dir.join("tollgate-metrics-token");
+    std::fs::write(&token, "stand-in-metrics-token\n")?;
+    std::fs::write(
+        dir.join("prometheus.yaml"),
+        config.replace(TOKEN_FILE, &token.display().to_string()),
+    )?;
+    std::fs::copy(src.join("alerts.yaml"), dir.join("alerts.yaml"))?;
+    gate(
+        "example Prometheus config (promtool check config deploy/prometheus/prometheus.yaml)",
+        "fix the configuration above",
+        Command::new(&promtool)
+            .args(["check", "config"])
+            .arg(dir.join("prometheus.yaml")),
+    )
+}
+
 fn test(tools: &setup::Tools) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     gates(tools, &cargo)?;
+    prometheus_gates()?;
     println!("==> unit and integration tests (cargo test --workspace)");
     run(Command::new(&cargo).args(["test", "--workspace", "--quiet"]))?;
     println!("==> the filter's pure core and the wire crate on wasm32 (wasm-bindgen-test, node)");

@@ -7,6 +7,7 @@
 //!   a prebuilt binary) and the Python test clients, in `.tollgate/venv`.
 //! - dynalite (npm, pinned in `tests/package.json`): the local DynamoDB API server
 //!   the DynamoDB store is tested against, in `tests/node_modules`.
+//! - promtool (Debian's `prometheus`), for `cargo xtask test` only: see [`promtool`].
 
 use crate::{repo_root, run, state_dir};
 use anyhow::{bail, Context as _, Result};
@@ -140,8 +141,14 @@ fn debian_wasm_ready() -> bool {
 }
 
 fn apt_install(packages: &[&str], why: &str) -> Result<()> {
+    apt_install_with(packages, why, &[])
+}
+
+/// `apt_install` with extra `apt-get install` flags (e.g. `--no-install-recommends`).
+fn apt_install_with(packages: &[&str], why: &str, flags: &[&str]) -> Result<()> {
     let line = format!(
-        "apt-get update && apt-get install -y {}",
+        "apt-get update && apt-get install -y {}{}",
+        flags.iter().map(|f| format!("{f} ")).collect::<String>(),
         packages.join(" ")
     );
     if !is_root() {
@@ -151,6 +158,7 @@ fn apt_install(packages: &[&str], why: &str) -> Result<()> {
     run(Command::new("apt-get").arg("update").arg("-qq"))?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-qq"])
+        .args(flags)
         .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
@@ -228,6 +236,23 @@ pub fn setup() -> Result<Tools> {
         );
     }
     Ok(tools)
+}
+
+/// promtool, from Debian's `prometheus` package (the server comes along but is not
+/// started), for `cargo xtask test`: the alerting rules' checks and unit tests and
+/// the dashboard's queries. Installed only when `promtool` is not on PATH.
+pub fn promtool() -> Result<PathBuf> {
+    if !have("promtool", &["--version"]) {
+        apt_install_with(
+            &["prometheus"],
+            "checking the Prometheus rules and dashboard (promtool)",
+            &["--no-install-recommends"],
+        )?;
+        if !have("promtool", &["--version"]) {
+            bail!("Debian's prometheus package is installed but promtool does not run");
+        }
+    }
+    Ok(PathBuf::from("promtool"))
 }
 
 /// dynalite from npm (`tests/package.json`, locked), for the DynamoDB store tests
