@@ -132,6 +132,10 @@ pub fn envoy(
             // One base id per Envoy, so several run side by side.
             "--base-id".to_owned(),
             ports.envoy_admin.to_string(),
+            // Access-log lines reach stdout within a second (Envoy's default
+            // is 10 s), so a local stack's log can be followed as it happens.
+            "--file-flush-interval-msec".to_owned(),
+            "1000".to_owned(),
         ])
         .env("TOLLGATE_FILTER_TOKEN", filter_token)
 }
