@@ -359,6 +359,12 @@ impl Admin {
         self.store.list_sigv4_credentials(tenant_id).await
     }
 
+    /// A tenant's bearer keys, revoked ones included (hashes never leave the store).
+    pub async fn list_keys(&self, tenant_id: &str) -> Result<Vec<ApiKeyRecord>> {
+        self.require_tenant(tenant_id).await?;
+        self.store.list_keys(tenant_id).await
+    }
+
     /// Issues a key; returns the record and the plaintext (shown once).
     pub async fn issue_key(
         &self,

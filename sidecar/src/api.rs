@@ -172,7 +172,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(renew_leases))
         .routes(routes!(list_tenants))
         .routes(routes!(put_tenant, get_tenant))
-        .routes(routes!(issue_key))
+        .routes(routes!(issue_key, list_keys))
         .routes(routes!(revoke_key))
         .routes(routes!(issue_sigv4, list_sigv4))
         .routes(routes!(revoke_sigv4))
@@ -699,6 +699,31 @@ async fn issue_key(
         }),
     )
         .into_response())
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyList {
+    pub keys: Vec<KeyView>,
+}
+
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/keys", tag = "admin",
+    summary = "List a tenant's bearer keys: ids, applications, creation dates, revoked or not (never the keys)",
+    security(("adminToken" = [])),
+    params(("tenant" = String, Path, description = TENANT)),
+    responses(
+        (status = 200, description = "The keys", body = KeyList),
+        (status = 404, description = "No such tenant", body = ApiError),
+    ))]
+async fn list_keys(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(tenant): Path<String>,
+) -> ApiResult<Response> {
+    let keys = s.service.admin().list_keys(&tenant).await?;
+    Ok(Json(KeyList {
+        keys: keys.iter().map(KeyView::from).collect(),
+    })
+    .into_response())
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -292,6 +292,14 @@ async fn credentials(a: &KeysArgs, collection: &str, secret_name: &str) -> Resul
             eprintln!("Store the {secret_name} now: it is not shown again.");
             Ok(())
         }
+        KeysCommand::List { tenant } => {
+            c.print(
+                Method::GET,
+                &format!("/v1/tenants/{}/{collection}", seg(tenant)),
+                None,
+            )
+            .await
+        }
         KeysCommand::Revoke { tenant, key_id } => {
             c.call(
                 Method::DELETE,

@@ -457,6 +457,9 @@ pub enum KeysCommand {
         #[arg(long)]
         application: Option<String>,
     },
+    /// List a tenant's credentials: ids, applications, creation dates and
+    /// whether revoked; never a key or a secret.
+    List { tenant: String },
     /// Revoke a credential by its id (`key_id`, or the SigV4 access key id).
     /// Per-request checks refuse it at once; gateways admitting from a lease
     /// stop at the lease's next renewal (about a second).

@@ -45,6 +45,26 @@ async fn issue_and_revoke_keys_and_sigv4_credentials() {
         .find(|k| k["key_id"] == key_id)
         .unwrap();
     assert_eq!(revoked["revoked"], true, "{t}");
+    // Listed by id, application and date, revoked flagged, never the key.
+    let (out, _) = cli(&s.url, &["keys", "list", "acme"]);
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let keys = listed["keys"].as_array().unwrap();
+    let ours = keys.iter().find(|k| k["key_id"] == key_id).expect("listed");
+    assert_eq!(ours["application_id"], "bot");
+    assert_eq!(ours["revoked"], true);
+    assert!(ours["created_at"].as_str().is_some_and(|d| d.contains('T')));
+    assert_eq!(
+        Some(keys),
+        t["keys"].as_array(),
+        "the tenant view lists the same keys"
+    );
+    assert!(!out.contains("tg_") && !out.contains("hash"), "{out}");
+    let (out, _) = cli(&s.url, &["sigv4", "list", "acme"]);
+    assert!(out.contains(akid) && !out.contains("sealed"), "{out}");
+    let (st, _) = s
+        .raw("GET", "/v1/tenants/nobody/keys", Some(common::TOKEN), None)
+        .await;
+    assert_eq!(st, reqwest::StatusCode::NOT_FOUND);
     let (_, creds) = s
         .admin("GET", "/v1/tenants/acme/sigv4-credentials", None)
         .await;

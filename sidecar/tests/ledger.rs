@@ -766,6 +766,7 @@ async fn openapi_lists_every_route() {
         ("/v1/tenants/{tenant}", "put"),
         ("/v1/tenants/{tenant}", "get"),
         ("/v1/tenants/{tenant}/keys", "post"),
+        ("/v1/tenants/{tenant}/keys", "get"),
         ("/v1/tenants/{tenant}/keys/{key_id}", "delete"),
         ("/v1/tenants/{tenant}/sigv4-credentials", "post"),
         ("/v1/tenants/{tenant}/sigv4-credentials", "get"),
