@@ -26,9 +26,7 @@ use tollgate_filter::request::{self, RequestFacts};
 use tollgate_filter::route::BedrockRoute;
 use tollgate_filter::settle::{settle, Queued, ResponseOutcome, Settlement};
 use tollgate_filter::usage;
-use tollgate_wire::api::{
-    Credential, LeaseGrant, LeaseTerms, LeasedAdmission, Reservation, ReserveRequest,
-};
+use tollgate_wire::api::{Credential, LeaseGrant, LeaseTerms, LeasedAdmission, ReserveRequest};
 use tollgate_wire::rates::Rates;
 
 const MODEL: &str = "anthropic.claude-3-haiku-20240307-v1:0";
@@ -206,22 +204,8 @@ fn main() {
             request::client_metadata(bh("x-amzn-bedrock-request-metadata"), &facts.metadata)
                 .expect("metadata");
         identity::merge_body_attribution(&mut attribution, &facts.metadata);
-        let placeholder = Reservation {
-            request_id: String::new(),
-            tenant_id: "-".into(),
-            application_id: Some("-".into()),
-            model_id: String::new(),
-            target_model: String::new(),
-            max_output_tokens: 0,
-            hold_usd: Default::default(),
-            budget_remaining_usd: Default::default(),
-            rates: None,
-        };
-        request::merge_metadata(
-            &facts.metadata,
-            &request::gateway_metadata(&attribution, &request_id, Some(&placeholder)),
-        )
-        .expect("metadata limits");
+        request::check_metadata_limits(&facts.metadata, &attribution, &request_id)
+            .expect("metadata limits");
         lap(3, &mut t);
         let req = ReserveRequest {
             request_id: request_id.clone(),

@@ -611,22 +611,9 @@ impl Exchange {
             Err(e) => return self.reject(LocalReply::validation(400, e.to_string())),
         };
         identity::merge_body_attribution(&mut self.attribution, &facts.metadata);
-        // Check Bedrock's metadata limits now, so nothing fails after the hold.
-        let placeholder = Reservation {
-            request_id: String::new(),
-            tenant_id: "-".into(),
-            application_id: Some("-".into()),
-            model_id: String::new(),
-            target_model: String::new(),
-            max_output_tokens: 0,
-            hold_usd: Default::default(),
-            budget_remaining_usd: Default::default(),
-            rates: None,
-        };
-        if let Err(e) = request::merge_metadata(
-            &facts.metadata,
-            &request::gateway_metadata(&self.attribution, &self.request_id, Some(&placeholder)),
-        ) {
+        if let Err(e) =
+            request::check_metadata_limits(&facts.metadata, &self.attribution, &self.request_id)
+        {
             return self.reject(LocalReply::validation(400, e.to_string()));
         }
         let req = ReserveRequest {

@@ -514,13 +514,7 @@ fn rewrite_members(
         Some(out) => Ok(out),
         // `members` was read from `body`, so this does not happen; if it did,
         // the whole-`Value` rewrite is still right, only slower.
-        None => rewrite_value(
-            op,
-            model,
-            Value::Object(parse_object(body)?),
-            max_tokens,
-            metadata,
-        ),
+        None => rewrite_parsed(op, model, body, max_tokens, metadata),
     }
 }
 
@@ -646,14 +640,25 @@ pub fn rewrite(
 ) -> Result<Vec<u8>, BodyError> {
     match survey::survey(body) {
         Some(s) => rewrite_members(op, model, body, &s.members, max_tokens, metadata),
-        None => rewrite_value(
-            op,
-            model,
-            Value::Object(parse_object(body)?),
-            max_tokens,
-            metadata,
-        ),
+        None => rewrite_parsed(op, model, body, max_tokens, metadata),
     }
+}
+
+/// The rewrite through a full parse of `body`: for bodies the survey cannot read.
+fn rewrite_parsed(
+    op: Operation,
+    model: &str,
+    body: &[u8],
+    max_tokens: u64,
+    metadata: Option<&BTreeMap<String, String>>,
+) -> Result<Vec<u8>, BodyError> {
+    rewrite_value(
+        op,
+        model,
+        Value::Object(parse_object(body)?),
+        max_tokens,
+        metadata,
+    )
 }
 
 /// The rewrite of a whole parsed body, serialised again.
@@ -730,6 +735,28 @@ pub fn gateway_metadata(
         }
     }
     m
+}
+
+/// Checks, before any hold, that the client's metadata merged with the gateway's
+/// stays within Bedrock's limits, so nothing fails after the hold. The tenant
+/// and application are not known yet; one-character stand-ins take their place.
+pub fn check_metadata_limits(
+    client: &BTreeMap<String, String>,
+    a: &Attribution,
+    request_id: &str,
+) -> Result<(), BodyError> {
+    let placeholder = Reservation {
+        request_id: String::new(),
+        tenant_id: "-".into(),
+        application_id: Some("-".into()),
+        model_id: String::new(),
+        target_model: String::new(),
+        max_output_tokens: 0,
+        hold_usd: Default::default(),
+        budget_remaining_usd: Default::default(),
+        rates: None,
+    };
+    merge_metadata(client, &gateway_metadata(a, request_id, Some(&placeholder))).map(|_| ())
 }
 
 pub fn metadata_header(metadata: &BTreeMap<String, String>) -> Result<String, BodyError> {

@@ -36,13 +36,16 @@ def access_log_line(stack, request_id: str, timeout: float = 10) -> dict:
     raise AssertionError(f"no access-log line for {request_id} in {log}")
 
 
+def converse(stack, key: str, text: str, **headers: str) -> requests.Response:
+    body = {"messages": [{"role": "user", "content": [{"text": text}]}], "inferenceConfig": {"maxTokens": 64}}
+    return requests.post(f"{stack.gateway_url}/model/{HAIKU}/converse", json=body, verify=str(CA), timeout=30,
+                         headers={"Authorization": f"Bearer {key}", **headers})
+
+
 def test_the_access_log_carries_tenant_tokens_and_the_charged_cost(priced, tenant_id):
     stack = priced
     key = stack.create_tenant(tenant_id, budget="10.00")
-    body = {"messages": [{"role": "user", "content": [{"text": "tell me about gateways"}]}],
-            "inferenceConfig": {"maxTokens": 64}}
-    r = requests.post(f"{stack.gateway_url}/model/{HAIKU}/converse", json=body, verify=str(CA), timeout=30,
-                      headers={"Authorization": f"Bearer {key}", "x-application-id": "chat-bot"})
+    r = converse(stack, key, "tell me about gateways", **{"x-application-id": "chat-bot"})
     assert r.status_code == 200, r.text
     request_id = r.headers["x-tollgate-request-id"]
     entry = access_log_line(stack, request_id)
@@ -81,10 +84,7 @@ def test_a_streamed_answer_is_logged_with_its_stream_usage(priced, tenant_id):
 def test_a_refused_request_is_logged_without_a_tenant_charge(priced, tenant_id):
     stack = priced
     key = stack.create_tenant(tenant_id, budget="0.000001")
-    body = {"messages": [{"role": "user", "content": [{"text": "too expensive"}]}],
-            "inferenceConfig": {"maxTokens": 64}}
-    r = requests.post(f"{stack.gateway_url}/model/{HAIKU}/converse", json=body, verify=str(CA), timeout=30,
-                      headers={"Authorization": f"Bearer {key}"})
+    r = converse(stack, key, "too expensive")
     assert r.status_code == 402, r.text
     # Refused before admission: the line carries the request id the client got
     # back, and nothing metered.

@@ -277,30 +277,24 @@ pub fn bench(tools: &Tools, args: &BenchArgs) -> Result<()> {
     for name in ["envoy-b", "envoy-c", "envoy-d"] {
         stack.stop_one(name);
     }
-    println!("bench: overspend under contention: 4 gateways × 2 workers, 1 tenant, 200 concurrent requests");
-    let contention_2 = contention(
-        &mut stack,
-        tools,
-        &dir,
-        &hey,
-        pa,
-        &sidecar_url,
-        &admin_token,
-        &body,
-        2,
-    )?;
-    println!("bench: overspend under contention: 4 gateways × 1 worker (one lease per Envoy)");
-    let contention_1 = contention(
-        &mut stack,
-        tools,
-        &dir,
-        &hey,
-        pa,
-        &sidecar_url,
-        &admin_token,
-        &body,
-        1,
-    )?;
+    // Then with one worker per Envoy: one lease per Envoy, as sharing it would give.
+    let mut contended = Vec::new();
+    for workers in [2, 1] {
+        println!(
+            "bench: overspend under contention: 4 gateways × {workers} worker(s), 1 tenant, 200 concurrent requests"
+        );
+        contended.push(contention(
+            &mut stack,
+            tools,
+            &dir,
+            &hey,
+            pa,
+            &sidecar_url,
+            &admin_token,
+            &body,
+            workers,
+        )?);
+    }
     stack.stop();
 
     let m = Measured {
@@ -339,7 +333,9 @@ pub fn bench(tools: &Tools, args: &BenchArgs) -> Result<()> {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
             .unwrap_or_default(),
         body_bytes: body.len(),
-        contention: [contention_2, contention_1],
+        contention: contended
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("two contention runs"))?,
         baseline_wasm_bytes: std::fs::metadata(&baseline_wasm)
             .map(|m| m.len())
             .unwrap_or(0),
