@@ -304,14 +304,25 @@ impl Service {
                         req: &req,
                         want,
                         tenant: &tenant,
-                        credential_ref,
-                        model_id,
-                        profile_arn,
+                        credential_ref: credential_ref.clone(),
+                        model_id: model_id.clone(),
+                        profile_arn: profile_arn.clone(),
                         price: &price,
                         max_out,
-                        attribution,
+                        attribution: attribution.clone(),
                     };
-                    return self.grant_lease(grant, now).await;
+                    match self.grant_lease(grant, now).await {
+                        // A grant that failed on the store (contention, a grant
+                        // slower than the lease TTL, a transient error): this
+                        // request still gets its own hold below, as a cold one
+                        // would, rather than a 503; its worker asks again later.
+                        Err(Error::Internal(e)) => {
+                            self.metrics.lease("grant_failed");
+                            tracing::warn!(tenant = %tid, request_id = %req.request_id, error = %e,
+                                "lease grant failed; reserving this request alone");
+                        }
+                        other => return other,
+                    }
                 }
             }
             if let Some(rpm) = tenant.rate_limit_rpm {
