@@ -414,6 +414,38 @@ impl Admin {
         Ok(profile)
     }
 
+    /// Removes the mapping of (tenant, application, model); the model may be
+    /// named by an alias, as when it was mapped.
+    pub async fn delete_profile(
+        &self,
+        tenant_id: &str,
+        application_id: Option<&str>,
+        model: &str,
+    ) -> Result<()> {
+        self.require_tenant(tenant_id).await?;
+        let model_id = self.resolve_alias(model).await?;
+        if self
+            .store
+            .delete_profile(tenant_id, application_id, &model_id)
+            .await?
+        {
+            return Ok(());
+        }
+        Err(Error::not_found(format!(
+            "tenant {tenant_id} has no profile for {model_id}{}",
+            application_id
+                .map(|a| format!(" and application {a}"))
+                .unwrap_or_default()
+        )))
+    }
+
+    pub async fn delete_alias(&self, alias: &str) -> Result<()> {
+        if self.store.delete_alias(alias).await? {
+            return Ok(());
+        }
+        Err(Error::not_found(format!("no alias {alias}")))
+    }
+
     pub async fn put_alias(&self, alias: &str, model_id: &str) -> Result<()> {
         pricing::validate_model_id(alias).map_err(|e| Error::invalid(format!("alias: {e}")))?;
         pricing::validate_model_id(model_id)

@@ -177,10 +177,11 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(issue_sigv4, list_sigv4))
         .routes(routes!(revoke_sigv4))
         .routes(routes!(put_profile, list_profiles))
+        .routes(routes!(delete_profile))
         .routes(routes!(list_prices))
-        .routes(routes!(put_price, get_price))
+        .routes(routes!(put_price, get_price, delete_price))
         .routes(routes!(list_aliases))
-        .routes(routes!(put_alias))
+        .routes(routes!(put_alias, delete_alias))
         .routes(routes!(usage))
 }
 
@@ -849,6 +850,37 @@ async fn put_profile(
     Ok(Json(profile).into_response())
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ProfileQuery {
+    /// The application the mapping is for; absent for the tenant-wide mapping.
+    pub application: Option<String>,
+}
+
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/profiles/{model}", tag = "admin",
+    summary = "Remove a profile mapping (requests then use the tenant-wide mapping, or the model)",
+    security(("adminToken" = [])),
+    params(("tenant" = String, Path, description = TENANT),
+           ("model" = String, Path, description = "Model ID or alias, as mapped"),
+           ProfileQuery),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "No such tenant or mapping", body = ApiError),
+    ))]
+async fn delete_profile(
+    _: Admin,
+    State(s): State<AppState>,
+    Path((tenant, model)): Path<(String, String)>,
+    q: Result<Query<ProfileQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = q.map_err(|e| Error::invalid(format!("invalid query: {}", e.body_text())))?;
+    s.service
+        .admin()
+        .delete_profile(&tenant, q.application.as_deref(), &model)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProfileList {
     pub profiles: Vec<Profile>,
@@ -922,6 +954,28 @@ async fn put_price(
     let price = input.into_price(&model_id).map_err(Error::invalid)?;
     s.service.store.put_price_in(&region, &price).await?;
     Ok(Json(price).into_response())
+}
+
+#[utoipa::path(delete, path = "/v1/pricing/{model_id}", tag = "admin",
+    summary = "Remove a model's price (its requests are then refused)",
+    security(("adminToken" = [])),
+    params(("model_id" = String, Path, description = MODEL_ID), RegionQuery),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 400, description = "Invalid region or query", body = ApiError),
+        (status = 404, description = "No price configured for the model in the region", body = ApiError),
+    ))]
+async fn delete_price(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(model_id): Path<String>,
+    q: Result<Query<RegionQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let region = region_query(q)?.region(&s)?;
+    if s.service.store.delete_price_in(&region, &model_id).await? {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    Err(Error::not_found(format!("no price for {model_id} in region {region}")))
 }
 
 #[utoipa::path(get, path = "/v1/pricing/{model_id}", tag = "admin",
@@ -1016,6 +1070,23 @@ async fn put_alias(
         model_id: body.model_id,
     })
     .into_response())
+}
+
+#[utoipa::path(delete, path = "/v1/aliases/{alias}", tag = "admin",
+    summary = "Remove a model alias",
+    security(("adminToken" = [])),
+    params(("alias" = String, Path)),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "No such alias", body = ApiError),
+    ))]
+async fn delete_alias(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(alias): Path<String>,
+) -> ApiResult<Response> {
+    s.service.admin().delete_alias(&alias).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[utoipa::path(get, path = "/v1/aliases", tag = "admin", summary = "List model aliases",

@@ -203,6 +203,16 @@ pub async fn run(command: Command) -> Result<()> {
                     Ok(())
                 }
                 PricesCommand::List => c.print(Method::GET, &format!("/v1/pricing{q}"), None).await,
+                PricesCommand::Delete { model } => {
+                    c.call(
+                        Method::DELETE,
+                        &format!("/v1/pricing/{}{q}", seg(&model)),
+                        None,
+                    )
+                    .await?;
+                    println!("deleted the price of {model}");
+                    Ok(())
+                }
             }
         }
         Command::Profiles(a) => {
@@ -230,6 +240,24 @@ pub async fn run(command: Command) -> Result<()> {
                     )
                     .await
                 }
+                ProfilesCommand::Unmap {
+                    tenant,
+                    model,
+                    application,
+                } => {
+                    let q = application
+                        .as_deref()
+                        .map(|a| format!("?application={}", seg(a)))
+                        .unwrap_or_default();
+                    c.call(
+                        Method::DELETE,
+                        &format!("/v1/tenants/{}/profiles/{}{q}", seg(&tenant), seg(&model)),
+                        None,
+                    )
+                    .await?;
+                    println!("unmapped {model} for tenant {tenant}");
+                    Ok(())
+                }
             }
         }
         Command::Aliases(a) => {
@@ -244,6 +272,16 @@ pub async fn run(command: Command) -> Result<()> {
                     .await
                 }
                 AliasesCommand::List => c.print(Method::GET, "/v1/aliases", None).await,
+                AliasesCommand::Delete { alias } => {
+                    c.call(
+                        Method::DELETE,
+                        &format!("/v1/aliases/{}", seg(&alias)),
+                        None,
+                    )
+                    .await?;
+                    println!("deleted alias {alias}");
+                    Ok(())
+                }
             }
         }
         Command::Usage(a) => {

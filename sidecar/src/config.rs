@@ -497,6 +497,8 @@ pub enum PricesCommand {
     Import { file: PathBuf },
     /// List the price table.
     List,
+    /// Remove a model's price: its requests are refused from then on.
+    Delete { model: String },
 }
 
 #[derive(Debug, Args)]
@@ -519,6 +521,14 @@ pub enum ProfilesCommand {
     },
     /// List a tenant's mappings.
     List { tenant: String },
+    /// Remove a mapping: the tenant's requests then use its tenant-wide
+    /// mapping (for an application's), or the model itself.
+    Unmap {
+        tenant: String,
+        model: String,
+        #[arg(long)]
+        application: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -535,6 +545,8 @@ pub enum AliasesCommand {
     Set { alias: String, model_id: String },
     /// List aliases.
     List,
+    /// Remove an alias.
+    Delete { alias: String },
 }
 
 #[derive(Debug, Args)]

@@ -249,7 +249,7 @@ async fn tenants_prices_aliases_profiles(s: Arc<dyn Store>) {
     let mut sonnet2 = sonnet.clone();
     sonnet2.output = d("16.5");
     s.put_price(&sonnet2).await.unwrap();
-    assert_eq!(s.list_prices().await.unwrap(), vec![haiku, sonnet2]);
+    assert_eq!(s.list_prices().await.unwrap(), vec![haiku, sonnet2.clone()]);
 
     s.put_alias("claude-3-sonnet", SONNET).await.unwrap();
     s.put_alias("fast", HAIKU).await.unwrap();
@@ -276,6 +276,24 @@ async fn tenants_prices_aliases_profiles(s: Arc<dyn Store>) {
         vec![p(None, SONNET, "arn:3"), p(Some("web"), SONNET, "arn:1")]
     );
     assert!(s.list_profiles("beta").await.unwrap().is_empty());
+
+    // Deletes: each removes exactly its entry and says whether it was there.
+    assert!(s.delete_profile("acme", Some("web"), SONNET).await.unwrap());
+    assert!(!s.delete_profile("acme", Some("web"), SONNET).await.unwrap());
+    assert!(!s.delete_profile("beta", None, SONNET).await.unwrap());
+    assert_eq!(
+        s.list_profiles("acme").await.unwrap(),
+        vec![p(None, SONNET, "arn:3")]
+    );
+    assert!(s.delete_alias("fast").await.unwrap());
+    assert!(!s.delete_alias("fast").await.unwrap());
+    assert_eq!(s.get_alias("fast").await.unwrap(), None);
+    assert_eq!(s.list_aliases().await.unwrap().len(), 1);
+    assert!(s.delete_price_in(s.pricing_region(), HAIKU).await.unwrap());
+    assert!(!s.delete_price_in(s.pricing_region(), HAIKU).await.unwrap());
+    assert!(!s.delete_price_in("eu-west-9", SONNET).await.unwrap());
+    assert_eq!(s.get_price(HAIKU).await.unwrap(), None);
+    assert_eq!(s.list_prices().await.unwrap(), vec![sonnet2]);
 }
 
 async fn keys(s: Arc<dyn Store>) {

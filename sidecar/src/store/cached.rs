@@ -231,6 +231,13 @@ impl Store for CachedStore {
         r
     }
 
+    async fn delete_price_in(&self, region: &str, model_id: &str) -> Result<bool> {
+        let r = self.inner.delete_price_in(region, model_id).await;
+        self.prices
+            .invalidate(&(region.to_string(), model_id.to_string()));
+        r
+    }
+
     async fn get_price_in(&self, region: &str, model_id: &str) -> Result<Option<ModelPrice>> {
         let key = (region.to_string(), model_id.to_string());
         cached!(
@@ -264,6 +271,12 @@ impl Store for CachedStore {
         r
     }
 
+    async fn delete_alias(&self, alias: &str) -> Result<bool> {
+        let r = self.inner.delete_alias(alias).await;
+        self.aliases.clear();
+        r
+    }
+
     async fn get_alias(&self, alias: &str) -> Result<Option<String>> {
         cached!(
             self,
@@ -281,6 +294,20 @@ impl Store for CachedStore {
     async fn put_profile(&self, profile: &Profile) -> Result<()> {
         let r = self.inner.put_profile(profile).await;
         self.profiles.invalidate(profile.tenant_id.as_str());
+        r
+    }
+
+    async fn delete_profile(
+        &self,
+        tenant_id: &str,
+        application_id: Option<&str>,
+        model_id: &str,
+    ) -> Result<bool> {
+        let r = self
+            .inner
+            .delete_profile(tenant_id, application_id, model_id)
+            .await;
+        self.profiles.invalidate(tenant_id);
         r
     }
 
@@ -543,8 +570,14 @@ mod tests {
         async fn list_prices_in(&self, region: &str) -> Result<Vec<ModelPrice>> {
             self.inner.list_prices_in(region).await
         }
+        async fn delete_price_in(&self, region: &str, model: &str) -> Result<bool> {
+            self.inner.delete_price_in(region, model).await
+        }
         async fn put_alias(&self, alias: &str, model: &str) -> Result<()> {
             self.inner.put_alias(alias, model).await
+        }
+        async fn delete_alias(&self, alias: &str) -> Result<bool> {
+            self.inner.delete_alias(alias).await
         }
         async fn get_alias(&self, alias: &str) -> Result<Option<String>> {
             self.hit("get_alias");
@@ -555,6 +588,9 @@ mod tests {
         }
         async fn put_profile(&self, p: &Profile) -> Result<()> {
             self.inner.put_profile(p).await
+        }
+        async fn delete_profile(&self, t: &str, a: Option<&str>, m: &str) -> Result<bool> {
+            self.inner.delete_profile(t, a, m).await
         }
         async fn list_profiles(&self, id: &str) -> Result<Vec<Profile>> {
             self.hit("list_profiles");

@@ -393,11 +393,27 @@ pub trait Store: Send + Sync + 'static {
         self.list_prices_in(self.pricing_region()).await
     }
 
+    /// Removes a price; false when there was none. Requests for the model are
+    /// refused from then on (leases already granted keep their rates until
+    /// their next renewal).
+    async fn delete_price_in(&self, region: &str, model_id: &str) -> Result<bool>;
+
     async fn put_alias(&self, alias: &str, model_id: &str) -> Result<()>;
+    /// Removes an alias; false when there was none.
+    async fn delete_alias(&self, alias: &str) -> Result<bool>;
     async fn get_alias(&self, alias: &str) -> Result<Option<String>>;
     async fn list_aliases(&self) -> Result<BTreeMap<String, String>>;
 
     async fn put_profile(&self, profile: &Profile) -> Result<()>;
+    /// Removes the mapping of (tenant, application, model); false when there
+    /// was none. The tenant's requests then go to the tenant-wide mapping, or
+    /// to the model itself.
+    async fn delete_profile(
+        &self,
+        tenant_id: &str,
+        application_id: Option<&str>,
+        model_id: &str,
+    ) -> Result<bool>;
     async fn list_profiles(&self, tenant_id: &str) -> Result<Vec<Profile>>;
 
     // --- keys ----------------------------------------------------------------

@@ -1086,6 +1086,17 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn delete_price_in(&self, region: &str, model_id: &str) -> Result<bool> {
+        let (r, m) = (region.to_string(), model_id.to_string());
+        self.write(move |conn| {
+            Ok(conn.execute(
+                "DELETE FROM pricing WHERE region = ?1 AND model_id = ?2",
+                params![r, m],
+            )? > 0)
+        })
+        .await
+    }
+
     async fn get_price_in(&self, region: &str, model_id: &str) -> Result<Option<ModelPrice>> {
         let id = model_id.to_string();
         let region = region.to_string();
@@ -1122,6 +1133,14 @@ impl Store for SqliteStore {
                 params![a, m],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn delete_alias(&self, alias: &str) -> Result<bool> {
+        let a = alias.to_string();
+        self.write(move |conn| {
+            Ok(conn.execute("DELETE FROM aliases WHERE alias = ?1", params![a])? > 0)
         })
         .await
     }
@@ -1163,6 +1182,26 @@ impl Store for SqliteStore {
                 ],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn delete_profile(
+        &self,
+        tenant_id: &str,
+        application_id: Option<&str>,
+        model_id: &str,
+    ) -> Result<bool> {
+        let (t, a, m) = (
+            tenant_id.to_string(),
+            application_id.unwrap_or_default().to_string(),
+            model_id.to_string(),
+        );
+        self.write(move |conn| {
+            Ok(conn.execute(
+                "DELETE FROM profiles WHERE tenant_id = ?1 AND application_id = ?2 AND model_id = ?3",
+                params![t, a, m],
+            )? > 0)
         })
         .await
     }

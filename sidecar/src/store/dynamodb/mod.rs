@@ -1065,6 +1065,20 @@ impl DynamoStore {
             .map_err(|e| ddb_error("PutItem", table, e))
     }
 
+    /// DeleteItem; whether an item was there.
+    async fn remove(&self, table: &str, key: Vec<(&str, AttributeValue)>) -> Result<bool> {
+        let out = self
+            .client
+            .delete_item()
+            .table_name(table)
+            .set_key(Some(vals(key)))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(|e| hard(ddb_error("DeleteItem", table, e), "DeleteItem"))?;
+        Ok(out.attributes.is_some_and(|a| !a.is_empty()))
+    }
+
     /// Every item of `table` belonging to a tenant, through its `byTenant` index.
     async fn by_tenant(&self, table: &str, tenant_id: &str) -> Result<Vec<Item>> {
         self.query_all(
@@ -1726,6 +1740,14 @@ impl Store for DynamoStore {
             .map_err(|f| hard(f, "put_price"))
     }
 
+    async fn delete_price_in(&self, region: &str, model_id: &str) -> Result<bool> {
+        self.remove(
+            &self.t.pricing,
+            vec![("region", s(region)), ("modelId", s(model_id))],
+        )
+        .await
+    }
+
     async fn get_price_in(&self, region: &str, model_id: &str) -> Result<Option<ModelPrice>> {
         self.get(
             &self.t.pricing,
@@ -1755,6 +1777,11 @@ impl Store for DynamoStore {
         self.put(&self.t.aliases, item, None)
             .await
             .map_err(|f| hard(f, "put_alias"))
+    }
+
+    async fn delete_alias(&self, alias: &str) -> Result<bool> {
+        self.remove(&self.t.aliases, vec![("alias", s(alias))])
+            .await
     }
 
     async fn get_alias(&self, alias: &str) -> Result<Option<String>> {
@@ -1789,6 +1816,20 @@ impl Store for DynamoStore {
         self.put(&self.t.profiles, item, None)
             .await
             .map_err(|f| hard(f, "put_profile"))
+    }
+
+    async fn delete_profile(
+        &self,
+        tenant_id: &str,
+        application_id: Option<&str>,
+        model_id: &str,
+    ) -> Result<bool> {
+        let key = format!("{}#{model_id}", application_id.unwrap_or_default());
+        self.remove(
+            &self.t.profiles,
+            vec![("tenantId", s(tenant_id)), ("profileKey", s(key))],
+        )
+        .await
     }
 
     async fn list_profiles(&self, tenant_id: &str) -> Result<Vec<Profile>> {
