@@ -157,7 +157,7 @@ impl Admin {
             None => ResetCycle::Monthly,
             Some(s) => ResetCycle::parse(s).ok_or_else(|| {
                 Error::invalid(format!(
-                    "reset_cycle must be monthly, daily or none, got {s:?}"
+                    "reset_cycle must be monthly, weekly, daily or none, got {s:?}"
                 ))
             })?,
         };

@@ -975,7 +975,9 @@ async fn delete_price(
     if s.service.store.delete_price_in(&region, &model_id).await? {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    Err(Error::not_found(format!("no price for {model_id} in region {region}")))
+    Err(Error::not_found(format!(
+        "no price for {model_id} in region {region}"
+    )))
 }
 
 #[utoipa::path(get, path = "/v1/pricing/{model_id}", tag = "admin",

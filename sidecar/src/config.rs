@@ -588,6 +588,7 @@ pub struct UsageArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ResetCycleArg {
     Monthly,
+    Weekly,
     Daily,
     None,
 }

@@ -14,6 +14,8 @@ use time::OffsetDateTime;
 pub enum ResetCycle {
     #[default]
     Monthly,
+    /// ISO weeks (Monday to Sunday, UTC).
+    Weekly,
     Daily,
     None,
 }
@@ -22,6 +24,7 @@ impl ResetCycle {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Monthly => "monthly",
+            Self::Weekly => "weekly",
             Self::Daily => "daily",
             Self::None => "none",
         }
@@ -30,6 +33,7 @@ impl ResetCycle {
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "monthly" => Self::Monthly,
+            "weekly" => Self::Weekly,
             "daily" => Self::Daily,
             "none" => Self::None,
             _ => return None,
@@ -37,12 +41,17 @@ impl ResetCycle {
     }
 }
 
-/// The ledger period `now` falls in: `2026-11` (monthly), `2026-11-23` (daily),
-/// `all` (never resets).
+/// The ledger period `now` falls in: `2026-11` (monthly), `2026-W48` (weekly:
+/// the ISO week and its ISO year, so 2027-01-01 is in `2026-W53`), `2026-11-23`
+/// (daily), `all` (never resets). All UTC.
 pub fn period_key(cycle: ResetCycle, now: OffsetDateTime) -> String {
     let now = now.to_offset(time::UtcOffset::UTC);
     match cycle {
         ResetCycle::Monthly => format!("{:04}-{:02}", now.year(), u8::from(now.month())),
+        ResetCycle::Weekly => {
+            let (year, week, _) = now.to_iso_week_date();
+            format!("{year:04}-W{week:02}")
+        }
         ResetCycle::Daily => format!(
             "{:04}-{:02}-{:02}",
             now.year(),
@@ -313,6 +322,15 @@ mod tests {
         let t = datetime!(2026-12-01 00:30 +01:00);
         assert_eq!(period_key(ResetCycle::Monthly, t), "2026-11");
         assert_eq!(period_key(ResetCycle::Daily, t), "2026-11-30");
+        // ISO weeks: Monday 00:00 UTC starts one; the ISO year may differ.
+        let week = |t| period_key(ResetCycle::Weekly, t);
+        assert_eq!(week(datetime!(2026-11-23 00:00 UTC)), "2026-W48"); // a Monday
+        assert_eq!(week(datetime!(2026-11-29 23:59:59 UTC)), "2026-W48"); // Sunday
+        assert_eq!(week(datetime!(2026-11-30 00:00 UTC)), "2026-W49");
+        assert_eq!(week(datetime!(2026-11-30 00:30 +01:00)), "2026-W48");
+        assert_eq!(week(datetime!(2027-01-01 12:00 UTC)), "2026-W53");
+        assert_eq!(week(datetime!(2027-01-04 00:00 UTC)), "2027-W01");
+        assert_eq!(week(datetime!(2025-12-29 00:00 UTC)), "2026-W01");
     }
 
     #[test]

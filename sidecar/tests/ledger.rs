@@ -487,7 +487,7 @@ async fn admin_api_requires_the_token_and_validates_input() {
             "alert_threshold",
         ),
         (
-            json!({"budget_usd": "1", "reset_cycle": "weekly"}),
+            json!({"budget_usd": "1", "reset_cycle": "hourly"}),
             "reset_cycle",
         ),
         (json!({"budget_usd": "abc"}), "decimal"),
@@ -665,6 +665,54 @@ async fn period_rollover_starts_from_the_configured_budget() {
         )
         .await;
     assert_eq!(u["rows"][0]["requests"], 1, "{u}");
+}
+
+/// A weekly tenant's budget is per ISO week (Monday 00:00 UTC): spent up to
+/// Sunday's last second, whole again on Monday; the threshold alert fires once
+/// per week; the old week stays readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn weekly_budgets_reset_on_monday_utc() {
+    let s = TestSidecar::start().await; // Monday 2026-11-23 12:00 UTC
+    let key = s
+        .tenant(
+            "wk",
+            json!({"budget_usd": "1.00", "reset_cycle": "weekly", "alert_threshold": "0.5"}),
+        )
+        .await;
+    s.reserve("w48", &key, SONNET, 200_000, Some(0)).await;
+    s.commit("w48", 200_000, 0).await; // 0.6
+    let b = s.balance("wk").await;
+    assert_eq!(b["balance"]["period"], "2026-W48", "{b}");
+    assert_eq!(b["alerts"].as_array().map(Vec::len), Some(1), "{b}");
+
+    s.clock.set(datetime!(2026-11-29 23:59:59 UTC));
+    let r = s.reserve("sun", &key, SONNET, 200_000, Some(0)).await;
+    assert_eq!(r["decision"], "deny", "still week 48: {r}");
+
+    s.clock.set(datetime!(2026-11-30 00:00:01 UTC));
+    let r = s.reserve("mon", &key, SONNET, 200_000, Some(0)).await;
+    assert_eq!(r["decision"], "allow", "{r}");
+    s.commit("mon", 200_000, 0).await;
+    let b = s.balance("wk").await;
+    assert_eq!(b["balance"]["period"], "2026-W49");
+    assert_eq!(dec(&b["balance"]["spent_usd"]), d("0.6"));
+    assert_eq!(dec(&b["balance"]["available_usd"]), d("0.4"));
+    let kinds: Vec<_> = b["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["period"].clone(), a["kind"].clone()))
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|(_, k)| k == "threshold").count(),
+        2,
+        "{b}"
+    );
+
+    let (st, old) = s.admin("GET", "/v1/tenants/wk?period=2026-W48", None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(dec(&old["balance"]["spent_usd"]), d("0.6"));
+    assert_eq!(dec(&old["balance"]["reserved_usd"]), d("0"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
