@@ -652,7 +652,7 @@ mod tests {
                 "--budget",
                 "1",
                 "--reset-cycle",
-                "weekly",
+                "hourly",
             ],
         ] {
             let e = parse(bad).expect_err("refused");
