@@ -25,5 +25,6 @@ pub mod seed;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod ui;
 
 pub use error::{Error, Result};
