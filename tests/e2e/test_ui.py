@@ -1,8 +1,10 @@
 """The web dashboard (/ui) in a real browser: headless Chromium from Debian driven
-by Selenium through Debian's chromedriver. Real traffic goes through the gateway
-(boto3 Converse, two models, two applications) first; the test then logs in,
-reads the tenant's budget bar, trend, model and application splits, and checks
-every number against the admin API. It also checks that the page updates live,
+by Selenium through Debian's chromedriver. A stack seeded with
+examples/seed.json (the demo's tenants, prices and keys) takes real traffic
+through the gateway first (boto3 Converse with the demo tenant's key, two
+models, two applications, past its 80 % alert threshold); the test then logs in,
+sees the seeded tenants, reads the demo tenant's budget bar, trend, model and
+application splits, and checks every number against the admin API. It also checks that the page updates live,
 that no key, secret or the admin token is in any page, the CSV export, and
 logout. Screenshots are kept in target/test-artifacts/ui/."""
 
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from harness import REPO
+from harness import REPO, Stack
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (tests/requirements.txt)")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
@@ -29,6 +31,17 @@ HAIKU = "anthropic.claude-3-haiku-20240307-v1:0"
 ARTIFACTS = REPO / "target" / "test-artifacts" / "ui"
 CHROMIUM = os.environ.get("CHROMIUM_BIN") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER_BIN") or shutil.which("chromedriver") or "/usr/bin/chromedriver"
+SEED = REPO / "examples" / "seed.json"
+DEMO_TENANT = "tenant-demo1"
+DEMO_KEY = "tg_demo_tenant_demo1_key"  # examples/seed.json imports it
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory):
+    """A stack of its own whose sidecar starts from the seed file."""
+    s = Stack(tmp_path_factory.mktemp("ui-stack"), sidecar_args=["--seed", str(SEED)]).start()
+    yield s
+    s.stop()
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +76,9 @@ def screenshot(driver, name: str) -> Path:
 
 
 def prompt(i: int) -> str:
-    # About 2,000 input tokens, as the demo sends.
-    return f"Call {i}: summarise the quarterly spend of every team in one paragraph. " * (100 + (i * 7) % 15)
+    # About 20,000 input tokens (the demo's prompt, ten times over), so a few
+    # Sonnet calls use most of the demo tenant's $1.00.
+    return f"Call {i}: summarise the quarterly spend of every team in one paragraph. " * (1000 + (i * 7) % 15)
 
 
 def converse(stack, key: str, model: str, app: str, i: int) -> None:
@@ -101,23 +115,18 @@ def login(driver, stack) -> None:
                                     d.find_element(By.CSS_SELECTOR, "main h1").text == "Tenants")
 
 
-def test_the_dashboard_shows_the_ledger_after_real_traffic(stack, browser, tenant_id):
+def test_the_dashboard_shows_the_demo_tenant_after_real_traffic(seeded, browser):
+    stack, tenant_id, key = seeded, DEMO_TENANT, DEMO_KEY
     t0 = time.monotonic()
-    stack.set_price(SONNET, "3.00", "15.00")
-    stack.set_price(HAIKU, "0.25", "1.25")
-    key = stack.create_tenant(tenant_id, budget="0.06", alert_threshold="0.5", rate_limit_rpm=600,
-                              allowed_models=[SONNET, HAIKU], max_tokens_cap=4000,
-                              model_budgets={SONNET: "0.05"},
-                              profiles=[{"application_id": "chat", "model": HAIKU,
-                                         "arn": "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/uichat"}])
     akid, sigv4_secret = stack.issue_sigv4(tenant_id)
-    calls = [(SONNET, "chat"), (SONNET, "search"), (HAIKU, "chat"), (SONNET, "chat"), (HAIKU, "search"),
-             (SONNET, "search"), (SONNET, "chat"), (HAIKU, "chat")]
+    # 16 Sonnet calls of about $0.054 cross the 80 % threshold of the $1.00 budget.
+    calls = [(SONNET, "chat" if i % 3 else "search") for i in range(16)] + [(HAIKU, "chat"), (HAIKU, "search")]
     for i, (model, app) in enumerate(calls):
         converse(stack, key, model, app, i)
     api = stack.settled(tenant_id, len(calls))
     bal = api["balance"]
-    assert Decimal(bal["spent_usd"]) > 0
+    assert Decimal(bal["spent_usd"]) > Decimal("0.8"), bal
+    assert [a["kind"] for a in api["alerts"]] == ["threshold"], api["alerts"]
 
     # Logged out, a page is the login form and the token field is a password.
     browser.delete_all_cookies()
@@ -130,7 +139,11 @@ def test_the_dashboard_shows_the_ledger_after_real_traffic(stack, browser, tenan
     assert cookie and cookie["httpOnly"] and cookie["sameSite"] == "Strict", cookie
     assert cookie["value"] != stack.admin_token
 
-    # The overview: the tenant's row and budget bar carry the API's numbers.
+    # The overview lists the seeded tenants; the demo tenant's row and budget
+    # bar carry the API's numbers.
+    shown = {r.get_attribute("data-tenant") for r in browser.find_elements(By.CSS_SELECTOR, "tr[data-tenant]")}
+    assert shown == {t["tenant_id"] for t in stack.admin("GET", "/v1/tenants")["tenants"]}
+    assert {"tenant-demo1", "tenant-demo2"} <= shown
     row = browser.find_element(By.CSS_SELECTOR, f'tr[data-tenant="{tenant_id}"]')
     for f in ("spent_usd", "reserved_usd", "available_usd", "budget_usd"):
         assert field(row, f) == Decimal(bal[f]), f
@@ -150,7 +163,7 @@ def test_the_dashboard_shows_the_ledger_after_real_traffic(stack, browser, tenan
     expected_w = float(Decimal(bal["spent_usd"]) / Decimal(bal["budget_usd"]) * 1000)
     assert abs(spent_w - min(expected_w, 1000)) < 0.11, (spent_w, expected_w)
     threshold_x = float(bar.find_element(By.CSS_SELECTOR, "line.threshold").get_attribute("x1"))
-    assert threshold_x == 500.0
+    assert threshold_x == 800.0
 
     days = browser.find_elements(By.CSS_SELECTOR, "#trend rect.day")
     per_day = {d.get_attribute("data-day"): Decimal(d.get_attribute("data-usd")) for d in days}
@@ -165,14 +178,10 @@ def test_the_dashboard_shows_the_ledger_after_real_traffic(stack, browser, tenan
     assert split(browser, "by-application") == {r["application"]: Decimal(r["cost_usd"]) for r in usage}
     assert set(split(browser, "by-application")) == {"chat", "search"}
 
-    # Configuration: model budget, limits, profiles, key ids, SigV4 ids.
-    mb = browser.find_element(By.CSS_SELECTOR, f'#model-budgets tr[data-model="{SONNET}"]')
-    sonnet = bal["by_model"][SONNET]
-    for f in ("budget_usd", "spent_usd", "reserved_usd", "available_usd"):
-        assert field(mb, f) == Decimal(sonnet[f]), f
-    assert browser.find_element(By.CSS_SELECTOR, '[data-field="rate_limit_rpm"]').text == "600"
+    # Configuration from the seed: limits, profiles, key ids, SigV4 ids.
+    assert browser.find_element(By.CSS_SELECTOR, '[data-field="rate_limit_rpm"]').text == "100"
     assert browser.find_element(By.CSS_SELECTOR, '[data-field="max_tokens_cap"]').text == "4000"
-    assert "application-inference-profile/uichat" in browser.find_element(By.ID, "profiles").text
+    assert "application-inference-profile/demo1sonnet" in browser.find_element(By.ID, "profiles").text
     for k in api["keys"]:
         assert browser.find_elements(By.CSS_SELECTOR, f'#keys tr[data-key-id="{k["key_id"]}"]')
     assert browser.find_elements(By.CSS_SELECTOR, f'#sigv4 tr[data-access-key-id="{akid}"]')
