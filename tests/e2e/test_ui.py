@@ -10,6 +10,7 @@ logout. Screenshots are kept in target/test-artifacts/ui/."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
@@ -217,9 +218,9 @@ def test_the_dashboard_shows_the_demo_tenant_after_real_traffic(seeded, browser)
     assert requests.get(csv_url, timeout=10, allow_redirects=False).status_code == 303, "no session, no CSV"
 
     # No secret in any page: not the bearer key (nor its hash), not the SigV4
-    # secret, not the admin token.
-    import hashlib
-    secrets = [key, hashlib.sha256(key.encode()).hexdigest(), sigv4_secret, stack.admin_token]
+    # secret, not the admin, filter or metrics token, not the sealing key.
+    secrets = [key, hashlib.sha256(key.encode()).hexdigest(), sigv4_secret, stack.admin_token,
+               stack.filter_token, stack.metrics_token, stack.secret_key]
     for name, html in (("overview", overview_html), ("tenant", tenant_html), ("usage", usage_html)):
         for s in secrets:
             assert s not in html, f"a secret is in the {name} page"
