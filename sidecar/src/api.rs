@@ -1063,9 +1063,9 @@ pub struct UsageTotals {
 }
 
 /// Groups usage rows by `keys` (exact decimal sums).
-pub fn group_usage(
+pub fn group_usage<'a>(
     keys: &[String],
-    rows: &[UsageRecord],
+    rows: impl IntoIterator<Item = &'a UsageRecord>,
 ) -> Vec<(Vec<Option<String>>, UsageTotals)> {
     let mut groups: BTreeMap<Vec<Option<String>>, UsageTotals> = BTreeMap::new();
     for r in rows {

@@ -114,8 +114,7 @@ pub fn daily_spend(rows: &[&UsageRecord], days: &[Date]) -> Vec<(String, Decimal
 /// Cost per value of one `GET /v1/usage` group key (`application`, `model`,
 /// …); rows without a value are labelled `(none)`.
 pub fn split_by(key: &str, rows: &[&UsageRecord]) -> Vec<(String, Decimal)> {
-    let owned: Vec<UsageRecord> = rows.iter().map(|r| (*r).clone()).collect();
-    group_usage(&[key.to_string()], &owned)
+    group_usage(&[key.to_string()], rows.iter().copied())
         .into_iter()
         .map(|(k, t)| {
             let label = k.into_iter().next().flatten();
