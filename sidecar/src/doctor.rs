@@ -1,7 +1,8 @@
 //! `tollgate-sidecar doctor`: the seed deployment's troubleshooting scripts as
 //! one command. It reads the sidecar (health, store, prices, aliases, profiles,
-//! its clock) and, with `--envoy-admin`, Envoy's live configuration and the
-//! filter's counters, and says for each finding what to do. Every check is a
+//! its clock), with `--envoy-admin` Envoy's live configuration and the
+//! filter's counters, and the AWS credentials of its environment (STS
+//! `GetCallerIdentity`), and says for each finding what to do. Every check is a
 //! plain function over what was fetched, so each broken setup is a unit test;
 //! [`command`] only fetches, prints and sets the exit status.
 
@@ -590,6 +591,68 @@ async fn envoy_findings(f: &Fetch, admin: &str) -> (Vec<Finding>, Option<String>
     (out, region)
 }
 
+// --- AWS credentials -----------------------------------------------------
+
+/// The credentials Envoy's signer and the DynamoDB store would use (the same
+/// default chain, from the sidecar's environment), and whom STS says they are.
+async fn aws_findings(f: &Fetch, region: &str) -> Vec<Finding> {
+    use crate::sts::{self, StsError};
+    let creds = match sts::resolve_credentials().await {
+        Ok(c) => c,
+        Err(e) => {
+            return vec![Finding::bad(
+                Level::Warn,
+                "aws.credentials",
+                e.to_string(),
+                "Envoy's aws_request_signing filter and the DynamoDB store need them: set AWS_PROFILE or \
+                 AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or give the pod a role (IRSA) or the host an \
+                 instance profile. Not needed when clients send Bedrock API keys and the store is SQLite.",
+            )]
+        }
+    };
+    let id = &creds.access_key_id;
+    let chars: Vec<char> = id.chars().collect();
+    let shown: String = if chars.len() > 8 {
+        format!(
+            "{}…{}",
+            chars[..4].iter().collect::<String>(),
+            chars[chars.len() - 4..].iter().collect::<String>()
+        )
+    } else {
+        "(short)".to_owned()
+    };
+    let mut out = vec![Finding::ok(
+        "aws.credentials",
+        format!("access key {shown}, from {}", creds.source),
+    )];
+    let endpoint = sts::endpoint(region);
+    out.push(match sts::caller_arn(&f.http, &endpoint, region, &creds).await {
+        Ok(arn) => Finding::ok("aws.identity", format!("{arn} (STS GetCallerIdentity at {endpoint})")),
+        Err(e @ StsError::Rejected { .. }) => {
+            let fix = match &e {
+                StsError::Rejected { code, .. } if code == "InvalidClientTokenId" => {
+                    "AWS does not know this access key (deleted, deactivated, or of another partition): issue new credentials"
+                }
+                StsError::Rejected { code, .. } if code == "SignatureDoesNotMatch" => {
+                    "the secret does not belong to this access key, or this host's clock is off: fix the secret (AWS_SECRET_ACCESS_KEY or the profile) and check NTP"
+                }
+                StsError::Rejected { code, .. } if code == "ExpiredToken" => {
+                    "the session token has expired: refresh the credentials (aws sso login, or assume the role again)"
+                }
+                _ => "fix the credentials the default chain finds (environment, profile, role)",
+            };
+            Finding::bad(Level::Fail, "aws.identity", e.to_string(), fix)
+        }
+        Err(e) => Finding::bad(
+            Level::Warn,
+            "aws.identity",
+            format!("not verified: {e}"),
+            "STS is not reachable from here (no egress, or a VPC without an STS endpoint): check the network, or set AWS_ENDPOINT_URL_STS",
+        ),
+    });
+    out
+}
+
 /// Runs every check, prints the findings, and fails when any check failed.
 pub async fn command(args: DoctorArgs) -> Result<()> {
     let f = Fetch {
@@ -613,6 +676,10 @@ pub async fn command(args: DoctorArgs) -> Result<()> {
     let region = args.region.clone().or(signing);
     let mut findings = sidecar_findings(&f, &args, region.as_deref()).await;
     findings.extend(envoy);
+    let aws_region = region
+        .or_else(|| std::env::var("AWS_REGION").ok().filter(|r| !r.is_empty()))
+        .unwrap_or_else(|| "us-east-1".to_owned());
+    findings.extend(aws_findings(&f, &aws_region).await);
     for x in &findings {
         println!("{}  {:<38} {}", x.level, x.check, x.detail);
         if let (Some(fix), true) = (&x.fix, x.level != Level::Ok) {

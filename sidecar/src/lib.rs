@@ -25,6 +25,7 @@ pub mod seed;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod sts;
 pub mod ui;
 
 pub use error::{Error, Result};

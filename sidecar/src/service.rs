@@ -607,15 +607,17 @@ impl Service {
                 None => true,
             });
         }
-        let stored = futures_util::future::join_all(
-            batch
-                .commits
-                .iter()
-                .zip(&attributable)
-                .filter(|(_, ok)| **ok)
-                .map(|(c, _)| self.store_commit(c, now_ms)),
-        )
-        .await;
+        let stored = self
+            .store_commits(
+                batch
+                    .commits
+                    .iter()
+                    .zip(&attributable)
+                    .filter(|(_, ok)| **ok)
+                    .map(|(c, _)| c),
+                now_ms,
+            )
+            .await;
         let mut stored = stored.into_iter();
         let mut results = Vec::with_capacity(batch.commits.len());
         // A failed write fails the batch (the gateway retries it whole, and the
@@ -649,34 +651,62 @@ impl Service {
         }
     }
 
-    /// One commit's write: a leased request (capped here, with the limits the
-    /// gateway admitted it with) or a held one (the store caps it with its hold's).
-    async fn store_commit(&self, c: &Commit, now_ms: i64) -> Result<CommitApplied> {
-        match &c.lease {
-            Some(la) => {
-                let (usage, capped) = ledger::cap_usage(
-                    &c.usage,
-                    c.estimated,
-                    la.max_output_tokens,
-                    la.input_tokens_estimate,
-                );
-                let leased = crate::store::LeasedCommit {
-                    request_id: c.request_id.clone(),
-                    lease_id: la.lease_id.clone(),
-                    usage,
-                    estimated: c.estimated,
-                    capped,
-                    hold_usd: la.hold_usd,
-                    attribution: la.attribution.clone(),
-                };
-                self.store.commit_leased(&leased, now_ms).await
-            }
-            None => {
-                self.store
-                    .commit(&c.request_id, &c.usage, c.estimated, now_ms)
-                    .await
+    /// The writes of a batch's commits, results in their order. Leased requests
+    /// (capped here, with the limits the gateway admitted them with) go to the
+    /// store together, so it can charge one lease's commits at once; held ones
+    /// (the store caps them with their hold's) alongside.
+    async fn store_commits<'a>(
+        &self,
+        commits: impl Iterator<Item = &'a Commit>,
+        now_ms: i64,
+    ) -> Vec<Result<CommitApplied>> {
+        let commits: Vec<&Commit> = commits.collect();
+        let mut leased = Vec::new();
+        let mut held = Vec::new();
+        for (i, c) in commits.iter().enumerate() {
+            match &c.lease {
+                Some(la) => {
+                    let (usage, capped) = ledger::cap_usage(
+                        &c.usage,
+                        c.estimated,
+                        la.max_output_tokens,
+                        la.input_tokens_estimate,
+                    );
+                    leased.push((
+                        i,
+                        crate::store::LeasedCommit {
+                            request_id: c.request_id.clone(),
+                            lease_id: la.lease_id.clone(),
+                            usage,
+                            estimated: c.estimated,
+                            capped,
+                            hold_usd: la.hold_usd,
+                            attribution: la.attribution.clone(),
+                        },
+                    ));
+                }
+                None => held.push(i),
             }
         }
+        let leased_commits: Vec<_> = leased.iter().map(|(_, l)| l.clone()).collect();
+        let (leased_results, held_results) = tokio::join!(
+            self.store.commit_leased_batch(&leased_commits, now_ms),
+            futures_util::future::join_all(held.iter().map(|&i| {
+                let c = commits[i];
+                self.store
+                    .commit(&c.request_id, &c.usage, c.estimated, now_ms)
+            }))
+        );
+        let mut out: Vec<Option<Result<CommitApplied>>> = commits.iter().map(|_| None).collect();
+        for ((i, _), r) in leased.iter().zip(leased_results) {
+            out[*i] = Some(r);
+        }
+        for (i, r) in held.into_iter().zip(held_results) {
+            out[i] = Some(r);
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::Internal("commit result missing".into()))))
+            .collect()
     }
 
     /// Metrics, EMF, rate buckets and alerts after a commit was written.

@@ -739,6 +739,120 @@ async fn concurrent_commits_on_one_lease_all_land(a: Arc<DynamoStore>, b: Arc<Dy
     );
 }
 
+/// The version of lease `lease_id`'s entry on the tenant's `ALL` row: +1 per
+/// update of the row that moved the lease's money.
+async fn entry_version(
+    client: &aws_sdk_dynamodb::Client,
+    s: &DynamoStore,
+    tenant: &str,
+    lease_id: &str,
+) -> u64 {
+    use aws_sdk_dynamodb::types::AttributeValue as Av;
+    let row = client
+        .get_item()
+        .table_name(&s.tables().budgets)
+        .key("tenantId", Av::S(tenant.into()))
+        .key("modelId", Av::S(format!("{PERIOD}#ALL")))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("get the ALL row")
+        .item
+        .expect("the ALL row");
+    match row.get(&format!("lease:{lease_id}")) {
+        Some(Av::M(m)) => match m.get("v") {
+            Some(Av::N(v)) => v.parse().expect("version"),
+            other => panic!("entry version: {other:?}"),
+        },
+        other => panic!("lease entry: {other:?}"),
+    }
+}
+
+/// A gateway's batch is charged per lease in one update of the tenant's row
+/// (the entry's version moves once per lease, not once per request), with
+/// usage records for every request, exact sums, per-commit outcomes in the
+/// batch's order, and a replay that charges nothing.
+async fn a_batch_is_one_charge_per_lease(client: aws_sdk_dynamodb::Client, s: Arc<DynamoStore>) {
+    for id in ["L1", "L2"] {
+        granted(
+            s.grant_lease(&lease(id, "grouped"), &sizing("0.5", "0.01", "1"), d("2"))
+                .await
+                .unwrap(),
+        );
+    }
+    let v1 = entry_version(&client, &s, "grouped", "L1").await;
+    let v2 = entry_version(&client, &s, "grouped", "L2").await;
+    // 30 on L1, 3 on L2, one on a lease that does not exist, and a request
+    // delivered twice in the same batch.
+    let mut batch: Vec<LeasedCommit> = (0..30)
+        .map(|i| leased(&format!("g1-{i}"), "L1", "0.0105"))
+        .collect();
+    batch.insert(7, leased("g2-0", "L2", "0.0105"));
+    batch.push(leased("g2-1", "L2", "0.0105"));
+    batch.push(leased("nolease", "nope", "0.0105"));
+    batch.push(leased("g2-2", "L2", "0.0105"));
+    batch.push(leased("g1-3", "L1", "0.0105"));
+    let out = s.commit_leased_batch(&batch, T0 + 10).await;
+    assert_eq!(out.len(), batch.len());
+    let mut committed = 0;
+    let mut duplicates = 0;
+    for (c, r) in batch.iter().zip(&out) {
+        match r.as_ref().expect("a commit of the batch") {
+            CommitApplied::Committed { cost, hold, .. } => {
+                assert_eq!(*cost, d("0.0105"));
+                assert_eq!(
+                    hold.request_id, c.request_id,
+                    "results keep the batch's order"
+                );
+                committed += 1;
+            }
+            CommitApplied::Duplicate { cost } => {
+                assert_eq!(c.request_id, "g1-3");
+                assert_eq!(*cost, Some(d("0.0105")));
+                duplicates += 1;
+            }
+            CommitApplied::Unknown => assert_eq!(c.lease_id, "nope"),
+        }
+    }
+    assert_eq!((committed, duplicates), (33, 1));
+    assert_eq!(entry_version(&client, &s, "grouped", "L1").await, v1 + 1);
+    assert_eq!(entry_version(&client, &s, "grouped", "L2").await, v2 + 1);
+    let t = totals(&s, "grouped").await;
+    assert_eq!(t.counters.requests, 33);
+    assert_eq!(t.counters.spent_usd, d("0.3465"));
+    assert_eq!(t.counters.input_tokens, 33_000);
+    assert_eq!(t.counters.output_tokens, 16_500);
+    assert_eq!(t.reserved_usd, d("1") - d("0.3465"));
+    assert_identity(&t);
+    let rows: Vec<UsageRecord> = s
+        .usage(None, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.tenant_id == "grouped")
+        .collect();
+    assert_eq!(rows.len(), 33);
+    assert_eq!(
+        rows.iter().map(|r| r.cost_usd).sum::<Decimal>(),
+        d("0.3465")
+    );
+    assert!(rows
+        .iter()
+        .all(|r| r.attribution.user_id.as_deref() == Some("u-1")
+            && r.attribution.application_id.as_deref() == Some("app")));
+
+    // The gateway retries the whole batch (say its answer was lost).
+    let again = s.commit_leased_batch(&batch, T0 + 20).await;
+    for (c, r) in batch.iter().zip(again) {
+        match r.expect("a replayed commit") {
+            CommitApplied::Duplicate { cost } => assert_eq!(cost, Some(d("0.0105"))),
+            CommitApplied::Unknown => assert_eq!(c.lease_id, "nope"),
+            other => panic!("{}: replay charged again: {other:?}", c.request_id),
+        }
+    }
+    assert_eq!(totals(&s, "grouped").await, t);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dynamodb_leases_on_dynalite() {
     let dynalite = dynalite::Dynalite::start();
@@ -767,6 +881,8 @@ async fn dynamodb_leases_on_dynalite() {
     leases_respect_the_budget_and_expire(open(fresh()).await).await;
     hold_commits_are_capped(open(fresh()).await).await;
     crash_windows_are_repaired(aws_sdk_dynamodb::Client::new(&conf), open(fresh()).await).await;
+    a_batch_is_one_charge_per_lease(aws_sdk_dynamodb::Client::new(&conf), open(fresh()).await)
+        .await;
     // Two stores on the same tables: two sidecars sharing one ledger.
     let a = open(fresh()).await;
     let b = Arc::new(DynamoStore::from_sdk_config(

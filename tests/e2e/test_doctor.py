@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from harness import BIN_DIR, Stack, free_port, spawn, wait_http
+from harness import BIN_DIR, EMULATOR_AKID, EMULATOR_SECRET, Stack, free_port, spawn, wait_http
 
 HAIKU = "anthropic.claude-3-haiku-20240307-v1:0"
 GOOD_ARN = "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/doctor1"
@@ -23,12 +23,22 @@ def deployment(tmp_path_factory):
     s.stop()
 
 
-def doctor(stack: Stack, *extra: str, url: str | None = None, envoy_admin: int | None = None):
+def doctor(stack: Stack, *extra: str, url: str | None = None, envoy_admin: int | None = None,
+           aws: dict[str, str] | None = None):
     admin = envoy_admin if envoy_admin is not None else stack.envoy_admin
     cmd = [str(BIN_DIR / "tollgate-sidecar"), "doctor", "--url", url or stack.sidecar_url,
            "--envoy-admin", f"http://127.0.0.1:{admin}", *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60,
-                          env={"TOLLGATE_ADMIN_TOKEN": stack.admin_token, "PATH": "/usr/bin:/bin"})
+    # No AWS credentials unless a test gives some; no instance metadata to wait for.
+    env = {"TOLLGATE_ADMIN_TOKEN": stack.admin_token, "PATH": "/usr/bin:/bin",
+           "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null",
+           "AWS_SHARED_CREDENTIALS_FILE": "/dev/null", **(aws or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+
+
+def emulator_aws(stack: Stack, **override: str) -> dict[str, str]:
+    """The emulator stands in for STS: the gateway's credentials, pointed at it."""
+    return {"AWS_ACCESS_KEY_ID": EMULATOR_AKID, "AWS_SECRET_ACCESS_KEY": EMULATOR_SECRET,
+            "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL_STS": stack.emulator_url, **override}
 
 
 def lines(out: str, level: str) -> list[str]:
@@ -87,3 +97,40 @@ def test_an_unreachable_sidecar_is_caught(deployment):
     assert r.returncode != 0
     assert any("sidecar.health" in line for line in lines(r.stdout, "FAIL")), r.stdout
     assert "start the sidecar" in r.stdout
+
+
+def test_aws_credentials_are_checked_with_sts(deployment):
+    s = deployment
+    r = doctor(s, aws=emulator_aws(s))
+    # (Earlier tests left broken catalog entries in this stack: only the AWS lines count.)
+    assert not [line for line in lines(r.stdout, "FAIL") if "aws." in line], r.stdout
+    identity = [line for line in lines(r.stdout, "ok") if "aws.identity" in line]
+    assert identity and "arn:aws:iam::123456789012:user/tollgate-emulator" in identity[0], r.stdout
+    assert any("aws.credentials" in line and "AKIA…ATOR" in line for line in lines(r.stdout, "ok")), r.stdout
+    assert EMULATOR_SECRET not in r.stdout + r.stderr
+    calls = [c for c in s.emulator_requests() if c["operation"] == "GetCallerIdentity"]
+    assert calls and calls[-1]["sigv4"]["ok"] is True and calls[-1]["status"] == 200
+
+
+@pytest.mark.parametrize("override,code,advice", [
+    ({"AWS_SECRET_ACCESS_KEY": "not-the-secret"}, "SignatureDoesNotMatch", "does not belong to this access key"),
+    ({"AWS_ACCESS_KEY_ID": "AKIAUNKNOWNKEY000000"}, "InvalidClientTokenId", "AWS does not know this access key"),
+])
+def test_credentials_sts_refuses_are_caught(deployment, override, code, advice):
+    r = doctor(deployment, aws=emulator_aws(deployment, **override))
+    assert r.returncode == 1, r.stdout + r.stderr
+    fail = [line for line in lines(r.stdout, "FAIL") if "aws.identity" in line]
+    assert fail and code in fail[0], r.stdout
+    assert advice in r.stdout
+    assert "not-the-secret" not in r.stdout + r.stderr
+
+
+def test_missing_or_unverifiable_credentials_warn(deployment):
+    r = doctor(deployment)
+    assert not [line for line in lines(r.stdout, "FAIL") if "aws." in line], r.stdout
+    assert any("aws.credentials" in line and "no AWS credentials resolve" in line
+               for line in lines(r.stdout, "WARN")), r.stdout
+    # Credentials, but STS out of reach: a warning, not a failure.
+    r = doctor(deployment, aws=emulator_aws(deployment, AWS_ENDPOINT_URL_STS=f"http://127.0.0.1:{free_port()}"))
+    assert not [line for line in lines(r.stdout, "FAIL") if "aws." in line], r.stdout
+    assert any("aws.identity" in line and "unreachable" in line for line in lines(r.stdout, "WARN")), r.stdout

@@ -37,6 +37,10 @@ enum Cmd {
     Up(UpArgs),
     /// The budget-exhaustion demo on the emulator, with a report.
     Demo,
+    /// `tollgate-sidecar doctor` against the stack `cargo xtask up` runs (its
+    /// sidecar, Envoy admin and, on the emulator, its STS stand-in). Needs
+    /// `TOLLGATE_ADMIN_TOKEN` for the catalog checks.
+    Doctor,
     /// Everything CI runs: the gates (fmt, clippy, SQLite-only build,
     /// cargo-deny, promtool on deploy/prometheus), then every test (the
     /// browser tests install headless Chromium from Debian when missing).
@@ -143,6 +147,11 @@ fn main() -> Result<()> {
             let tools = setup::setup()?;
             setup::build_all(&tools, false)?;
             stack::demo(&tools)
+        }
+        Cmd::Doctor => {
+            let tools = setup::setup()?;
+            setup::build_all(&tools, false)?;
+            stack::doctor(&tools)
         }
         Cmd::Test => {
             let tools = setup::setup()?;

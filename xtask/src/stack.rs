@@ -648,6 +648,31 @@ pub fn up(tools: &Tools, args: &UpArgs) -> Result<()> {
     stack.wait_any()
 }
 
+/// `tollgate-sidecar doctor` against the stack of `cargo xtask up` (default
+/// ports). On the emulator, Envoy signs with the emulator's credentials, so the
+/// AWS checks use those against the emulator's STS stand-in; with a real
+/// Bedrock endpoint they use the caller's environment, as Envoy does.
+pub fn doctor(tools: &Tools) -> Result<()> {
+    let ports = Ports::DEFAULT;
+    let mut cmd = Command::new(tools.bin_dir(false).join("tollgate-sidecar"));
+    cmd.arg("doctor")
+        .arg("--url")
+        .arg(format!("http://127.0.0.1:{}", ports.sidecar))
+        .arg("--envoy-admin")
+        .arg(format!("http://127.0.0.1:{}", ports.envoy_admin));
+    if http_status(ports.emulator, "/_emulator/requests").is_some() {
+        cmd.env(
+            "AWS_ENDPOINT_URL_STS",
+            format!("http://127.0.0.1:{}", ports.emulator),
+        )
+        .env("AWS_ACCESS_KEY_ID", EMULATOR_ACCESS_KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", EMULATOR_SECRET_ACCESS_KEY)
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE");
+    }
+    crate::run(&mut cmd)
+}
+
 /// The DynamoDB store's environment: the caller's `AWS_ENDPOINT_URL_DYNAMODB`
 /// (real DynamoDB or their own local server, with their credentials), else a
 /// dynalite we start, with dummy credentials. Returns (env, endpoint shown).

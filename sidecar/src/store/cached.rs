@@ -463,6 +463,14 @@ impl Store for CachedStore {
         self.inner.commit_leased(c, now_ms).await
     }
 
+    async fn commit_leased_batch(
+        &self,
+        commits: &[LeasedCommit],
+        now_ms: i64,
+    ) -> Vec<Result<CommitApplied>> {
+        self.inner.commit_leased_batch(commits, now_ms).await
+    }
+
     // --- alerts and reports (delegated) --------------------------------------------
     async fn record_alert(&self, alert: &AlertRecord) -> Result<bool> {
         self.inner.record_alert(alert).await

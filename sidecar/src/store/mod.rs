@@ -527,6 +527,17 @@ pub trait Store: Send + Sync + 'static {
             "this store does not implement leases".into(),
         ))
     }
+    /// [`Store::commit_leased`] for a batch from the gateway, results in its
+    /// order. Each commit stands alone (its own outcome or error); a store may
+    /// charge the commits of one lease together (DynamoDB: one update of the
+    /// tenant's row per lease and batch instead of one per request).
+    async fn commit_leased_batch(
+        &self,
+        commits: &[LeasedCommit],
+        now_ms: i64,
+    ) -> Vec<Result<CommitApplied>> {
+        futures_util::future::join_all(commits.iter().map(|c| self.commit_leased(c, now_ms))).await
+    }
 
     // --- alerts and reports ----------------------------------------------------
     /// Records an alert unless one of the same (tenant, period, kind) exists;

@@ -50,6 +50,7 @@
 mod error;
 mod respond;
 mod server;
+mod sts;
 mod tokens;
 
 use std::net::SocketAddr;

@@ -229,6 +229,19 @@ async fn handle(State(st): State<Arc<AppState>>, req: Request) -> Response {
             let e = ApiError::Validation(format!("could not read request body: {e}"));
             (error_response(&e, &request_id), e.error_type().to_owned())
         }
+        Ok(body) if crate::sts::is_sts(parts.method.as_str(), &raw_path, &body) => {
+            rec["operation"] = json!("GetCallerIdentity");
+            let r = crate::sts::handle(
+                &st.config.credentials,
+                &raw_path,
+                parts.uri.query(),
+                &pairs,
+                &body,
+                &request_id,
+            );
+            rec["sigv4"]["ok"] = json!(r.status() == StatusCode::OK);
+            (r, String::new())
+        }
         Ok(body) => {
             let out = process(
                 &st,

@@ -33,19 +33,20 @@
 //!   adding `sizing.grant(available + returned)` (condition `available >= :d`
 //!   when the net change is positive). A renewal wanting nothing that leaves
 //!   nothing held removes the entry instead (the lease is released).
-//! - **leased commit**: idempotent per request id through the hold machinery:
-//!   the claim is a `PutItem` of a `committing` hold item carrying `leaseId`
-//!   (`attribute_not_exists(requestId)`), then the ordinary commit steps
-//!   ([`DynamoStore::finish_commit`]) with C2 charging the `ALL` row and taking
-//!   the hold out of the entry as a delta (`#e.r >= :h AND NOT
-//!   contains(settling, :id)`, `v + 1`) so that commits of one lease commute;
-//!   `min(hold, r)` with a versioned rewrite when the lease holds less than the
-//!   hold; or late-style when the lease is closed (no entry).
+//! - **leased commits**: idempotent per request id through the hold machinery:
+//!   each claim is a `PutItem` of a `committing` hold item carrying `leaseId`
+//!   (`attribute_not_exists(requestId)`); then the claimed commits of one lease
+//!   in a batch are one settlement group (see `commit`): C2 charges the `ALL` row
+//!   once for the group and takes the sum of its holds out of the entry as a
+//!   delta (`#e.r >= :h AND NOT contains(settling, :idN)…`, `v + 1`), so that
+//!   batches of one lease commute; `min(holds, r)` with a versioned rewrite when
+//!   the lease holds less; or late-style when the lease is closed (no entry).
 //! - **close** (renewal of an ended period, expiry): give-back first — `REMOVE
 //!   lease:<id> ADD reserved -:r, available :r` if `#e.#v = :v` — then the item
 //!   `open|pending → released|expired`. A crash between leaves an open item with
 //!   no entry: every reader treats it as closed and finishes the transition.
 
+use super::commit::{Charge, COUNTER_ADD};
 use super::*;
 
 /// The lease's entry on the `ALL` row.
@@ -606,204 +607,197 @@ impl DynamoStore {
         Ok(Some(l.record(entry)))
     }
 
-    pub(super) async fn commit_leased_impl(
+    /// Leased commits of one lease, charged as settlement groups (see
+    /// `commit`): each request's claim is its own conditional `PutItem` (first
+    /// writer wins, duplicates answer `Duplicate`), then the claimed ones share
+    /// one update of the `ALL` row, one of the model row and `BatchWriteItem`s
+    /// of usage records. Results are in the order of `commits`.
+    pub(super) async fn commit_lease_group(
         &self,
-        c: &LeasedCommit,
+        lease_id: &str,
+        commits: &[&LeasedCommit],
         now_ms: i64,
-    ) -> Result<CommitApplied> {
-        let Some(l) = self.raw_lease(&c.lease_id).await? else {
-            return Ok(CommitApplied::Unknown);
+    ) -> Result<Vec<Result<CommitApplied>>> {
+        let Some(l) = self.raw_lease(lease_id).await? else {
+            return Ok(commits.iter().map(|_| Ok(CommitApplied::Unknown)).collect());
         };
         if l.state == LState::Pending {
-            return Ok(CommitApplied::Unknown);
+            return Ok(commits.iter().map(|_| Ok(CommitApplied::Unknown)).collect());
         }
-        let terms = &l.lease.terms;
-        let cost = terms.rates.cost(&c.usage).map_err(|_| {
-            Error::invalid(format!(
-                "usage of request {} overflows the cost arithmetic",
-                c.request_id
-            ))
-        })?;
-        let hold = Hold {
-            request_id: c.request_id.clone(),
-            tenant_id: terms.tenant_id.clone(),
-            period: l.lease.period.clone(),
-            model_id: terms.model_id.clone(),
-            target_model: terms.target_model.clone(),
-            attribution: Attribution {
-                application_id: terms.application_id.clone(),
-                ..c.attribution.clone()
-            },
-            max_output_tokens: crate::ledger::max_output_tokens(
-                None,
-                terms.default_max_output_tokens,
-                terms.max_tokens_cap,
-            ),
-            hold_usd: c.hold_usd,
-            budget_remaining_usd: Decimal::ZERO,
-            rates: terms.rates,
-            created_at_ms: now_ms,
-            expires_at_ms: l.lease.expires_at_ms,
-            state: HoldState::Committed,
-            model_budget_usd: None,
-            input_tokens_estimate: 0,
-        };
-        // C1 for a leased request: the claim is the hold item itself, written
-        // `committing` once per request id; the rest is the ordinary commit.
-        let mut item = hold_item(&hold);
-        let u = &c.usage;
-        for (k, v) in [
-            ("state", s(DState::Committing.as_str())),
-            ("priorState", s("leased")),
-            ("leaseId", s(&c.lease_id)),
-            ("costUsd", n(cost)),
-            ("inputTokens", nu(u.input_tokens)),
-            ("outputTokens", nu(u.output_tokens)),
-            ("cacheReadInputTokens", nu(u.cache_read_input_tokens)),
-            ("cacheWriteInputTokens", nu(u.cache_write_input_tokens)),
-            ("estimated", AttributeValue::Bool(c.estimated)),
-            ("capped", AttributeValue::Bool(c.capped)),
-            ("settledAt", ni(now_ms)),
-            ("sweepAt", ni(now_ms.saturating_add(RECOVERY_GRACE_MS))),
-        ] {
-            item.insert(k.to_string(), v);
-        }
-        let claimed = hold_from_item(&item, &self.t.holds)?;
-        for _ in 0..MAX_ATTEMPTS {
-            if applied(
-                self.put(&self.t.holds, item.clone(), Some("requestId"))
-                    .await,
-            )?
-            .is_some()
-            {
-                let totals = self.finish_commit(&claimed, now_ms).await?;
-                let mut hold = hold.clone();
-                hold.budget_remaining_usd = totals.available();
-                return Ok(CommitApplied::Committed {
-                    cost,
-                    capped: c.capped,
-                    usage: c.usage,
-                    hold: Box::new(hold),
-                    totals,
-                });
+        let mut out: Vec<Option<Result<CommitApplied>>> = commits.iter().map(|_| None).collect();
+        // (index, hold, claim item, cost) of the requests still to claim.
+        let mut to_claim = Vec::with_capacity(commits.len());
+        for (i, c) in commits.iter().enumerate() {
+            match leased_claim(&l, c, now_ms) {
+                Ok((hold, item, cost)) => to_claim.push((i, hold, item, cost)),
+                Err(e) => out[i] = Some(Err(e)),
             }
-            match self.raw_hold(&c.request_id).await? {
-                None => continue,
-                Some(d) if matches!(d.state, DState::Committing | DState::Committed) => {
-                    return Ok(CommitApplied::Duplicate { cost: d.cost });
+        }
+        let mut claimed: Vec<(usize, Hold, Decimal, DHold)> = Vec::with_capacity(to_claim.len());
+        for _ in 0..MAX_ATTEMPTS {
+            if to_claim.is_empty() {
+                break;
+            }
+            let puts =
+                futures_util::future::join_all(to_claim.iter().map(|(_, _, item, _)| {
+                    self.put(&self.t.holds, item.clone(), Some("requestId"))
+                }))
+                .await;
+            let mut again = Vec::new();
+            for ((i, hold, item, cost), put) in to_claim.into_iter().zip(puts) {
+                if applied(put)?.is_some() {
+                    let d = hold_from_item(&item, &self.t.holds)?;
+                    claimed.push((i, hold, cost, d));
+                    continue;
                 }
-                Some(_) => {
-                    return Err(Error::invalid(format!(
+                let c = commits[i];
+                out[i] = match self.raw_hold(&c.request_id).await? {
+                    None => {
+                        again.push((i, hold, item, cost)); // gone between the two calls
+                        continue;
+                    }
+                    Some(d) if matches!(d.state, DState::Committing | DState::Committed) => {
+                        Some(Ok(CommitApplied::Duplicate { cost: d.cost }))
+                    }
+                    Some(_) => Some(Err(Error::invalid(format!(
                         "request {} has a reservation of its own; commit it without a lease",
                         c.request_id
-                    )))
+                    )))),
+                };
+            }
+            to_claim = again;
+        }
+        for (i, ..) in to_claim {
+            out[i] = Some(Err(Error::Internal(format!(
+                "commit {}: the hold kept changing (transient; retry)",
+                commits[i].request_id
+            ))));
+        }
+        for group in claimed.chunks(super::commit::MAX_GROUP) {
+            let ds: Vec<&DHold> = group.iter().map(|(.., d)| d).collect();
+            match self.finish_commits(&ds, now_ms).await {
+                Ok(totals) => {
+                    for (i, hold, cost, _) in group {
+                        let c = commits[*i];
+                        let mut hold = hold.clone();
+                        hold.budget_remaining_usd = totals.available();
+                        out[*i] = Some(Ok(CommitApplied::Committed {
+                            cost: *cost,
+                            capped: c.capped,
+                            usage: c.usage,
+                            hold: Box::new(hold),
+                            totals: totals.clone(),
+                        }));
+                    }
+                }
+                // The claims stand: the sweeper finishes them after the grace,
+                // and the gateway's retry answers `Duplicate`.
+                Err(e) => {
+                    let msg = e.to_string();
+                    for (i, ..) in group {
+                        out[*i] = Some(Err(Error::Internal(msg.clone())));
+                    }
                 }
             }
         }
-        Err(Error::Internal(format!(
-            "commit {}: the hold kept changing (transient; retry)",
-            c.request_id
-        )))
+        Ok(out
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::Internal("commit result missing".into()))))
+            .collect())
     }
 
-    /// C2 of a leased commit: charge the `ALL` row and take `min(hold, r)` out
-    /// of the lease's entry while the lease is counted, else only the charge.
-    /// Idempotent through `settling`. Returns the row after the charge.
+    /// C2 of leased commits: charge the `ALL` row with the group and take
+    /// `min(holds, r)` out of the lease's entry while the lease is counted, else
+    /// only the charge. Idempotent through `settling`. Returns the row after the
+    /// charge; `None` after too many lost races.
     pub(super) async fn charge_leased(
         &self,
-        d: &DHold,
+        group: &Charge<'_>,
         lease_id: &str,
-        charge: &str,
-        counter_names: &[(&str, &str)],
-        counters: &[(&str, AttributeValue)],
     ) -> Result<Option<Item>> {
-        let h = &d.hold;
-        let id = h.request_id.as_str();
-        let cost = d.cost.unwrap_or_default();
+        let table = self.t.budgets.as_str();
+        let h = &group.holds[0].hold;
         let attr = entry_attr(lease_id);
+        let entry_names = [("#e", attr.as_str()), ("#v", "v"), ("#r", "r")];
+        let mut charge: Option<Charge<'_>> = None;
         for _ in 0..MAX_ATTEMPTS {
             let Some(row) = self.get_all_row(&h.tenant_id, &h.period).await? else {
                 self.ensure_all_row(&h.tenant_id, &h.period, Decimal::ZERO)
                     .await?;
                 continue;
             };
-            if Get::new(&row, &self.t.budgets).set_contains("settling", id) {
-                return Ok(Some(row)); // already charged by an earlier attempt
-            }
-            let mut nm = counter_names.to_vec();
-            nm.extend(ENTRY_NAMES);
-            nm.push(("#e", attr.as_str()));
-            nm.push(("#v", "v"));
-            let mut values = counters.to_vec();
-            let entry = Entry::read(&row, &self.t.budgets, lease_id)?;
+            // What an earlier attempt (or the sweeper) has not charged yet.
+            let Some(rest) = charge.as_ref().unwrap_or(group).remaining(&row, table)? else {
+                return Ok(Some(row));
+            };
+            let c = charge.insert(rest);
+            let free = c.free();
+            let mut values = c.values();
+            values.push((":one".into(), nu(1)));
+            let entry = Entry::read(&row, table, lease_id)?;
             let (update, cond, next) = match entry {
-                // The usual case: the lease holds the whole hold. Commits of one
-                // lease then commute (a delta, not a versioned rewrite), so a
-                // batch of them does not retry against itself; the version still
+                // The usual case: the lease holds the whole group. Commits of one
+                // lease then commute (a delta, not a versioned rewrite), so
+                // batches do not retry against each other; the version still
                 // moves, which makes a racing renewal re-read.
-                Some(e) if e.reserved >= h.hold_usd && h.hold_usd > Decimal::ZERO => {
-                    nm.push(("#r", "r"));
-                    values.push((":h", n(h.hold_usd)));
-                    values.push((":nt", n(-h.hold_usd)));
-                    values.push((":delta", n(h.hold_usd - cost)));
+                Some(e) if e.reserved >= c.hold && c.hold > Decimal::ZERO => {
+                    values.push((":h".into(), n(c.hold)));
+                    values.push((":nt".into(), n(-c.hold)));
+                    values.push((":delta".into(), n(c.hold - c.cost)));
                     (
                         format!(
                             "SET #e.#r = #e.#r - :h, #e.#v = #e.#v + :one \
-                             ADD {charge}, #reserved :nt, #available :delta"
+                             ADD {COUNTER_ADD}, #reserved :nt, #available :delta"
                         ),
-                        "#e.#r >= :h AND NOT contains(#settling, :id)",
+                        format!("#e.#r >= :h AND {free}"),
                         None,
                     )
                 }
                 Some(e) => {
-                    let taken = h.hold_usd.max(Decimal::ZERO).min(e.reserved);
+                    let taken = c.hold.min(e.reserved);
                     let next = Entry {
                         reserved: e.reserved - taken,
                         ver: e.ver + 1,
                         ..e
                     };
-                    values.push((":entry", next.value()));
-                    values.push((":v", nu(e.ver)));
-                    values.push((":nt", n(-taken)));
-                    values.push((":delta", n(taken - cost)));
+                    values.push((":entry".into(), next.value()));
+                    values.push((":v".into(), nu(e.ver)));
+                    values.push((":nt".into(), n(-taken)));
+                    values.push((":delta".into(), n(taken - c.cost)));
                     (
-                        format!("SET #e = :entry ADD {charge}, #reserved :nt, #available :delta"),
-                        "#e.#v = :v AND NOT contains(#settling, :id)",
+                        format!(
+                            "SET #e = :entry ADD {COUNTER_ADD}, #reserved :nt, #available :delta"
+                        ),
+                        format!("#e.#v = :v AND {free}"),
                         Some(next),
                     )
                 }
                 None => {
-                    values.push((":nc", n(-cost)));
+                    values.push((":nc".into(), n(-c.cost)));
                     (
-                        format!("ADD {charge}, #available :nc"),
-                        "attribute_exists(tenantId) AND attribute_not_exists(#e) \
-                         AND NOT contains(#settling, :id)",
+                        format!("ADD {COUNTER_ADD}, #available :nc"),
+                        format!(
+                            "attribute_exists(tenantId) AND attribute_not_exists(#e) AND {free}"
+                        ),
                         None,
                     )
                 }
             };
-            let exprs = [update.as_str(), cond];
-            let r = self
-                .update(
-                    &self.t.budgets,
-                    self.all_key(&h.tenant_id, &h.period),
-                    &update,
-                    Some(cond),
-                    &used(&exprs, &nm),
-                    used(&exprs, &values),
-                )
-                .await;
-            if let Some(row) = applied(r)? {
+            let key = self.all_key(&h.tenant_id, &h.period);
+            if let Some(row) = self
+                .charge_row(key, &update, &cond, &entry_names, &values)
+                .await?
+            {
                 let next = match next {
                     Some(next) => Some(next),
-                    None => Entry::read(&row, &self.t.budgets, lease_id)?,
+                    None => Entry::read(&row, table, lease_id)?,
                 };
                 if let Some(next) = next {
                     self.mirror_lease(lease_id, &next).await?;
                 }
                 return Ok(Some(row));
             }
-            // A renewal, another commit or a close changed the entry: re-read.
+            // A renewal, another batch or a close changed the entry: re-read.
         }
         Ok(None)
     }
@@ -840,4 +834,60 @@ impl DynamoStore {
 /// Grants have no clock of their own: the lease's creation time stands for now.
 fn now_of(lease: &LeaseRecord) -> i64 {
     lease.created_at_ms
+}
+
+/// C1 of a leased commit: the hold item written `committing` (the claim), with
+/// the cost at the lease's rates. Returns the hold as answered, the item and
+/// the cost.
+fn leased_claim(l: &DLease, c: &LeasedCommit, now_ms: i64) -> Result<(Hold, Item, Decimal)> {
+    let terms = &l.lease.terms;
+    let cost = terms.rates.cost(&c.usage).map_err(|_| {
+        Error::invalid(format!(
+            "usage of request {} overflows the cost arithmetic",
+            c.request_id
+        ))
+    })?;
+    let hold = Hold {
+        request_id: c.request_id.clone(),
+        tenant_id: terms.tenant_id.clone(),
+        period: l.lease.period.clone(),
+        model_id: terms.model_id.clone(),
+        target_model: terms.target_model.clone(),
+        attribution: Attribution {
+            application_id: terms.application_id.clone(),
+            ..c.attribution.clone()
+        },
+        max_output_tokens: crate::ledger::max_output_tokens(
+            None,
+            terms.default_max_output_tokens,
+            terms.max_tokens_cap,
+        ),
+        hold_usd: c.hold_usd,
+        budget_remaining_usd: Decimal::ZERO,
+        rates: terms.rates,
+        created_at_ms: now_ms,
+        expires_at_ms: l.lease.expires_at_ms,
+        state: HoldState::Committed,
+        model_budget_usd: None,
+        input_tokens_estimate: 0,
+    };
+    let mut item = hold_item(&hold);
+    let u = &c.usage;
+    for (k, v) in [
+        ("state", s(DState::Committing.as_str())),
+        ("priorState", s("leased")),
+        ("leaseId", s(&c.lease_id)),
+        ("costUsd", n(cost)),
+        ("inputTokens", nu(u.input_tokens)),
+        ("outputTokens", nu(u.output_tokens)),
+        ("cacheReadInputTokens", nu(u.cache_read_input_tokens)),
+        ("cacheWriteInputTokens", nu(u.cache_write_input_tokens)),
+        ("estimated", AttributeValue::Bool(c.estimated)),
+        ("capped", AttributeValue::Bool(c.capped)),
+        ("settledAt", ni(now_ms)),
+        ("sweepAt", ni(now_ms.saturating_add(RECOVERY_GRACE_MS))),
+    ] {
+        item.insert(k.to_string(), v);
+    }
+    Ok((hold, item, cost))
 }

@@ -75,9 +75,11 @@
 //!   openHolds {id} ADD settling {id}` if `contains(openHolds, :id) AND NOT
 //!   contains(settling, :id)`, else late-style (no `reserved` change) if `NOT
 //!   contains(openHolds, :id) AND NOT contains(settling, :id)`; (C3) per-model row
-//!   upsert with the same `settling` guard; (C4) usage record
-//!   (`attribute_not_exists`); (C5) hold `committing → committed`; (C6) remove the
-//!   id from both rows' `settling`. *Crash anywhere in C2–C5*: the hold stays
+//!   upsert with the same `settling` guard; (C4) usage record (`BatchWriteItem`,
+//!   the whole record from the claimed hold); (C5) hold `committing →
+//!   committed`; (C6) remove the id from both rows' `settling`. The commits of
+//!   one lease in a gateway's batch run C2–C6 together, one update per row for
+//!   all of them (see `commit`). *Crash anywhere in C2–C5*: the hold stays
 //!   `committing` and sits in the sweep index with `sweepAt = claim + grace`; the
 //!   sweeper (any sidecar) claims the recovery by bumping `sweepAt` conditionally
 //!   and re-runs C2–C6, each of which is a no-op if already applied.
@@ -115,6 +117,7 @@ use aws_sdk_dynamodb::Client;
 use std::collections::HashMap;
 use std::time::Duration;
 
+mod commit;
 mod leases;
 
 type Item = HashMap<String, AttributeValue>;
@@ -1599,245 +1602,6 @@ impl DynamoStore {
         Ok(())
     }
 
-    /// C2 of a commit: charge the `ALL` row, open-style while the hold is
-    /// counted there, else late-style. Idempotent through `settling`. Returns
-    /// the row after the charge; `None` after too many lost races.
-    async fn charge_hold(
-        &self,
-        d: &DHold,
-        counter_add: &str,
-        counter_names: &[(&str, &str)],
-        counters: &[(&str, AttributeValue)],
-    ) -> Result<Option<Item>> {
-        let h = &d.hold;
-        let id = h.request_id.as_str();
-        let cost = d.cost.unwrap_or_default();
-        for _ in 0..MAX_ATTEMPTS {
-            // Open-style: the hold is still counted in `reserved`.
-            let mut v = counters.to_vec();
-            v.push((":nh", n(-h.hold_usd)));
-            v.push((":delta", n(h.hold_usd - cost)));
-            let mut nm = counter_names.to_vec();
-            nm.push(("#reserved", "reserved"));
-            let r = self
-                .update(
-                    &self.t.budgets,
-                    self.all_key(&h.tenant_id, &h.period),
-                    &format!(
-                        "ADD {counter_add}, #reserved :nh, #available :delta DELETE #openHolds :idset"
-                    ),
-                    Some("contains(#openHolds, :id) AND NOT contains(#settling, :id)"),
-                    &nm,
-                    v,
-                )
-                .await;
-            if let Some(row) = applied(r)? {
-                return Ok(Some(row));
-            }
-            // Late-style: the hold was given back (expired/released) or never counted.
-            let mut v = counters.to_vec();
-            v.push((":nc", n(-cost)));
-            let r = self
-                .update(
-                    &self.t.budgets,
-                    self.all_key(&h.tenant_id, &h.period),
-                    &format!("ADD {counter_add}, #available :nc"),
-                    Some(
-                        "attribute_exists(tenantId) AND NOT contains(#openHolds, :id) \
-                         AND NOT contains(#settling, :id)",
-                    ),
-                    counter_names,
-                    v,
-                )
-                .await;
-            if let Some(row) = applied(r)? {
-                return Ok(Some(row));
-            }
-            match self.get_all_row(&h.tenant_id, &h.period).await? {
-                // The row never existed (reserve crashed before R2): like SQLite,
-                // start it with a zero budget rather than lose the charge.
-                None => {
-                    self.ensure_all_row(&h.tenant_id, &h.period, Decimal::ZERO)
-                        .await?
-                }
-                Some(row) => {
-                    if Get::new(&row, &self.t.budgets).set_contains("settling", id) {
-                        // Already charged by an earlier attempt.
-                        return Ok(Some(row));
-                    }
-                    // A give-back or a late R2 moved the id between our two tries.
-                }
-            }
-        }
-        Ok(None)
-    }
-
-    /// C2–C6 for a `committing` hold; idempotent. Returns the period totals.
-    async fn finish_commit(&self, d: &DHold, now_ms: i64) -> Result<Totals> {
-        let h = &d.hold;
-        let cost = d
-            .cost
-            .ok_or_else(|| corrupt(&self.t.holds, "costUsd", "missing on a committing hold"))?;
-        let u = &d.usage;
-        let id = &h.request_id;
-        let counters: Vec<(&str, AttributeValue)> = vec![
-            (":c", n(cost)),
-            (":it", nu(u.input_tokens)),
-            (":ot", nu(u.output_tokens)),
-            (":cr", nu(u.cache_read_input_tokens)),
-            (":cw", nu(u.cache_write_input_tokens)),
-            (":one", nu(1)),
-            (":idset", ss(id)),
-            (":id", s(id)),
-        ];
-        let counter_names: [(&str, &str); 9] = [
-            ("#cost", "totalCost"),
-            ("#it", "inputTokens"),
-            ("#ot", "outputTokens"),
-            ("#cr", "cacheReadInputTokens"),
-            ("#cw", "cacheWriteInputTokens"),
-            ("#req", "requests"),
-            ("#settling", "settling"),
-            ("#openHolds", "openHolds"),
-            ("#available", "available"),
-        ];
-        let counter_add =
-            "#cost :c, #it :it, #ot :ot, #cr :cr, #cw :cw, #req :one, #settling :idset";
-
-        // C2: the period's ALL row.
-        let row = match &d.lease_id {
-            Some(lease_id) => {
-                self.charge_leased(d, lease_id, counter_add, &counter_names, &counters)
-                    .await?
-            }
-            None => {
-                self.charge_hold(d, counter_add, &counter_names, &counters)
-                    .await?
-            }
-        };
-        let totals = row
-            .map(|r| totals_from_item(&r, &self.t.budgets, &h.period))
-            .transpose()?;
-        let totals = totals.ok_or_else(|| {
-            Error::Internal(format!(
-                "commit {id}: too much contention on the budget row (transient; retry)"
-            ))
-        })?;
-
-        // C3: the per-model row (created by the update if missing). A row with a
-        // model budget keeps `reserved`/`available` like the ALL row: open-style
-        // when the hold is still counted there, else late-style. A row without
-        // one takes the plain counters (one update, as before model budgets).
-        let model_key = self.model_key(h);
-        let mut base = counters.clone();
-        base.push((":p", s(&h.period)));
-        base.push((":m", s(&h.model_id)));
-        base.push((":nh", n(-h.hold_usd)));
-        base.push((":delta", n(h.hold_usd - cost)));
-        base.push((":nc", n(-cost)));
-        let mut all_names = counter_names.to_vec();
-        all_names.push(("#period", "period"));
-        all_names.push(("#scope", "scope"));
-        all_names.push(("#reserved", "reserved"));
-        all_names.push(("#budget", "totalBudget"));
-        let set_scope = "SET #period = :p, #scope = :m";
-        let open_style = (
-            format!(
-                "{set_scope} ADD {counter_add}, #reserved :nh, #available :delta DELETE #openHolds :idset"
-            ),
-            "contains(#openHolds, :id) AND NOT contains(#settling, :id)",
-        );
-        let plain = (
-            format!("{set_scope} ADD {counter_add}"),
-            "attribute_not_exists(#budget) AND NOT contains(#settling, :id)",
-        );
-        let late_budgeted = (
-            format!("{set_scope} ADD {counter_add}, #available :nc"),
-            "attribute_exists(#budget) AND NOT contains(#openHolds, :id) \
-             AND NOT contains(#settling, :id)",
-        );
-        let mut styles = Vec::with_capacity(3);
-        if h.model_budget_usd.is_some() {
-            styles.push(&open_style);
-        }
-        styles.push(&plain);
-        styles.push(&late_budgeted);
-        let mut charged = false;
-        'attempts: for _ in 0..MAX_ATTEMPTS {
-            for (update, cond) in &styles {
-                let exprs = [update.as_str(), *cond];
-                let r = self
-                    .update(
-                        &self.t.budgets,
-                        model_key.clone(),
-                        update,
-                        Some(cond),
-                        &used(&exprs, &all_names),
-                        used(&exprs, &base),
-                    )
-                    .await;
-                if applied(r)?.is_some() {
-                    charged = true;
-                    break 'attempts;
-                }
-            }
-            if let Some(row) = self.get(&self.t.budgets, model_key.clone()).await? {
-                if Get::new(&row, &self.t.budgets).set_contains("settling", id) {
-                    charged = true; // already charged by an earlier attempt
-                    break;
-                }
-            }
-            // A give-back or a budget being set moved the row between our tries.
-        }
-        if !charged {
-            return Err(Error::Internal(format!(
-                "commit {id}: too much contention on the model budget row (transient; retry)"
-            )));
-        }
-
-        // C4: the usage record (first writer wins; same content on retries).
-        let mut item = Item::new();
-        item.insert("requestId".into(), s(id));
-        item.insert("tenantId".into(), s(&h.tenant_id));
-        item.insert("modelId".into(), s(&h.model_id));
-        put_attribution(&mut item, &h.attribution);
-        put_usage(&mut item, u);
-        item.insert("costUsd".into(), n(cost));
-        item.insert("estimated".into(), AttributeValue::Bool(d.estimated));
-        item.insert("capped".into(), AttributeValue::Bool(d.capped));
-        item.insert("at".into(), ni(d.settled_at_ms));
-        item.insert("period".into(), s(&h.period));
-        applied(self.put(&self.t.usage, item, Some("requestId")).await)?;
-
-        // C5: committing → committed (leaves the sweep index).
-        self.transition(
-            id,
-            &[DState::Committing],
-            "SET #state = :committed, finishedAt = :now REMOVE #sweepShard, #sweepAt",
-            vec![
-                (":committed", s(DState::Committed.as_str())),
-                (":now", ni(now_ms)),
-            ],
-        )
-        .await?;
-
-        // C6: the hold state guards from now on; drop the markers.
-        for key in [self.all_key(&h.tenant_id, &h.period), model_key] {
-            applied(
-                self.update(
-                    &self.t.budgets,
-                    key,
-                    "DELETE #settling :idset",
-                    Some("attribute_exists(tenantId)"),
-                    &[("#settling", "settling")],
-                    vec![(":idset", ss(id))],
-                )
-                .await,
-            )?;
-        }
-        Ok(totals)
-    }
-
     /// Gives an open (or pending) hold back and moves it to `to`.
     async fn settle_unused(&self, d: &DHold, to: DState, now_ms: i64) -> Result<bool> {
         // Give-back first (see the module docs): a crash after it leaves an open
@@ -2398,7 +2162,49 @@ impl Store for DynamoStore {
     }
 
     async fn commit_leased(&self, c: &LeasedCommit, now_ms: i64) -> Result<CommitApplied> {
-        self.commit_leased_impl(c, now_ms).await
+        self.commit_leased_batch(std::slice::from_ref(c), now_ms)
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(Error::Internal("commit result missing".into())))
+    }
+
+    async fn commit_leased_batch(
+        &self,
+        commits: &[LeasedCommit],
+        now_ms: i64,
+    ) -> Vec<Result<CommitApplied>> {
+        // One settlement group per lease (see `commit`), the leases in parallel.
+        let mut by_lease: Vec<(&str, Vec<usize>)> = Vec::new();
+        for (i, c) in commits.iter().enumerate() {
+            match by_lease.iter_mut().find(|(l, _)| *l == c.lease_id) {
+                Some((_, idx)) => idx.push(i),
+                None => by_lease.push((&c.lease_id, vec![i])),
+            }
+        }
+        let groups = futures_util::future::join_all(by_lease.iter().map(|(lease, idx)| {
+            let group: Vec<&LeasedCommit> = idx.iter().map(|&i| &commits[i]).collect();
+            async move { self.commit_lease_group(lease, &group, now_ms).await }
+        }))
+        .await;
+        let mut out: Vec<Option<Result<CommitApplied>>> = commits.iter().map(|_| None).collect();
+        for ((_, idx), results) in by_lease.iter().zip(groups) {
+            match results {
+                Ok(results) => {
+                    for (&i, r) in idx.iter().zip(results) {
+                        out[i] = Some(r);
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    for &i in idx {
+                        out[i] = Some(Err(Error::Internal(msg.clone())));
+                    }
+                }
+            }
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::Internal("commit result missing".into()))))
+            .collect()
     }
 
     async fn balance(
