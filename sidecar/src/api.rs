@@ -1136,9 +1136,9 @@ pub struct UsageTotals {
 }
 
 /// Groups usage rows by `keys` (exact decimal sums).
-pub fn group_usage(
+pub fn group_usage<'a>(
     keys: &[String],
-    rows: &[UsageRecord],
+    rows: impl IntoIterator<Item = &'a UsageRecord>,
 ) -> Vec<(Vec<Option<String>>, UsageTotals)> {
     let mut groups: BTreeMap<Vec<Option<String>>, UsageTotals> = BTreeMap::new();
     for r in rows {
@@ -1249,43 +1249,15 @@ async fn usage(
     State(s): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    for k in q.keys() {
-        if !matches!(k.as_str(), "group_by" | "from" | "to" | "format" | "tenant") {
-            return Err(Error::invalid(format!("unknown query parameter {k:?}")));
-        }
-    }
-    let group_by: Vec<String> = q
-        .get("group_by")
-        .map(|g| {
-            g.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_else(|| vec!["tenant".to_string()]);
-    for g in &group_by {
-        if !GROUP_KEYS.contains(&g.as_str()) {
-            return Err(Error::invalid(format!(
-                "group_by: unknown key {g:?} (use {})",
-                GROUP_KEYS.join(",")
-            )));
-        }
-    }
-    let from = q.get("from").map(|v| parse_time("from", v)).transpose()?;
-    let to = q.get("to").map(|v| parse_time("to", v)).transpose()?;
-    let mut rows = s.service.store.usage(from, to).await?;
-    if let Some(t) = q.get("tenant") {
-        rows.retain(|r| &r.tenant_id == t);
-    }
-    let groups = group_usage(&group_by, &rows);
-    match q.get("format").map(String::as_str).unwrap_or("json") {
+    let q = UsageQuery::parse(&q)?;
+    let groups = usage_groups(&s.service, &q).await?;
+    match q.format.as_deref().unwrap_or("json") {
         "json" => {
             let rows: Vec<serde_json::Value> = groups
                 .into_iter()
                 .map(|(k, t)| {
                     let mut obj = serde_json::Map::new();
-                    for (name, v) in group_by.iter().zip(k) {
+                    for (name, v) in q.group_by.iter().zip(k) {
                         obj.insert(name.clone(), serde_json::json!(v));
                     }
                     if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(&t) {
@@ -1295,53 +1267,123 @@ async fn usage(
                 })
                 .collect();
             Ok(Json(UsageReport {
-                group_by,
-                from: q.get("from").cloned(),
-                to: q.get("to").cloned(),
+                group_by: q.group_by,
+                from: q.from,
+                to: q.to,
                 rows,
             })
             .into_response())
         }
-        "csv" => {
-            let mut out = String::new();
-            let mut header: Vec<String> = group_by.clone();
-            header.extend(
-                [
-                    "requests",
-                    "estimated_requests",
-                    "input_tokens",
-                    "output_tokens",
-                    "cache_read_input_tokens",
-                    "cache_write_input_tokens",
-                    "cost_usd",
-                ]
-                .map(String::from),
-            );
-            out.push_str(&header.join(","));
-            out.push('\n');
-            for (k, t) in groups {
-                let mut fields: Vec<String> = k
-                    .iter()
-                    .map(|v| csv_field(v.as_deref().unwrap_or("")))
-                    .collect();
-                fields.extend([
-                    t.requests.to_string(),
-                    t.estimated_requests.to_string(),
-                    t.input_tokens.to_string(),
-                    t.output_tokens.to_string(),
-                    t.cache_read_input_tokens.to_string(),
-                    t.cache_write_input_tokens.to_string(),
-                    t.cost_usd.to_string(),
-                ]);
-                out.push_str(&fields.join(","));
-                out.push('\n');
-            }
-            Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response())
-        }
+        "csv" => Ok((
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            usage_csv(&q.group_by, &groups),
+        )
+            .into_response()),
         other => Err(Error::invalid(format!(
             "format must be json or csv, got {other:?}"
         ))),
     }
+}
+
+/// The checked parameters of `GET /v1/usage` (the dashboard's usage table and
+/// CSV export take the same, so both report the same groups).
+#[derive(Debug, Clone, Default)]
+pub struct UsageQuery {
+    pub group_by: Vec<String>,
+    /// As given (RFC 3339), echoed in the report.
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    pub format: Option<String>,
+    pub tenant: Option<String>,
+}
+
+impl UsageQuery {
+    pub fn parse(q: &HashMap<String, String>) -> Result<Self, Error> {
+        for k in q.keys() {
+            if !matches!(k.as_str(), "group_by" | "from" | "to" | "format" | "tenant") {
+                return Err(Error::invalid(format!("unknown query parameter {k:?}")));
+            }
+        }
+        let get = |k: &str| q.get(k).map(String::as_str);
+        let group_by: Vec<String> = get("group_by")
+            .map(|g| {
+                g.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_else(|| vec!["tenant".to_string()]);
+        for g in &group_by {
+            if !GROUP_KEYS.contains(&g.as_str()) {
+                return Err(Error::invalid(format!(
+                    "group_by: unknown key {g:?} (use {})",
+                    GROUP_KEYS.join(",")
+                )));
+            }
+        }
+        Ok(Self {
+            from_ms: get("from").map(|v| parse_time("from", v)).transpose()?,
+            to_ms: get("to").map(|v| parse_time("to", v)).transpose()?,
+            from: get("from").map(String::from),
+            to: get("to").map(String::from),
+            format: get("format").map(String::from),
+            tenant: get("tenant").map(String::from),
+            group_by,
+        })
+    }
+}
+
+/// The usage rows `q` selects, grouped by its keys.
+pub async fn usage_groups(
+    service: &Service,
+    q: &UsageQuery,
+) -> Result<Vec<(Vec<Option<String>>, UsageTotals)>, Error> {
+    let mut rows = service.store.usage(q.from_ms, q.to_ms).await?;
+    if let Some(t) = &q.tenant {
+        rows.retain(|r| &r.tenant_id == t);
+    }
+    Ok(group_usage(&q.group_by, &rows))
+}
+
+/// The usage report as CSV: a header line, then one line per group.
+pub fn usage_csv(group_by: &[String], groups: &[(Vec<Option<String>>, UsageTotals)]) -> String {
+    let mut out = String::new();
+    let mut header: Vec<String> = group_by.to_vec();
+    header.extend(
+        [
+            "requests",
+            "estimated_requests",
+            "input_tokens",
+            "output_tokens",
+            "cache_read_input_tokens",
+            "cache_write_input_tokens",
+            "cost_usd",
+        ]
+        .map(String::from),
+    );
+    out.push_str(&header.join(","));
+    out.push('\n');
+    for (k, t) in groups {
+        let mut fields: Vec<String> = k
+            .iter()
+            .map(|v| csv_field(v.as_deref().unwrap_or("")))
+            .collect();
+        fields.extend([
+            t.requests.to_string(),
+            t.estimated_requests.to_string(),
+            t.input_tokens.to_string(),
+            t.output_tokens.to_string(),
+            t.cache_read_input_tokens.to_string(),
+            t.cache_write_input_tokens.to_string(),
+            t.cost_usd.to_string(),
+        ]);
+        out.push_str(&fields.join(","));
+        out.push('\n');
+    }
+    out
 }
 
 /// Validates a model id from a path segment (used by the CLI too).

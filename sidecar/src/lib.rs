@@ -26,5 +26,6 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod sts;
+pub mod ui;
 
 pub use error::{Error, Result};

@@ -106,12 +106,17 @@ pub async fn build_with_store(opts: &Options, store: Arc<dyn Store>) -> Result<S
             "seed applied"
         );
     }
+    let admin_token: Arc<str> = Arc::from(opts.admin_token.as_str());
     let router = router(AppState {
         service: service.clone(),
-        admin_token: Arc::from(opts.admin_token.as_str()),
+        admin_token: admin_token.clone(),
         data_plane: opts.data_plane.clone(),
         metrics_token: opts.metrics_token.as_deref().map(Arc::from),
-    });
+    })
+    .merge(crate::ui::router(crate::ui::UiState::new(
+        service.clone(),
+        admin_token,
+    )));
     let router = crate::layers::wrap(router);
     Ok(Sidecar { router, service })
 }

@@ -42,7 +42,8 @@ enum Cmd {
     /// `TOLLGATE_ADMIN_TOKEN` for the catalog checks.
     Doctor,
     /// Everything CI runs: the gates (fmt, clippy, SQLite-only build,
-    /// cargo-deny, promtool on deploy/prometheus), then every test.
+    /// cargo-deny, promtool on deploy/prometheus), then every test (the
+    /// browser tests install headless Chromium from Debian when missing).
     Test,
     /// Supply-chain checks with cargo-deny: licenses, bans, sources and
     /// advisories (the advisory database is fetched from github.com).
@@ -292,6 +293,7 @@ fn test(tools: &setup::Tools) -> Result<()> {
     println!("==> the filter's pure core and the wire crate on wasm32 (wasm-bindgen-test, node)");
     wasmtest::test(tools)?;
     setup::build_all(tools, false)?;
+    setup::chromium()?;
     println!("==> end-to-end tests (pytest tests/e2e: real Envoy + filter + sidecar + emulator)");
     let mut py = Command::new(tools.python());
     py.args([
