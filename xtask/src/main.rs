@@ -7,6 +7,7 @@
 
 mod bench;
 mod fuzz;
+mod images;
 mod plan;
 mod setup;
 mod stack;
@@ -45,6 +46,17 @@ enum Cmd {
     /// cargo-deny, promtool on deploy/prometheus), then every test (the
     /// browser tests install headless Chromium from Debian when missing).
     Test,
+    /// Build the container images (deploy/docker/Dockerfile) with docker or
+    /// podman, whichever is present; checks the filter's OCI image.
+    Image(images::ImageArgs),
+    /// The container images tested for real: builds them from the host's
+    /// release build, starts compose.yaml, drives boto3 through it, checks the
+    /// ledger, stops it (tests/images; not part of `test`).
+    TestImages {
+        /// docker or podman (default: docker if its daemon answers, else podman).
+        #[arg(long, value_enum)]
+        engine: Option<images::EngineKind>,
+    },
     /// Supply-chain checks with cargo-deny: licenses, bans, sources and
     /// advisories (the advisory database is fetched from github.com).
     Deny,
@@ -156,6 +168,14 @@ fn main() -> Result<()> {
         Cmd::Test => {
             let tools = setup::setup()?;
             test(&tools)
+        }
+        Cmd::Image(args) => {
+            let tools = setup::setup()?;
+            images::image(&tools, &args)
+        }
+        Cmd::TestImages { engine } => {
+            let tools = setup::setup()?;
+            images::test_images(&tools, engine)
         }
         Cmd::Deny => {
             let tools = setup::setup()?;

@@ -142,7 +142,7 @@ fn debian_wasm_ready() -> bool {
         && have("wasm-ld-19", &["--version"])
 }
 
-fn apt_install(packages: &[&str], why: &str) -> Result<()> {
+pub(crate) fn apt_install(packages: &[&str], why: &str) -> Result<()> {
     apt_install_with(packages, why, &[])
 }
 
