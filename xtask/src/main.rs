@@ -313,6 +313,25 @@ fn test(tools: &setup::Tools) -> Result<()> {
     println!("==> the filter's pure core and the wire crate on wasm32 (wasm-bindgen-test, node)");
     wasmtest::test(tools)?;
     setup::build_all(tools, false)?;
+    // The container tests need podman (`cargo xtask test-images`); the
+    // Kubernetes manifests need only the validator and Envoy, so CI checks them.
+    println!("==> Kubernetes manifests (kubernetes-validate --strict; the OCI EnvoyFilter through Envoy)");
+    let venv = images::images_venv()?;
+    let mut k8s = Command::new(tools.python());
+    k8s.args([
+        "-m",
+        "pytest",
+        "tests/images/test_manifests.py",
+        "-q",
+        "-rs",
+        "-p",
+        "no:cacheprovider",
+    ])
+    .env("KUBERNETES_VALIDATE", venv.join("bin/kubernetes-validate"));
+    for (k, v) in tools.test_env(false) {
+        k8s.env(k, v);
+    }
+    run(&mut k8s)?;
     setup::chromium()?;
     println!("==> end-to-end tests (pytest tests/e2e: real Envoy + filter + sidecar + emulator)");
     let mut py = Command::new(tools.python());
