@@ -89,16 +89,14 @@ impl<'a> Charge<'a> {
         Self::of(rest, table).map(Some)
     }
 
-    fn ids(&self) -> Vec<String> {
-        self.holds
-            .iter()
-            .map(|d| d.hold.request_id.clone())
-            .collect()
-    }
-
     /// The values [`COUNTER_ADD`] and [`Self::free`] use (`:id0`, `:id1`, …).
     pub(super) fn values(&self) -> Vec<(String, AttributeValue)> {
         let u = &self.usage;
+        let ids: Vec<String> = self
+            .holds
+            .iter()
+            .map(|d| d.hold.request_id.clone())
+            .collect();
         let mut v = vec![
             (":c".to_string(), n(self.cost)),
             (":it".to_string(), nu(u.input_tokens)),
@@ -106,9 +104,9 @@ impl<'a> Charge<'a> {
             (":cr".to_string(), nu(u.cache_read_input_tokens)),
             (":cw".to_string(), nu(u.cache_write_input_tokens)),
             (":n".to_string(), nu(self.holds.len() as u64)),
-            (":idset".to_string(), AttributeValue::Ss(self.ids())),
+            (":idset".to_string(), AttributeValue::Ss(ids.clone())),
         ];
-        for (i, id) in self.ids().into_iter().enumerate() {
+        for (i, id) in ids.into_iter().enumerate() {
             v.push((format!(":id{i}"), s(id)));
         }
         v
@@ -165,10 +163,9 @@ impl DynamoStore {
     /// the hold is counted there, else late-style. Idempotent through
     /// `settling`. Returns the row after the charge; `None` after too many lost
     /// races.
-    async fn charge_hold(&self, d: &DHold) -> Result<Option<Item>> {
-        let h = &d.hold;
+    async fn charge_hold(&self, charge: &Charge<'_>) -> Result<Option<Item>> {
+        let h = &charge.holds[0].hold;
         let table = self.t.budgets.as_str();
-        let charge = Charge::of(vec![d], &self.t.holds)?;
         let free = charge.free();
         let mut values = charge.values();
         values.push((":nh".into(), n(-h.hold_usd)));
@@ -236,13 +233,11 @@ impl DynamoStore {
             ));
         }
 
+        let charge = Charge::of(ds.to_vec(), &self.t.holds)?;
         // C2: the period's ALL row.
         let row = match &first.lease_id {
-            Some(lease_id) => {
-                let charge = Charge::of(ds.to_vec(), &self.t.holds)?;
-                self.charge_leased(&charge, lease_id).await?
-            }
-            None => self.charge_hold(first).await?,
+            Some(lease_id) => self.charge_leased(&charge, lease_id).await?,
+            None => self.charge_hold(&charge).await?,
         };
         let totals = row
             .map(|r| totals_from_item(&r, &self.t.budgets, &h.period))
@@ -255,7 +250,7 @@ impl DynamoStore {
             })?;
 
         // C3: the per-model row.
-        self.charge_model_row(ds).await?;
+        self.charge_model_row(&charge).await?;
 
         // C4: the usage records, written whole (the same content on a retry).
         self.put_usage_records(ds).await?;
@@ -300,11 +295,13 @@ impl DynamoStore {
     /// model budget keeps `reserved`/`available` like the ALL row: open-style
     /// when the hold is still counted there, else late-style. A row without one
     /// takes the plain counters (one update, as before model budgets).
-    async fn charge_model_row(&self, ds: &[&DHold]) -> Result<()> {
+    async fn charge_model_row(&self, group: &Charge<'_>) -> Result<()> {
         let table = self.t.budgets.as_str();
-        let h = &ds[0].hold;
-        let all = Charge::of(ds.to_vec(), &self.t.holds)?;
-        let mut charge = all;
+        let h = &group.holds[0].hold;
+        // Only a held commit (a group of one) can be counted in the model row.
+        let counted_there = group.holds.len() == 1 && h.model_budget_usd.is_some();
+        // What an earlier attempt (or the sweeper) has not charged yet.
+        let mut rest: Option<Charge<'_>> = None;
         let extra = [
             ("#period", "period"),
             ("#scope", "scope"),
@@ -312,6 +309,7 @@ impl DynamoStore {
         ];
         let set_scope = "SET #period = :p, #scope = :m";
         for _ in 0..MAX_ATTEMPTS {
+            let charge = rest.as_ref().unwrap_or(group);
             let free = charge.free();
             let mut values = charge.values();
             values.push((":p".into(), s(&h.period)));
@@ -320,8 +318,7 @@ impl DynamoStore {
             values.push((":delta".into(), n(charge.hold - charge.cost)));
             values.push((":nc".into(), n(-charge.cost)));
             let mut styles = Vec::with_capacity(3);
-            // Only a held commit (a group of one) can be counted in the model row.
-            if ds.len() == 1 && h.model_budget_usd.is_some() {
+            if counted_there {
                 styles.push((
                     format!(
                         "{set_scope} ADD {COUNTER_ADD}, #reserved :nh, #available :delta DELETE #openHolds :idset"
@@ -354,7 +351,7 @@ impl DynamoStore {
             if let Some(row) = self.get(table, self.model_key(h)).await? {
                 match charge.remaining(&row, table)? {
                     None => return Ok(()),
-                    Some(rest) => charge = rest,
+                    Some(r) => rest = Some(r),
                 }
             }
         }
