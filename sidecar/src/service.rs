@@ -672,6 +672,8 @@ impl Service {
         now_ms: i64,
     ) -> Vec<Result<CommitApplied>> {
         let commits: Vec<&Commit> = commits.collect();
+        // Positions in `commits` of the leased ones and of the held ones.
+        let mut leased_at = Vec::new();
         let mut leased = Vec::new();
         let mut held = Vec::new();
         for (i, c) in commits.iter().enumerate() {
@@ -683,25 +685,22 @@ impl Service {
                         la.max_output_tokens,
                         la.input_tokens_estimate,
                     );
-                    leased.push((
-                        i,
-                        crate::store::LeasedCommit {
-                            request_id: c.request_id.clone(),
-                            lease_id: la.lease_id.clone(),
-                            usage,
-                            estimated: c.estimated,
-                            capped,
-                            hold_usd: la.hold_usd,
-                            attribution: la.attribution.clone(),
-                        },
-                    ));
+                    leased_at.push(i);
+                    leased.push(crate::store::LeasedCommit {
+                        request_id: c.request_id.clone(),
+                        lease_id: la.lease_id.clone(),
+                        usage,
+                        estimated: c.estimated,
+                        capped,
+                        hold_usd: la.hold_usd,
+                        attribution: la.attribution.clone(),
+                    });
                 }
                 None => held.push(i),
             }
         }
-        let leased_commits: Vec<_> = leased.iter().map(|(_, l)| l.clone()).collect();
         let (leased_results, held_results) = tokio::join!(
-            self.store.commit_leased_batch(&leased_commits, now_ms),
+            self.store.commit_leased_batch(&leased, now_ms),
             futures_util::future::join_all(held.iter().map(|&i| {
                 let c = commits[i];
                 self.store
@@ -709,8 +708,8 @@ impl Service {
             }))
         );
         let mut out: Vec<Option<Result<CommitApplied>>> = commits.iter().map(|_| None).collect();
-        for ((i, _), r) in leased.iter().zip(leased_results) {
-            out[*i] = Some(r);
+        for (i, r) in leased_at.into_iter().zip(leased_results) {
+            out[i] = Some(r);
         }
         for (i, r) in held.into_iter().zip(held_results) {
             out[i] = Some(r);
