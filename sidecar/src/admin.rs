@@ -238,6 +238,8 @@ impl Admin {
                     key_hash: keys::hash_key(&k.key),
                     created_at_ms: to_millis(self.clock.now()),
                     revoked: false,
+                    expires_at_ms: None,
+                    last_used_at_ms: None,
                 })
                 .await?;
         }
@@ -370,10 +372,15 @@ impl Admin {
         &self,
         tenant_id: &str,
         application_id: Option<String>,
+        expires_at_ms: Option<i64>,
     ) -> Result<(ApiKeyRecord, String)> {
         self.require_tenant(tenant_id).await?;
         if let Some(a) = &application_id {
             validate_id("application_id", a)?;
+        }
+        let now_ms = to_millis(self.clock.now());
+        if expires_at_ms.is_some_and(|e| e <= now_ms) {
+            return Err(Error::invalid("the key's expiry must be in the future"));
         }
         let key = keys::generate_key();
         let record = ApiKeyRecord {
@@ -381,8 +388,10 @@ impl Admin {
             tenant_id: tenant_id.to_string(),
             application_id,
             key_hash: keys::hash_key(&key),
-            created_at_ms: to_millis(self.clock.now()),
+            created_at_ms: now_ms,
             revoked: false,
+            expires_at_ms,
+            last_used_at_ms: None,
         };
         if !self.store.insert_key(&record).await? {
             return Err(Error::Internal("key collision, try again".into()));

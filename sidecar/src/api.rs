@@ -539,15 +539,27 @@ pub struct KeyView {
     #[schema(format = DateTime)]
     pub created_at: String,
     pub revoked: bool,
+    /// When the key stops working; absent when it does not expire.
+    #[schema(format = DateTime)]
+    pub expires_at: Option<String>,
+    /// Whether the key is past its expiry now.
+    pub expired: bool,
+    /// When a request last authenticated with it (to within the sweep
+    /// interval; a gateway admitting from a lease reports at each renewal).
+    #[schema(format = DateTime)]
+    pub last_used_at: Option<String>,
 }
 
-impl From<&ApiKeyRecord> for KeyView {
-    fn from(k: &ApiKeyRecord) -> Self {
+impl KeyView {
+    fn of(k: &ApiKeyRecord, now_ms: i64) -> Self {
         Self {
             key_id: k.key_id.clone(),
             application_id: k.application_id.clone(),
             created_at: rfc3339(k.created_at_ms),
             revoked: k.revoked,
+            expires_at: k.expires_at_ms.map(rfc3339),
+            expired: k.expired(now_ms),
+            last_used_at: k.last_used_at_ms.map(rfc3339),
         }
     }
 }
@@ -563,15 +575,15 @@ pub struct TenantView {
     pub keys: Vec<KeyView>,
 }
 
-impl From<TenantDetails> for TenantView {
-    fn from(d: TenantDetails) -> Self {
+impl TenantView {
+    fn of(d: TenantDetails, now_ms: i64) -> Self {
         Self {
             tenant_id: d.config.tenant_id.clone(),
             config: d.config,
             balance: BalanceView::from(d.balance),
             alerts: d.alerts.iter().map(AlertView::from).collect(),
             profiles: d.profiles,
-            keys: d.keys.iter().map(KeyView::from).collect(),
+            keys: d.keys.iter().map(|k| KeyView::of(k, now_ms)).collect(),
         }
     }
 }
@@ -637,7 +649,8 @@ async fn get_tenant(
     if let Some(period) = q.period {
         details.balance = s.service.admin().balance(&tenant, &period).await?;
     }
-    Ok(Json(TenantView::from(details)).into_response())
+    let now_ms = crate::clock::to_millis(s.service.clock.now());
+    Ok(Json(TenantView::of(details, now_ms)).into_response())
 }
 
 /// Optional body of the issue routes.
@@ -647,9 +660,31 @@ struct IssueKeyBody {
     /// Bind the credential to this application (its profiles, its usage label).
     #[serde(default)]
     application_id: Option<String>,
+    /// Bearer keys only: refuse the key from this instant (RFC 3339).
+    #[serde(default)]
+    #[schema(format = DateTime)]
+    expires_at: Option<String>,
+    /// Bearer keys only: refuse the key this many seconds after issue.
+    #[serde(default)]
+    expires_in_secs: Option<u64>,
 }
 
 impl IssueKeyBody {
+    /// The expiry asked for, in ms since the epoch (`now_ms` for `expires_in_secs`).
+    fn expiry_ms(&self, now_ms: i64) -> Result<Option<i64>, Error> {
+        match (&self.expires_at, self.expires_in_secs) {
+            (Some(_), Some(_)) => Err(Error::invalid(
+                "give expires_at or expires_in_secs, not both",
+            )),
+            (Some(at), None) => parse_time("expires_at", at).map(Some),
+            (None, Some(secs)) => {
+                let ms = i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+                Ok(Some(now_ms.saturating_add(ms)))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
     /// The body is optional: empty means no application binding.
     fn parse(body: &[u8]) -> Result<Self, Error> {
         if body.iter().all(u8::is_ascii_whitespace) {
@@ -666,6 +701,8 @@ pub struct IssuedKey {
     pub key: String,
     pub tenant_id: String,
     pub application_id: Option<String>,
+    #[schema(format = DateTime)]
+    pub expires_at: Option<String>,
 }
 
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/keys", tag = "admin",
@@ -685,10 +722,12 @@ async fn issue_key(
     body: Bytes,
 ) -> ApiResult<Response> {
     let body = IssueKeyBody::parse(&body)?;
+    let now_ms = crate::clock::to_millis(s.service.clock.now());
+    let expires_at_ms = body.expiry_ms(now_ms)?;
     let (record, key) = s
         .service
         .admin()
-        .issue_key(&tenant, body.application_id)
+        .issue_key(&tenant, body.application_id, expires_at_ms)
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -697,6 +736,7 @@ async fn issue_key(
             key,
             tenant_id: record.tenant_id,
             application_id: record.application_id,
+            expires_at: record.expires_at_ms.map(rfc3339),
         }),
     )
         .into_response())
@@ -721,8 +761,9 @@ async fn list_keys(
     Path(tenant): Path<String>,
 ) -> ApiResult<Response> {
     let keys = s.service.admin().list_keys(&tenant).await?;
+    let now_ms = crate::clock::to_millis(s.service.clock.now());
     Ok(Json(KeyList {
-        keys: keys.iter().map(KeyView::from).collect(),
+        keys: keys.iter().map(|k| KeyView::of(k, now_ms)).collect(),
     })
     .into_response())
 }
@@ -754,6 +795,11 @@ async fn issue_sigv4(
     body: Bytes,
 ) -> ApiResult<Response> {
     let body = IssueKeyBody::parse(&body)?;
+    if body.expires_at.is_some() || body.expires_in_secs.is_some() {
+        return Err(Error::invalid(
+            "SigV4 credentials have no expiry; revoke them when they are no longer needed",
+        ));
+    }
     let (record, secret) = s
         .service
         .admin()

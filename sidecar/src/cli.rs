@@ -320,11 +320,20 @@ async fn credentials(a: &KeysArgs, collection: &str, secret_name: &str) -> Resul
         KeysCommand::Issue {
             tenant,
             application,
+            expires_in,
+            expires_at,
         } => {
+            let mut body = json!({ "application_id": application });
+            if let Some(secs) = expires_in {
+                body["expires_in_secs"] = json!(secs);
+            }
+            if let Some(at) = expires_at {
+                body["expires_at"] = json!(at);
+            }
             c.print(
                 Method::POST,
                 &format!("/v1/tenants/{}/{collection}", seg(tenant)),
-                Some(json!({ "application_id": application })),
+                Some(body),
             )
             .await?;
             eprintln!("Store the {secret_name} now: it is not shown again.");

@@ -456,9 +456,15 @@ pub enum KeysCommand {
         tenant: String,
         #[arg(long)]
         application: Option<String>,
+        /// Bearer keys: refuse the key after this long (`90s`, `45m`, `12h`, `30d`).
+        #[arg(long, value_parser = parse_duration_secs, conflicts_with = "expires_at")]
+        expires_in: Option<u64>,
+        /// Bearer keys: refuse the key from this instant (RFC 3339).
+        #[arg(long)]
+        expires_at: Option<String>,
     },
-    /// List a tenant's credentials: ids, applications, creation dates and
-    /// whether revoked; never a key or a secret.
+    /// List a tenant's credentials: ids, applications, creation dates,
+    /// whether revoked; for keys also expiry and last use; never a key or a secret.
     List { tenant: String },
     /// Revoke a credential by its id (`key_id`, or the SigV4 access key id).
     /// Per-request checks refuse it at once; gateways admitting from a lease
@@ -716,5 +722,41 @@ mod tests {
     fn group_by_names_are_the_apis() {
         let names: Vec<String> = GroupBy::value_variants().iter().map(arg_name).collect();
         assert_eq!(names, crate::api::GROUP_KEYS);
+    }
+}
+
+/// `90s`, `45m`, `12h`, `30d` (or plain seconds) → seconds.
+fn parse_duration_secs(v: &str) -> Result<u64, String> {
+    let v = v.trim();
+    let (num, unit) = match v.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => v.split_at(i),
+        None => (v, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{v:?}: expected a number and a unit, e.g. 30d"))?;
+    let per = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return Err(format!("{v:?}: the unit must be s, m, h or d")),
+    };
+    n.checked_mul(per)
+        .ok_or_else(|| format!("{v:?} is too long"))
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::parse_duration_secs;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_secs("90"), Ok(90));
+        assert_eq!(parse_duration_secs("45m"), Ok(2_700));
+        assert_eq!(parse_duration_secs("12h"), Ok(43_200));
+        assert_eq!(parse_duration_secs("30d"), Ok(2_592_000));
+        assert!(parse_duration_secs("3w").is_err());
+        assert!(parse_duration_secs("d").is_err());
     }
 }

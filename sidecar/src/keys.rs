@@ -60,6 +60,35 @@ pub fn constant_time_eq(a: &str, b: &str) -> bool {
         == 0
 }
 
+/// Last-use times of keys, gathered in memory and written to the store in one
+/// batch per sweep: a request costs no store write for it.
+#[derive(Debug, Default)]
+pub struct LastUsed(std::sync::Mutex<std::collections::HashMap<String, i64>>);
+
+impl LastUsed {
+    /// Notes that the key with this hash authenticated a request at `at_ms`.
+    pub fn note(&self, key_hash: &str, at_ms: i64) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let t = m.entry(key_hash.to_string()).or_insert(at_ms);
+        *t = (*t).max(at_ms);
+    }
+
+    /// What was noted since the last call, sorted by hash.
+    pub fn take(&self) -> Vec<(String, i64)> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = m.drain().collect();
+        v.sort();
+        v
+    }
+
+    /// Puts back what a failed flush took, keeping anything newer.
+    pub fn restore(&self, used: Vec<(String, i64)>) {
+        for (h, at) in used {
+            self.note(&h, at);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,5 +110,18 @@ mod tests {
         );
         assert!(constant_time_eq("same", "same"));
         assert!(!constant_time_eq("same", "diff"));
+    }
+
+    #[test]
+    fn last_used_keeps_the_latest_and_drains() {
+        let l = LastUsed::default();
+        l.note("b", 5);
+        l.note("a", 7);
+        l.note("a", 3);
+        assert_eq!(l.take(), vec![("a".into(), 7), ("b".into(), 5)]);
+        assert!(l.take().is_empty());
+        l.note("a", 9);
+        l.restore(vec![("a".into(), 8), ("c".into(), 1)]);
+        assert_eq!(l.take(), vec![("a".into(), 9), ("c".into(), 1)]);
     }
 }

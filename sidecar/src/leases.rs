@@ -57,6 +57,8 @@ pub(crate) struct LeaseAsk<'a> {
     pub want: LeaseWant,
     pub tenant: &'a TenantConfig,
     pub credential_ref: String,
+    /// The credential's own expiry: the lease ends by then.
+    pub credential_expires_ms: Option<i64>,
     pub model_id: String,
     pub profile_arn: Option<String>,
     pub price: &'a ModelPrice,
@@ -118,6 +120,13 @@ impl Service {
         i64::try_from(self.settings.leases.ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
     }
 
+    /// A lease's expiry from `now_ms`: the configured TTL, cut short by the
+    /// credential's expiry so that no gateway admits with an expired key.
+    fn lease_expiry(&self, now_ms: i64, credential_expires_ms: Option<i64>) -> i64 {
+        let ttl_end = now_ms.saturating_add(self.lease_ttl_ms());
+        credential_expires_ms.map_or(ttl_end, |e| e.clamp(now_ms, ttl_end))
+    }
+
     /// Grants a lease that holds at least the asking request's hold.
     pub(crate) async fn grant_lease(
         &self,
@@ -160,9 +169,10 @@ impl Service {
             seq: 0,
             last_granted_usd: Decimal::ZERO,
             created_at_ms: now_ms,
-            expires_at_ms: now_ms.saturating_add(self.lease_ttl_ms()),
+            expires_at_ms: self.lease_expiry(now_ms, ask.credential_expires_ms),
             state: HoldState::Open,
         };
+        let ttl_ms = u64::try_from(record.expires_at_ms - now_ms).unwrap_or(0);
         let sizing = LeaseSizing {
             want: first_hold * Decimal::from(ask.want.holds.max(1)),
             min: first_hold,
@@ -184,7 +194,7 @@ impl Service {
                         lease_id: record.lease_id,
                         terms: record.terms,
                         granted_usd: granted,
-                        ttl_ms: self.settings.leases.ttl_secs.saturating_mul(1000),
+                        ttl_ms,
                         budget_remaining_usd: remaining,
                     }),
                 ))
@@ -255,10 +265,14 @@ impl Service {
         };
         // Re-validate: a revoked key or a changed configuration closes the
         // lease; requests it already admitted still commit against it.
-        let invalid = match &tenant {
-            None => Some("tenant deleted".to_string()),
-            Some(t) => self.lease_invalid_reason(&lease, t).await?,
+        let (invalid, credential_expires_ms) = match &tenant {
+            None => (Some("tenant deleted".to_string()), None),
+            Some(t) => match self.lease_validity(&lease, t, now_ms).await? {
+                Ok(expires) => (None, expires),
+                Err(reason) => (Some(reason), None),
+            },
         };
+        let expires_at_ms = self.lease_expiry(now_ms, credential_expires_ms);
         let sizing = LeaseSizing {
             want: if invalid.is_some() {
                 Decimal::ZERO
@@ -277,7 +291,7 @@ impl Service {
                 &sizing,
                 &period,
                 now_ms,
-                now_ms.saturating_add(self.lease_ttl_ms()),
+                expires_at_ms,
             )
             .await?;
         Ok(match (applied, invalid) {
@@ -312,35 +326,44 @@ impl Service {
                 }
                 RenewOutcome::Renewed {
                     granted_usd: granted,
-                    ttl_ms: self.settings.leases.ttl_secs.saturating_mul(1000),
+                    ttl_ms: u64::try_from(expires_at_ms - now_ms).unwrap_or(0),
                     budget_remaining_usd: remaining,
                 }
             }
         })
     }
 
-    /// Why a lease may no longer admit: its key was revoked, or its terms are
-    /// not what a reserve would resolve now (tenant, model, price, profile).
-    async fn lease_invalid_reason(
+    /// Whether a lease may still admit, and until when its credential is
+    /// valid; or why not: its key was revoked or expired, or its terms are not
+    /// what a reserve would resolve now (tenant, model, price, profile).
+    async fn lease_validity(
         &self,
         lease: &LeaseRecord,
         tenant: &TenantConfig,
-    ) -> Result<Option<String>> {
+        now_ms: i64,
+    ) -> Result<std::result::Result<Option<i64>, String>> {
         if !tenant.active {
-            return Ok(Some(format!("tenant {} is inactive", tenant.tenant_id)));
+            return Ok(Err(format!("tenant {} is inactive", tenant.tenant_id)));
         }
         if let Some(kind) = self.credential_refused(&lease.credential_ref) {
-            return Ok(Some(format!(
+            return Ok(Err(format!(
                 "credential type {} is not enabled on this sidecar",
                 kind.as_str()
             )));
         }
+        let mut credential_expires_ms = None;
         let key_application = match lease.credential_ref.split_once(':') {
             Some(("key", key_id)) => {
                 let keys = self.store.list_keys(&tenant.tenant_id).await?;
                 match keys.into_iter().find(|k| k.key_id == key_id && !k.revoked) {
-                    Some(k) => k.application_id,
-                    None => return Ok(Some("key revoked".into())),
+                    Some(k) if k.expired(now_ms) => return Ok(Err("key expired".into())),
+                    Some(k) => {
+                        // A renewal means the key is in use on some gateway.
+                        self.key_use.note(&k.key_hash, now_ms);
+                        credential_expires_ms = k.expires_at_ms;
+                        k.application_id
+                    }
+                    None => return Ok(Err("key revoked".into())),
                 }
             }
             _ => None,
@@ -348,10 +371,10 @@ impl Service {
         let (model_id, profile_arn, price) =
             match self.resolve_model(tenant, &lease.requested_model).await? {
                 Ok(m) => m,
-                Err(d) => return Ok(Some(d.message)),
+                Err(d) => return Ok(Err(d.message)),
             };
         if !limits_allow_leases(tenant, &model_id) {
-            return Ok(Some("tenant now has rate limits or a model budget".into()));
+            return Ok(Err("tenant now has rate limits or a model budget".into()));
         }
         let application_id = key_application.or_else(|| lease.terms.application_id.clone());
         let target_model = match profile_arn {
@@ -362,7 +385,11 @@ impl Service {
                 .unwrap_or_else(|| model_id.clone()),
         };
         let now_terms = self.terms(tenant, application_id, model_id, target_model, &price);
-        Ok((now_terms != lease.terms).then(|| "tenant configuration or prices changed".into()))
+        Ok(if now_terms == lease.terms {
+            Ok(credential_expires_ms)
+        } else {
+            Err("tenant configuration or prices changed".into())
+        })
     }
 
     /// The credential type of a lease's `credential_ref` when this sidecar no

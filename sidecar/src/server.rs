@@ -263,6 +263,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     sweeper.abort();
+    sidecar.service.flush_key_use().await;
     if let Some(emf) = sidecar.service.emf() {
         if !emf.flush(Duration::from_secs(5)) {
             tracing::warn!("EMF output not flushed within 5 s; its last lines may be lost");

@@ -82,6 +82,8 @@ pub const MAX_COMMIT_BATCH: usize = 1000;
 
 pub const MISSING_CREDENTIAL: &str = "Missing credential: send Authorization: Bearer <key> (AWS_BEARER_TOKEN_BEDROCK) with a key issued by your Tollgate administrator.";
 pub const INVALID_TOKEN: &str = "The security token included in the request is invalid.";
+/// Bedrock's words for an expired credential (`ExpiredTokenException`, 403).
+pub const EXPIRED_TOKEN: &str = "The security token included in the request is expired";
 
 pub(crate) fn deny(status: u16, error_type: &str, message: impl Into<String>) -> Denial {
     Denial {
@@ -121,6 +123,8 @@ pub struct Service {
     /// a threshold does not write to the store again for an alert that fired.
     fired: std::sync::Mutex<std::collections::HashSet<(String, String, AlertKind)>>,
     admin: Admin,
+    /// Keys' last use, written to the store at each sweep.
+    pub(crate) key_use: keys::LastUsed,
 }
 
 impl Service {
@@ -143,6 +147,7 @@ impl Service {
             alerter,
             emf: None,
             fired: Default::default(),
+            key_use: keys::LastUsed::default(),
         }
     }
 
@@ -216,6 +221,7 @@ impl Service {
             |tenant: String, outcome, d: Denial| Ok((tenant, outcome, ReserveResponse::Deny(d)));
 
         // 1. Credential → tenant.
+        let mut credential_expires_ms = None;
         let (tenant_id, key_application, credential_ref) = match &req.credential {
             Credential::None => {
                 return denied(
@@ -225,7 +231,18 @@ impl Service {
                 )
             }
             Credential::Bearer { key } => match self.store.find_key(&keys::hash_key(key)).await? {
-                Some(k) => (k.tenant_id, k.application_id, format!("key:{}", k.key_id)),
+                Some(k) if k.expired(to_millis(now)) => {
+                    return denied(
+                        k.tenant_id,
+                        Outcome::DeniedAuth,
+                        deny(403, "ExpiredTokenException", EXPIRED_TOKEN),
+                    )
+                }
+                Some(k) => {
+                    self.key_use.note(&k.key_hash, to_millis(now));
+                    credential_expires_ms = k.expires_at_ms;
+                    (k.tenant_id, k.application_id, format!("key:{}", k.key_id))
+                }
                 None => {
                     return denied(
                         unknown(),
@@ -305,6 +322,7 @@ impl Service {
                         want,
                         tenant: &tenant,
                         credential_ref: credential_ref.clone(),
+                        credential_expires_ms,
                         model_id: model_id.clone(),
                         profile_arn: profile_arn.clone(),
                         price: &price,
@@ -823,6 +841,7 @@ impl Service {
             i64::try_from(self.settings.hold_ttl_secs).unwrap_or(i64::MAX / 2_000_000_000),
         );
         self.tokens.prune(now, ttl + time::Duration::minutes(1));
+        self.flush_key_use().await;
         let n = match self.store.expire_holds(to_millis(now)).await {
             Ok(n) => n,
             Err(e) => {
@@ -834,6 +853,20 @@ impl Service {
             tracing::info!(expired = n, "expired stale holds");
         }
         Ok(n)
+    }
+
+    /// Writes the keys' last use gathered since the previous flush (at each
+    /// sweep and at shutdown); a failed write is kept for the next one.
+    pub async fn flush_key_use(&self) {
+        let used = self.key_use.take();
+        if used.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.touch_keys(&used).await {
+            self.count_store_error("touch_keys", &e);
+            tracing::warn!(error = %e, keys = used.len(), "could not record keys' last use; will retry");
+            self.key_use.restore(used);
+        }
     }
 
     /// Counts failures of the ledger store (not the caller's mistakes).

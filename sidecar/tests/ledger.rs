@@ -1091,3 +1091,79 @@ async fn readyz_checks_the_store() {
     let (st, _) = s.raw("GET", "/readyz", None, None).await;
     assert_eq!(st, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_expire_everywhere_and_record_their_last_use() {
+    let s = TestSidecar::start().await;
+    s.tenant("acme", json!({})).await;
+    let (st, issued) = s
+        .admin(
+            "POST",
+            "/v1/tenants/acme/keys",
+            Some(json!({"expires_in_secs": 10})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{issued}");
+    assert_eq!(issued["expires_at"], "2026-11-23T12:00:10Z");
+    let key = issued["key"].as_str().unwrap().to_string();
+    let key_id = issued["key_id"].as_str().unwrap().to_string();
+
+    // Both at once, or an expiry in the past, are refused.
+    for bad in [
+        json!({"expires_in_secs": 10, "expires_at": "2030-01-01T00:00:00Z"}),
+        json!({"expires_at": "2020-01-01T00:00:00Z"}),
+        json!({"expires_at": "tomorrow"}),
+    ] {
+        let (st, v) = s.admin("POST", "/v1/tenants/acme/keys", Some(bad)).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    }
+
+    // A lease granted with the key ends no later than the key.
+    let mut body = json!({
+        "request_id": "l1", "credential": {"type": "bearer", "key": key},
+        "operation": "converse", "model": SONNET, "input_tokens_estimate": 10,
+        "max_output_tokens": 10, "lease": {"holds": 4},
+    });
+    let r = s.data("/v1/reserve", body.clone()).await;
+    assert_eq!(r["decision"], "lease", "{r}");
+    assert_eq!(r["ttl_ms"], 10_000, "{r}");
+    let lease_id = r["lease_id"].as_str().unwrap().to_string();
+
+    s.clock.advance(time::Duration::seconds(4));
+    let renew = json!({"leases": [{"lease_id": lease_id, "seq": 1, "return_usd": "0", "want_usd": "0.01"}]});
+    let r = s.data("/v1/leases/renew", renew).await;
+    assert_eq!(r["results"][0]["status"], "renewed", "{r}");
+    assert_eq!(r["results"][0]["ttl_ms"], 6_000, "{r}");
+
+    // Last use reaches the store at the sweep.
+    s.service.sweep().await.unwrap();
+    let (_, keys) = s.admin("GET", "/v1/tenants/acme/keys", None).await;
+    let mine = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["key_id"] == key_id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(mine["last_used_at"], "2026-11-23T12:00:04Z", "{keys}");
+    assert_eq!(mine["expired"], false);
+
+    // At its expiry the key is refused, Bedrock's way, and its lease closes.
+    s.clock.advance(time::Duration::seconds(6));
+    body["request_id"] = json!("r2");
+    body.as_object_mut().unwrap().remove("lease");
+    let r = s.data("/v1/reserve", body).await;
+    assert_eq!(r["decision"], "deny", "{r}");
+    assert_eq!(r["status"], 403);
+    assert_eq!(r["error_type"], "ExpiredTokenException");
+    let renew = json!({"leases": [{"lease_id": lease_id, "seq": 2, "return_usd": "0", "want_usd": "0.01"}]});
+    let r = s.data("/v1/leases/renew", renew).await;
+    assert_eq!(r["results"][0]["status"], "closed", "{r}");
+    assert_eq!(r["results"][0]["reason"], "key expired", "{r}");
+    let (_, keys) = s.admin("GET", "/v1/tenants/acme/keys", None).await;
+    assert!(keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|k| k["key_id"] == key_id.as_str() && k["expired"] == true));
+}

@@ -304,6 +304,8 @@ async fn keys(s: Arc<dyn Store>) {
         key_hash: hash.into(),
         created_at_ms: at,
         revoked: false,
+        expires_at_ms: (id == "k2").then_some(1_000),
+        last_used_at_ms: None,
     };
     assert!(s.insert_key(&k("k1", "h1", "acme", 1)).await.unwrap());
     assert!(s.insert_key(&k("k2", "h2", "acme", 2)).await.unwrap());
@@ -330,6 +332,23 @@ async fn keys(s: Arc<dyn Store>) {
     assert_eq!(s.find_key("h1").await.unwrap(), None);
     let listed = s.list_keys("acme").await.unwrap();
     assert!(listed[0].revoked && !listed[1].revoked, "{listed:?}");
+    assert_eq!(listed[1].expires_at_ms, Some(1_000));
+    assert!(listed[1].expired(1_000) && !listed[1].expired(999));
+
+    // Last use only moves forward; an unknown hash creates nothing.
+    s.touch_keys(&[("h2".into(), 50), ("h404".into(), 60)])
+        .await
+        .unwrap();
+    s.touch_keys(&[("h2".into(), 40)]).await.unwrap();
+    assert_eq!(
+        s.find_key("h2").await.unwrap().unwrap().last_used_at_ms,
+        Some(50)
+    );
+    s.touch_keys(&[("h2".into(), 70)]).await.unwrap();
+    let listed = s.list_keys("acme").await.unwrap();
+    assert_eq!(listed[1].last_used_at_ms, Some(70));
+    assert_eq!(listed[0].last_used_at_ms, None);
+    assert_eq!(s.find_key("h404").await.unwrap(), None);
 }
 
 async fn sigv4_credentials(s: Arc<dyn Store>) {

@@ -350,6 +350,11 @@ impl Store for CachedStore {
         r
     }
 
+    async fn touch_keys(&self, used: &[(String, i64)]) -> Result<()> {
+        // Admission never reads the last-used time: the cache stays valid.
+        self.inner.touch_keys(used).await
+    }
+
     // --- SigV4 credentials (cached) -----------------------------------------------
     async fn insert_sigv4_credential(&self, cred: &SigV4CredentialRecord) -> Result<bool> {
         let r = self.inner.insert_sigv4_credential(cred).await;
@@ -609,6 +614,9 @@ mod tests {
         async fn revoke_key(&self, t: &str, k: &str, now: i64) -> Result<bool> {
             self.inner.revoke_key(t, k, now).await
         }
+        async fn touch_keys(&self, used: &[(String, i64)]) -> Result<()> {
+            self.inner.touch_keys(used).await
+        }
         async fn insert_sigv4_credential(&self, c: &SigV4CredentialRecord) -> Result<bool> {
             self.inner.insert_sigv4_credential(c).await
         }
@@ -739,6 +747,8 @@ mod tests {
             key_hash: hash.into(),
             created_at_ms: 1,
             revoked: false,
+            expires_at_ms: None,
+            last_used_at_ms: None,
         }
     }
 

@@ -74,6 +74,17 @@ pub struct ApiKeyRecord {
     pub key_hash: String,
     pub created_at_ms: i64,
     pub revoked: bool,
+    /// The key is refused from this instant on (its leases end by then too).
+    pub expires_at_ms: Option<i64>,
+    /// When a request last authenticated with the key, to within the
+    /// sidecar's flush interval (see `Store::touch_keys`).
+    pub last_used_at_ms: Option<i64>,
+}
+
+impl ApiKeyRecord {
+    pub fn expired(&self, now_ms: i64) -> bool {
+        self.expires_at_ms.is_some_and(|e| e <= now_ms)
+    }
 }
 
 /// A SigV4 credential issued to a tenant. The secret is stored sealed
@@ -424,6 +435,9 @@ pub trait Store: Send + Sync + 'static {
     async fn list_keys(&self, tenant_id: &str) -> Result<Vec<ApiKeyRecord>>;
     /// Returns false when no such key belongs to the tenant.
     async fn revoke_key(&self, tenant_id: &str, key_id: &str, now_ms: i64) -> Result<bool>;
+    /// Records when keys (by hash) were last used; a time never moves back.
+    /// Batched by the sidecar, so a request costs no write of its own.
+    async fn touch_keys(&self, used: &[(String, i64)]) -> Result<()>;
 
     // --- SigV4 credentials ----------------------------------------------------
     /// Returns false if the access key id already exists.

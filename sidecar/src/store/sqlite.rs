@@ -206,9 +206,20 @@ CREATE TABLE leases (
 );
 CREATE INDEX leases_open_by_expiry ON leases (state, expires_at);";
 
+/// Key lifecycle: an optional expiry, and when the key was last used.
+const SCHEMA_KEY_LIFECYCLE: &str = "ALTER TABLE api_keys ADD COLUMN expires_at INTEGER;
+ALTER TABLE api_keys ADD COLUMN last_used_at INTEGER;";
+
 /// Ordered schema migrations: entry `i` takes a database from `user_version` `i`
 /// to `i + 1`. Append only; never edit a released entry.
-pub const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
+pub const MIGRATIONS: &[&str] = &[
+    SCHEMA_V1,
+    SCHEMA_V2,
+    SCHEMA_V3,
+    SCHEMA_V4,
+    SCHEMA_V5,
+    SCHEMA_KEY_LIFECYCLE,
+];
 
 /// The schema version this binary writes (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -1323,9 +1334,9 @@ impl Store for SqliteStore {
         let k = key.clone();
         self.write(move |conn| {
             let n = conn.execute(
-                "INSERT OR IGNORE INTO api_keys (key_id, key_hash, tenant_id, application_id, created_at, revoked_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, NULL)",
-                params![k.key_id, k.key_hash, k.tenant_id, k.application_id, k.created_at_ms],
+                "INSERT OR IGNORE INTO api_keys (key_id, key_hash, tenant_id, application_id, created_at, revoked_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6)",
+                params![k.key_id, k.key_hash, k.tenant_id, k.application_id, k.created_at_ms, k.expires_at_ms],
             )?;
             Ok(n == 1)
         })
@@ -1337,7 +1348,7 @@ impl Store for SqliteStore {
         self.with(move |conn| {
             Ok(conn
                 .query_row(
-                    "SELECT key_id, key_hash, tenant_id, application_id, created_at, revoked_at FROM api_keys
+                    "SELECT key_id, key_hash, tenant_id, application_id, created_at, revoked_at, expires_at, last_used_at FROM api_keys
                      WHERE key_hash = ?1 AND revoked_at IS NULL",
                     params![h],
                     key_from_row,
@@ -1351,7 +1362,7 @@ impl Store for SqliteStore {
         let t = tenant_id.to_string();
         self.with(move |conn| {
             let mut stmt = conn.prepare(
-                "SELECT key_id, key_hash, tenant_id, application_id, created_at, revoked_at FROM api_keys
+                "SELECT key_id, key_hash, tenant_id, application_id, created_at, revoked_at, expires_at, last_used_at FROM api_keys
                  WHERE tenant_id = ?1 ORDER BY created_at, key_id",
             )?;
             let rows = stmt.query_map(params![t], key_from_row)?;
@@ -1375,6 +1386,23 @@ impl Store for SqliteStore {
                 params![t, k, now_ms],
             )?;
             Ok(exists.is_some())
+        })
+        .await
+    }
+
+    async fn touch_keys(&self, used: &[(String, i64)]) -> Result<()> {
+        if used.is_empty() {
+            return Ok(());
+        }
+        let used = used.to_vec();
+        self.write(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "UPDATE api_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?2) WHERE key_hash = ?1",
+            )?;
+            for (hash, at) in &used {
+                stmt.execute(params![hash, at])?;
+            }
+            Ok(())
         })
         .await
     }
@@ -1992,6 +2020,8 @@ fn key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKeyRecord> {
         application_id: r.get(3)?,
         created_at_ms: r.get(4)?,
         revoked: r.get::<_, Option<i64>>(5)?.is_some(),
+        expires_at_ms: r.get(6)?,
+        last_used_at_ms: r.get(7)?,
     })
 }
 

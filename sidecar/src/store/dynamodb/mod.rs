@@ -827,6 +827,8 @@ fn key_from_item(item: &Item, table: &str) -> Result<ApiKeyRecord> {
         key_hash: g.s("keyHash")?,
         created_at_ms: g.i64("createdAt")?,
         revoked: g.opt_n("revokedAt")?.is_some(),
+        expires_at_ms: g.opt_i64("expiresAt")?,
+        last_used_at_ms: g.opt_i64("lastUsedAt")?,
     })
 }
 
@@ -1872,6 +1874,7 @@ impl Store for DynamoStore {
             key.application_id.clone().map(s),
         );
         item.insert("createdAt".into(), ni(key.created_at_ms));
+        put_opt(&mut item, "expiresAt", key.expires_at_ms.map(ni));
         Ok(applied(self.put(&self.t.keys, item, Some("keyHash")).await)?.is_some())
     }
 
@@ -1915,6 +1918,29 @@ impl Store for DynamoStore {
                 .await?;
         }
         Ok(any)
+    }
+
+    async fn touch_keys(&self, used: &[(String, i64)]) -> Result<()> {
+        // One small conditional update per key and flush: the condition keeps
+        // the time from moving back (two sidecars flushing) and never creates
+        // an item for a key deleted meanwhile.
+        let updates = used.iter().map(|(hash, at)| async move {
+            let r = self
+                .update(
+                    &self.t.keys,
+                    vec![("keyHash", s(hash))],
+                    "SET #u = :at",
+                    Some("attribute_exists(#h) AND (attribute_not_exists(#u) OR #u < :at)"),
+                    &[("#u", "lastUsedAt"), ("#h", "keyHash")],
+                    vec![(":at", ni(*at))],
+                )
+                .await;
+            applied(r).map(|_| ())
+        });
+        futures_util::future::join_all(updates)
+            .await
+            .into_iter()
+            .collect()
     }
 
     async fn insert_sigv4_credential(&self, cred: &SigV4CredentialRecord) -> Result<bool> {
