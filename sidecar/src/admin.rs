@@ -11,6 +11,7 @@ use crate::pricing::{self, de_decimal, de_opt_decimal};
 use crate::service::validate_id;
 use crate::store::{
     AlertRecord, ApiKeyRecord, Balance, Profile, SigV4CredentialRecord, Store, TenantConfig,
+    TenantDeletion,
 };
 use rust_decimal::Decimal;
 use serde::Deserialize;
@@ -446,6 +447,26 @@ impl Admin {
                 .map(|a| format!(" and application {a}"))
                 .unwrap_or_default()
         )))
+    }
+
+    /// See [`Store::delete_tenant`]: refused while budget is reserved for it.
+    pub async fn delete_tenant(&self, tenant_id: &str) -> Result<()> {
+        let now_ms = to_millis(self.clock.now());
+        match self.store.delete_tenant(tenant_id, now_ms).await? {
+            TenantDeletion::Deleted => {
+                tracing::info!(tenant = %tenant_id, "tenant deleted; its usage history is kept");
+                Ok(())
+            }
+            TenantDeletion::NotFound => {
+                Err(Error::not_found(format!("tenant {tenant_id} not found")))
+            }
+            TenantDeletion::Busy { reserved_usd } => Err(Error::Conflict(format!(
+                "tenant {tenant_id} still has {} USD reserved by requests in flight or gateway leases; \
+                 deactivate it (active: false) so nothing new is admitted, then retry once they settle \
+                 (at most the hold TTL; a lease is closed at its next renewal)",
+                reserved_usd.normalize()
+            ))),
+        }
     }
 
     pub async fn delete_alias(&self, alias: &str) -> Result<()> {

@@ -64,6 +64,7 @@ impl IntoResponse for Error {
         let status = match &self {
             Error::Invalid(_) | Error::Json(_) => StatusCode::BAD_REQUEST,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -171,7 +172,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(release))
         .routes(routes!(renew_leases))
         .routes(routes!(list_tenants))
-        .routes(routes!(put_tenant, get_tenant))
+        .routes(routes!(put_tenant, get_tenant, delete_tenant))
         .routes(routes!(issue_key, list_keys))
         .routes(routes!(revoke_key))
         .routes(routes!(issue_sigv4, list_sigv4))
@@ -1118,6 +1119,24 @@ async fn put_alias(
         model_id: body.model_id,
     })
     .into_response())
+}
+
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}", tag = "admin",
+    summary = "Delete a tenant: its configuration and profiles go, its keys and SigV4 credentials are revoked, its usage history stays (read-only, in usage reports)",
+    security(("adminToken" = [])),
+    params(("tenant" = String, Path, description = TENANT)),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such tenant", body = ApiError),
+        (status = 409, description = "Budget is still reserved for the tenant (requests in flight, gateway leases); nothing was deleted", body = ApiError),
+    ))]
+async fn delete_tenant(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(tenant): Path<String>,
+) -> ApiResult<Response> {
+    s.service.admin().delete_tenant(&tenant).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[utoipa::path(delete, path = "/v1/aliases/{alias}", tag = "admin",

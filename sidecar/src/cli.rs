@@ -146,6 +146,16 @@ pub async fn run(command: Command) -> Result<()> {
                     .await
                 }
                 TenantsCommand::List => c.print(Method::GET, "/v1/tenants", None).await,
+                TenantsCommand::Delete { tenant } => {
+                    c.call(
+                        Method::DELETE,
+                        &format!("/v1/tenants/{}", seg(&tenant)),
+                        None,
+                    )
+                    .await?;
+                    println!("deleted {tenant} (its usage history is kept)");
+                    Ok(())
+                }
             }
         }
         Command::Sigv4(a) => credentials(&a, "sigv4-credentials", "secret access key").await,

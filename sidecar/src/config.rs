@@ -426,6 +426,10 @@ pub enum TenantsCommand {
     },
     /// List tenants.
     List,
+    /// Delete a tenant: configuration and profiles go, keys and SigV4
+    /// credentials are revoked, usage history stays. Refused while budget is
+    /// reserved for it (deactivate it first, then retry).
+    Delete { tenant: String },
 }
 
 /// `MODEL=USD` of `tenants set --model-budget`.

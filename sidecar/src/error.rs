@@ -10,6 +10,10 @@ pub enum Error {
     /// The addressed resource does not exist (HTTP 404).
     #[error("{0}")]
     NotFound(String),
+    /// The resource is in a state that forbids the change now (HTTP 409); the
+    /// message says what to wait for.
+    #[error("{0}")]
+    Conflict(String),
     /// Missing or wrong admin token (HTTP 401).
     #[error("{0}")]
     Unauthorized(String),

@@ -873,7 +873,7 @@ impl Service {
     fn count_store_error(&self, op: &'static str, e: &Error) {
         if !matches!(
             e,
-            Error::Invalid(_) | Error::NotFound(_) | Error::Unauthorized(_)
+            Error::Invalid(_) | Error::NotFound(_) | Error::Conflict(_) | Error::Unauthorized(_)
         ) {
             self.metrics.store_error(op);
         }

@@ -1167,3 +1167,44 @@ async fn keys_expire_everywhere_and_record_their_last_use() {
         .iter()
         .any(|k| k["key_id"] == key_id.as_str() && k["expired"] == true));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_a_tenant_waits_for_its_holds_and_keeps_its_history() {
+    let s = TestSidecar::start().await;
+    let key = s.tenant("acme", json!({})).await;
+    assert_eq!(
+        s.reserve("done", &key, SONNET, 1000, Some(500)).await["decision"],
+        "allow"
+    );
+    s.commit("done", 1000, 500).await;
+    assert_eq!(
+        s.reserve("open", &key, SONNET, 10, Some(10)).await["decision"],
+        "allow"
+    );
+
+    let (st, v) = s.admin("DELETE", "/v1/tenants/acme", None).await;
+    assert_eq!(st, StatusCode::CONFLICT, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("reserved"), "{v}");
+    assert_eq!(s.balance("acme").await["tenant_id"], "acme");
+
+    s.data(
+        "/v1/release",
+        json!({"request_id": "open", "reason": "client gone"}),
+    )
+    .await;
+    let (st, v) = s.admin("DELETE", "/v1/tenants/acme", None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+    let (st, _) = s.admin("GET", "/v1/tenants/acme", None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, _) = s.admin("DELETE", "/v1/tenants/acme", None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let r = s.reserve("after", &key, SONNET, 10, Some(10)).await;
+    assert_eq!(r["decision"], "deny", "{r}");
+    assert_eq!(r["status"], 403);
+
+    // The history stays in the usage report.
+    let (st, u) = s.admin("GET", "/v1/usage?group_by=tenant", None).await;
+    assert_eq!(st, StatusCode::OK, "{u}");
+    assert_eq!(u["rows"][0]["tenant"], "acme", "{u}");
+    assert_eq!(u["rows"][0]["cost_usd"], "0.0105");
+}

@@ -66,6 +66,7 @@ fn all_cases() -> Vec<(&'static str, Case)> {
         lease_of_an_ended_period_is_closed_and_given_back,
         leased_commits_move_the_hold_and_are_idempotent,
         late_leased_commit_after_expiry_charges_once,
+        tenant_deletion_waits_for_holds_and_keeps_history,
     ]
 }
 
@@ -704,6 +705,98 @@ async fn commit_is_idempotent(s: Arc<dyn Store>) {
         HoldState::Committed
     );
     assert!(!s.release("r1", T0 + 7).await.unwrap());
+}
+
+async fn tenant_deletion_waits_for_holds_and_keeps_history(s: Arc<dyn Store>) {
+    assert_eq!(
+        s.delete_tenant("gone", T0).await.unwrap(),
+        TenantDeletion::NotFound
+    );
+    s.put_tenant(&tenant("gone", "1"), PERIOD).await.unwrap();
+    s.put_tenant(&tenant("stays", "1"), PERIOD).await.unwrap();
+    let key = |id: &str, tenant: &str| ApiKeyRecord {
+        key_id: id.into(),
+        tenant_id: tenant.into(),
+        application_id: None,
+        key_hash: format!("hash-{id}"),
+        created_at_ms: T0,
+        revoked: false,
+        expires_at_ms: None,
+        last_used_at_ms: None,
+    };
+    assert!(s.insert_key(&key("kg", "gone")).await.unwrap());
+    assert!(s.insert_key(&key("ks", "stays")).await.unwrap());
+    assert!(s
+        .insert_sigv4_credential(&SigV4CredentialRecord {
+            access_key_id: "AKIAGONE".into(),
+            tenant_id: "gone".into(),
+            application_id: None,
+            sealed_secret: "sealed".into(),
+            created_at_ms: T0,
+            revoked: false,
+        })
+        .await
+        .unwrap());
+    for t in ["gone", "stays"] {
+        s.put_profile(&Profile {
+            tenant_id: t.into(),
+            application_id: None,
+            model_id: SONNET.into(),
+            arn: format!(
+                "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/{t}"
+            ),
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        reserve(&s, &hold("spent", "gone", SONNET, "0.1"), "1").await,
+        ReserveOutcome::Admitted
+    );
+    assert!(matches!(
+        s.commit("spent", &usage(), false, T0).await.unwrap(),
+        CommitApplied::Committed { .. }
+    ));
+
+    // An open hold blocks the deletion, which then changes nothing.
+    assert_eq!(
+        reserve(&s, &hold("open", "gone", SONNET, "0.25"), "1").await,
+        ReserveOutcome::Admitted
+    );
+    assert_eq!(
+        s.delete_tenant("gone", T0 + 1).await.unwrap(),
+        TenantDeletion::Busy {
+            reserved_usd: d("0.25")
+        }
+    );
+    assert!(s.get_tenant("gone").await.unwrap().is_some());
+    assert!(s.find_key("hash-kg").await.unwrap().is_some());
+
+    assert!(s.release("open", T0 + 2).await.unwrap());
+    assert_eq!(
+        s.delete_tenant("gone", T0 + 3).await.unwrap(),
+        TenantDeletion::Deleted
+    );
+    assert_eq!(s.get_tenant("gone").await.unwrap(), None);
+    assert_eq!(s.find_key("hash-kg").await.unwrap(), None);
+    assert_eq!(s.find_sigv4_credential("AKIAGONE").await.unwrap(), None);
+    assert!(s.list_profiles("gone").await.unwrap().is_empty());
+    // History stays: the period's spend and the usage rows.
+    assert_eq!(bal(&s, "gone").await.totals.counters.spent_usd, d("0.0105"));
+    assert!(s
+        .usage(None, None)
+        .await
+        .unwrap()
+        .iter()
+        .any(|u| u.tenant_id == "gone" && u.request_id == "spent"));
+    // Other tenants are untouched.
+    assert!(s.get_tenant("stays").await.unwrap().is_some());
+    assert!(s.find_key("hash-ks").await.unwrap().is_some());
+    assert_eq!(s.list_profiles("stays").await.unwrap().len(), 1);
+    assert_eq!(
+        s.delete_tenant("gone", T0 + 4).await.unwrap(),
+        TenantDeletion::NotFound
+    );
 }
 
 async fn release_gives_the_hold_back(s: Arc<dyn Store>) {

@@ -32,7 +32,7 @@
 use super::{
     AlertRecord, ApiKeyRecord, Balance, CommitApplied, Hold, LeaseOutcome, LeaseRecord,
     LeasedCommit, Profile, RenewApplied, ReserveOutcome, SigV4CredentialRecord, Store,
-    TenantConfig, UsageRecord,
+    TenantConfig, TenantDeletion, UsageRecord,
 };
 use crate::error::Result;
 use crate::ledger::LeaseSizing;
@@ -199,6 +199,17 @@ impl Store for CachedStore {
     async fn put_tenant(&self, cfg: &TenantConfig, current_period: &str) -> Result<()> {
         let r = self.inner.put_tenant(cfg, current_period).await;
         self.tenants.invalidate(cfg.tenant_id.as_str());
+        r
+    }
+
+    async fn delete_tenant(&self, tenant_id: &str, now_ms: i64) -> Result<TenantDeletion> {
+        let r = self.inner.delete_tenant(tenant_id, now_ms).await;
+        self.tenants.invalidate(tenant_id);
+        self.profiles.invalidate(tenant_id);
+        // Its credentials were revoked; the caches are by hash and access key
+        // id: drop them all (deletions are rare).
+        self.keys.clear();
+        self.sigv4.clear();
         r
     }
 
@@ -558,6 +569,9 @@ mod tests {
         }
         async fn list_tenants(&self) -> Result<Vec<TenantConfig>> {
             self.inner.list_tenants().await
+        }
+        async fn delete_tenant(&self, id: &str, now: i64) -> Result<TenantDeletion> {
+            self.inner.delete_tenant(id, now).await
         }
         async fn check_ready(&self) -> Result<()> {
             self.inner.check_ready().await

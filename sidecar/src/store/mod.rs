@@ -201,6 +201,18 @@ pub struct LeaseRecord {
     pub state: HoldState,
 }
 
+/// Outcome of [`Store::delete_tenant`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TenantDeletion {
+    Deleted,
+    NotFound,
+    /// Budget is still held for the tenant (requests in flight, gateway
+    /// leases): nothing was deleted.
+    Busy {
+        reserved_usd: Decimal,
+    },
+}
+
 /// Outcome of [`Store::grant_lease`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseOutcome {
@@ -381,6 +393,11 @@ pub trait Store: Send + Sync + 'static {
     async fn put_tenant(&self, cfg: &TenantConfig, current_period: &str) -> Result<()>;
     async fn get_tenant(&self, tenant_id: &str) -> Result<Option<TenantConfig>>;
     async fn list_tenants(&self) -> Result<Vec<TenantConfig>>;
+    /// Deletes a tenant's configuration and profiles and revokes its keys and
+    /// SigV4 credentials, unless budget is still reserved for it in any period
+    /// (`Busy`). Its budget rows, usage and alerts stay, read-only: reports keep
+    /// them, and a tenant created again under the id continues its period.
+    async fn delete_tenant(&self, tenant_id: &str, now_ms: i64) -> Result<TenantDeletion>;
 
     /// The price region of the plain price methods below (`--pricing-region`).
     fn pricing_region(&self) -> &str {

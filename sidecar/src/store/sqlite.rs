@@ -1033,6 +1033,49 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn delete_tenant(&self, tenant_id: &str, now_ms: i64) -> Result<TenantDeletion> {
+        let t = tenant_id.to_string();
+        self.write(move |conn| {
+            let tx = conn.savepoint()?;
+            let exists = tx
+                .query_row("SELECT 1 FROM tenants WHERE tenant_id = ?1", params![t], |_| {
+                    Ok(())
+                })
+                .optional()?
+                .is_some();
+            if !exists {
+                return Ok(TenantDeletion::NotFound);
+            }
+            let mut stmt = tx.prepare(
+                "SELECT reserved_usd FROM budgets WHERE tenant_id = ?1 AND scope = 'ALL'",
+            )?;
+            let reserved = stmt
+                .query_map(params![t], |r| dec(r, 0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+                .into_iter()
+                .sum::<Decimal>();
+            drop(stmt);
+            if reserved > Decimal::ZERO {
+                return Ok(TenantDeletion::Busy {
+                    reserved_usd: reserved,
+                });
+            }
+            tx.execute("DELETE FROM tenants WHERE tenant_id = ?1", params![t])?;
+            tx.execute("DELETE FROM profiles WHERE tenant_id = ?1", params![t])?;
+            tx.execute(
+                "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?2) WHERE tenant_id = ?1",
+                params![t, now_ms],
+            )?;
+            tx.execute(
+                "UPDATE sigv4_credentials SET revoked_at = COALESCE(revoked_at, ?2) WHERE tenant_id = ?1",
+                params![t, now_ms],
+            )?;
+            tx.commit()?;
+            Ok(TenantDeletion::Deleted)
+        })
+        .await
+    }
+
     async fn get_tenant(&self, tenant_id: &str) -> Result<Option<TenantConfig>> {
         let id = tenant_id.to_string();
         self.with(move |conn| {

@@ -109,6 +109,7 @@ impl IntoResponse for UiError {
         let status = match &self.0 {
             Error::Invalid(_) | Error::Json(_) => StatusCode::BAD_REQUEST,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -1706,6 +1706,55 @@ impl Store for DynamoStore {
         )))
     }
 
+    async fn delete_tenant(&self, tenant_id: &str, now_ms: i64) -> Result<TenantDeletion> {
+        if self.get_tenant(tenant_id).await?.is_none() {
+            return Ok(TenantDeletion::NotFound);
+        }
+        // Without transactions the check and the delete are two steps: a
+        // request admitted between them (another sidecar's cache may still hold
+        // the tenant for its TTL) settles or expires as usual on the kept rows.
+        let rows = self
+            .query_all(
+                &self.t.budgets,
+                None,
+                "#t = :t",
+                names(&[("#t", "tenantId")]),
+                vals(vec![(":t", s(tenant_id))]),
+            )
+            .await?;
+        let mut reserved = Decimal::ZERO;
+        for row in &rows {
+            let g = Get::new(row, &self.t.budgets);
+            if g.s("modelId")?.ends_with("#ALL") {
+                reserved += g.opt_dec("reserved")?.unwrap_or_default();
+            }
+        }
+        if reserved > Decimal::ZERO {
+            return Ok(TenantDeletion::Busy {
+                reserved_usd: reserved,
+            });
+        }
+        // Credentials first: once the call returns, none of them authenticates,
+        // even if a later step fails and the delete is retried.
+        for item in self.by_tenant(&self.t.keys, tenant_id).await? {
+            let hash = Get::new(&item, &self.t.keys).s("keyHash")?;
+            self.revoke(&self.t.keys, ("keyHash", s(hash)), tenant_id, now_ms)
+                .await?;
+        }
+        for item in self.by_tenant(&self.t.sigv4, tenant_id).await? {
+            let id = Get::new(&item, &self.t.sigv4).s("accessKeyId")?;
+            self.revoke(&self.t.sigv4, ("accessKeyId", s(id)), tenant_id, now_ms)
+                .await?;
+        }
+        for p in self.list_profiles(tenant_id).await? {
+            self.delete_profile(tenant_id, p.application_id.as_deref(), &p.model_id)
+                .await?;
+        }
+        self.remove(&self.t.tenants, vec![("tenantId", s(tenant_id))])
+            .await?;
+        Ok(TenantDeletion::Deleted)
+    }
+
     async fn get_tenant(&self, tenant_id: &str) -> Result<Option<TenantConfig>> {
         self.get(&self.t.tenants, vec![("tenantId", s(tenant_id))])
             .await?
