@@ -55,6 +55,10 @@ pub struct TenantInput {
     #[serde(default, deserialize_with = "de_decimal_map")]
     #[schema(value_type = BTreeMap<String, DecimalInput>)]
     pub model_budgets: BTreeMap<String, Decimal>,
+    /// Per-model tokens per minute, keyed by alias or model ID (stored
+    /// resolved), beside the tenant-wide `rate_limit_tpm`.
+    #[serde(default)]
+    pub model_rate_limit_tpm: BTreeMap<String, u64>,
     /// Profile ARNs to map (upserted; existing mappings not listed stay).
     #[serde(default)]
     pub profiles: Vec<ProfileInput>,
@@ -199,6 +203,22 @@ impl Admin {
                 )));
             }
         }
+        let mut model_rate_limit_tpm = BTreeMap::new();
+        for (m, tpm) in &input.model_rate_limit_tpm {
+            pricing::validate_model_id(m)
+                .map_err(|e| Error::invalid(format!("model_rate_limit_tpm: {e}")))?;
+            if *tpm == 0 {
+                return Err(Error::invalid(format!(
+                    "model_rate_limit_tpm[{m}] must be at least 1"
+                )));
+            }
+            let id = self.resolve_alias(m).await?;
+            if model_rate_limit_tpm.insert(id.clone(), *tpm).is_some() {
+                return Err(Error::invalid(format!(
+                    "model_rate_limit_tpm names model {id} twice (alias and ID?)"
+                )));
+            }
+        }
         let cfg = TenantConfig {
             tenant_id: tenant_id.to_string(),
             budget_usd: input.budget_usd,
@@ -211,6 +231,7 @@ impl Admin {
             rate_limit_rpm: input.rate_limit_rpm,
             rate_limit_tpm: input.rate_limit_tpm,
             model_budgets,
+            model_rate_limit_tpm,
         };
         // Validate everything before writing anything.
         for p in &input.profiles {

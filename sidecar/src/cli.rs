@@ -110,7 +110,10 @@ pub async fn run(command: Command) -> Result<()> {
                     tpm,
                     inactive,
                     model_budgets,
+                    model_tpm,
                 } => {
+                    let model_tpm: serde_json::Map<String, Value> =
+                        model_tpm.into_iter().map(|(m, n)| (m, json!(n))).collect();
                     let model_budgets: serde_json::Map<String, Value> = model_budgets
                         .into_iter()
                         .map(|(m, b)| (m, Value::String(b.to_string())))
@@ -126,6 +129,7 @@ pub async fn run(command: Command) -> Result<()> {
                         "rate_limit_rpm": rpm,
                         "rate_limit_tpm": tpm,
                         "model_budgets": model_budgets,
+                        "model_rate_limit_tpm": model_tpm,
                     });
                     c.print(
                         Method::PUT,

@@ -403,12 +403,16 @@ pub enum TenantsCommand {
         /// Cap on output tokens per request.
         #[arg(long)]
         max_tokens_cap: Option<u64>,
-        /// Requests per minute.
+        /// Requests per UTC minute, across every sidecar sharing the ledger.
         #[arg(long)]
         rpm: Option<u32>,
-        /// Tokens per minute (input estimate + max output, corrected at commit).
+        /// Tokens per UTC minute (input estimate + max output, corrected at
+        /// commit), across every sidecar sharing the ledger.
         #[arg(long)]
         tpm: Option<u64>,
+        /// Tokens per minute on one model, as MODEL=N (alias or ID; repeatable).
+        #[arg(long = "model-tpm", value_parser = parse_model_tpm)]
+        model_tpm: Vec<(String, u64)>,
         /// Create the tenant disabled.
         #[arg(long)]
         inactive: bool,
@@ -430,6 +434,20 @@ pub enum TenantsCommand {
     /// credentials are revoked, usage history stays. Refused while budget is
     /// reserved for it (deactivate it first, then retry).
     Delete { tenant: String },
+}
+
+/// `MODEL=N` of `tenants set --model-tpm`.
+fn parse_model_tpm(s: &str) -> Result<(String, u64), String> {
+    let (model, n) = s
+        .rsplit_once('=')
+        .ok_or_else(|| format!("expected MODEL=TOKENS, got {s:?}"))?;
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("expected MODEL=TOKENS with a whole number, got {s:?}"))?;
+    if model.is_empty() || n == 0 {
+        return Err(format!("expected MODEL=TOKENS (at least 1), got {s:?}"));
+    }
+    Ok((model.to_string(), n))
 }
 
 /// `MODEL=USD` of `tenants set --model-budget`.

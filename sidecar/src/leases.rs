@@ -69,9 +69,7 @@ pub(crate) struct LeaseAsk<'a> {
 /// RPM/TPM buckets and model budgets are checked per request by the sidecar,
 /// so a tenant or model that has one is never leased.
 fn limits_allow_leases(tenant: &TenantConfig, model_id: &str) -> bool {
-    tenant.rate_limit_rpm.is_none()
-        && tenant.rate_limit_tpm.is_none()
-        && !tenant.model_budgets.contains_key(model_id)
+    !crate::rate_limits::limited(tenant, model_id) && !tenant.model_budgets.contains_key(model_id)
 }
 
 fn new_lease_id() -> String {

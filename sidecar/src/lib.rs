@@ -19,6 +19,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod openapi;
 pub mod pricing;
+pub mod rate_limits;
 pub mod rewrap;
 pub mod seal;
 pub mod seed;

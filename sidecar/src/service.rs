@@ -9,9 +9,10 @@ use crate::clock::{to_millis, Clock};
 use crate::emf::{EmfRecord, EmfWriter};
 use crate::error::{Error, Result};
 use crate::keys;
-use crate::ledger::{self, AlertKind, RateLimiter, TokenRateLimiter};
+use crate::ledger::{self, AlertKind};
 use crate::metrics::{Metrics, Outcome};
 use crate::pricing::{self, ModelPrice};
+use crate::rate_limits::RateLimits;
 use crate::store::SigV4CredentialRecord;
 use crate::store::{
     AlertRecord, CommitApplied, Hold, HoldState, ReserveOutcome, Store, TenantConfig,
@@ -115,8 +116,7 @@ pub struct Service {
     pub clock: Arc<dyn Clock>,
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
-    limiter: RateLimiter,
-    tokens: TokenRateLimiter,
+    rate_limits: RateLimits,
     alerter: Alerter,
     emf: Option<EmfWriter>,
     /// (tenant, period, kind) of alerts known to be recorded, so a commit past
@@ -136,14 +136,14 @@ impl Service {
         alerter: Alerter,
     ) -> Self {
         let admin = Admin::new(store.clone(), clock.clone(), settings.sealing.clone());
+        let rate_limits = RateLimits::new(store.clone());
         Self {
             admin,
             store,
             clock,
             settings,
             metrics,
-            limiter: RateLimiter::default(),
-            tokens: TokenRateLimiter::default(),
+            rate_limits,
             alerter,
             emf: None,
             fired: Default::default(),
@@ -343,35 +343,16 @@ impl Service {
                     }
                 }
             }
-            if let Some(rpm) = tenant.rate_limit_rpm {
-                if let Err(retry) = self.limiter.check(&tid, rpm, now) {
-                    let mut d = deny(
-                        429,
-                        "ThrottlingException",
-                        format!("Rate limit exceeded for tenant {tid}: {rpm} requests per minute."),
-                    );
-                    d.retry_after_secs = Some(retry);
-                    return denied(tid, Outcome::DeniedRate, d);
-                }
-            }
-
-            // Tokens per minute: input estimate + max output now, corrected at commit.
-            if let Some(tpm) = tenant.rate_limit_tpm {
-                let tokens = req.input_tokens_estimate.saturating_add(max_out);
-                if let Err(retry) = self
-                    .tokens
-                    .try_take(&tid, &req.request_id, tpm, tokens, now)
-                {
-                    let mut d = deny(
-                        429,
-                        "ThrottlingException",
-                        format!(
-                            "Rate limit exceeded for tenant {tid}: {tpm} tokens per minute (this request may use up to {tokens})."
-                        ),
-                    );
-                    d.retry_after_secs = Some(retry);
-                    return denied(tid, Outcome::DeniedRate, d);
-                }
+            // Requests and tokens per minute, counted fleet-wide in the store.
+            let tokens = req.input_tokens_estimate.saturating_add(max_out);
+            if let Err(t) = self
+                .rate_limits
+                .admit(&tenant, &model_id, &req.request_id, tokens, now)
+                .await?
+            {
+                let mut d = deny(429, "ThrottlingException", t.exceeded.message(&tid));
+                d.retry_after_secs = Some(t.retry_after_secs);
+                return denied(tid, Outcome::DeniedRate, d);
             }
         }
 
@@ -393,11 +374,11 @@ impl Service {
             Ok((outcome, true)) => Ok(outcome),
             Ok((outcome, false)) => {
                 // Refused or replayed: give the token charge back.
-                self.tokens.refund(&req.request_id);
+                self.rate_limits.refund(&req.request_id).await;
                 Ok(outcome)
             }
             Err(e) => {
-                self.tokens.refund(&req.request_id);
+                self.rate_limits.refund(&req.request_id).await;
                 Err(e)
             }
         }
@@ -767,13 +748,15 @@ impl Service {
                     cost,
                 );
                 let u = &usage;
-                self.tokens.settle(
-                    &c.request_id,
-                    u.input_tokens
-                        .saturating_add(u.output_tokens)
-                        .saturating_add(u.cache_read_input_tokens)
-                        .saturating_add(u.cache_write_input_tokens),
-                );
+                self.rate_limits
+                    .settle(
+                        &c.request_id,
+                        u.input_tokens
+                            .saturating_add(u.output_tokens)
+                            .saturating_add(u.cache_read_input_tokens)
+                            .saturating_add(u.cache_write_input_tokens),
+                    )
+                    .await;
                 if let Some(emf) = &self.emf {
                     let a = &hold.attribution;
                     emf.record(&EmfRecord {
@@ -828,7 +811,7 @@ impl Service {
             }
         };
         if released {
-            self.tokens.refund(&req.request_id);
+            self.rate_limits.refund(&req.request_id).await;
             tracing::debug!(request_id = %req.request_id, reason = %req.reason, "hold released");
         }
         Ok(ReleaseResponse { released })
@@ -840,7 +823,18 @@ impl Service {
         let ttl = time::Duration::seconds(
             i64::try_from(self.settings.hold_ttl_secs).unwrap_or(i64::MAX / 2_000_000_000),
         );
-        self.tokens.prune(now, ttl + time::Duration::minutes(1));
+        let max_age = ttl + time::Duration::minutes(1);
+        if let Err(e) = self
+            .rate_limits
+            .prune(
+                now,
+                i64::try_from(max_age.whole_milliseconds()).unwrap_or(i64::MAX),
+            )
+            .await
+        {
+            self.count_store_error("sweep", &e);
+            tracing::warn!(error = %e, "could not prune old rate-limit windows");
+        }
         self.flush_key_use().await;
         let n = match self.store.expire_holds(to_millis(now)).await {
             Ok(n) => n,

@@ -68,12 +68,13 @@ async fn tokens_per_minute_limit_charges_estimates_and_corrects_at_commit() {
     // 400 input + 200 max output = 600 of 1000.
     let r = s.reserve("t1", &key, SONNET, 400, Some(200)).await;
     assert_eq!(r["decision"], "allow", "{r}");
-    // 600 more do not fit: 200 short at 1000/min → 12 s.
+    // 600 more do not fit this minute; the next starts in 45 s.
+    s.clock.advance(time::Duration::seconds(15));
     let r = s.reserve("t2", &key, SONNET, 400, Some(200)).await;
     assert_eq!(r["decision"], "deny", "{r}");
     assert_eq!(r["status"], 429);
     assert_eq!(r["error_type"], "ThrottlingException");
-    assert_eq!(r["retry_after_secs"], 12, "{r}");
+    assert_eq!(r["retry_after_secs"], 45, "{r}");
     assert!(r["message"]
         .as_str()
         .unwrap()
@@ -97,8 +98,8 @@ async fn tokens_per_minute_limit_charges_estimates_and_corrects_at_commit() {
     let r = s.reserve("t3", &key, SONNET, 700, Some(200)).await;
     assert_eq!(r["decision"], "allow", "{r}");
 
-    // A minute later the bucket is full again.
-    s.clock.advance(time::Duration::seconds(60));
+    // The next minute counts from zero.
+    s.clock.advance(time::Duration::seconds(45));
     let r = s.reserve("t4", &key, SONNET, 800, Some(200)).await;
     assert_eq!(r["decision"], "allow", "{r}");
 
@@ -567,4 +568,61 @@ async fn sqlite_schema_migrates_from_v1_and_refuses_newer() {
             && msg.contains("newer than this tollgate-sidecar supports"),
         "{msg}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn per_model_tokens_per_minute_sit_beside_the_tenant_limit() {
+    let s = TestSidecar::start().await;
+    let key = s
+        .tenant(
+            "acme",
+            json!({"rate_limit_tpm": 5000, "model_rate_limit_tpm": {"claude-3-sonnet": 1000}}),
+        )
+        .await;
+    // Stored under the resolved model ID.
+    let b = s.balance("acme").await;
+    assert_eq!(b["config"]["model_rate_limit_tpm"][SONNET], 1000, "{b}");
+
+    let r = s.reserve("s1", &key, SONNET, 400, Some(400)).await;
+    assert_eq!(r["decision"], "allow", "{r}");
+    let r = s.reserve("s2", &key, SONNET, 400, Some(400)).await;
+    assert_eq!(r["status"], 429, "{r}");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("on model {SONNET}: 1000 tokens per minute")),
+        "{r}"
+    );
+    // Another model only counts against the tenant's 5000.
+    for i in 0..4 {
+        let r = s
+            .reserve(&format!("h{i}"), &key, HAIKU, 400, Some(400))
+            .await;
+        assert_eq!(r["decision"], "allow", "{r}");
+    }
+    // 800 (sonnet) + 3200 (haiku) counted: 1001 more do not fit the tenant.
+    let r = s.reserve("h9", &key, HAIKU, 601, Some(400)).await;
+    assert_eq!(r["status"], 429, "{r}");
+    assert!(r["message"]
+        .as_str()
+        .unwrap()
+        .contains("acme: 5000 tokens per minute"));
+    // A model limit keeps the model out of leases.
+    let body = json!({
+        "request_id": "l1", "credential": {"type": "bearer", "key": key},
+        "operation": "converse", "model": SONNET, "input_tokens_estimate": 1,
+        "max_output_tokens": 1, "lease": {"holds": 4},
+    });
+    s.clock.advance(time::Duration::seconds(60));
+    let r = s.data("/v1/reserve", body.clone()).await;
+    assert_eq!(r["decision"], "allow", "{r}");
+
+    for bad in [
+        json!({"budget_usd": "1", "model_rate_limit_tpm": {"claude-3-sonnet": 0}}),
+        json!({"budget_usd": "1", "model_rate_limit_tpm": {"claude-3-sonnet": 5, SONNET: 6}}),
+    ] {
+        let (st, v) = s.admin("PUT", "/v1/tenants/bad", Some(bad)).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    }
 }

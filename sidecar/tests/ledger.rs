@@ -408,8 +408,14 @@ async fn model_rules_rate_limits_and_inactive_tenants() {
     let r = s.reserve("m5", &key, HAIKU, 1, Some(1)).await;
     assert_eq!(r["status"], 429, "{r}");
     assert_eq!(r["error_type"], "ThrottlingException");
-    assert_eq!(r["retry_after_secs"], 20);
-    s.clock.advance(time::Duration::seconds(20));
+    // Counted per UTC minute (the test clock starts on one): the next begins in 60 s.
+    assert_eq!(r["retry_after_secs"], 60);
+    s.clock.advance(time::Duration::seconds(59));
+    assert_eq!(
+        s.reserve("m5b", &key, HAIKU, 1, Some(1)).await["status"],
+        429
+    );
+    s.clock.advance(time::Duration::seconds(1));
     assert_eq!(
         s.reserve("m6", &key, HAIKU, 1, Some(1)).await["decision"],
         "allow"

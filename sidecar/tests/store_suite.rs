@@ -67,6 +67,7 @@ fn all_cases() -> Vec<(&'static str, Case)> {
         leased_commits_move_the_hold_and_are_idempotent,
         late_leased_commit_after_expiry_charges_once,
         tenant_deletion_waits_for_holds_and_keeps_history,
+        rate_windows_count_exactly_under_concurrency,
     ]
 }
 
@@ -153,6 +154,7 @@ fn tenant(id: &str, budget: &str) -> TenantConfig {
         rate_limit_rpm: Some(100),
         rate_limit_tpm: Some(50_000),
         model_budgets: Default::default(),
+        model_rate_limit_tpm: Default::default(),
     }
 }
 
@@ -797,6 +799,107 @@ async fn tenant_deletion_waits_for_holds_and_keeps_history(s: Arc<dyn Store>) {
         s.delete_tenant("gone", T0 + 4).await.unwrap(),
         TenantDeletion::NotFound
     );
+}
+
+async fn rate_windows_count_exactly_under_concurrency(s: Arc<dyn Store>) {
+    let rpm = |limit| RateTake {
+        counter: "rpm".into(),
+        amount: 1,
+        limit,
+    };
+    let tpm = |amount, limit| RateTake {
+        counter: "tpm".into(),
+        amount,
+        limit,
+    };
+    // 60 racing requests against 10 per minute: exactly 10 are counted.
+    let tasks: Vec<_> = (0..60)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.take_rate("acme", 100, &[rpm(10)]).await.unwrap() })
+        })
+        .collect();
+    let mut taken = 0;
+    for t in tasks {
+        if t.await.unwrap() == RateOutcome::Taken {
+            taken += 1;
+        }
+    }
+    assert_eq!(taken, 10);
+    assert_eq!(
+        s.take_rate("acme", 100, &[rpm(10)]).await.unwrap(),
+        RateOutcome::Refused {
+            counter: "rpm".into()
+        }
+    );
+    // The next minute, and another tenant, count on their own.
+    assert_eq!(
+        s.take_rate("acme", 101, &[rpm(10)]).await.unwrap(),
+        RateOutcome::Taken
+    );
+    assert_eq!(
+        s.take_rate("beta", 100, &[rpm(10)]).await.unwrap(),
+        RateOutcome::Taken
+    );
+
+    // All counters or none: a full token counter refuses the request counter too.
+    let model = || RateTake {
+        counter: format!("tpm:{SONNET}"),
+        amount: 600,
+        limit: 1000,
+    };
+    assert_eq!(
+        s.take_rate("gamma", 7, &[rpm(5), tpm(600, 1000), model()])
+            .await
+            .unwrap(),
+        RateOutcome::Taken
+    );
+    assert_eq!(
+        s.take_rate("gamma", 7, &[rpm(5), tpm(300, 1000), model()])
+            .await
+            .unwrap(),
+        RateOutcome::Refused {
+            counter: format!("tpm:{SONNET}")
+        }
+    );
+    assert_eq!(
+        s.take_rate("gamma", 7, &[rpm(5), tpm(500, 1000)])
+            .await
+            .unwrap(),
+        RateOutcome::Refused {
+            counter: "tpm".into()
+        }
+    );
+    // A correction gives tokens back; exactly up to the limit fits.
+    s.adjust_rate("gamma", 7, "tpm", -200).await.unwrap();
+    assert_eq!(
+        s.take_rate("gamma", 7, &[rpm(5), tpm(600, 1000)])
+            .await
+            .unwrap(),
+        RateOutcome::Taken
+    );
+    assert_eq!(
+        s.take_rate("gamma", 7, &[rpm(5), tpm(1, 1000)])
+            .await
+            .unwrap(),
+        RateOutcome::Refused {
+            counter: "tpm".into()
+        }
+    );
+    // Two requests were counted (the refused ones were not).
+    for _ in 0..3 {
+        assert_eq!(
+            s.take_rate("gamma", 7, &[rpm(5)]).await.unwrap(),
+            RateOutcome::Taken
+        );
+    }
+    assert_eq!(
+        s.take_rate("gamma", 7, &[rpm(5)]).await.unwrap(),
+        RateOutcome::Refused {
+            counter: "rpm".into()
+        }
+    );
+    s.prune_rate_windows(200).await.unwrap();
 }
 
 async fn release_gives_the_hold_back(s: Arc<dyn Store>) {

@@ -197,6 +197,54 @@ def test_two_sidecars_share_one_budget(fleet):
     assert admin(a, "GET", "/v1/tenants/fleet")["balance"] == views[0]
 
 
+def test_two_sidecars_honour_one_requests_per_minute_limit(fleet):
+    """RPM is counted in the shared ledger: two sidecars together admit the
+    configured rate per UTC minute, not twice it (each counting on its own)."""
+    (a, b), token, filter_token = fleet
+    auth = {"Authorization": f"Bearer {token}"}
+    rpm = 12
+    for method, path, body, expect in (
+        ("PUT", f"/v1/pricing/{SONNET}", {"input": "3", "output": "15"}, 200),
+        ("PUT", "/v1/tenants/rated", {"budget_usd": "100", "rate_limit_rpm": rpm}, 200),
+    ):
+        r = requests.request(method, f"{a}{path}", json=body, headers=auth, timeout=10)
+        assert r.status_code == expect, r.text
+    r = requests.post(f"{a}/v1/tenants/rated/keys", json={}, headers=auth, timeout=10)
+    assert r.status_code == 201, r.text
+    key = r.json()["key"]
+
+    # The burst must fall inside one UTC minute: start early in one (waits at most 20 s).
+    second = time.gmtime().tm_sec
+    if second >= 40:
+        time.sleep(61 - second)
+    minute = int(time.time()) // 60
+
+    def reserve(i: int) -> dict:
+        r = requests.post(f"{(a, b)[i % 2]}/v1/reserve", timeout=15,
+                          headers={"x-tollgate-filter-token": filter_token}, json={
+                              "request_id": f"rated-{i}",
+                              "credential": {"type": "bearer", "key": key},
+                              "operation": "converse", "model": SONNET,
+                              "input_tokens_estimate": 10, "max_output_tokens": 10})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(reserve, range(5 * rpm), timeout=60))
+    assert int(time.time()) // 60 == minute, "the burst crossed a minute boundary"
+    admitted = [r for r in results if r["decision"] == "allow"]
+    throttled = [r for r in results if r["decision"] == "deny"]
+    assert len(admitted) == rpm, f"admitted {len(admitted)} of {len(results)} with rpm={rpm}"
+    assert {r["tenant_id"] for r in admitted} == {"rated"}
+    assert len(throttled) == 4 * rpm
+    for r in throttled:
+        assert (r["status"], r["error_type"]) == (429, "ThrottlingException"), r
+        assert 1 <= r["retry_after_secs"] <= 60, r
+    # Both sidecars admitted some: the limit is the fleet's, not each one's.
+    served_by = {i % 2 for i, r in enumerate(results) if r["decision"] == "allow"}
+    assert served_by == {0, 1}, served_by
+
+
 @pytest.mark.parametrize("gateways", [1, 2, 4])
 def test_leased_gateways_on_two_sidecars_never_overspend(fleet, stack, tmp_path, gateways):
     """1, 2 or 4 gateways, in front of the two sidecars in turn, both sidecars

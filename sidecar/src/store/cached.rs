@@ -31,8 +31,8 @@
 
 use super::{
     AlertRecord, ApiKeyRecord, Balance, CommitApplied, Hold, LeaseOutcome, LeaseRecord,
-    LeasedCommit, Profile, RenewApplied, ReserveOutcome, SigV4CredentialRecord, Store,
-    TenantConfig, TenantDeletion, UsageRecord,
+    LeasedCommit, Profile, RateOutcome, RateTake, RenewApplied, ReserveOutcome,
+    SigV4CredentialRecord, Store, TenantConfig, TenantDeletion, UsageRecord,
 };
 use crate::error::Result;
 use crate::ledger::LeaseSizing;
@@ -423,6 +423,31 @@ impl Store for CachedStore {
     }
 
     // --- ledger (delegated) --------------------------------------------------------
+    async fn take_rate(
+        &self,
+        tenant_id: &str,
+        window: i64,
+        takes: &[RateTake],
+    ) -> Result<RateOutcome> {
+        self.inner.take_rate(tenant_id, window, takes).await
+    }
+
+    async fn adjust_rate(
+        &self,
+        tenant_id: &str,
+        window: i64,
+        counter: &str,
+        delta: i64,
+    ) -> Result<()> {
+        self.inner
+            .adjust_rate(tenant_id, window, counter, delta)
+            .await
+    }
+
+    async fn prune_rate_windows(&self, before_window: i64) -> Result<()> {
+        self.inner.prune_rate_windows(before_window).await
+    }
+
     async fn get_hold(&self, request_id: &str) -> Result<Option<Hold>> {
         self.inner.get_hold(request_id).await
     }
@@ -650,6 +675,15 @@ mod tests {
         async fn replace_sigv4_sealed_secret(&self, id: &str, o: &str, n: &str) -> Result<bool> {
             self.inner.replace_sigv4_sealed_secret(id, o, n).await
         }
+        async fn take_rate(&self, t: &str, w: i64, takes: &[RateTake]) -> Result<RateOutcome> {
+            self.inner.take_rate(t, w, takes).await
+        }
+        async fn adjust_rate(&self, t: &str, w: i64, c: &str, d: i64) -> Result<()> {
+            self.inner.adjust_rate(t, w, c, d).await
+        }
+        async fn prune_rate_windows(&self, w: i64) -> Result<()> {
+            self.inner.prune_rate_windows(w).await
+        }
         async fn get_hold(&self, id: &str) -> Result<Option<Hold>> {
             self.hit("get_hold");
             self.inner.get_hold(id).await
@@ -750,6 +784,7 @@ mod tests {
             rate_limit_rpm: None,
             rate_limit_tpm: None,
             model_budgets: BTreeMap::new(),
+            model_rate_limit_tpm: BTreeMap::new(),
         }
     }
 

@@ -52,6 +52,10 @@ pub struct TenantConfig {
     #[serde(default)]
     #[schema(value_type = BTreeMap<String, Money>)]
     pub model_budgets: BTreeMap<String, Decimal>,
+    /// Optional tokens-per-minute limits per model (resolved model ID), beside
+    /// the tenant-wide `rate_limit_tpm`.
+    #[serde(default)]
+    pub model_rate_limit_tpm: BTreeMap<String, u64>,
 }
 
 /// (tenant, application, model) → application inference profile ARN.
@@ -199,6 +203,24 @@ pub struct LeaseRecord {
     pub expires_at_ms: i64,
     /// `Open`, or `Released` (returned or closed) / `Expired` (swept).
     pub state: HoldState,
+}
+
+/// One counter of a request's claim on its tenant's rate limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateTake {
+    /// `rpm`, `tpm` or `tpm:<model id>`.
+    pub counter: String,
+    pub amount: u64,
+    pub limit: u64,
+}
+
+/// Outcome of [`Store::take_rate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateOutcome {
+    /// Every counter was below its limit; each was raised by its amount.
+    Taken,
+    /// This counter would pass its limit; nothing was counted.
+    Refused { counter: String },
 }
 
 /// Outcome of [`Store::delete_tenant`].
@@ -518,6 +540,28 @@ pub trait Store: Send + Sync + 'static {
         period: &str,
         default_budget: Decimal,
     ) -> Result<Balance>;
+
+    // --- fleet-wide rate limits ---------------------------------------------------
+    /// Atomically, for the tenant's counters of one minute (`window`, minutes
+    /// since the epoch): when every `counter + amount ≤ limit`, adds the
+    /// amounts; otherwise changes nothing and names a counter that was full.
+    async fn take_rate(
+        &self,
+        tenant_id: &str,
+        window: i64,
+        takes: &[RateTake],
+    ) -> Result<RateOutcome>;
+    /// Adds `delta` (a refund or a correction, may be negative) to a counter,
+    /// unconditionally.
+    async fn adjust_rate(
+        &self,
+        tenant_id: &str,
+        window: i64,
+        counter: &str,
+        delta: i64,
+    ) -> Result<()>;
+    /// Forgets windows before `before_window` (the store may do it itself).
+    async fn prune_rate_windows(&self, before_window: i64) -> Result<()>;
 
     // --- leases ----------------------------------------------------------------
     /// Whether this store implements the lease methods below. A sidecar on a

@@ -206,6 +206,17 @@ CREATE TABLE leases (
 );
 CREATE INDEX leases_open_by_expiry ON leases (state, expires_at);";
 
+/// Fleet-wide rate limits: per-model TPM on the tenant, and the per-minute
+/// counters every sidecar sharing the file counts in.
+const SCHEMA_RATE_WINDOWS: &str = "ALTER TABLE tenants ADD COLUMN model_rate_limit_tpm TEXT;
+CREATE TABLE rate_windows (
+    tenant_id TEXT NOT NULL,
+    window INTEGER NOT NULL,
+    counter TEXT NOT NULL,
+    used INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, window, counter)
+);";
+
 /// Key lifecycle: an optional expiry, and when the key was last used.
 const SCHEMA_KEY_LIFECYCLE: &str = "ALTER TABLE api_keys ADD COLUMN expires_at INTEGER;
 ALTER TABLE api_keys ADD COLUMN last_used_at INTEGER;";
@@ -219,6 +230,7 @@ pub const MIGRATIONS: &[&str] = &[
     SCHEMA_V4,
     SCHEMA_V5,
     SCHEMA_KEY_LIFECYCLE,
+    SCHEMA_RATE_WINDOWS,
 ];
 
 /// The schema version this binary writes (`PRAGMA user_version`).
@@ -634,7 +646,7 @@ impl SqliteStore {
     }
 }
 
-const TENANT_COLS: &str = "tenant_id, budget_usd, alert_threshold, reset_cycle, active, allowed_models, default_model, max_tokens_cap, rate_limit_rpm, rate_limit_tpm, model_budgets";
+const TENANT_COLS: &str = "tenant_id, budget_usd, alert_threshold, reset_cycle, active, allowed_models, default_model, max_tokens_cap, rate_limit_rpm, rate_limit_tpm, model_budgets, model_rate_limit_tpm";
 
 fn tenant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TenantConfig>> {
     let cycle: String = row.get(3)?;
@@ -648,6 +660,18 @@ fn tenant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TenantCon
     })();
     let budgets: Option<String> = row.get(10)?;
     let model_budgets = match budgets.as_deref().map(parse_model_budgets).transpose() {
+        Ok(m) => m.unwrap_or_default(),
+        Err(e) => return Ok(Err(e)),
+    };
+    let model_tpm: Option<String> = row.get(11)?;
+    let model_rate_limit_tpm = match model_tpm
+        .as_deref()
+        .map(|t| {
+            serde_json::from_str::<BTreeMap<String, u64>>(t)
+                .map_err(|e| Error::Corrupt(format!("model_rate_limit_tpm: {e}")))
+        })
+        .transpose()
+    {
         Ok(m) => m.unwrap_or_default(),
         Err(e) => return Ok(Err(e)),
     };
@@ -673,6 +697,7 @@ fn tenant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TenantCon
             .get::<_, Option<i64>>(9)?
             .map(|v| u64::try_from(v).unwrap_or(0)),
         model_budgets,
+        model_rate_limit_tpm,
     }))
 }
 
@@ -1000,14 +1025,15 @@ impl Store for SqliteStore {
             let tx = conn.savepoint()?;
             tx.execute(
                 &format!(
-                    "INSERT INTO tenants ({TENANT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                    "INSERT INTO tenants ({TENANT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
                      ON CONFLICT (tenant_id) DO UPDATE SET budget_usd = excluded.budget_usd,
                        alert_threshold = excluded.alert_threshold, reset_cycle = excluded.reset_cycle,
                        active = excluded.active, allowed_models = excluded.allowed_models,
                        default_model = excluded.default_model, max_tokens_cap = excluded.max_tokens_cap,
                        rate_limit_rpm = excluded.rate_limit_rpm,
                        rate_limit_tpm = excluded.rate_limit_tpm,
-                       model_budgets = excluded.model_budgets"
+                       model_budgets = excluded.model_budgets,
+                       model_rate_limit_tpm = excluded.model_rate_limit_tpm"
                 ),
                 params![
                     cfg.tenant_id,
@@ -1021,6 +1047,9 @@ impl Store for SqliteStore {
                     cfg.rate_limit_rpm.map(i64::from),
                     cfg.rate_limit_tpm.map(i),
                     model_budgets_json(&cfg.model_budgets)?,
+                    (!cfg.model_rate_limit_tpm.is_empty())
+                        .then(|| serde_json::to_string(&cfg.model_rate_limit_tpm))
+                        .transpose()?,
                 ],
             )?;
             tx.execute(
@@ -1445,6 +1474,73 @@ impl Store for SqliteStore {
             for (hash, at) in &used {
                 stmt.execute(params![hash, at])?;
             }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn take_rate(
+        &self,
+        tenant_id: &str,
+        window: i64,
+        takes: &[RateTake],
+    ) -> Result<RateOutcome> {
+        let (t, takes) = (tenant_id.to_string(), takes.to_vec());
+        self.write(move |conn| {
+            let tx = conn.savepoint()?;
+            for take in &takes {
+                let used: i64 = tx
+                    .query_row(
+                        "SELECT used FROM rate_windows WHERE tenant_id = ?1 AND window = ?2 AND counter = ?3",
+                        params![t, window, take.counter],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .unwrap_or(0);
+                if used.saturating_add(i(take.amount)) > i(take.limit) {
+                    return Ok(RateOutcome::Refused {
+                        counter: take.counter.clone(),
+                    });
+                }
+            }
+            for take in &takes {
+                tx.execute(
+                    "INSERT INTO rate_windows (tenant_id, window, counter, used) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (tenant_id, window, counter) DO UPDATE SET used = used + excluded.used",
+                    params![t, window, take.counter, i(take.amount)],
+                )?;
+            }
+            tx.commit()?;
+            Ok(RateOutcome::Taken)
+        })
+        .await
+    }
+
+    async fn adjust_rate(
+        &self,
+        tenant_id: &str,
+        window: i64,
+        counter: &str,
+        delta: i64,
+    ) -> Result<()> {
+        let (t, c) = (tenant_id.to_string(), counter.to_string());
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO rate_windows (tenant_id, window, counter, used) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (tenant_id, window, counter) DO UPDATE SET used = used + excluded.used",
+                params![t, window, c, delta],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn prune_rate_windows(&self, before_window: i64) -> Result<()> {
+        self.write(move |conn| {
+            conn.execute(
+                "DELETE FROM rate_windows WHERE window < ?1",
+                params![before_window],
+            )?;
             Ok(())
         })
         .await

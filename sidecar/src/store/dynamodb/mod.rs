@@ -772,6 +772,15 @@ fn tenant_from_item(item: &Item, table: &str) -> Result<TenantConfig> {
             .map(|v| u32::try_from(v).unwrap_or(u32::MAX)),
         rate_limit_tpm: g.opt_u64("rateLimitTpm")?,
         model_budgets: g.decimal_map("modelBudgets")?,
+        model_rate_limit_tpm: g
+            .decimal_map("modelRateLimitTpm")?
+            .into_iter()
+            .map(|(m, v)| {
+                u64::try_from(v)
+                    .map(|v| (m, v))
+                    .map_err(|_| corrupt(table, "modelRateLimitTpm", "not a whole number"))
+            })
+            .collect::<Result<_>>()?,
     })
 }
 
@@ -804,7 +813,32 @@ fn tenant_attributes(cfg: &TenantConfig) -> Vec<(&'static str, Option<AttributeV
                 )
             }),
         ),
+        (
+            "modelRateLimitTpm",
+            (!cfg.model_rate_limit_tpm.is_empty()).then(|| {
+                AttributeValue::M(
+                    cfg.model_rate_limit_tpm
+                        .iter()
+                        .map(|(m, v)| (m.clone(), nu(*v)))
+                        .collect(),
+                )
+            }),
+        ),
     ]
+}
+
+/// The `TenantBudgets` key of a tenant's rate counters for one minute.
+fn rate_key(tenant_id: &str, window: i64) -> Vec<(&'static str, AttributeValue)> {
+    vec![
+        ("tenantId", s(tenant_id)),
+        ("modelId", s(format!("rate#{window}"))),
+    ]
+}
+
+/// When DynamoDB's TTL may delete a minute's counters (epoch seconds): an hour
+/// after the minute, long after any correction to it.
+fn rate_window_ttl(window: i64) -> i64 {
+    window.saturating_add(61).saturating_mul(60)
 }
 
 fn price_from_item(item: &Item, table: &str) -> Result<ModelPrice> {
@@ -1704,6 +1738,98 @@ impl Store for DynamoStore {
             "put_tenant {}: the budget row kept changing (transient; retry)",
             cfg.tenant_id
         )))
+    }
+
+    async fn take_rate(
+        &self,
+        tenant_id: &str,
+        window: i64,
+        takes: &[RateTake],
+    ) -> Result<RateOutcome> {
+        // One conditional update of the tenant's minute item in `TenantBudgets`
+        // (sort key `rate#<window>`, never a period's): all counters or none.
+        let mut adds = Vec::with_capacity(takes.len());
+        let mut conds = Vec::with_capacity(takes.len());
+        let mut name_pairs = Vec::with_capacity(takes.len() + 1);
+        let mut values = Vec::with_capacity(2 * takes.len() + 1);
+        let placeholders: Vec<(String, String, String)> = (0..takes.len())
+            .map(|i| (format!("#c{i}"), format!(":a{i}"), format!(":m{i}")))
+            .collect();
+        for (take, (name, add, max)) in takes.iter().zip(&placeholders) {
+            if take.amount > take.limit {
+                return Ok(RateOutcome::Refused {
+                    counter: take.counter.clone(),
+                });
+            }
+            adds.push(format!("{name} {add}"));
+            conds.push(format!("(attribute_not_exists({name}) OR {name} <= {max})"));
+            name_pairs.push((name.as_str(), take.counter.as_str()));
+            values.push((add.as_str(), nu(take.amount)));
+            values.push((max.as_str(), nu(take.limit - take.amount)));
+        }
+        name_pairs.push(("#ttl", "rateTtl"));
+        values.push((":ttl", ni(rate_window_ttl(window))));
+        let r = self
+            .update(
+                &self.t.budgets,
+                rate_key(tenant_id, window),
+                &format!("ADD {} SET #ttl = :ttl", adds.join(", ")),
+                Some(&conds.join(" AND ")),
+                &name_pairs,
+                values,
+            )
+            .await;
+        if applied(r)?.is_some() {
+            return Ok(RateOutcome::Taken);
+        }
+        // Which one was full, for the message and the metrics.
+        let row = self
+            .get(&self.t.budgets, rate_key(tenant_id, window))
+            .await?
+            .unwrap_or_default();
+        let g = Get::new(&row, &self.t.budgets);
+        for take in takes {
+            let used = g.opt_u64(&take.counter)?.unwrap_or(0);
+            if used.saturating_add(take.amount) > take.limit {
+                return Ok(RateOutcome::Refused {
+                    counter: take.counter.clone(),
+                });
+            }
+        }
+        // Room again by now (a refund in between): say the first is full; the
+        // caller's client retries.
+        Ok(RateOutcome::Refused {
+            counter: takes.first().map(|t| t.counter.clone()).unwrap_or_default(),
+        })
+    }
+
+    async fn adjust_rate(
+        &self,
+        tenant_id: &str,
+        window: i64,
+        counter: &str,
+        delta: i64,
+    ) -> Result<()> {
+        let r = self
+            .update(
+                &self.t.budgets,
+                rate_key(tenant_id, window),
+                "ADD #c :d SET #ttl = :ttl",
+                None,
+                &[("#c", counter), ("#ttl", "rateTtl")],
+                vec![
+                    (":d", AttributeValue::N(delta.to_string())),
+                    (":ttl", ni(rate_window_ttl(window))),
+                ],
+            )
+            .await;
+        applied(r).map(|_| ())
+    }
+
+    async fn prune_rate_windows(&self, _before_window: i64) -> Result<()> {
+        // DynamoDB's TTL on `rateTtl` deletes old windows (docs/dynamodb.md);
+        // without it they are a few bytes per tenant and minute, never read.
+        Ok(())
     }
 
     async fn delete_tenant(&self, tenant_id: &str, now_ms: i64) -> Result<TenantDeletion> {
