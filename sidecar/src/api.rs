@@ -29,8 +29,8 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tollgate_wire::api::{
     ApiError, CommitBatch, CommitOutcome, CommitResponse, CommitResult, ReleaseRequest,
-    ReleaseResponse, RenewBatch, RenewResponse, ReserveRequest, ReserveResponse, COMMIT_PATH,
-    LEASE_RENEW_PATH, RELEASE_PATH, RESERVE_PATH,
+    ReleaseResponse, RenewBatch, RenewResponse, ReserveRequest, ReserveResponse, SelfRequest,
+    SelfResponse, COMMIT_PATH, LEASE_RENEW_PATH, RELEASE_PATH, RESERVE_PATH, SELF_PATH,
 };
 use tollgate_wire::openapi::Money;
 use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, Type};
@@ -171,6 +171,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(commit))
         .routes(routes!(release))
         .routes(routes!(renew_leases))
+        .routes(routes!(self_view))
         .routes(routes!(list_tenants))
         .routes(routes!(put_tenant, get_tenant, delete_tenant))
         .routes(routes!(issue_key, list_keys))
@@ -304,6 +305,24 @@ async fn reserve(
         return Ok(Json(deny).into_response());
     }
     Ok(Json(s.service.reserve(req).await?).into_response())
+}
+
+#[utoipa::path(post, path = SELF_PATH, tag = "data-plane",
+    summary = "A tenant's own balance and limits, for the credential the gateway received on GET /tollgate/v1/self",
+    request_body = SelfRequest,
+    responses(
+        (status = 200, description = "The tenant's view (`view` is a SelfView), or the Bedrock-shaped denial its credential earns", body = SelfResponse),
+        (status = 400, description = "Malformed call (invalid JSON body)", body = ApiError),
+    ))]
+async fn self_view(
+    State(s): State<AppState>,
+    JsonBody(req): JsonBody<SelfRequest>,
+) -> ApiResult<Response> {
+    if let Some(kind) = s.data_plane.accepted.refused_credential(&req.credential) {
+        let deny = SelfResponse::Deny(dataplane_auth::not_enabled(kind));
+        return Ok(Json(deny).into_response());
+    }
+    Ok(Json(s.service.self_view(req).await?).into_response())
 }
 
 #[utoipa::path(post, path = COMMIT_PATH, tag = "data-plane",

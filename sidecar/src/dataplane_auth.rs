@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tollgate_wire::api::{
     ApiError, Credential, Denial, ReserveRequest, COMMIT_PATH, LEASE_RENEW_PATH, RELEASE_PATH,
-    RESERVE_PATH,
+    RESERVE_PATH, SELF_PATH,
 };
 
 /// The header the filter sends its token in.
@@ -48,7 +48,7 @@ const FILE_RECHECK_ON_MISS: Duration = Duration::from_millis(100);
 pub fn is_data_plane_path(path: &str) -> bool {
     matches!(
         path,
-        RESERVE_PATH | COMMIT_PATH | RELEASE_PATH | LEASE_RENEW_PATH
+        RESERVE_PATH | COMMIT_PATH | RELEASE_PATH | LEASE_RENEW_PATH | SELF_PATH
     ) || path == "/v1/leases"
         || path.starts_with("/v1/leases/")
 }
@@ -394,7 +394,12 @@ impl AcceptedCredentials {
 
     /// The type of `req`'s credential when this sidecar does not honour it.
     pub fn refused(&self, req: &ReserveRequest) -> Option<CredentialKind> {
-        CredentialKind::of(&req.credential).filter(|k| !self.allows(*k))
+        self.refused_credential(&req.credential)
+    }
+
+    /// The credential's type, when this sidecar does not accept it.
+    pub fn refused_credential(&self, credential: &Credential) -> Option<CredentialKind> {
+        CredentialKind::of(credential).filter(|k| !self.allows(*k))
     }
 }
 

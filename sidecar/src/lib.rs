@@ -23,6 +23,7 @@ pub mod rate_limits;
 pub mod rewrap;
 pub mod seal;
 pub mod seed;
+pub mod self_service;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -52,7 +52,7 @@ impl ToSchema for DecimalInput {}
         description = "Data plane (reserve/commit/release, lease renewals) called by the Tollgate Envoy filter with `x-tollgate-filter-token` (401 without a valid one, no effect); admin API behind `Authorization: Bearer $TOLLGATE_ADMIN_TOKEN`; `/metrics` behind the metrics token or the admin token; `/healthz` and `/openapi.json` open. Money is always an exact decimal string in responses; admin request bodies accept decimals as strings or JSON numbers (parsed from their text). Errors are `{\"message\": ...}` (`ApiError`); an unknown route is 404. A reserve denial is not an HTTP error: it is a 200 whose body carries the Bedrock-shaped error the filter answers the client with.\n\nGenerated from the code (utoipa); regenerate the checked-in copy with `cargo run -q -p tollgate-sidecar -- openapi > sidecar/openapi.json`."
     ),
     servers((url = "http://127.0.0.1:9190")),
-    components(schemas(ApiError)),
+    components(schemas(ApiError, crate::self_service::SelfView)),
     tags(
         (name = "data-plane", description = "Called by the filter; needs `x-tollgate-filter-token`"),
         (name = "admin", description = "Tenants, keys, credentials, profiles, prices, aliases, usage; needs the admin token"),

@@ -71,7 +71,7 @@ impl Default for Settings {
 
 /// How a reserve is judged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Admission {
+pub(crate) enum Admission {
     /// The normal path: budget and rate limits apply.
     Checked,
     /// A request already served without a hold (`failure_mode: open`).
@@ -109,6 +109,17 @@ pub fn validate_id(field: &str, id: &str) -> Result<()> {
             "{field} must be 1 to 128 characters of A-Z a-z 0-9 . _ : @ -, got {id:?}"
         )))
     }
+}
+
+/// An authenticated caller of the data plane.
+pub(crate) struct Caller {
+    pub tenant: TenantConfig,
+    /// The application its key or SigV4 credential is bound to.
+    pub key_application: Option<String>,
+    /// What a lease granted to it is re-checked against (see `LeaseRecord`).
+    pub credential_ref: String,
+    /// When the credential stops working (bearer keys with an expiry).
+    pub credential_expires_ms: Option<i64>,
 }
 
 pub struct Service {
@@ -207,36 +218,29 @@ impl Service {
         }
     }
 
-    async fn reserve_inner(
+    /// Who a credential is: an active tenant, or the denial (with the tenant
+    /// to count it under).
+    pub(crate) async fn authenticate(
         &self,
-        req: ReserveRequest,
+        credential: &Credential,
+        now: time::OffsetDateTime,
         admission: Admission,
-    ) -> Result<(String, Outcome, ReserveResponse)> {
-        if req.request_id.is_empty() || req.request_id.len() > 256 {
-            return Err(Error::invalid("request_id must be 1 to 256 characters"));
-        }
-        let now = self.clock.now();
+    ) -> Result<std::result::Result<Caller, (String, Denial)>> {
         let unknown = || "unknown".to_string();
-        let denied =
-            |tenant: String, outcome, d: Denial| Ok((tenant, outcome, ReserveResponse::Deny(d)));
-
-        // 1. Credential → tenant.
         let mut credential_expires_ms = None;
-        let (tenant_id, key_application, credential_ref) = match &req.credential {
+        let (tenant_id, key_application, credential_ref) = match credential {
             Credential::None => {
-                return denied(
+                return Ok(Err((
                     unknown(),
-                    Outcome::DeniedAuth,
                     deny(401, "UnrecognizedClientException", MISSING_CREDENTIAL),
-                )
+                )))
             }
             Credential::Bearer { key } => match self.store.find_key(&keys::hash_key(key)).await? {
                 Some(k) if k.expired(to_millis(now)) => {
-                    return denied(
+                    return Ok(Err((
                         k.tenant_id,
-                        Outcome::DeniedAuth,
                         deny(403, "ExpiredTokenException", EXPIRED_TOKEN),
-                    )
+                    )))
                 }
                 Some(k) => {
                     self.key_use.note(&k.key_hash, to_millis(now));
@@ -244,11 +248,10 @@ impl Service {
                     (k.tenant_id, k.application_id, format!("key:{}", k.key_id))
                 }
                 None => {
-                    return denied(
+                    return Ok(Err((
                         unknown(),
-                        Outcome::DeniedAuth,
                         deny(403, "UnrecognizedClientException", INVALID_TOKEN),
-                    )
+                    )))
                 }
             },
             Credential::TrustedHeader { tenant_id } => (
@@ -263,11 +266,11 @@ impl Service {
                     cred.application_id,
                     format!("sigv4:{}", cred.access_key_id),
                 ),
-                Err(d) => return denied(unknown(), Outcome::DeniedAuth, d),
+                Err(d) => return Ok(Err((unknown(), d))),
             },
         };
         let Some(tenant) = self.store.get_tenant(&tenant_id).await? else {
-            let d = match req.credential {
+            let d = match credential {
                 Credential::Bearer { .. } | Credential::Sigv4(_) => {
                     deny(403, "UnrecognizedClientException", INVALID_TOKEN)
                 }
@@ -277,20 +280,48 @@ impl Service {
                     format!("Tenant {tenant_id} is not registered with this gateway."),
                 ),
             };
-            return denied(unknown(), Outcome::DeniedAuth, d);
+            return Ok(Err((unknown(), d)));
+        };
+        if !tenant.active {
+            let tid = tenant.tenant_id.clone();
+            let d = deny(
+                403,
+                "AccessDeniedException",
+                format!("Tenant {tid} is inactive."),
+            );
+            return Ok(Err((tid, d)));
+        }
+        Ok(Ok(Caller {
+            tenant,
+            key_application,
+            credential_ref,
+            credential_expires_ms,
+        }))
+    }
+
+    async fn reserve_inner(
+        &self,
+        req: ReserveRequest,
+        admission: Admission,
+    ) -> Result<(String, Outcome, ReserveResponse)> {
+        if req.request_id.is_empty() || req.request_id.len() > 256 {
+            return Err(Error::invalid("request_id must be 1 to 256 characters"));
+        }
+        let now = self.clock.now();
+        let denied =
+            |tenant: String, outcome, d: Denial| Ok((tenant, outcome, ReserveResponse::Deny(d)));
+
+        // 1. Credential → tenant.
+        let Caller {
+            tenant,
+            key_application,
+            credential_ref,
+            credential_expires_ms,
+        } = match self.authenticate(&req.credential, now, admission).await? {
+            Ok(c) => c,
+            Err((tenant, d)) => return denied(tenant, Outcome::DeniedAuth, d),
         };
         let tid = tenant.tenant_id.clone();
-        if !tenant.active {
-            return denied(
-                tid.clone(),
-                Outcome::DeniedAuth,
-                deny(
-                    403,
-                    "AccessDeniedException",
-                    format!("Tenant {tid} is inactive."),
-                ),
-            );
-        }
 
         // Idempotent replay of a reserve already answered.
         if let Some(existing) = self.store.get_hold(&req.request_id).await? {

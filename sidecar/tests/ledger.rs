@@ -1214,3 +1214,41 @@ async fn deleting_a_tenant_waits_for_its_holds_and_keeps_its_history() {
     assert_eq!(u["rows"][0]["tenant"], "acme", "{u}");
     assert_eq!(u["rows"][0]["cost_usd"], "0.0105");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_reads_its_own_balance_and_nothing_else() {
+    let s = TestSidecar::start().await;
+    let acme = s.tenant("acme", json!({"rate_limit_rpm": 100})).await;
+    let beta = s.tenant("beta", json!({"budget_usd": "3"})).await;
+    assert_eq!(
+        s.reserve("a1", &acme, SONNET, 1000, Some(500)).await["decision"],
+        "allow"
+    );
+    s.commit("a1", 1000, 500).await;
+
+    let me =
+        |key: &str| json!({"request_id": "self-1", "credential": {"type": "bearer", "key": key}});
+    let r = s.data("/v1/self", me(&acme)).await;
+    assert_eq!(r["decision"], "allow", "{r}");
+    let v = &r["view"];
+    assert_eq!(v["tenant_id"], "acme");
+    assert_eq!(v["balance"]["spent_usd"], "0.0105");
+    assert_eq!(v["balance"]["available_usd"], "9.9895");
+    assert_eq!(v["balance"]["by_model"][SONNET]["requests"], 1);
+    assert_eq!(v["limits"]["rate_limit_rpm"], 100);
+    assert_eq!(r["budget_remaining_usd"], "9.9895");
+
+    let r = s.data("/v1/self", me(&beta)).await;
+    assert_eq!(r["view"]["tenant_id"], "beta", "{r}");
+    assert_eq!(r["view"]["balance"]["spent_usd"], "0");
+    assert!(!r.to_string().contains("acme"), "{r}");
+
+    let r = s.data("/v1/self", me("tg_not-a-key")).await;
+    assert_eq!(r["decision"], "deny", "{r}");
+    assert_eq!(r["status"], 403);
+    assert_eq!(r["error_type"], "UnrecognizedClientException");
+
+    // The data plane's filter token is required.
+    let (st, _) = s.raw("POST", "/v1/self", None, Some(me(&acme))).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+}

@@ -8,6 +8,10 @@ pub const RESERVE_PATH: &str = "/v1/reserve";
 pub const COMMIT_PATH: &str = "/v1/commit";
 pub const RELEASE_PATH: &str = "/v1/release";
 pub const LEASE_RENEW_PATH: &str = "/v1/leases/renew";
+/// A tenant's own balance, asked through the gateway with its credential.
+pub const SELF_PATH: &str = "/v1/self";
+/// The gateway path a tenant asks it on (`GET`, with its usual credential).
+pub const GATEWAY_SELF_PATH: &str = "/tollgate/v1/self";
 
 /// A Bedrock Runtime operation, named as in its URL path segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -153,6 +157,31 @@ pub enum ReserveResponse {
     /// A budget lease: the request that asked is admitted from it, and so are
     /// later requests with the same credential, model and application, locally.
     Lease(LeaseGrant),
+}
+
+/// `POST /v1/self`: the credential of a tenant asking for its own balance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SelfRequest {
+    pub request_id: String,
+    pub credential: Credential,
+}
+
+/// The answer to [`SelfRequest`]: always HTTP 200 when the sidecar worked. The
+/// view is passed to the client as it is, so the filter does not parse it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum SelfResponse {
+    Allow {
+        /// The tenant's own view (`SelfView` in the sidecar's OpenAPI).
+        #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+        view: serde_json::Value,
+        /// For the `x-tollgate-budget-remaining` header.
+        #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money))]
+        budget_remaining_usd: Decimal,
+    },
+    Deny(Denial),
 }
 
 /// Everything a gateway needs to admit requests of one (credential, model,
