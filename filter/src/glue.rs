@@ -17,7 +17,7 @@ use crate::identity;
 use crate::lease::{Admit, Ask, LeaseBook, LeaseKey, LeasePolicy};
 use crate::reply::{LocalReply, BUDGET_REMAINING_HEADER, REQUEST_ID_HEADER};
 use crate::request::{self, RequestFacts};
-use crate::route::{BedrockRoute, RouteError};
+use crate::route::{self, BedrockRoute, RouteError};
 use crate::settle::{settle, Queued, QueuedKind, ResponseOutcome, Settlement};
 use crate::usage::{self, StreamMeter};
 use proxy_wasm::hostcalls;
@@ -29,7 +29,7 @@ use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 use tollgate_wire::api::{
     self, Attribution, Credential, LeaseWant, LeasedAdmission, RenewBatch, RenewResponse,
-    Reservation, ReserveRequest, ReserveResponse,
+    Reservation, ReserveRequest, ReserveResponse, SelfRequest, SelfResponse,
 };
 
 const QUEUE_NAME: &str = "tollgate.settlements";
@@ -445,6 +445,8 @@ enum Phase {
     Reading,
     /// Waiting for the sidecar's reserve answer.
     Reserving,
+    /// Waiting for the sidecar's answer to `GET /tollgate/v1/self`.
+    SelfLookup,
     /// Sent upstream under a hold.
     Forwarded,
     /// Answered locally, or passed through untouched.
@@ -762,6 +764,83 @@ impl Exchange {
         }
     }
 
+    /// `GET /tollgate/v1/self`: the sidecar authenticates the credential and
+    /// answers with its tenant's own balance, which goes back as the reply.
+    fn ask_self(&mut self) -> Action {
+        if let Credential::Sigv4(proof) = &mut self.credential {
+            proof.payload_sha256 = identity::sha256_hex(&[]);
+        }
+        let req = SelfRequest {
+            request_id: self.request_id.clone(),
+            credential: self.credential.clone(),
+        };
+        let Ok(json) = serde_json::to_vec(&req) else {
+            return self.reject(LocalReply::unavailable("cannot encode the self request"));
+        };
+        match self.shared.call_sidecar_for(
+            Some(&self.request_id),
+            api::SELF_PATH,
+            &json,
+            self.shared.config.reserve_timeout_ms,
+        ) {
+            Ok(token) => {
+                self.reserve_token = Some(token);
+                self.phase = Phase::SelfLookup;
+                Action::Pause
+            }
+            Err(e) => {
+                log::warn!(
+                    "tollgate {}: self lookup dispatch failed: {e}",
+                    self.request_id
+                );
+                self.reject(LocalReply::unavailable(
+                    "Tollgate's budget service is unavailable; try again.",
+                ))
+            }
+        }
+    }
+
+    fn self_answered(&mut self, status: Option<&str>, body: &[u8]) {
+        let answer = (status == Some("200"))
+            .then(|| serde_json::from_slice::<SelfResponse>(body).ok())
+            .flatten();
+        match answer {
+            Some(SelfResponse::Allow {
+                view,
+                budget_remaining_usd,
+            }) => {
+                let body = view.to_string();
+                let remaining = budget_remaining_usd.to_string();
+                self.send_http_response(
+                    200,
+                    vec![
+                        ("content-type", "application/json"),
+                        ("cache-control", "no-store"),
+                        (REQUEST_ID_HEADER, &self.request_id),
+                        (BUDGET_REMAINING_HEADER, &remaining),
+                    ],
+                    Some(body.as_bytes()),
+                );
+                self.phase = Phase::Done;
+            }
+            Some(SelfResponse::Deny(d)) => {
+                let mut r = LocalReply::new(u32::from(d.status), &d.error_type, d.message);
+                r.retry_after_secs = d.retry_after_secs;
+                self.reject(r);
+            }
+            None => {
+                log::warn!(
+                    "tollgate {}: self lookup answered {}",
+                    self.request_id,
+                    status.unwrap_or("nothing (timeout or reset)")
+                );
+                self.reject(LocalReply::unavailable(
+                    "Tollgate's budget service is unavailable; try again.",
+                ));
+            }
+        }
+    }
+
     /// Requests of this credential, model and application share a lease.
     /// SigV4 signatures cover each request, so those are checked one by one.
     fn lease_key(&self, route: &BedrockRoute) -> Option<LeaseKey> {
@@ -1050,6 +1129,15 @@ impl Exchange {
 
 impl Context for Exchange {
     fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
+        if self.reserve_token == Some(token) && self.phase == Phase::SelfLookup {
+            self.reserve_token = None;
+            let status = self.get_http_call_response_header(":status");
+            let body = self
+                .get_http_call_response_body(0, body_size)
+                .unwrap_or_default();
+            self.self_answered(status.as_deref(), &body);
+            return;
+        }
         if self.reserve_token != Some(token) || self.phase != Phase::Reserving {
             return;
         }
@@ -1128,14 +1216,22 @@ impl HttpContext for Exchange {
         };
         let method = header(":method").unwrap_or_default().to_owned();
         let path = header(":path").unwrap_or_default().to_owned();
+        let self_lookup = route::is_self_path(&path);
+        if self_lookup && !method.eq_ignore_ascii_case("GET") {
+            return self.reject(LocalReply::validation(
+                405,
+                format!("{} answers GET only", api::GATEWAY_SELF_PATH),
+            ));
+        }
         let route = match BedrockRoute::parse(&method, &path) {
-            Ok(r) => r,
+            _ if self_lookup => None,
+            Ok(r) => Some(r),
             Err(e @ (RouteError::UnknownPath(_) | RouteError::UnsupportedOperation(_))) => {
                 return self.reject(LocalReply::new(404, "ValidationException", e.to_string()))
             }
             Err(e) => return self.reject(LocalReply::validation(400, e.to_string())),
         };
-        self.route = Some(route);
+        self.route = route;
         self.attribution = match identity::attribution(header) {
             Ok(a) => a,
             Err(r) => return self.reject(r),
@@ -1155,6 +1251,9 @@ impl HttpContext for Exchange {
             Ok(c) => c,
             Err(r) => return self.reject(r),
         };
+        if self_lookup {
+            return self.ask_self();
+        }
         for (name, value) in &headers {
             if identity::is_stripped_header(name) {
                 self.set_http_request_header(name, None);

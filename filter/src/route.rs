@@ -73,6 +73,12 @@ impl BedrockRoute {
     }
 }
 
+/// Whether a request asks for the tenant's own balance (`/tollgate/v1/self`,
+/// with or without a query string).
+pub fn is_self_path(path: &str) -> bool {
+    path.split(['?', '#']).next() == Some(tollgate_wire::api::GATEWAY_SELF_PATH)
+}
+
 fn truncate(s: &str) -> String {
     s.chars().take(200).collect()
 }
@@ -204,6 +210,15 @@ mod tests {
 
     const ARN: &str =
         "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/1arbu5hu2sjr";
+
+    #[test]
+    fn the_self_path_is_recognised_with_or_without_a_query() {
+        assert!(is_self_path("/tollgate/v1/self"));
+        assert!(is_self_path("/tollgate/v1/self?x=1"));
+        assert!(!is_self_path("/tollgate/v1/self/other"));
+        assert!(!is_self_path("/tollgate/v1/selfish"));
+        assert!(!is_self_path("/model/m/converse"));
+    }
 
     #[test]
     fn parses_boto3_encoded_arn() {
