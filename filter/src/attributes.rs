@@ -106,6 +106,7 @@ mod tests {
                 cache_read: d("0.03"),
                 cache_write: d("0.3"),
             }),
+            rate_limits: Vec::new(),
         }
     }
 

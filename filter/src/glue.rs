@@ -15,7 +15,7 @@ use crate::attributes;
 use crate::config::{FailureMode, FilterConfig};
 use crate::identity;
 use crate::lease::{Admit, Ask, LeaseBook, LeaseKey, LeasePolicy};
-use crate::reply::{LocalReply, BUDGET_REMAINING_HEADER, REQUEST_ID_HEADER};
+use crate::reply::{self, LocalReply, BUDGET_REMAINING_HEADER, REQUEST_ID_HEADER};
 use crate::request::{self, RequestFacts};
 use crate::route::{self, BedrockRoute, RouteError};
 use crate::settle::{settle, Queued, QueuedKind, ResponseOutcome, Settlement};
@@ -1191,6 +1191,7 @@ impl Context for Exchange {
                 );
                 let mut r = LocalReply::new(u32::from(d.status), &d.error_type, d.message);
                 r.retry_after_secs = d.retry_after_secs;
+                r.rate_limits = d.rate_limits;
                 self.reply(r);
             }
             Err(e) => {
@@ -1321,6 +1322,9 @@ impl HttpContext for Exchange {
                 BUDGET_REMAINING_HEADER,
                 Some(&r.budget_remaining_usd.to_string()),
             );
+            for (name, value) in reply::rate_limit_headers(&r.rate_limits) {
+                self.set_http_response_header(name, Some(&value));
+            }
         }
         if let (Some(route), Some(200..=299)) = (&self.route, status) {
             self.meter = if route.operation.is_streaming() {

@@ -95,6 +95,7 @@ impl Entry {
             hold_usd: hold,
             budget_remaining_usd: self.remaining_hint + self.headroom,
             rates: Some(t.rates),
+            rate_limits: Vec::new(),
         })
     }
 }

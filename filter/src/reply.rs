@@ -2,9 +2,21 @@
 //! `x-amzn-ErrorType`), so SDKs raise their usual exceptions.
 
 use serde_json::json;
+use tollgate_wire::api::RateLimitStatus;
 
 pub const REQUEST_ID_HEADER: &str = "x-tollgate-request-id";
 pub const BUDGET_REMAINING_HEADER: &str = "x-tollgate-budget-remaining";
+/// IETF draft-ietf-httpapi-ratelimit-headers field names.
+pub const RATELIMIT_POLICY_HEADER: &str = "ratelimit-policy";
+pub const RATELIMIT_HEADER: &str = "ratelimit";
+
+/// The `RateLimit-Policy` and `RateLimit` headers for `limits` (none when empty).
+pub fn rate_limit_headers(limits: &[RateLimitStatus]) -> Vec<(&'static str, String)> {
+    match RateLimitStatus::header_values(limits) {
+        Some((policy, state)) => vec![(RATELIMIT_POLICY_HEADER, policy), (RATELIMIT_HEADER, state)],
+        None => Vec::new(),
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalReply {
@@ -12,6 +24,8 @@ pub struct LocalReply {
     pub error_type: String,
     pub message: String,
     pub retry_after_secs: Option<u64>,
+    /// The tenant's rate limits, on a throttle.
+    pub rate_limits: Vec<RateLimitStatus>,
 }
 
 impl LocalReply {
@@ -21,6 +35,7 @@ impl LocalReply {
             error_type: error_type.to_owned(),
             message: message.into(),
             retry_after_secs: None,
+            rate_limits: Vec::new(),
         }
     }
 
@@ -45,6 +60,9 @@ impl LocalReply {
         ];
         if let Some(secs) = self.retry_after_secs {
             h.push(("retry-after".to_owned(), secs.to_string()));
+        }
+        for (name, value) in rate_limit_headers(&self.rate_limits) {
+            h.push((name.to_owned(), value));
         }
         // Spending more cannot succeed until an operator acts; tell SDKs that
         // honour it (the Anthropic SDK) not to retry.
@@ -80,5 +98,15 @@ mod tests {
         let h = r.headers("x");
         assert!(h.contains(&("retry-after".into(), "7".into())));
         assert!(!h.iter().any(|(k, _)| k == "x-should-retry"));
+        assert!(!h.iter().any(|(k, _)| k == RATELIMIT_HEADER));
+        r.rate_limits = vec![RateLimitStatus {
+            policy: "rpm".into(),
+            quota: 3,
+            remaining: 0,
+            reset_secs: 7,
+        }];
+        let h = r.headers("x");
+        assert!(h.contains(&(RATELIMIT_POLICY_HEADER.into(), r#""rpm";q=3;w=60"#.into())));
+        assert!(h.contains(&(RATELIMIT_HEADER.into(), r#""rpm";r=0;t=7"#.into())));
     }
 }

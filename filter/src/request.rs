@@ -755,6 +755,7 @@ pub fn check_metadata_limits(
         hold_usd: Default::default(),
         budget_remaining_usd: Default::default(),
         rates: None,
+        rate_limits: Vec::new(),
     };
     merge_metadata(client, &gateway_metadata(a, request_id, Some(&placeholder))).map(|_| ())
 }

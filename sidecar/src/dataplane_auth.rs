@@ -413,6 +413,7 @@ pub fn not_enabled(kind: CredentialKind) -> Denial {
             kind.as_str()
         ),
         retry_after_secs: None,
+        rate_limits: Vec::new(),
     }
 }
 

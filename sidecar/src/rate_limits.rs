@@ -18,6 +18,7 @@ use crate::store::{RateOutcome, RateTake, Store, TenantConfig};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use time::OffsetDateTime;
+use tollgate_wire::api::RateLimitStatus;
 
 /// Which limit refused a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +63,22 @@ impl Exceeded {
 pub struct Throttled {
     pub exceeded: Exceeded,
     pub retry_after_secs: u64,
+    /// Every limit's state, for the `RateLimit` headers.
+    pub limits: Vec<RateLimitStatus>,
+}
+
+/// The limits' states from the counters, in the order of the takes.
+fn statuses(takes: &[RateTake], used: &[u64], reset_secs: u64) -> Vec<RateLimitStatus> {
+    takes
+        .iter()
+        .zip(used)
+        .map(|(t, n)| RateLimitStatus {
+            policy: t.counter.clone(),
+            quota: t.limit,
+            remaining: t.limit.saturating_sub(*n),
+            reset_secs,
+        })
+        .collect()
 }
 
 /// The tokens a request was charged, to correct at commit.
@@ -104,7 +121,8 @@ impl RateLimits {
     }
 
     /// Counts one request of `tokens` (estimate + max output) against the
-    /// tenant's limits for `model_id`; `Ok(Err(_))` when a limit is reached.
+    /// tenant's limits for `model_id`: the limits' states after it, or
+    /// `Ok(Err(_))` when a limit is reached.
     pub async fn admit(
         &self,
         tenant: &TenantConfig,
@@ -112,7 +130,7 @@ impl RateLimits {
         request_id: &str,
         tokens: u64,
         now: OffsetDateTime,
-    ) -> Result<std::result::Result<(), Throttled>> {
+    ) -> Result<std::result::Result<Vec<RateLimitStatus>, Throttled>> {
         let mut takes = Vec::new();
         if let Some(rpm) = tenant.rate_limit_rpm {
             takes.push(RateTake {
@@ -138,7 +156,7 @@ impl RateLimits {
             });
         }
         if takes.is_empty() {
-            return Ok(Ok(()));
+            return Ok(Ok(Vec::new()));
         }
         let (window, retry_after_secs) = window_of(now);
         match self
@@ -146,7 +164,8 @@ impl RateLimits {
             .take_rate(&tenant.tenant_id, window, &takes)
             .await?
         {
-            RateOutcome::Taken => {
+            RateOutcome::Taken { used } => {
+                let limits = statuses(&takes, &used, retry_after_secs);
                 let tokens: Vec<(String, u64)> = takes
                     .into_iter()
                     .filter(|t| t.counter != "rpm")
@@ -163,9 +182,10 @@ impl RateLimits {
                         },
                     );
                 }
-                Ok(Ok(()))
+                Ok(Ok(limits))
             }
-            RateOutcome::Refused { counter } => {
+            RateOutcome::Refused { counter, used } => {
+                let limits = statuses(&takes, &used, retry_after_secs);
                 let exceeded = match counter.strip_prefix("tpm:") {
                     Some(m) => Exceeded::ModelTokens {
                         model_id: m.to_string(),
@@ -187,6 +207,7 @@ impl RateLimits {
                 Ok(Err(Throttled {
                     exceeded,
                     retry_after_secs,
+                    limits,
                 }))
             }
         }

@@ -92,6 +92,7 @@ pub(crate) fn deny(status: u16, error_type: &str, message: impl Into<String>) ->
         error_type: error_type.to_string(),
         message: message.into(),
         retry_after_secs: None,
+        rate_limits: Vec::new(),
     }
 }
 
@@ -345,6 +346,7 @@ impl Service {
             self.settings.default_max_output_tokens,
             tenant.max_tokens_cap,
         );
+        let mut rate_limits = Vec::new();
         if admission == Admission::Checked {
             if let Some(want) = req.lease {
                 if self.lease_eligible(&tenant, &model_id, &req.credential) {
@@ -376,14 +378,18 @@ impl Service {
             }
             // Requests and tokens per minute, counted fleet-wide in the store.
             let tokens = req.input_tokens_estimate.saturating_add(max_out);
-            if let Err(t) = self
+            match self
                 .rate_limits
                 .admit(&tenant, &model_id, &req.request_id, tokens, now)
                 .await?
             {
-                let mut d = deny(429, "ThrottlingException", t.exceeded.message(&tid));
-                d.retry_after_secs = Some(t.retry_after_secs);
-                return denied(tid, Outcome::DeniedRate, d);
+                Ok(limits) => rate_limits = limits,
+                Err(t) => {
+                    let mut d = deny(429, "ThrottlingException", t.exceeded.message(&tid));
+                    d.retry_after_secs = Some(t.retry_after_secs);
+                    d.rate_limits = t.limits;
+                    return denied(tid, Outcome::DeniedRate, d);
+                }
             }
         }
 
@@ -402,7 +408,12 @@ impl Service {
             )
             .await;
         match placed {
-            Ok((outcome, true)) => Ok(outcome),
+            Ok((mut outcome, true)) => {
+                if let ReserveResponse::Allow(r) = &mut outcome.2 {
+                    r.rate_limits = rate_limits;
+                }
+                Ok(outcome)
+            }
             Ok((outcome, false)) => {
                 // Refused or replayed: give the token charge back.
                 self.rate_limits.refund(&req.request_id).await;

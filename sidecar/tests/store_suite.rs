@@ -819,28 +819,36 @@ async fn rate_windows_count_exactly_under_concurrency(s: Arc<dyn Store>) {
             tokio::spawn(async move { s.take_rate("acme", 100, &[rpm(10)]).await.unwrap() })
         })
         .collect();
-    let mut taken = 0;
+    let mut counts = Vec::new();
     for t in tasks {
-        if t.await.unwrap() == RateOutcome::Taken {
-            taken += 1;
+        if let RateOutcome::Taken { used } = t.await.unwrap() {
+            counts.extend(used);
         }
     }
-    assert_eq!(taken, 10);
+    counts.sort_unstable();
+    assert_eq!(
+        counts,
+        (1..=10).collect::<Vec<u64>>(),
+        "each take saw its own count"
+    );
     assert_eq!(
         s.take_rate("acme", 100, &[rpm(10)]).await.unwrap(),
         RateOutcome::Refused {
-            counter: "rpm".into()
+            counter: "rpm".into(),
+            used: vec![10]
         }
     );
     // The next minute, and another tenant, count on their own.
-    assert_eq!(
-        s.take_rate("acme", 101, &[rpm(10)]).await.unwrap(),
-        RateOutcome::Taken
-    );
-    assert_eq!(
-        s.take_rate("beta", 100, &[rpm(10)]).await.unwrap(),
-        RateOutcome::Taken
-    );
+    assert!(s
+        .take_rate("acme", 101, &[rpm(10)])
+        .await
+        .unwrap()
+        .is_taken());
+    assert!(s
+        .take_rate("beta", 100, &[rpm(10)])
+        .await
+        .unwrap()
+        .is_taken());
 
     // All counters or none: a full token counter refuses the request counter too.
     let model = || RateTake {
@@ -852,23 +860,25 @@ async fn rate_windows_count_exactly_under_concurrency(s: Arc<dyn Store>) {
         s.take_rate("gamma", 7, &[rpm(5), tpm(600, 1000), model()])
             .await
             .unwrap(),
-        RateOutcome::Taken
+        RateOutcome::Taken {
+            used: vec![1, 600, 600]
+        }
     );
     assert_eq!(
         s.take_rate("gamma", 7, &[rpm(5), tpm(300, 1000), model()])
             .await
             .unwrap(),
         RateOutcome::Refused {
-            counter: format!("tpm:{SONNET}")
+            counter: format!("tpm:{SONNET}"),
+            used: vec![1, 600, 600]
         }
     );
     assert_eq!(
         s.take_rate("gamma", 7, &[rpm(5), tpm(500, 1000)])
             .await
-            .unwrap(),
-        RateOutcome::Refused {
-            counter: "tpm".into()
-        }
+            .unwrap()
+            .refused(),
+        Some("tpm")
     );
     // A correction gives tokens back; exactly up to the limit fits.
     s.adjust_rate("gamma", 7, "tpm", -200).await.unwrap();
@@ -876,28 +886,24 @@ async fn rate_windows_count_exactly_under_concurrency(s: Arc<dyn Store>) {
         s.take_rate("gamma", 7, &[rpm(5), tpm(600, 1000)])
             .await
             .unwrap(),
-        RateOutcome::Taken
+        RateOutcome::Taken {
+            used: vec![2, 1000]
+        }
     );
     assert_eq!(
         s.take_rate("gamma", 7, &[rpm(5), tpm(1, 1000)])
             .await
-            .unwrap(),
-        RateOutcome::Refused {
-            counter: "tpm".into()
-        }
+            .unwrap()
+            .refused(),
+        Some("tpm")
     );
     // Two requests were counted (the refused ones were not).
     for _ in 0..3 {
-        assert_eq!(
-            s.take_rate("gamma", 7, &[rpm(5)]).await.unwrap(),
-            RateOutcome::Taken
-        );
+        assert!(s.take_rate("gamma", 7, &[rpm(5)]).await.unwrap().is_taken());
     }
     assert_eq!(
-        s.take_rate("gamma", 7, &[rpm(5)]).await.unwrap(),
-        RateOutcome::Refused {
-            counter: "rpm".into()
-        }
+        s.take_rate("gamma", 7, &[rpm(5)]).await.unwrap().refused(),
+        Some("rpm")
     );
     s.prune_rate_windows(200).await.unwrap();
 }

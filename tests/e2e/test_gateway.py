@@ -247,11 +247,19 @@ def test_rate_limited_tenant_gets_throttling_with_retry_after(stack, tenant_id):
     # Limits count per UTC minute: keep both calls in one.
     if time.gmtime().tm_sec >= 50:
         time.sleep(61 - time.gmtime().tm_sec)
-    stack.bedrock(key).call("converse", modelId=HAIKU, messages=messages("first"))
+    ok = stack.bedrock(key).call("converse", modelId=HAIKU, messages=messages("first"))
+    # IETF RateLimit headers (draft-ietf-httpapi-ratelimit-headers) on the 200 and the 429.
+    headers = ok["ResponseMetadata"]["HTTPHeaders"]
+    assert headers["ratelimit-policy"] == '"rpm";q=1;w=60'
+    assert headers["ratelimit"].startswith('"rpm";r=0;t=')
     err = client_error(lambda: stack.bedrock(key).call("converse", modelId=HAIKU, messages=messages("second")))
     assert err.response["ResponseMetadata"]["HTTPStatusCode"] == 429
     assert err.response["Error"]["Code"] == "ThrottlingException"
-    assert int(err.response["ResponseMetadata"]["HTTPHeaders"]["retry-after"]) >= 1
+    headers = err.response["ResponseMetadata"]["HTTPHeaders"]
+    retry = int(headers["retry-after"])
+    assert 1 <= retry <= 60
+    assert headers["ratelimit-policy"] == '"rpm";q=1;w=60'
+    assert headers["ratelimit"] == f'"rpm";r=0;t={retry}'
     assert len(stack.emulator_requests()) == 1
     t = stack.settled(tenant_id, 1)
     assert Decimal(t["balance"]["reserved_usd"]) == 0

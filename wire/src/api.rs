@@ -264,6 +264,73 @@ pub struct Reservation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub rates: Option<crate::rates::Rates>,
+    /// The tenant's rate limits after this request, for the `RateLimit`
+    /// headers of the response (absent when the tenant has none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimitStatus>,
+}
+
+/// One rate limit's state, as the IETF `RateLimit`/`RateLimit-Policy` header
+/// fields carry it (draft-ietf-httpapi-ratelimit-headers): windows are one
+/// UTC minute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RateLimitStatus {
+    /// `rpm`, `tpm` or `tpm:<model id>`.
+    pub policy: String,
+    /// The limit per window.
+    pub quota: u64,
+    /// What is left of it in the current window.
+    pub remaining: u64,
+    /// Seconds until the window ends.
+    pub reset_secs: u64,
+}
+
+impl RateLimitStatus {
+    /// Window of every policy, seconds.
+    pub const WINDOW_SECS: u64 = 60;
+
+    /// The `RateLimit-Policy` and `RateLimit` field values for `limits`
+    /// (Structured Field lists), or `None` when there are none.
+    pub fn header_values(limits: &[Self]) -> Option<(String, String)> {
+        if limits.is_empty() {
+            return None;
+        }
+        let name = |p: &str| {
+            let escaped: String = p
+                .chars()
+                .filter(|c| c.is_ascii() && !c.is_ascii_control())
+                .flat_map(|c| match c {
+                    '"' | '\\' => vec!['\\', c],
+                    c => vec![c],
+                })
+                .collect();
+            format!("\"{escaped}\"")
+        };
+        let policy = limits
+            .iter()
+            .map(|l| {
+                let unit = if l.policy == "rpm" {
+                    ""
+                } else {
+                    ";qu=\"tokens\""
+                };
+                format!(
+                    "{};q={};w={}{unit}",
+                    name(&l.policy),
+                    l.quota,
+                    Self::WINDOW_SECS
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let state = limits
+            .iter()
+            .map(|l| format!("{};r={};t={}", name(&l.policy), l.remaining, l.reset_secs))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Some((policy, state))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -282,6 +349,9 @@ pub struct Denial {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub retry_after_secs: Option<u64>,
+    /// For a 429: the tenant's rate limits now (`RateLimit` headers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimitStatus>,
 }
 
 /// Tokens Bedrock reported (or the gateway estimated) for one invocation.
@@ -474,12 +544,50 @@ mod tests {
             error_type: "BudgetExceededException".into(),
             message: "no".into(),
             retry_after_secs: None,
+            rate_limits: Vec::new(),
         });
         let json = serde_json::to_value(&deny).unwrap();
         assert_eq!(json["decision"], "deny");
         assert_eq!(json["status"], 402);
         let back: ReserveResponse = serde_json::from_value(json).unwrap();
         assert_eq!(back, deny);
+    }
+
+    #[test]
+    fn rate_limit_headers_follow_the_ietf_draft() {
+        assert_eq!(RateLimitStatus::header_values(&[]), None);
+        let limits = [
+            RateLimitStatus {
+                policy: "rpm".into(),
+                quota: 100,
+                remaining: 42,
+                reset_secs: 18,
+            },
+            RateLimitStatus {
+                policy: "tpm:anthropic.claude-3-haiku-20240307-v1:0".into(),
+                quota: 50_000,
+                remaining: 0,
+                reset_secs: 18,
+            },
+        ];
+        let (policy, state) = RateLimitStatus::header_values(&limits).unwrap();
+        assert_eq!(
+            policy,
+            r#""rpm";q=100;w=60, "tpm:anthropic.claude-3-haiku-20240307-v1:0";q=50000;w=60;qu="tokens""#
+        );
+        assert_eq!(
+            state,
+            r#""rpm";r=42;t=18, "tpm:anthropic.claude-3-haiku-20240307-v1:0";r=0;t=18"#
+        );
+        // A name is always a valid sf-string.
+        let odd = [RateLimitStatus {
+            policy: "a\"b\\c\né".into(),
+            quota: 1,
+            remaining: 1,
+            reset_secs: 1,
+        }];
+        let (policy, _) = RateLimitStatus::header_values(&odd).unwrap();
+        assert!(policy.starts_with(r#""a\"b\\c";"#), "{policy}");
     }
 
     #[test]
@@ -494,6 +602,7 @@ mod tests {
             hold_usd: "0.000000000000000001".parse().unwrap(),
             budget_remaining_usd: "0.1".parse().unwrap(),
             rates: None,
+            rate_limits: Vec::new(),
         };
         let json = serde_json::to_string(&ReserveResponse::Allow(r.clone())).unwrap();
         assert!(

@@ -172,6 +172,7 @@ impl Hold {
             hold_usd: self.hold_usd,
             budget_remaining_usd: self.budget_remaining_usd,
             rates: Some(self.rates),
+            rate_limits: Vec::new(),
         }
     }
 }
@@ -218,9 +219,25 @@ pub struct RateTake {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RateOutcome {
     /// Every counter was below its limit; each was raised by its amount.
-    Taken,
-    /// This counter would pass its limit; nothing was counted.
-    Refused { counter: String },
+    /// `used`: the counters after it, in the order of the takes.
+    Taken { used: Vec<u64> },
+    /// This counter would pass its limit; nothing was counted. `used`: the
+    /// counters as they stand, in the order of the takes.
+    Refused { counter: String, used: Vec<u64> },
+}
+
+impl RateOutcome {
+    pub fn is_taken(&self) -> bool {
+        matches!(self, Self::Taken { .. })
+    }
+
+    /// The refused counter, if any.
+    pub fn refused(&self) -> Option<&str> {
+        match self {
+            Self::Refused { counter, .. } => Some(counter),
+            Self::Taken { .. } => None,
+        }
+    }
 }
 
 /// Outcome of [`Store::delete_tenant`].

@@ -1488,8 +1488,9 @@ impl Store for SqliteStore {
         let (t, takes) = (tenant_id.to_string(), takes.to_vec());
         self.write(move |conn| {
             let tx = conn.savepoint()?;
+            let mut used = Vec::with_capacity(takes.len());
             for take in &takes {
-                let used: i64 = tx
+                let n: i64 = tx
                     .query_row(
                         "SELECT used FROM rate_windows WHERE tenant_id = ?1 AND window = ?2 AND counter = ?3",
                         params![t, window, take.counter],
@@ -1497,21 +1498,28 @@ impl Store for SqliteStore {
                     )
                     .optional()?
                     .unwrap_or(0);
-                if used.saturating_add(i(take.amount)) > i(take.limit) {
-                    return Ok(RateOutcome::Refused {
-                        counter: take.counter.clone(),
-                    });
-                }
+                used.push(u64::try_from(n).unwrap_or(0));
             }
-            for take in &takes {
+            if let Some(full) = takes
+                .iter()
+                .zip(&used)
+                .find(|(take, n)| n.saturating_add(take.amount) > take.limit)
+            {
+                return Ok(RateOutcome::Refused {
+                    counter: full.0.counter.clone(),
+                    used,
+                });
+            }
+            for (take, n) in takes.iter().zip(used.iter_mut()) {
                 tx.execute(
                     "INSERT INTO rate_windows (tenant_id, window, counter, used) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (tenant_id, window, counter) DO UPDATE SET used = used + excluded.used",
                     params![t, window, take.counter, i(take.amount)],
                 )?;
+                *n += take.amount;
             }
             tx.commit()?;
-            Ok(RateOutcome::Taken)
+            Ok(RateOutcome::Taken { used })
         })
         .await
     }

@@ -1759,6 +1759,7 @@ impl Store for DynamoStore {
             if take.amount > take.limit {
                 return Ok(RateOutcome::Refused {
                     counter: take.counter.clone(),
+                    used: vec![0; takes.len()],
                 });
             }
             adds.push(format!("{name} {add}"));
@@ -1779,28 +1780,34 @@ impl Store for DynamoStore {
                 values,
             )
             .await;
-        if applied(r)?.is_some() {
-            return Ok(RateOutcome::Taken);
+        let counts = |row: &Item| -> Result<Vec<u64>> {
+            let g = Get::new(row, &self.t.budgets);
+            takes
+                .iter()
+                .map(|t| Ok(g.opt_u64(&t.counter)?.unwrap_or(0)))
+                .collect()
+        };
+        if let Some(row) = applied(r)? {
+            return Ok(RateOutcome::Taken {
+                used: counts(&row)?,
+            });
         }
-        // Which one was full, for the message and the metrics.
+        // Which one was full, for the message and the headers.
         let row = self
             .get(&self.t.budgets, rate_key(tenant_id, window))
             .await?
             .unwrap_or_default();
-        let g = Get::new(&row, &self.t.budgets);
-        for take in takes {
-            let used = g.opt_u64(&take.counter)?.unwrap_or(0);
-            if used.saturating_add(take.amount) > take.limit {
-                return Ok(RateOutcome::Refused {
-                    counter: take.counter.clone(),
-                });
-            }
-        }
-        // Room again by now (a refund in between): say the first is full; the
-        // caller's client retries.
-        Ok(RateOutcome::Refused {
-            counter: takes.first().map(|t| t.counter.clone()).unwrap_or_default(),
-        })
+        let used = counts(&row)?;
+        // None over by now (a refund in between): name the first; the client
+        // retries.
+        let counter = takes
+            .iter()
+            .zip(&used)
+            .find(|(t, n)| n.saturating_add(t.amount) > t.limit)
+            .or(takes.first().zip(used.first()))
+            .map(|(t, _)| t.counter.clone())
+            .unwrap_or_default();
+        Ok(RateOutcome::Refused { counter, used })
     }
 
     async fn adjust_rate(
