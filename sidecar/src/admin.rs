@@ -187,38 +187,18 @@ impl Admin {
             Some(m) => Some(self.resolve_alias(m).await?),
             None => None,
         };
-        let mut model_budgets = BTreeMap::new();
-        for (m, b) in &input.model_budgets {
-            pricing::validate_model_id(m)
-                .map_err(|e| Error::invalid(format!("model_budgets: {e}")))?;
-            if b.is_sign_negative() && !b.is_zero() {
-                return Err(Error::invalid(format!(
-                    "model_budgets[{m}] must not be negative"
-                )));
-            }
-            let id = self.resolve_alias(m).await?;
-            if model_budgets.insert(id.clone(), *b).is_some() {
-                return Err(Error::invalid(format!(
-                    "model_budgets names model {id} twice (alias and ID?)"
-                )));
-            }
-        }
-        let mut model_rate_limit_tpm = BTreeMap::new();
-        for (m, tpm) in &input.model_rate_limit_tpm {
-            pricing::validate_model_id(m)
-                .map_err(|e| Error::invalid(format!("model_rate_limit_tpm: {e}")))?;
-            if *tpm == 0 {
-                return Err(Error::invalid(format!(
-                    "model_rate_limit_tpm[{m}] must be at least 1"
-                )));
-            }
-            let id = self.resolve_alias(m).await?;
-            if model_rate_limit_tpm.insert(id.clone(), *tpm).is_some() {
-                return Err(Error::invalid(format!(
-                    "model_rate_limit_tpm names model {id} twice (alias and ID?)"
-                )));
-            }
-        }
+        let model_budgets = self
+            .by_model_id("model_budgets", &input.model_budgets, |b| {
+                (!b.is_sign_negative() || b.is_zero())
+                    .then_some(())
+                    .ok_or("must not be negative")
+            })
+            .await?;
+        let model_rate_limit_tpm = self
+            .by_model_id("model_rate_limit_tpm", &input.model_rate_limit_tpm, |n| {
+                (*n > 0).then_some(()).ok_or("must be at least 1")
+            })
+            .await?;
         let cfg = TenantConfig {
             tenant_id: tenant_id.to_string(),
             budget_usd: input.budget_usd,
@@ -468,6 +448,28 @@ impl Admin {
                 .map(|a| format!(" and application {a}"))
                 .unwrap_or_default()
         )))
+    }
+
+    /// A per-model setting keyed as the user wrote it (alias or ID), checked
+    /// with `check` and keyed by resolved model ID.
+    async fn by_model_id<V: Copy>(
+        &self,
+        field: &str,
+        input: &BTreeMap<String, V>,
+        check: impl Fn(&V) -> std::result::Result<(), &'static str>,
+    ) -> Result<BTreeMap<String, V>> {
+        let mut out = BTreeMap::new();
+        for (m, v) in input {
+            pricing::validate_model_id(m).map_err(|e| Error::invalid(format!("{field}: {e}")))?;
+            check(v).map_err(|why| Error::invalid(format!("{field}[{m}] {why}")))?;
+            let id = self.resolve_alias(m).await?;
+            if out.insert(id.clone(), *v).is_some() {
+                return Err(Error::invalid(format!(
+                    "{field} names model {id} twice (alias and ID?)"
+                )));
+            }
+        }
+        Ok(out)
     }
 
     /// See [`Store::delete_tenant`]: refused while budget is reserved for it.
