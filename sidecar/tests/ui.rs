@@ -143,6 +143,7 @@ async fn the_dashboard_shows_the_api_numbers_and_no_secret() {
         .tenant(
             "acme",
             json!({"rate_limit_rpm": 60, "model_budgets": {HAIKU: "2.5"},
+                   "model_rate_limit_tpm": {HAIKU: 5000},
                    "profiles": [{"application_id": "bot", "model": HAIKU,
                    "arn": "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/acmebot"}]}),
         )
@@ -157,6 +158,9 @@ async fn the_dashboard_shows_the_api_numbers_and_no_secret() {
     let b = &api["balance"];
     assert!(dec(&b["spent_usd"]) > rust_decimal::Decimal::ZERO);
     assert!(dec(&b["reserved_usd"]) > rust_decimal::Decimal::ZERO);
+
+    // The keys' last use reaches the ledger at the sweep.
+    sc.service.sweep().await.unwrap();
 
     let cookie = login(&sc).await;
     let (st, overview) = get(&sc, "/ui", Some(&cookie)).await;
@@ -185,6 +189,16 @@ async fn the_dashboard_shows_the_api_numbers_and_no_secret() {
         "trend: {page}"
     );
     assert!(page.contains(r#"data-field="rate_limit_rpm">60<"#));
+    assert!(
+        page.contains(&format!(
+            r#"data-field="model_rate_limit_tpm"><code>{HAIKU}</code> 5000<"#
+        )),
+        "{page}"
+    );
+    assert!(
+        page.contains(r#"<small data-field="last_used_at">last used 2026-11-23T12:00:00Z</small>"#),
+        "{page}"
+    );
     assert!(page.contains("application-inference-profile/acmebot"));
     let (_, keys) = sc.admin("GET", "/v1/tenants/acme/keys", None).await;
     let key_id = keys["keys"][0]["key_id"].as_str().unwrap();

@@ -181,6 +181,7 @@ fn limits(cfg: &TenantConfig) -> String {
 <div><dt>Reset cycle</dt><dd data-field="reset_cycle">{cycle}</dd></div>
 <div><dt>Rate limit (requests/min)</dt><dd data-field="rate_limit_rpm">{rpm}</dd></div>
 <div><dt>Rate limit (tokens/min)</dt><dd data-field="rate_limit_tpm">{tpm}</dd></div>
+<div><dt>Per-model tokens/min</dt><dd data-field="model_rate_limit_tpm">{model_tpm}</dd></div>
 <div><dt>Max tokens cap</dt><dd data-field="max_tokens_cap">{cap}</dd></div>
 <div><dt>Default model</dt><dd data-field="default_model">{default}</dd></div>
 <div class="wide"><dt>Allowed models</dt><dd data-field="allowed_models">{allowed}</dd></div>
@@ -189,6 +190,15 @@ fn limits(cfg: &TenantConfig) -> String {
         cycle = cfg.reset_cycle.as_str(),
         rpm = opt(cfg.rate_limit_rpm),
         tpm = opt(cfg.rate_limit_tpm),
+        model_tpm = if cfg.model_rate_limit_tpm.is_empty() {
+            "—".to_string()
+        } else {
+            cfg.model_rate_limit_tpm
+                .iter()
+                .map(|(m, n)| format!("<code>{}</code> {n}", esc(m)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
         cap = opt(cfg.max_tokens_cap),
         default = opt(cfg.default_model.as_deref()),
     )
@@ -266,7 +276,16 @@ fn credentials(keys: &[ApiKeyRecord], sigv4: &[SigV4CredentialRecord]) -> String
                 r#"<tr data-key-id="{id}"><td><code>{id}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
                 opt(k.application_id.as_deref()),
                 esc(&rfc3339(k.created_at_ms)),
-                status(k.revoked),
+                format!(
+                    "{}{}{}",
+                    status(k.revoked),
+                    k.expires_at_ms
+                        .map(|e| format!(r#" <small data-field="expires_at">expires {}</small>"#, esc(&rfc3339(e))))
+                        .unwrap_or_default(),
+                    k.last_used_at_ms
+                        .map(|u| format!(r#" <small data-field="last_used_at">last used {}</small>"#, esc(&rfc3339(u))))
+                        .unwrap_or_default(),
+                ),
                 id = esc(&k.key_id),
             )
         })
