@@ -272,20 +272,29 @@ fn credentials(keys: &[ApiKeyRecord], sigv4: &[SigV4CredentialRecord]) -> String
     let key_rows: String = keys
         .iter()
         .map(|k| {
+            let expires = k
+                .expires_at_ms
+                .map(|e| {
+                    format!(
+                        r#" <small data-field="expires_at">expires {}</small>"#,
+                        esc(&rfc3339(e))
+                    )
+                })
+                .unwrap_or_default();
+            let used = k
+                .last_used_at_ms
+                .map(|u| {
+                    format!(
+                        r#" <small data-field="last_used_at">last used {}</small>"#,
+                        esc(&rfc3339(u))
+                    )
+                })
+                .unwrap_or_default();
             format!(
-                r#"<tr data-key-id="{id}"><td><code>{id}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
+                r#"<tr data-key-id="{id}"><td><code>{id}</code></td><td>{}</td><td>{}</td><td>{}{expires}{used}</td></tr>"#,
                 opt(k.application_id.as_deref()),
                 esc(&rfc3339(k.created_at_ms)),
-                format!(
-                    "{}{}{}",
-                    status(k.revoked),
-                    k.expires_at_ms
-                        .map(|e| format!(r#" <small data-field="expires_at">expires {}</small>"#, esc(&rfc3339(e))))
-                        .unwrap_or_default(),
-                    k.last_used_at_ms
-                        .map(|u| format!(r#" <small data-field="last_used_at">last used {}</small>"#, esc(&rfc3339(u))))
-                        .unwrap_or_default(),
-                ),
+                status(k.revoked),
                 id = esc(&k.key_id),
             )
         })
