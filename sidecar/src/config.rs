@@ -222,6 +222,31 @@ pub struct ServeArgs {
         default_value = "json"
     )]
     pub webhook_format: WebhookFormatArg,
+    /// Secret that signs webhook deliveries: header `X-Tollgate-Signature:
+    /// t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<body>">` (prefer the env var: a
+    /// flag shows in `ps`). Unset: deliveries are unsigned.
+    #[arg(long, env = "TOLLGATE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// SNS topic ARN that receives every alert (repeatable; env: comma-separated).
+    /// Endpoint and credentials from the AWS SDK chain (`AWS_ENDPOINT_URL_SNS`).
+    #[arg(
+        long = "alert-sns-topic-arn",
+        env = "TOLLGATE_ALERT_SNS_TOPIC_ARNS",
+        value_delimiter = ','
+    )]
+    pub alert_sns_topic_arns: Vec<String>,
+    /// Attempts per alert delivery before the outbox marks it failed.
+    #[arg(long, env = "TOLLGATE_ALERT_MAX_ATTEMPTS", default_value_t = 20)]
+    pub alert_max_attempts: u32,
+    /// Delay after a failed delivery attempt (ms); doubles per attempt.
+    #[arg(long, env = "TOLLGATE_ALERT_RETRY_BASE_MS", default_value_t = 1000)]
+    pub alert_retry_base_ms: u64,
+    /// Longest delay between delivery attempts (ms).
+    #[arg(long, env = "TOLLGATE_ALERT_RETRY_MAX_MS", default_value_t = 300_000)]
+    pub alert_retry_max_ms: u64,
+    /// How often the outbox worker looks for due deliveries (ms).
+    #[arg(long, env = "TOLLGATE_ALERT_POLL_MS", default_value_t = 1000)]
+    pub alert_poll_ms: u64,
     /// Distinct values per metrics label (tenant, model, application, cost_center,
     /// environment) before new ones are reported as `other`.
     #[arg(long, env = "TOLLGATE_METRICS_MAX_LABEL_VALUES", default_value_t = crate::metrics::DEFAULT_MAX_LABEL_VALUES)]

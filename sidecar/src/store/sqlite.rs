@@ -206,9 +206,58 @@ CREATE TABLE leases (
 );
 CREATE INDEX leases_open_by_expiry ON leases (state, expires_at);";
 
+/// Version 6: several alert thresholds per tenant (`tenants.alert_thresholds`, a
+/// JSON list of decimal strings; `alert_threshold` keeps the lowest), alerts
+/// keyed by budget scope and threshold, and the alert outbox. The alerts
+/// table is rebuilt (SQLite cannot change a primary key): existing rows become
+/// scope `tenant`, and a `threshold` row gets the tenant's threshold of the
+/// time, so it does not fire again in its period. Their `alert_id` is
+/// `al_legacy_<n>` (they were delivered before the outbox existed).
+const SCHEMA_V6: &str = "ALTER TABLE tenants ADD COLUMN alert_thresholds TEXT;
+CREATE TABLE alerts_v6 (
+    tenant_id TEXT NOT NULL,
+    period TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    threshold TEXT NOT NULL,
+    alert_id TEXT NOT NULL,
+    fired_at INTEGER NOT NULL,
+    spent_usd TEXT NOT NULL,
+    budget_usd TEXT NOT NULL,
+    request_id TEXT,
+    cost_usd TEXT,
+    PRIMARY KEY (tenant_id, period, scope, kind, threshold)
+);
+INSERT INTO alerts_v6 (tenant_id, period, scope, kind, threshold, alert_id, fired_at,
+        spent_usd, budget_usd, request_id, cost_usd)
+    SELECT a.tenant_id, a.period, 'tenant', a.kind,
+        CASE WHEN a.kind = 'threshold' THEN COALESCE(
+            (SELECT t.alert_threshold FROM tenants t WHERE t.tenant_id = a.tenant_id), '')
+        ELSE '' END,
+        'al_legacy_' || a.rowid, a.fired_at, a.spent_usd, a.budget_usd, a.request_id, a.cost_usd
+    FROM alerts a;
+DROP TABLE alerts;
+ALTER TABLE alerts_v6 RENAME TO alerts;
+CREATE TABLE alert_outbox (
+    alert_id TEXT NOT NULL,
+    target TEXT NOT NULL,
+    tenant_id TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    last_error TEXT,
+    created_at INTEGER NOT NULL,
+    delivered_at INTEGER,
+    PRIMARY KEY (alert_id, target)
+);
+CREATE INDEX alert_outbox_due ON alert_outbox (state, next_attempt_at);";
+
 /// Ordered schema migrations: entry `i` takes a database from `user_version` `i`
 /// to `i + 1`. Append only; never edit a released entry.
-pub const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
+pub const MIGRATIONS: &[&str] = &[
+    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6,
+];
 
 /// The schema version this binary writes (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -623,7 +672,7 @@ impl SqliteStore {
     }
 }
 
-const TENANT_COLS: &str = "tenant_id, budget_usd, alert_threshold, reset_cycle, active, allowed_models, default_model, max_tokens_cap, rate_limit_rpm, rate_limit_tpm, model_budgets";
+const TENANT_COLS: &str = "tenant_id, budget_usd, alert_threshold, reset_cycle, active, allowed_models, default_model, max_tokens_cap, rate_limit_rpm, rate_limit_tpm, model_budgets, alert_thresholds";
 
 fn tenant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TenantConfig>> {
     let cycle: String = row.get(3)?;
@@ -644,6 +693,11 @@ fn tenant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TenantCon
         Ok(v) => v,
         Err(e) => return Ok(Err(e)),
     };
+    let thresholds: Option<String> = row.get(11)?;
+    let alert_thresholds = match thresholds.as_deref().map(parse_thresholds).transpose() {
+        Ok(t) => t.unwrap_or_default(),
+        Err(e) => return Ok(Err(e)),
+    };
     Ok(Ok(TenantConfig {
         tenant_id: row.get(0)?,
         budget_usd: dec(row, 1)?,
@@ -662,7 +716,61 @@ fn tenant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TenantCon
             .get::<_, Option<i64>>(9)?
             .map(|v| u64::try_from(v).unwrap_or(0)),
         model_budgets,
+        alert_thresholds,
     }))
+}
+
+fn parse_thresholds(text: &str) -> Result<Vec<Decimal>> {
+    let raw: Vec<String> =
+        serde_json::from_str(text).map_err(|e| Error::Corrupt(format!("alert_thresholds: {e}")))?;
+    raw.iter()
+        .map(|v| {
+            v.parse::<Decimal>()
+                .map_err(|e| Error::Corrupt(format!("alert_thresholds: {e}")))
+        })
+        .collect()
+}
+
+fn thresholds_json(t: &[Decimal]) -> Result<Option<String>> {
+    if t.is_empty() {
+        return Ok(None);
+    }
+    let text: Vec<String> = t.iter().map(Decimal::to_string).collect();
+    Ok(Some(serde_json::to_string(&text)?))
+}
+
+const OUTBOX_COLS: &str = "alert_id, target, tenant_id, payload, state, attempts, next_attempt_at, last_error, created_at, delivered_at";
+
+fn outbox_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, OutboxEntry)> {
+    let state: String = r.get(4)?;
+    Ok((
+        state,
+        OutboxEntry {
+            alert_id: r.get(0)?,
+            target: r.get(1)?,
+            tenant_id: r.get(2)?,
+            payload: r.get(3)?,
+            state: OutboxState::Pending,
+            attempts: u32::try_from(r.get::<_, i64>(5)?).unwrap_or(u32::MAX),
+            next_attempt_ms: r.get(6)?,
+            last_error: r.get(7)?,
+            created_at_ms: r.get(8)?,
+            delivered_at_ms: r.get(9)?,
+        },
+    ))
+}
+
+fn outbox_entries(
+    rows: impl Iterator<Item = rusqlite::Result<(String, OutboxEntry)>>,
+) -> Result<Vec<OutboxEntry>> {
+    let mut out = Vec::new();
+    for row in rows {
+        let (state, mut e) = row?;
+        e.state = OutboxState::parse(&state)
+            .ok_or_else(|| Error::Corrupt(format!("outbox state {state:?}")))?;
+        out.push(e);
+    }
+    Ok(out)
 }
 
 fn parse_model_budgets(text: &str) -> Result<BTreeMap<String, Decimal>> {
@@ -989,14 +1097,15 @@ impl Store for SqliteStore {
             let tx = conn.savepoint()?;
             tx.execute(
                 &format!(
-                    "INSERT INTO tenants ({TENANT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                    "INSERT INTO tenants ({TENANT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
                      ON CONFLICT (tenant_id) DO UPDATE SET budget_usd = excluded.budget_usd,
                        alert_threshold = excluded.alert_threshold, reset_cycle = excluded.reset_cycle,
                        active = excluded.active, allowed_models = excluded.allowed_models,
                        default_model = excluded.default_model, max_tokens_cap = excluded.max_tokens_cap,
                        rate_limit_rpm = excluded.rate_limit_rpm,
                        rate_limit_tpm = excluded.rate_limit_tpm,
-                       model_budgets = excluded.model_budgets"
+                       model_budgets = excluded.model_budgets,
+                       alert_thresholds = excluded.alert_thresholds"
                 ),
                 params![
                     cfg.tenant_id,
@@ -1010,6 +1119,7 @@ impl Store for SqliteStore {
                     cfg.rate_limit_rpm.map(i64::from),
                     cfg.rate_limit_tpm.map(i),
                     model_budgets_json(&cfg.model_budgets)?,
+                    thresholds_json(&cfg.alert_thresholds)?,
                 ],
             )?;
             tx.execute(
@@ -1866,16 +1976,30 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn record_alert(&self, alert: &AlertRecord) -> Result<bool> {
+    async fn record_alert(
+        &self,
+        alert: &AlertRecord,
+        payload: &str,
+        targets: &[String],
+    ) -> Result<bool> {
         let a = alert.clone();
+        let payload = payload.to_string();
+        let targets = targets.to_vec();
+        // One write job = one savepoint of one transaction: the alert and its
+        // outbox entries are committed together or not at all.
         self.write(move |conn| {
+            let alert_id = a.alert_id();
             let n = conn.execute(
-                "INSERT OR IGNORE INTO alerts (tenant_id, period, kind, fired_at, spent_usd, budget_usd, request_id, cost_usd)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT OR IGNORE INTO alerts (tenant_id, period, scope, kind, threshold, alert_id,
+                   fired_at, spent_usd, budget_usd, request_id, cost_usd)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
                     a.tenant_id,
                     a.period,
+                    a.scope,
                     a.kind.as_str(),
+                    a.threshold_key(),
+                    alert_id,
                     a.fired_at_ms,
                     Dec(a.spent_usd),
                     Dec(a.budget_usd),
@@ -1883,7 +2007,18 @@ impl Store for SqliteStore {
                     a.cost_usd.map(Dec)
                 ],
             )?;
-            Ok(n == 1)
+            if n != 1 {
+                return Ok(false);
+            }
+            for target in &targets {
+                conn.execute(
+                    "INSERT OR IGNORE INTO alert_outbox (alert_id, target, tenant_id, payload, state,
+                       attempts, next_attempt_at, created_at)
+                     VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5)",
+                    params![alert_id, target, a.tenant_id, payload, a.fired_at_ms],
+                )?;
+            }
+            Ok(true)
         })
         .await
     }
@@ -1892,17 +2027,22 @@ impl Store for SqliteStore {
         let t = tenant_id.to_string();
         self.with(move |conn| {
             let mut stmt = conn.prepare(
-                "SELECT tenant_id, period, kind, fired_at, spent_usd, budget_usd, request_id, cost_usd
-                 FROM alerts WHERE tenant_id = ?1 ORDER BY fired_at, kind",
+                "SELECT tenant_id, period, kind, fired_at, spent_usd, budget_usd, request_id, cost_usd,
+                   scope, threshold
+                 FROM alerts WHERE tenant_id = ?1 ORDER BY fired_at, scope, kind, threshold",
             )?;
             let rows = stmt.query_map(params![t], |r| {
                 let kind: String = r.get(2)?;
+                let threshold: String = r.get(9)?;
                 Ok((
                     kind,
+                    threshold,
                     AlertRecord {
                         tenant_id: r.get(0)?,
                         period: r.get(1)?,
+                        scope: r.get(8)?,
                         kind: AlertKind::Threshold,
+                        threshold: None,
                         fired_at_ms: r.get(3)?,
                         spent_usd: dec(r, 4)?,
                         budget_usd: dec(r, 5)?,
@@ -1913,12 +2053,124 @@ impl Store for SqliteStore {
             })?;
             let mut out = Vec::new();
             for row in rows {
-                let (kind, mut rec) = row?;
+                let (kind, threshold, mut rec) = row?;
                 rec.kind = AlertKind::parse(&kind)
                     .ok_or_else(|| Error::Corrupt(format!("alert kind {kind:?}")))?;
+                if !threshold.is_empty() {
+                    rec.threshold = Some(threshold.parse().map_err(|e| {
+                        Error::Corrupt(format!("alert threshold {threshold:?}: {e}"))
+                    })?);
+                }
                 out.push(rec);
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn claim_outbox(
+        &self,
+        now_ms: i64,
+        claim_until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.write(move |conn| {
+            let mut stmt = conn.prepare(&format!(
+                "UPDATE alert_outbox SET next_attempt_at = ?2
+                 WHERE rowid IN (SELECT rowid FROM alert_outbox
+                   WHERE state = 'pending' AND next_attempt_at <= ?1
+                   ORDER BY next_attempt_at LIMIT ?3)
+                 RETURNING {OUTBOX_COLS}"
+            ))?;
+            let rows = stmt.query_map(params![now_ms, claim_until_ms, limit], outbox_from_row)?;
+            outbox_entries(rows)
+        })
+        .await
+    }
+
+    async fn finish_outbox(
+        &self,
+        alert_id: &str,
+        target: &str,
+        result: &OutboxResult,
+        now_ms: i64,
+    ) -> Result<()> {
+        let (id, target, result) = (alert_id.to_string(), target.to_string(), result.clone());
+        self.write(move |conn| {
+            match &result {
+                OutboxResult::Delivered => conn.execute(
+                    "UPDATE alert_outbox SET state = 'delivered', attempts = attempts + 1,
+                       delivered_at = ?3, last_error = NULL
+                     WHERE alert_id = ?1 AND target = ?2 AND state = 'pending'",
+                    params![id, target, now_ms],
+                )?,
+                OutboxResult::Retry {
+                    next_attempt_ms,
+                    error,
+                } => conn.execute(
+                    "UPDATE alert_outbox SET attempts = attempts + 1, next_attempt_at = ?3,
+                       last_error = ?4
+                     WHERE alert_id = ?1 AND target = ?2 AND state = 'pending'",
+                    params![id, target, next_attempt_ms, error],
+                )?,
+                OutboxResult::Failed { error } => conn.execute(
+                    "UPDATE alert_outbox SET state = 'failed', attempts = attempts + 1,
+                       last_error = ?3
+                     WHERE alert_id = ?1 AND target = ?2 AND state = 'pending'",
+                    params![id, target, error],
+                )?,
+            };
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_outbox(
+        &self,
+        state: Option<OutboxState>,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(move |conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {OUTBOX_COLS} FROM alert_outbox
+                 WHERE ?1 IS NULL OR state = ?1
+                 ORDER BY created_at DESC, alert_id, target LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(
+                params![state.map(OutboxState::as_str), limit],
+                outbox_from_row,
+            )?;
+            outbox_entries(rows)
+        })
+        .await
+    }
+
+    async fn outbox_counts(&self) -> Result<(u64, u64)> {
+        self.with(|conn| {
+            let count = |state: &str| -> Result<u64> {
+                let n: i64 = conn.query_row(
+                    "SELECT COUNT(*) FROM alert_outbox WHERE state = ?1",
+                    params![state],
+                    |r| r.get(0),
+                )?;
+                Ok(u64::try_from(n).unwrap_or(0))
+            };
+            Ok((count("pending")?, count("failed")?))
+        })
+        .await
+    }
+
+    async fn retry_outbox(&self, alert_id: &str, now_ms: i64) -> Result<u64> {
+        let id = alert_id.to_string();
+        self.write(move |conn| {
+            let n = conn.execute(
+                "UPDATE alert_outbox SET state = 'pending', attempts = 0, next_attempt_at = ?2
+                 WHERE alert_id = ?1 AND state = 'failed'",
+                params![id, now_ms],
+            )?;
+            Ok(n as u64)
         })
         .await
     }
