@@ -86,6 +86,8 @@ pub enum Command {
     Profiles(ProfilesArgs),
     /// Manage friendly model aliases.
     Aliases(AliasesArgs),
+    /// Inspect and requeue alert deliveries (the outbox).
+    Alerts(AlertsArgs),
     /// Usage and cost report.
     Usage(UsageArgs),
     /// Check a deployment and say what to fix: the sidecar's health, store and
@@ -119,6 +121,7 @@ impl Command {
             Command::Prices(a) => Some(&mut a.client),
             Command::Profiles(a) => Some(&mut a.client),
             Command::Aliases(a) => Some(&mut a.client),
+            Command::Alerts(a) => Some(&mut a.client),
             Command::Usage(a) => Some(&mut a.client),
             Command::Doctor(a) => Some(&mut a.client),
             Command::Serve(_) | Command::Dynamodb(_) | Command::Rewrap(_) | Command::Openapi => {
@@ -414,9 +417,11 @@ pub enum TenantsCommand {
         /// Budget per period, USD.
         #[arg(long, value_parser = parse_decimal_arg)]
         budget: Decimal,
-        /// Fraction of the budget (0–1) that fires the threshold alert.
-        #[arg(long, default_value = "0.8", value_parser = parse_decimal_arg)]
-        alert_threshold: Decimal,
+        /// Fraction of the budget (0–1) that fires a threshold alert, once per
+        /// period and budget (tenant, each model budget); repeatable or
+        /// comma-separated, e.g. `--alert-threshold 0.5,0.8,0.95`. Default 0.8.
+        #[arg(long = "alert-threshold", value_delimiter = ',', value_parser = parse_decimal_arg)]
+        alert_thresholds: Vec<Decimal>,
         /// When the budget starts over.
         #[arg(long, value_enum, default_value_t = ResetCycleArg::Monthly)]
         reset_cycle: ResetCycleArg,
@@ -572,6 +577,28 @@ pub enum AliasesCommand {
     List,
     /// Remove an alias.
     Delete { alias: String },
+}
+
+#[derive(Debug, Args)]
+pub struct AlertsArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: AlertsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AlertsCommand {
+    /// List alert deliveries, newest first.
+    Outbox {
+        /// Only `pending`, `delivered` or `failed` ones.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Requeue an alert's failed deliveries.
+    Retry { alert_id: String },
 }
 
 #[derive(Debug, Args)]
