@@ -71,6 +71,8 @@ impl Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once at startup: the size of `Serve`'s flags costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the sidecar (data plane, admin API, metrics).
     Serve(ServeArgs),

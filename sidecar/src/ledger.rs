@@ -426,7 +426,7 @@ mod tests {
         assert!(normalize_thresholds(&[]).is_err());
         assert!(normalize_thresholds(&[d("1.01")]).is_err());
         assert!(normalize_thresholds(&[d("-0.1")]).is_err());
-        assert!(normalize_thresholds(&vec![d("0.5"); 11]).is_err());
+        assert!(normalize_thresholds(&[d("0.5"); 11]).is_err());
     }
 
     #[test]
