@@ -2434,3 +2434,58 @@ mod v5_tests {
         assert!(!rows[0].capped);
     }
 }
+
+#[cfg(test)]
+mod v6_tests {
+    use super::*;
+
+    /// Alerts recorded before scopes keep firing once: they become the
+    /// tenant's, a threshold alert takes the tenant's threshold of the time.
+    #[tokio::test]
+    async fn alerts_of_a_v5_ledger_keep_their_once_per_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            apply_migrations(&mut conn, &MIGRATIONS[..5]).unwrap();
+            conn.execute_batch(
+                "INSERT INTO tenants (tenant_id, budget_usd, alert_threshold, reset_cycle, active,
+                   allowed_models) VALUES ('acme', '10', '0.8', 'monthly', 1, '[]');
+                 INSERT INTO alerts (tenant_id, period, kind, fired_at, spent_usd, budget_usd)
+                   VALUES ('acme', '2026-11', 'threshold', 5, '8', '10'),
+                          ('acme', '2026-11', 'exhausted', 6, '10', '10');",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let t = store.get_tenant("acme").await.unwrap().unwrap();
+        assert!(t.alert_thresholds.is_empty());
+        assert_eq!(t.thresholds(), vec![Decimal::new(8, 1)]);
+        let alerts = store.list_alerts("acme").await.unwrap();
+        assert_eq!(alerts.len(), 2);
+        assert!(alerts.iter().all(|a| a.scope == SCOPE_TENANT));
+        assert_eq!(alerts[0].threshold, Some(Decimal::new(8, 1)));
+        assert_eq!(alerts[1].threshold, None);
+        let again = AlertRecord {
+            fired_at_ms: 7,
+            request_id: None,
+            cost_usd: None,
+            ..alerts[0].clone()
+        };
+        assert!(!store
+            .record_alert(&again, "{}", &["webhook:x".into()])
+            .await
+            .unwrap());
+        assert_eq!(store.outbox_counts().await.unwrap(), (0, 0));
+        // Another threshold of the same period is a new alert.
+        let other = AlertRecord {
+            threshold: Some(Decimal::new(95, 2)),
+            ..again
+        };
+        assert!(store
+            .record_alert(&other, "{}", &["webhook:x".into()])
+            .await
+            .unwrap());
+        assert_eq!(store.outbox_counts().await.unwrap(), (1, 0));
+    }
+}
