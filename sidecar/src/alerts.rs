@@ -342,6 +342,7 @@ impl Alerter {
             (e, outcome)
         });
         let mut delivered = 0;
+        let mut first_error = None;
         for (e, outcome) in futures_util::future::join_all(attempts).await {
             let kind = e.target.split(':').next().unwrap_or("unknown");
             let now_ms = to_millis(clock.now());
@@ -373,11 +374,23 @@ impl Alerter {
                     }
                 }
             };
-            store
+            // One entry's failed update must not leave the others of the
+            // pass unrecorded: an unrecorded one is retried when its claim
+            // ends (a duplicate delivery, which the alert id lets receivers
+            // drop).
+            if let Err(err) = store
                 .finish_outbox(&e.alert_id, &e.target, &result, now_ms)
-                .await?;
+                .await
+            {
+                tracing::error!(alert_id = %e.alert_id, target = %e.target, error = %err,
+                    "could not record an alert delivery's outcome");
+                first_error.get_or_insert(err);
+            }
         }
-        Ok(delivered)
+        match first_error {
+            Some(err) => Err(err),
+            None => Ok(delivered),
+        }
     }
 
     /// One attempt at one entry.

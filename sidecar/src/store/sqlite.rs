@@ -2075,6 +2075,23 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<OutboxEntry>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // The worker asks every poll; most of the time nothing is due, and a
+        // read answers that without a turn of the writer thread.
+        let due: bool = self
+            .with(move |conn| {
+                Ok(conn
+                    .query_row(
+                        "SELECT 1 FROM alert_outbox WHERE state = 'pending' AND next_attempt_at <= ?1 LIMIT 1",
+                        params![now_ms],
+                        |_| Ok(()),
+                    )
+                    .optional()?
+                    .is_some())
+            })
+            .await?;
+        if !due {
+            return Ok(Vec::new());
+        }
         self.write(move |conn| {
             let mut stmt = conn.prepare(&format!(
                 "UPDATE alert_outbox SET next_attempt_at = ?2
