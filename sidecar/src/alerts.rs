@@ -104,12 +104,13 @@ pub fn sentence(e: &AlertEvent) -> String {
         Some(m) => format!("tenant {}'s model {m}", e.tenant_id),
         None => format!("tenant {}", e.tenant_id),
     };
+    // With several thresholds, which one was crossed matters.
     let crossing = match e.threshold {
-        Some(t) if e.scope.starts_with("model:") || t != Decimal::new(8, 1) => format!(
+        Some(t) => format!(
             "crossing its {}% alert threshold",
             (t * Decimal::ONE_HUNDRED).round_dp(2).normalize()
         ),
-        _ => "crossing its alert threshold".to_string(),
+        None => "crossing its alert threshold".to_string(),
     };
     match e.kind.as_str() {
         "threshold" => format!(
@@ -534,7 +535,7 @@ mod tests {
         };
         assert_eq!(
             sentence(&e),
-            ":warning: Tollgate: tenant acme has spent $8 of its $10 budget (80%) for period 2026-11, crossing its alert threshold."
+            ":warning: Tollgate: tenant acme has spent $8 of its $10 budget (80%) for period 2026-11, crossing its 80% alert threshold."
         );
         e.kind = "high_cost".into();
         e.cost_usd = Some("12.345678".parse().unwrap());
