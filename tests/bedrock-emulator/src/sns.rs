@@ -232,6 +232,94 @@ fn xml(status: u16, body: String) -> Response {
 mod tests {
     use super::*;
 
+    fn creds(service: &str) -> Credentials {
+        Credentials {
+            access_key_id: "AKIATEST".into(),
+            secret_access_key: "secret".into(),
+            region: "us-east-1".into(),
+            service: service.into(),
+        }
+    }
+
+    /// Signs `body` as the SDK would (service `service`) and hands it over.
+    async fn publish(body: &str, service: &str) -> (u16, String) {
+        let amz_date = sigv4::format_amz_date(OffsetDateTime::now_utc());
+        let mut headers = vec![
+            ("host".to_string(), "127.0.0.1".to_string()),
+            ("x-amz-date".to_string(), amz_date.clone()),
+            (
+                "content-type".to_string(),
+                "application/x-www-form-urlencoded".to_string(),
+            ),
+        ];
+        let hash = sigv4::sha256_hex(body.as_bytes());
+        let auth = sigv4::sign(
+            &SignedRequest {
+                method: "POST",
+                raw_path: "/",
+                raw_query: None,
+                headers: &headers,
+                payload_sha256: &hash,
+            },
+            &creds(service),
+            &amz_date,
+        );
+        headers.push(("authorization".to_string(), auth));
+        let r = handle(
+            &creds("bedrock"),
+            "/",
+            None,
+            &headers,
+            body.as_bytes(),
+            "rid",
+        );
+        let status = r.status().as_u16();
+        let bytes = axum::body::to_bytes(r.into_body(), 1 << 20)
+            .await
+            .unwrap_or_default();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn publish_is_verified_recorded_and_can_fail() {
+        let topic = "arn%3Aaws%3Asns%3Aus-east-1%3A123456789012%3Aunit-test-topic";
+        let body = format!(
+            "Action=Publish&Version=2010-03-31&TopicArn={topic}&Message=%7B%22a%22%3A1%7D\
+             &MessageAttributes.entry.1.Name=alertId&MessageAttributes.entry.1.Value.DataType=String\
+             &MessageAttributes.entry.1.Value.StringValue=al_1"
+        );
+        let (status, xml) = publish(&body, "sns").await;
+        assert_eq!(status, 200, "{xml}");
+        assert!(xml.contains("<MessageId>"), "{xml}");
+        let kept = PUBLISHED.lock().unwrap().clone();
+        let mine = kept
+            .iter()
+            .find(|m| {
+                m["topic_arn"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with(":unit-test-topic"))
+            })
+            .expect("recorded");
+        assert_eq!(mine["message"], r#"{"a":1}"#);
+        assert_eq!(mine["message_attributes"]["alertId"]["StringValue"], "al_1");
+        // Signed for another service: refused.
+        let (status, xml) = publish(&body, "sts").await;
+        assert_eq!(status, 403, "{xml}");
+        assert!(xml.contains("SignatureDoesNotMatch"), "{xml}");
+        // Not an SNS topic ARN.
+        let (status, xml) = publish("Action=Publish&TopicArn=nope&Message=x", "sns").await;
+        assert_eq!(status, 400, "{xml}");
+        assert!(xml.contains("InvalidParameter"), "{xml}");
+        // A `-fail` topic answers 500 (retries).
+        let (status, xml) = publish(
+            "Action=Publish&TopicArn=arn:aws:sns:us-east-1:1:x-fail&Message=x",
+            "sns",
+        )
+        .await;
+        assert_eq!(status, 500, "{xml}");
+        assert!(xml.contains("<Type>Receiver</Type>"), "{xml}");
+    }
+
     #[test]
     fn form_bodies_decode() {
         let f = form(b"Action=Publish&Message=%7B%22a%22%3A1%7D+x&Subject=a%20b&Bad=%zz&End=%4");
