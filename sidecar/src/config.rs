@@ -682,6 +682,47 @@ mod tests {
     }
 
     #[test]
+    fn alert_thresholds_repeat_or_take_a_list() {
+        let cli = parse(&[
+            "tenants",
+            "set",
+            "acme",
+            "--budget",
+            "1",
+            "--alert-threshold",
+            "0.5,0.8",
+            "--alert-threshold",
+            "0.95",
+        ])
+        .unwrap();
+        let Command::Tenants(t) = cli.command else {
+            panic!("not tenants")
+        };
+        let TenantsCommand::Set {
+            alert_thresholds, ..
+        } = t.command
+        else {
+            panic!("not set")
+        };
+        let want: Vec<Decimal> = ["0.5", "0.8", "0.95"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(alert_thresholds, want);
+        let e = parse(&[
+            "tenants",
+            "set",
+            "a",
+            "--budget",
+            "1",
+            "--alert-threshold",
+            "x",
+        ])
+        .expect_err("refused");
+        assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation);
+    }
+
+    #[test]
     fn usage_arguments_are_checked_before_any_call() {
         let cli = parse(&[
             "usage",

@@ -342,3 +342,45 @@ async fn shutdown_signal() {
     }
     tracing::info!("shutting down");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Cli, Command};
+
+    fn serve_args(extra: &[&str]) -> ServeArgs {
+        let args = ["tollgate-sidecar", "serve"].iter().chain(extra.iter());
+        match Cli::parse_from_args(args).map(|c| c.command) {
+            Ok(Command::Serve(a)) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn sns_topics_are_checked_and_need_the_feature() {
+        let good = "arn:aws:sns:us-east-1:123456789012:alerts";
+        assert_eq!(sns_topics(&serve_args(&[])).unwrap(), Vec::<String>::new());
+        let bad = sns_topics(&serve_args(&["--alert-sns-topic-arn", "alerts"]));
+        assert!(
+            bad.as_ref()
+                .is_err_and(|e| e.to_string().contains("is not a topic ARN")),
+            "{bad:?}"
+        );
+        let two = serve_args(&[
+            "--alert-sns-topic-arn",
+            good,
+            "--alert-sns-topic-arn",
+            "arn:aws:sns:eu-west-1:123456789012:other",
+        ]);
+        let got = sns_topics(&two);
+        if cfg!(feature = "sns") {
+            assert_eq!(got.unwrap().len(), 2);
+        } else {
+            assert!(
+                got.as_ref()
+                    .is_err_and(|e| e.to_string().contains(crate::alerts::NO_SNS)),
+                "{got:?}"
+            );
+        }
+    }
+}
