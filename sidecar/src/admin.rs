@@ -28,11 +28,19 @@ pub struct TenantInput {
     #[serde(deserialize_with = "de_decimal")]
     #[schema(value_type = DecimalInput)]
     pub budget_usd: Decimal,
-    /// Fraction of the budget (0–1) at which the `threshold` alert fires; default 0.8.
+    /// One fraction of the budget (0–1) at which a `threshold` alert fires:
+    /// the same as `alert_thresholds` with one entry (kept for older clients;
+    /// give one of the two). Default `[0.8]`.
     #[serde(default, deserialize_with = "de_opt_decimal")]
     #[schema(value_type = Option<DecimalInput>)]
     pub alert_threshold: Option<Decimal>,
-    /// `monthly` (default), `daily` or `none`.
+    /// Fractions of the budget (1 to 10, each 0–1), e.g. `[0.5, 0.8, 0.95]`:
+    /// each fires a `threshold` alert once per period, for the tenant budget
+    /// and for each model budget (against that model's budget).
+    #[serde(default, deserialize_with = "de_opt_decimal_list")]
+    #[schema(value_type = Option<Vec<DecimalInput>>)]
+    pub alert_thresholds: Option<Vec<Decimal>>,
+    /// `monthly` (default), `weekly` (ISO weeks), `daily` or `none`.
     #[serde(default)]
     #[schema(value_type = Option<crate::ledger::ResetCycle>)]
     pub reset_cycle: Option<String>,
@@ -83,6 +91,16 @@ pub struct KeyImport {
     pub key: String,
     #[serde(default)]
     pub application_id: Option<String>,
+}
+
+/// A JSON list of exact decimals (strings or numbers, never through a float).
+fn de_opt_decimal_list<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Vec<Decimal>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Exact(#[serde(deserialize_with = "de_decimal")] Decimal);
+    let raw: Option<Vec<Exact>> = Deserialize::deserialize(d)?;
+    Ok(raw.map(|v| v.into_iter().map(|e| e.0).collect()))
 }
 
 /// A JSON object of exact decimals (strings or numbers, never through a float).
@@ -154,10 +172,27 @@ impl Admin {
         if input.budget_usd < Decimal::ZERO {
             return Err(Error::invalid("budget_usd must not be negative"));
         }
-        let alert_threshold = input.alert_threshold.unwrap_or(Decimal::new(8, 1));
-        if alert_threshold < Decimal::ZERO || alert_threshold > Decimal::ONE {
-            return Err(Error::invalid("alert_threshold must be between 0 and 1"));
-        }
+        let alert_thresholds = match (input.alert_threshold, &input.alert_thresholds) {
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid(
+                    "give alert_threshold or alert_thresholds, not both",
+                ))
+            }
+            (Some(one), None) => {
+                if one < Decimal::ZERO || one > Decimal::ONE {
+                    return Err(Error::invalid("alert_threshold must be between 0 and 1"));
+                }
+                vec![one]
+            }
+            (None, Some(list)) => ledger::normalize_thresholds(list).map_err(Error::invalid)?,
+            (None, None) => vec![Decimal::new(8, 1)],
+        };
+        // The lowest threshold, for readers of the single-threshold field.
+        let alert_threshold = alert_thresholds
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(Decimal::new(8, 1));
         let reset_cycle = match input.reset_cycle.as_deref() {
             None => ResetCycle::Monthly,
             Some(s) => ResetCycle::parse(s).ok_or_else(|| {
@@ -203,6 +238,7 @@ impl Admin {
             tenant_id: tenant_id.to_string(),
             budget_usd: input.budget_usd,
             alert_threshold,
+            alert_thresholds,
             reset_cycle,
             active: input.active.unwrap_or(true),
             allowed_models: input.allowed_models,

@@ -10,8 +10,8 @@ use crate::ledger::AlertKind;
 use crate::pricing::{self, ModelPrice, PriceInput};
 use crate::service::Service;
 use crate::store::{
-    AlertRecord, ApiKeyRecord, Balance, Counters, Profile, SigV4CredentialRecord, TenantConfig,
-    UsageRecord,
+    AlertRecord, ApiKeyRecord, Balance, Counters, OutboxEntry, OutboxState, Profile,
+    SigV4CredentialRecord, TenantConfig, UsageRecord,
 };
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
@@ -185,6 +185,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_aliases))
         .routes(routes!(put_alias, delete_alias))
         .routes(routes!(usage))
+        .routes(routes!(list_outbox))
+        .routes(routes!(retry_outbox))
 }
 
 pub fn router(state: AppState) -> Router {
@@ -520,9 +522,18 @@ impl From<Balance> for BalanceView {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AlertView {
+    /// Stable per (tenant, period, scope, kind, threshold); deliveries carry it.
+    pub alert_id: String,
     #[schema(value_type = AlertKind)]
     pub kind: &'static str,
     pub period: String,
+    /// The budget: `tenant`, or `model:<model id>` for a model budget.
+    pub scope: String,
+    /// The fraction crossed (`threshold` alerts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    #[schema(value_type = Option<Money>)]
+    pub threshold: Option<Decimal>,
     #[schema(format = DateTime)]
     pub fired_at: String,
     #[schema(value_type = Money)]
@@ -541,8 +552,11 @@ pub struct AlertView {
 impl From<&AlertRecord> for AlertView {
     fn from(a: &AlertRecord) -> Self {
         Self {
+            alert_id: a.alert_id(),
             kind: a.kind.as_str(),
             period: a.period.clone(),
+            scope: a.scope.clone(),
+            threshold: a.threshold,
             fired_at: rfc3339(a.fired_at_ms),
             spent_usd: a.spent_usd.normalize(),
             budget_usd: a.budget_usd,
@@ -1181,6 +1195,123 @@ async fn delete_alias(
 async fn list_aliases(_: Admin, State(s): State<AppState>) -> ApiResult<Response> {
     let aliases = s.service.store.list_aliases().await?;
     Ok(Json(AliasList { aliases }).into_response())
+}
+
+// ------------------------------------------------------------------ alert outbox
+
+/// One delivery of one alert to one target.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OutboxView {
+    pub alert_id: String,
+    /// `webhook:<12 hex of the URL's SHA-256>` or `sns:<topic ARN>`.
+    pub target: String,
+    pub tenant_id: String,
+    pub state: OutboxState,
+    pub attempts: u32,
+    /// When the next attempt is due (pending entries).
+    #[schema(format = DateTime)]
+    pub next_attempt_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub last_error: Option<String>,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, format = DateTime)]
+    pub delivered_at: Option<String>,
+    /// The alert JSON as delivered.
+    #[schema(value_type = Object)]
+    pub alert: serde_json::Value,
+}
+
+impl From<OutboxEntry> for OutboxView {
+    fn from(e: OutboxEntry) -> Self {
+        Self {
+            alert: serde_json::from_str(&e.payload).unwrap_or(serde_json::Value::Null),
+            alert_id: e.alert_id,
+            target: e.target,
+            tenant_id: e.tenant_id,
+            state: e.state,
+            attempts: e.attempts,
+            next_attempt_at: rfc3339(e.next_attempt_ms),
+            last_error: e.last_error,
+            created_at: rfc3339(e.created_at_ms),
+            delivered_at: e.delivered_at_ms.map(rfc3339),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OutboxList {
+    pub entries: Vec<OutboxView>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct OutboxQuery {
+    /// Only entries in this state (`pending`, `delivered`, `failed`).
+    #[param(value_type = Option<OutboxState>)]
+    state: Option<String>,
+    /// At most this many (default 100, at most 1000).
+    limit: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/v1/alerts/outbox", tag = "admin",
+    summary = "Alert deliveries in the outbox, newest first (DynamoDB keeps pending and failed ones only)",
+    security(("adminToken" = [])),
+    params(OutboxQuery),
+    responses(
+        (status = 200, description = "The entries", body = OutboxList),
+        (status = 400, description = "Unknown state", body = ApiError),
+    ))]
+async fn list_outbox(
+    _: Admin,
+    State(s): State<AppState>,
+    Query(q): Query<OutboxQuery>,
+) -> ApiResult<Response> {
+    let state = match q.state.as_deref() {
+        None | Some("") => None,
+        Some(st) => Some(OutboxState::parse(st).ok_or_else(|| {
+            Error::invalid(format!(
+                "state must be pending, delivered or failed, got {st:?}"
+            ))
+        })?),
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let entries = s.service.store.list_outbox(state, limit).await?;
+    Ok(Json(OutboxList {
+        entries: entries.into_iter().map(OutboxView::from).collect(),
+    })
+    .into_response())
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Requeued {
+    /// Failed deliveries of the alert made pending again.
+    pub requeued: u64,
+}
+
+#[utoipa::path(post, path = "/v1/alerts/outbox/{alert_id}/retry", tag = "admin",
+    summary = "Requeue an alert's failed deliveries (attempts reset, due now)",
+    security(("adminToken" = [])),
+    params(("alert_id" = String, Path, description = "The alert id (`al_…`)")),
+    responses(
+        (status = 200, description = "Requeued", body = Requeued),
+        (status = 404, description = "The alert has no failed delivery", body = ApiError),
+    ))]
+async fn retry_outbox(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(alert_id): Path<String>,
+) -> ApiResult<Response> {
+    let now = crate::clock::to_millis(s.service.clock.now());
+    let requeued = s.service.store.retry_outbox(&alert_id, now).await?;
+    if requeued == 0 {
+        return Err(Error::not_found(format!(
+            "alert {alert_id} has no failed delivery"
+        )));
+    }
+    Ok(Json(Requeued { requeued }).into_response())
 }
 
 // ------------------------------------------------------------------ usage report

@@ -1,8 +1,8 @@
 //! Command-line client for the admin API (`tollgate-sidecar tenants|keys|prices|…`).
 
 use crate::config::{
-    arg_name, AliasesCommand, ClientArgs, Command, KeysArgs, KeysCommand, PricesCommand,
-    ProfilesCommand, TenantsCommand,
+    arg_name, AlertsCommand, AliasesCommand, ClientArgs, Command, KeysArgs, KeysCommand,
+    PricesCommand, ProfilesCommand, TenantsCommand,
 };
 use crate::error::{Error, Result};
 use reqwest::Method;
@@ -101,7 +101,7 @@ pub async fn run(command: Command) -> Result<()> {
                 TenantsCommand::Set {
                     tenant,
                     budget,
-                    alert_threshold,
+                    alert_thresholds,
                     reset_cycle,
                     allowed_models,
                     default_model,
@@ -118,9 +118,8 @@ pub async fn run(command: Command) -> Result<()> {
                         .into_iter()
                         .map(|(m, b)| (m, Value::String(b.to_string())))
                         .collect();
-                    let body = json!({
+                    let mut body = json!({
                         "budget_usd": budget.to_string(),
-                        "alert_threshold": alert_threshold.to_string(),
                         "reset_cycle": arg_name(&reset_cycle),
                         "active": !inactive,
                         "allowed_models": allowed_models,
@@ -131,6 +130,13 @@ pub async fn run(command: Command) -> Result<()> {
                         "model_budgets": model_budgets,
                         "model_rate_limit_tpm": model_tpm,
                     });
+                    // Without the flag the sidecar's default applies (0.8).
+                    if !alert_thresholds.is_empty() {
+                        body["alert_thresholds"] = alert_thresholds
+                            .iter()
+                            .map(|t| Value::String(t.to_string()))
+                            .collect();
+                    }
                     c.print(
                         Method::PUT,
                         &format!("/v1/tenants/{}", seg(&tenant)),
@@ -295,6 +301,26 @@ pub async fn run(command: Command) -> Result<()> {
                     .await?;
                     println!("deleted alias {alias}");
                     Ok(())
+                }
+            }
+        }
+        Command::Alerts(a) => {
+            let c = Client::new(&a.client)?;
+            match a.command {
+                AlertsCommand::Outbox { state, limit } => {
+                    let mut path = format!("/v1/alerts/outbox?limit={limit}");
+                    if let Some(st) = state {
+                        path.push_str(&format!("&state={}", seg(&st)));
+                    }
+                    c.print(Method::GET, &path, None).await
+                }
+                AlertsCommand::Retry { alert_id } => {
+                    c.print(
+                        Method::POST,
+                        &format!("/v1/alerts/outbox/{}/retry", seg(&alert_id)),
+                        None,
+                    )
+                    .await
                 }
             }
         }

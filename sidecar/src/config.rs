@@ -71,6 +71,8 @@ impl Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once at startup: the size of `Serve`'s flags costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the sidecar (data plane, admin API, metrics).
     Serve(ServeArgs),
@@ -86,6 +88,8 @@ pub enum Command {
     Profiles(ProfilesArgs),
     /// Manage friendly model aliases.
     Aliases(AliasesArgs),
+    /// Inspect and requeue alert deliveries (the outbox).
+    Alerts(AlertsArgs),
     /// Usage and cost report.
     Usage(UsageArgs),
     /// Check a deployment and say what to fix: the sidecar's health, store and
@@ -119,6 +123,7 @@ impl Command {
             Command::Prices(a) => Some(&mut a.client),
             Command::Profiles(a) => Some(&mut a.client),
             Command::Aliases(a) => Some(&mut a.client),
+            Command::Alerts(a) => Some(&mut a.client),
             Command::Usage(a) => Some(&mut a.client),
             Command::Doctor(a) => Some(&mut a.client),
             Command::Serve(_) | Command::Dynamodb(_) | Command::Rewrap(_) | Command::Openapi => {
@@ -222,6 +227,31 @@ pub struct ServeArgs {
         default_value = "json"
     )]
     pub webhook_format: WebhookFormatArg,
+    /// Secret that signs webhook deliveries: header `X-Tollgate-Signature:
+    /// t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<body>">` (prefer the env var: a
+    /// flag shows in `ps`). Unset: deliveries are unsigned.
+    #[arg(long, env = "TOLLGATE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// SNS topic ARN that receives every alert (repeatable; env: comma-separated).
+    /// Endpoint and credentials from the AWS SDK chain (`AWS_ENDPOINT_URL_SNS`).
+    #[arg(
+        long = "alert-sns-topic-arn",
+        env = "TOLLGATE_ALERT_SNS_TOPIC_ARNS",
+        value_delimiter = ','
+    )]
+    pub alert_sns_topic_arns: Vec<String>,
+    /// Attempts per alert delivery before the outbox marks it failed.
+    #[arg(long, env = "TOLLGATE_ALERT_MAX_ATTEMPTS", default_value_t = 20)]
+    pub alert_max_attempts: u32,
+    /// Delay after a failed delivery attempt (ms); doubles per attempt.
+    #[arg(long, env = "TOLLGATE_ALERT_RETRY_BASE_MS", default_value_t = 1000)]
+    pub alert_retry_base_ms: u64,
+    /// Longest delay between delivery attempts (ms).
+    #[arg(long, env = "TOLLGATE_ALERT_RETRY_MAX_MS", default_value_t = 300_000)]
+    pub alert_retry_max_ms: u64,
+    /// How often the outbox worker looks for due deliveries (ms).
+    #[arg(long, env = "TOLLGATE_ALERT_POLL_MS", default_value_t = 1000)]
+    pub alert_poll_ms: u64,
     /// Distinct values per metrics label (tenant, model, application, cost_center,
     /// environment) before new ones are reported as `other`.
     #[arg(long, env = "TOLLGATE_METRICS_MAX_LABEL_VALUES", default_value_t = crate::metrics::DEFAULT_MAX_LABEL_VALUES)]
@@ -389,9 +419,11 @@ pub enum TenantsCommand {
         /// Budget per period, USD.
         #[arg(long, value_parser = parse_decimal_arg)]
         budget: Decimal,
-        /// Fraction of the budget (0–1) that fires the threshold alert.
-        #[arg(long, default_value = "0.8", value_parser = parse_decimal_arg)]
-        alert_threshold: Decimal,
+        /// Fraction of the budget (0–1) that fires a threshold alert, once per
+        /// period and budget (tenant, each model budget); repeatable or
+        /// comma-separated, e.g. `--alert-threshold 0.5,0.8,0.95`. Default 0.8.
+        #[arg(long = "alert-threshold", value_delimiter = ',', value_parser = parse_decimal_arg)]
+        alert_thresholds: Vec<Decimal>,
         /// When the budget starts over.
         #[arg(long, value_enum, default_value_t = ResetCycleArg::Monthly)]
         reset_cycle: ResetCycleArg,
@@ -578,6 +610,28 @@ pub enum AliasesCommand {
 }
 
 #[derive(Debug, Args)]
+pub struct AlertsArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: AlertsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AlertsCommand {
+    /// List alert deliveries, newest first.
+    Outbox {
+        /// Only `pending`, `delivered` or `failed` ones.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Requeue an alert's failed deliveries.
+    Retry { alert_id: String },
+}
+
+#[derive(Debug, Args)]
 pub struct DoctorArgs {
     #[command(flatten)]
     pub client: ClientArgs,
@@ -653,6 +707,47 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::parse_from_args(std::iter::once("tollgate-sidecar").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn alert_thresholds_repeat_or_take_a_list() {
+        let cli = parse(&[
+            "tenants",
+            "set",
+            "acme",
+            "--budget",
+            "1",
+            "--alert-threshold",
+            "0.5,0.8",
+            "--alert-threshold",
+            "0.95",
+        ])
+        .unwrap();
+        let Command::Tenants(t) = cli.command else {
+            panic!("not tenants")
+        };
+        let TenantsCommand::Set {
+            alert_thresholds, ..
+        } = t.command
+        else {
+            panic!("not set")
+        };
+        let want: Vec<Decimal> = ["0.5", "0.8", "0.95"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(alert_thresholds, want);
+        let e = parse(&[
+            "tenants",
+            "set",
+            "a",
+            "--budget",
+            "1",
+            "--alert-threshold",
+            "x",
+        ])
+        .expect_err("refused");
+        assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation);
     }
 
     #[test]

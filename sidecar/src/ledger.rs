@@ -131,26 +131,68 @@ impl AlertKind {
     }
 }
 
-/// Alert kinds whose condition holds after a commit. Whether they already fired in
-/// this period is the store's business (once per tenant, period and kind).
+/// The budget alerts whose condition holds for one budget scope (the tenant's
+/// budget, a model budget, …) at `spent` of `budget`: a `threshold` alert per
+/// crossed threshold, and `exhausted` once spent reaches the budget. Whether
+/// they already fired in this period is the store's business (once per tenant,
+/// period, scope, kind and threshold).
+pub fn budget_alerts(
+    spent: Decimal,
+    budget: Decimal,
+    thresholds: &[Decimal],
+) -> Vec<(AlertKind, Option<Decimal>)> {
+    let mut out = Vec::new();
+    if budget > Decimal::ZERO {
+        for t in thresholds {
+            if spent >= budget * *t {
+                out.push((AlertKind::Threshold, Some(*t)));
+            }
+        }
+    }
+    if spent >= budget && (budget > Decimal::ZERO || spent > Decimal::ZERO) {
+        out.push((AlertKind::Exhausted, None));
+    }
+    out
+}
+
+/// Alerts whose condition holds after a commit, for the tenant's own budget:
+/// [`budget_alerts`] plus `high_cost` when this invocation cost more than
+/// `high_cost_threshold`.
 pub fn alerts_after_commit(
     spent: Decimal,
     budget: Decimal,
-    alert_threshold: Decimal,
+    thresholds: &[Decimal],
     cost: Decimal,
     high_cost_threshold: Decimal,
-) -> Vec<AlertKind> {
-    let mut kinds = Vec::new();
-    if budget > Decimal::ZERO && spent >= budget * alert_threshold {
-        kinds.push(AlertKind::Threshold);
-    }
-    if spent >= budget && (budget > Decimal::ZERO || spent > Decimal::ZERO) {
-        kinds.push(AlertKind::Exhausted);
-    }
+) -> Vec<(AlertKind, Option<Decimal>)> {
+    let mut kinds = budget_alerts(spent, budget, thresholds);
     if cost > high_cost_threshold {
-        kinds.push(AlertKind::HighCost);
+        kinds.push((AlertKind::HighCost, None));
     }
     kinds
+}
+
+/// Checks a list of alert thresholds: 1 to 10 fractions in [0, 1]. Returns
+/// them ascending, duplicates removed (`0.8` and `0.80` are one).
+pub fn normalize_thresholds(list: &[Decimal]) -> Result<Vec<Decimal>, String> {
+    if list.is_empty() || list.len() > 10 {
+        return Err(format!(
+            "alert_thresholds must list 1 to 10 fractions, got {}",
+            list.len()
+        ));
+    }
+    let mut out: Vec<Decimal> = Vec::with_capacity(list.len());
+    for t in list {
+        if *t < Decimal::ZERO || *t > Decimal::ONE {
+            return Err(format!("alert threshold {t} must be between 0 and 1"));
+        }
+        let t = t.normalize();
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -201,19 +243,39 @@ mod tests {
 
     #[test]
     fn alert_crossing() {
-        let none = alerts_after_commit(d("0.79"), d("1"), d("0.8"), d("0.01"), d("10"));
+        let one = [d("0.8")];
+        let none = alerts_after_commit(d("0.79"), d("1"), &one, d("0.01"), d("10"));
         assert!(none.is_empty());
-        let t = alerts_after_commit(d("0.80"), d("1"), d("0.8"), d("0.01"), d("10"));
-        assert_eq!(t, vec![AlertKind::Threshold]);
-        let all = alerts_after_commit(d("12"), d("1"), d("0.8"), d("11"), d("10"));
+        let t = alerts_after_commit(d("0.80"), d("1"), &one, d("0.01"), d("10"));
+        assert_eq!(t, vec![(AlertKind::Threshold, Some(d("0.8")))]);
+        let all = alerts_after_commit(d("12"), d("1"), &one, d("11"), d("10"));
         assert_eq!(
             all,
             vec![
-                AlertKind::Threshold,
-                AlertKind::Exhausted,
-                AlertKind::HighCost
+                (AlertKind::Threshold, Some(d("0.8"))),
+                (AlertKind::Exhausted, None),
+                (AlertKind::HighCost, None)
             ]
         );
-        assert!(alerts_after_commit(d("0"), d("0"), d("0.8"), d("0"), d("10")).is_empty());
+        assert!(alerts_after_commit(d("0"), d("0"), &one, d("0"), d("10")).is_empty());
+        // Several thresholds: each one crossed is its own alert.
+        let three = [d("0.5"), d("0.8"), d("0.95")];
+        let kinds = |spent| budget_alerts(d(spent), d("10"), &three);
+        assert_eq!(kinds("4.99"), vec![]);
+        assert_eq!(kinds("5"), vec![(AlertKind::Threshold, Some(d("0.5")))]);
+        assert_eq!(kinds("9.5").len(), 3);
+        assert_eq!(kinds("10").len(), 4, "{:?}", kinds("10"));
+    }
+
+    #[test]
+    fn thresholds_are_checked_and_sorted() {
+        assert_eq!(
+            normalize_thresholds(&[d("0.95"), d("0.50"), d("0.8"), d("0.5")]),
+            Ok(vec![d("0.5"), d("0.8"), d("0.95")])
+        );
+        assert!(normalize_thresholds(&[]).is_err());
+        assert!(normalize_thresholds(&[d("1.01")]).is_err());
+        assert!(normalize_thresholds(&[d("-0.1")]).is_err());
+        assert!(normalize_thresholds(&[d("0.5"); 11]).is_err());
     }
 }

@@ -129,8 +129,19 @@ struct AlertLabels {
     kind: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
+    /// `webhook`, `sns`.
+    target: String,
+    /// `delivered`, `retried`, `failed`.
+    result: String,
+}
+
 pub struct Metrics {
     registry: Registry,
+    deliveries: Family<DeliveryLabels, Counter>,
+    outbox_pending: Gauge,
+    outbox_failed: Gauge,
     requests: Family<RequestLabels, Counter>,
     tokens: Family<TokenLabels, Counter>,
     cost: Family<CostLabels, Counter<f64, AtomicU64>>,
@@ -200,6 +211,24 @@ impl Metrics {
             remaining.clone(),
         );
         registry.register("tollgate_alerts", "Alerts fired, by kind", alerts.clone());
+        let deliveries = Family::<DeliveryLabels, Counter>::default();
+        registry.register(
+            "tollgate_alert_deliveries",
+            "Alert delivery attempts by target type (webhook, sns) and result (delivered, retried, failed)",
+            deliveries.clone(),
+        );
+        let outbox_pending = Gauge::default();
+        registry.register(
+            "tollgate_alert_outbox_pending",
+            "Alert deliveries waiting in the outbox (the whole ledger's, as of this sidecar's last look)",
+            outbox_pending.clone(),
+        );
+        let outbox_failed = Gauge::default();
+        registry.register(
+            "tollgate_alert_outbox_failed",
+            "Alert deliveries that failed every attempt and wait for an operator (alerts outbox retry)",
+            outbox_failed.clone(),
+        );
         // Present from the start (at 0), so alerting on it needs no absent() dance.
         for op in STORE_OPS {
             let _ = store_errors.get_or_create(&StoreErrorLabels { op: op.to_string() });
@@ -221,6 +250,9 @@ impl Metrics {
         );
         Self {
             registry,
+            deliveries,
+            outbox_pending,
+            outbox_failed,
             requests,
             tokens,
             cost,
@@ -329,6 +361,24 @@ impl Metrics {
                 kind: kind.to_string(),
             })
             .inc();
+    }
+
+    /// One delivery attempt of an alert outbox entry.
+    pub fn delivery(&self, target: &str, result: &str) {
+        self.deliveries
+            .get_or_create(&DeliveryLabels {
+                target: target.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// The outbox's pending and failed entry counts.
+    pub fn outbox(&self, pending: u64, failed: u64) {
+        self.outbox_pending
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+        self.outbox_failed
+            .set(i64::try_from(failed).unwrap_or(i64::MAX));
     }
 
     pub fn observe_reserve(&self, secs: f64) {

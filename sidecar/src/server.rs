@@ -86,7 +86,11 @@ pub async fn build_with_store(opts: &Options, store: Arc<dyn Store>) -> Result<S
             Arc::new(Metrics::with_max_label_values(
                 opts.settings.metrics_max_label_values,
             )),
-            Alerter::new(opts.webhooks.clone()).with_format(opts.settings.webhook_format),
+            Alerter::new(opts.webhooks.clone())
+                .with_format(opts.settings.webhook_format)
+                .with_secret(opts.settings.webhook_secret.clone())
+                .with_sns_topics(opts.settings.sns_topics.clone())
+                .with_outbox(opts.settings.outbox),
         )
         .with_emf(match &opts.settings.emf_output {
             Some(target) => Some(crate::emf::EmfWriter::start(
@@ -119,6 +123,17 @@ pub async fn build_with_store(opts: &Options, store: Arc<dyn Store>) -> Result<S
     )));
     let router = crate::layers::wrap(router);
     Ok(Sidecar { router, service })
+}
+
+/// Delivers the alert outbox (retries, and what a restart left pending) until
+/// the process ends.
+pub fn spawn_outbox_worker(service: Arc<Service>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(crate::alerts::run_worker(
+        service.alerter().clone(),
+        service.store.clone(),
+        service.clock.clone(),
+        service.metrics.clone(),
+    ))
 }
 
 /// Releases expired holds every `interval` until the process ends.
@@ -224,6 +239,18 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             sealing,
             metrics_max_label_values: args.metrics_max_label_values,
             webhook_format: args.webhook_format.into(),
+            webhook_secret: args
+                .webhook_secret
+                .as_deref()
+                .filter(|s| !s.is_empty())
+                .map(crate::alerts::WebhookSecret::new),
+            sns_topics: sns_topics(&args)?,
+            outbox: crate::alerts::OutboxSettings {
+                max_attempts: args.alert_max_attempts.max(1),
+                base_backoff: Duration::from_millis(args.alert_retry_base_ms.max(1)),
+                max_backoff: Duration::from_millis(args.alert_retry_max_ms.max(1)),
+                poll: Duration::from_millis(args.alert_poll_ms.max(10)),
+            },
             emf_output: args.emf_output.as_deref().map(crate::emf::EmfTarget::parse),
             emf_namespace: args.emf_namespace.clone(),
             pricing_region: args.ledger.dynamodb.pricing_region()?,
@@ -256,6 +283,12 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         sidecar.service.clone(),
         Duration::from_secs(args.sweep_interval_secs.max(1)),
     );
+    let outbox = spawn_outbox_worker(sidecar.service.clone());
+    tracing::info!(
+        targets = sidecar.service.alerter().targets().len(),
+        signed = opts.settings.webhook_secret.is_some(),
+        "alert outbox worker started"
+    );
     let listener = TcpListener::bind(args.listen).await?;
     let addr = listener.local_addr()?;
     tracing::info!("listening on {addr}");
@@ -264,6 +297,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .await?;
     sweeper.abort();
     sidecar.service.flush_key_use().await;
+    outbox.abort();
     if let Some(emf) = sidecar.service.emf() {
         if !emf.flush(Duration::from_secs(5)) {
             tracing::warn!("EMF output not flushed within 5 s; its last lines may be lost");
@@ -271,6 +305,21 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `--alert-sns-topic-arn`, checked (and refused in a build without SNS).
+fn sns_topics(args: &ServeArgs) -> Result<Vec<String>> {
+    for t in &args.alert_sns_topic_arns {
+        if !t.starts_with("arn:") || t.split(':').count() != 6 {
+            return Err(Error::invalid(format!(
+                "--alert-sns-topic-arn {t:?} is not a topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)"
+            )));
+        }
+    }
+    if !args.alert_sns_topic_arns.is_empty() && !cfg!(feature = "sns") {
+        return Err(Error::invalid(crate::alerts::NO_SNS));
+    }
+    Ok(args.alert_sns_topic_arns.clone())
 }
 
 async fn shutdown_signal() {
@@ -293,4 +342,46 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Cli, Command};
+
+    fn serve_args(extra: &[&str]) -> ServeArgs {
+        let args = ["tollgate-sidecar", "serve"].iter().chain(extra.iter());
+        match Cli::parse_from_args(args).map(|c| c.command) {
+            Ok(Command::Serve(a)) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn sns_topics_are_checked_and_need_the_feature() {
+        let good = "arn:aws:sns:us-east-1:123456789012:alerts";
+        assert_eq!(sns_topics(&serve_args(&[])).unwrap(), Vec::<String>::new());
+        let bad = sns_topics(&serve_args(&["--alert-sns-topic-arn", "alerts"]));
+        assert!(
+            bad.as_ref()
+                .is_err_and(|e| e.to_string().contains("is not a topic ARN")),
+            "{bad:?}"
+        );
+        let two = serve_args(&[
+            "--alert-sns-topic-arn",
+            good,
+            "--alert-sns-topic-arn",
+            "arn:aws:sns:eu-west-1:123456789012:other",
+        ]);
+        let got = sns_topics(&two);
+        if cfg!(feature = "sns") {
+            assert_eq!(got.unwrap().len(), 2);
+        } else {
+            assert!(
+                got.as_ref()
+                    .is_err_and(|e| e.to_string().contains(crate::alerts::NO_SNS)),
+                "{got:?}"
+            );
+        }
+    }
 }

@@ -42,6 +42,12 @@ pub struct Settings {
     pub metrics_max_label_values: usize,
     /// Body format of alert webhooks.
     pub webhook_format: crate::alerts::WebhookFormat,
+    /// Signs webhook deliveries (`X-Tollgate-Signature`) when set.
+    pub webhook_secret: Option<crate::alerts::WebhookSecret>,
+    /// SNS topic ARNs alerts are published to.
+    pub sns_topics: Vec<String>,
+    /// Retry policy of the alert outbox.
+    pub outbox: crate::alerts::OutboxSettings,
     /// Where to write CloudWatch EMF lines (one per committed invocation).
     pub emf_output: Option<crate::emf::EmfTarget>,
     /// EMF namespace.
@@ -61,6 +67,9 @@ impl Default for Settings {
             sealing: None,
             metrics_max_label_values: crate::metrics::DEFAULT_MAX_LABEL_VALUES,
             webhook_format: crate::alerts::WebhookFormat::Json,
+            webhook_secret: None,
+            sns_topics: Vec::new(),
+            outbox: crate::alerts::OutboxSettings::default(),
             emf_output: None,
             emf_namespace: crate::emf::DEFAULT_NAMESPACE.to_string(),
             pricing_region: pricing::DEFAULT_REGION.to_string(),
@@ -131,9 +140,10 @@ pub struct Service {
     rate_limits: RateLimits,
     alerter: Alerter,
     emf: Option<EmfWriter>,
-    /// (tenant, period, kind) of alerts known to be recorded, so a commit past
+    /// (tenant, period, scope, kind, threshold) of alerts known to be recorded, so a commit past
     /// a threshold does not write to the store again for an alert that fired.
-    fired: std::sync::Mutex<std::collections::HashSet<(String, String, AlertKind)>>,
+    #[allow(clippy::type_complexity)]
+    fired: std::sync::Mutex<std::collections::HashSet<(String, String, String, AlertKind, String)>>,
     admin: Admin,
     /// Keys' last use, written to the store at each sweep.
     pub(crate) key_use: keys::LastUsed,
@@ -177,6 +187,11 @@ impl Service {
     /// Alias → model ID (single level); anything else is returned unchanged.
     pub async fn resolve_alias(&self, name: &str) -> Result<String> {
         self.admin.resolve_alias(name).await
+    }
+
+    /// Alert targets and the outbox's delivery logic.
+    pub fn alerter(&self) -> &Alerter {
+        &self.alerter
     }
 
     /// Tenants, keys, credentials, profiles and aliases (the admin API).
@@ -499,8 +514,23 @@ impl Service {
             ReserveOutcome::ModelInsufficient {
                 model_id,
                 available,
-                ..
+                spent,
+                budget,
             } => {
+                // The model budget's own `exhausted` alert (once per period).
+                self.fire(AlertRecord {
+                    tenant_id: tid.clone(),
+                    period,
+                    scope: crate::store::model_scope(&model_id),
+                    kind: AlertKind::Exhausted,
+                    threshold: None,
+                    fired_at_ms: now_ms,
+                    spent_usd: spent,
+                    budget_usd: budget,
+                    request_id: Some(req.request_id.clone()),
+                    cost_usd: None,
+                })
+                .await;
                 let d = deny(
                     402,
                     "BudgetExceededException",
@@ -553,7 +583,9 @@ impl Service {
         self.fire(AlertRecord {
             tenant_id: tid.to_string(),
             period,
+            scope: crate::store::SCOPE_TENANT.to_string(),
             kind: AlertKind::Exhausted,
+            threshold: None,
             fired_at_ms: now_ms,
             spent_usd: spent,
             budget_usd: budget,
@@ -815,28 +847,67 @@ impl Service {
                     });
                 }
                 self.metrics.remaining(&hold.tenant_id, totals.available());
-                let threshold = match self.store.get_tenant(&hold.tenant_id).await? {
-                    Some(t) => t.alert_threshold,
-                    None => Decimal::ONE,
+                let cfg = self.store.get_tenant(&hold.tenant_id).await?;
+                let thresholds = cfg
+                    .as_ref()
+                    .map(TenantConfig::thresholds)
+                    .unwrap_or_else(|| vec![Decimal::ONE]);
+                let alert = |scope: String,
+                             (kind, threshold): (AlertKind, Option<Decimal>),
+                             spent: Decimal,
+                             budget: Decimal| AlertRecord {
+                    tenant_id: hold.tenant_id.clone(),
+                    period: hold.period.clone(),
+                    scope,
+                    kind,
+                    threshold,
+                    fired_at_ms: now_ms,
+                    spent_usd: spent,
+                    budget_usd: budget,
+                    request_id: Some(c.request_id.clone()),
+                    cost_usd: Some(cost),
                 };
-                for kind in ledger::alerts_after_commit(
+                let mut fired = Vec::new();
+                for k in ledger::alerts_after_commit(
                     totals.counters.spent_usd,
                     totals.budget_usd,
-                    threshold,
+                    &thresholds,
                     cost,
                     self.settings.high_cost_threshold_usd,
                 ) {
-                    self.fire(AlertRecord {
-                        tenant_id: hold.tenant_id.clone(),
-                        period: hold.period.clone(),
-                        kind,
-                        fired_at_ms: now_ms,
-                        spent_usd: totals.counters.spent_usd,
-                        budget_usd: totals.budget_usd,
-                        request_id: Some(c.request_id.clone()),
-                        cost_usd: Some(cost),
-                    })
-                    .await;
+                    fired.push(alert(
+                        crate::store::SCOPE_TENANT.to_string(),
+                        k,
+                        totals.counters.spent_usd,
+                        totals.budget_usd,
+                    ));
+                }
+                // The model budget's scope: its spent comes from the model row,
+                // read only for a tenant with a budget on this model (the
+                // commit itself returns the tenant's totals only).
+                let model_budget = cfg
+                    .as_ref()
+                    .and_then(|t| t.model_budgets.get(&hold.model_id).copied());
+                if let Some(budget) = model_budget {
+                    let spent = self
+                        .store
+                        .balance(&hold.tenant_id, &hold.period, totals.budget_usd)
+                        .await?
+                        .by_model
+                        .get(&hold.model_id)
+                        .map(|c| c.spent_usd)
+                        .unwrap_or_default();
+                    for k in ledger::budget_alerts(spent, budget, &thresholds) {
+                        fired.push(alert(
+                            crate::store::model_scope(&hold.model_id),
+                            k,
+                            spent,
+                            budget,
+                        ));
+                    }
+                }
+                for a in fired {
+                    self.fire(a).await;
                 }
                 (CommitOutcome::Committed, Some(cost))
             }
@@ -915,17 +986,42 @@ impl Service {
         }
     }
 
-    /// Records an alert once per (tenant, period, kind) and delivers it.
+    /// Records an alert once per (tenant, period, scope, kind, threshold) with
+    /// its outbox entries, logs it, and starts a delivery pass.
     async fn fire(&self, alert: AlertRecord) {
-        let key = (alert.tenant_id.clone(), alert.period.clone(), alert.kind);
+        let key = (
+            alert.tenant_id.clone(),
+            alert.period.clone(),
+            alert.scope.clone(),
+            alert.kind,
+            alert.threshold_key(),
+        );
         let known = |fired: &std::collections::HashSet<_>| fired.contains(&key);
         if known(&self.fired.lock().unwrap_or_else(|e| e.into_inner())) {
             return;
         }
-        match self.store.record_alert(&alert).await {
+        let (event, payload) = crate::alerts::payload(&alert);
+        let targets = self.alerter.targets();
+        match self.store.record_alert(&alert, &payload, &targets).await {
             Ok(true) => {
                 self.metrics.alert(alert.kind.as_str());
-                self.alerter.deliver(&alert);
+                self.alerter.log(&event);
+                if !targets.is_empty() {
+                    // Deliver now rather than at the worker's next poll; the
+                    // entries are in the store already, so a failure here is
+                    // the worker's to retry.
+                    let (alerter, store, clock, metrics) = (
+                        self.alerter.clone(),
+                        self.store.clone(),
+                        self.clock.clone(),
+                        self.metrics.clone(),
+                    );
+                    tokio::spawn(async move {
+                        if let Err(e) = alerter.deliver_due(&store, &clock, &metrics).await {
+                            tracing::warn!(error = %e, "alert delivery pass failed");
+                        }
+                    });
+                }
             }
             Ok(false) => {}
             Err(e) => {

@@ -471,7 +471,7 @@ async fn slack_webhooks_get_a_readable_text_message() {
     assert_eq!(obj.len(), 1, "only `text`: {body}");
     assert_eq!(
         v["text"],
-        ":warning: Tollgate: tenant acme has spent $0.009 of its $0.01 budget (90%) for period 2026-11, crossing its alert threshold."
+        ":warning: Tollgate: tenant acme has spent $0.009 of its $0.01 budget (90%) for period 2026-11, crossing its 80% alert threshold."
     );
     receiver.abort();
 }

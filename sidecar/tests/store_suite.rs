@@ -53,6 +53,8 @@ fn all_cases() -> Vec<(&'static str, Case)> {
         commit_racing_the_sweeper_debits_once,
         balance_sums_by_model,
         alerts_fire_once_per_tenant_period_kind,
+        alerts_are_keyed_by_scope_and_threshold,
+        outbox_entries_are_claimed_retried_failed_and_delivered,
         usage_records,
         concurrent_reserves_never_overspend,
         model_budgets_cap_holds_inside_the_tenant_budget,
@@ -145,7 +147,8 @@ fn tenant(id: &str, budget: &str) -> TenantConfig {
     TenantConfig {
         tenant_id: id.to_string(),
         budget_usd: d(budget),
-        alert_threshold: d("0.8"),
+        alert_threshold: d("0.5"),
+        alert_thresholds: vec![d("0.5"), d("0.8"), d("0.95")],
         reset_cycle: ResetCycle::Monthly,
         active: true,
         allowed_models: vec![SONNET.into(), "claude-3-haiku".into()],
@@ -1060,37 +1063,32 @@ async fn balance_sums_by_model(s: Arc<dyn Store>) {
     assert_eq!(oct.by_model.len(), 1);
 }
 
-async fn alerts_fire_once_per_tenant_period_kind(s: Arc<dyn Store>) {
-    let a = |tenant: &str, period: &str, kind: AlertKind, at: i64| AlertRecord {
+fn alert(tenant: &str, period: &str, kind: AlertKind, at: i64) -> AlertRecord {
+    AlertRecord {
         tenant_id: tenant.into(),
         period: period.into(),
+        scope: SCOPE_TENANT.into(),
         kind,
+        threshold: (kind == AlertKind::Threshold).then(|| d("0.8")),
         fired_at_ms: at,
         spent_usd: d("8.5"),
         budget_usd: d("10"),
         request_id: Some(format!("req-{at}")),
         cost_usd: (kind == AlertKind::HighCost).then(|| d("12.5")),
+    }
+}
+
+async fn alerts_fire_once_per_tenant_period_kind(s: Arc<dyn Store>) {
+    let a = alert;
+    let rec = |a: AlertRecord| {
+        let s = s.clone();
+        async move { s.record_alert(&a, "{}", &[]).await.unwrap() }
     };
-    assert!(s
-        .record_alert(&a("acme", PERIOD, AlertKind::Threshold, 1))
-        .await
-        .unwrap());
-    assert!(!s
-        .record_alert(&a("acme", PERIOD, AlertKind::Threshold, 2))
-        .await
-        .unwrap());
-    assert!(s
-        .record_alert(&a("acme", PERIOD, AlertKind::HighCost, 3))
-        .await
-        .unwrap());
-    assert!(s
-        .record_alert(&a("acme", "2026-12", AlertKind::Threshold, 4))
-        .await
-        .unwrap());
-    assert!(s
-        .record_alert(&a("beta", PERIOD, AlertKind::Threshold, 5))
-        .await
-        .unwrap());
+    assert!(rec(a("acme", PERIOD, AlertKind::Threshold, 1)).await);
+    assert!(!rec(a("acme", PERIOD, AlertKind::Threshold, 2)).await);
+    assert!(rec(a("acme", PERIOD, AlertKind::HighCost, 3)).await);
+    assert!(rec(a("acme", "2026-12", AlertKind::Threshold, 4)).await);
+    assert!(rec(a("beta", PERIOD, AlertKind::Threshold, 5)).await);
     assert_eq!(
         s.list_alerts("acme").await.unwrap(),
         vec![
@@ -1099,6 +1097,163 @@ async fn alerts_fire_once_per_tenant_period_kind(s: Arc<dyn Store>) {
             a("acme", "2026-12", AlertKind::Threshold, 4),
         ]
     );
+    // Without targets nothing is queued.
+    assert_eq!(s.outbox_counts().await.unwrap(), (0, 0));
+}
+
+async fn alerts_are_keyed_by_scope_and_threshold(s: Arc<dyn Store>) {
+    let with = |scope: &str, t: Option<&str>, at: i64| AlertRecord {
+        scope: scope.into(),
+        threshold: t.map(d),
+        ..alert("acme", PERIOD, AlertKind::Threshold, at)
+    };
+    let targets = vec!["webhook:abc".to_string()];
+    let rec = |a: AlertRecord| {
+        let (s, targets) = (s.clone(), targets.clone());
+        async move { s.record_alert(&a, r#"{"x":1}"#, &targets).await.unwrap() }
+    };
+    assert!(rec(with(SCOPE_TENANT, Some("0.5"), 1)).await);
+    assert!(rec(with(SCOPE_TENANT, Some("0.8"), 2)).await);
+    // 0.80 is the same threshold as 0.8.
+    assert!(!rec(with(SCOPE_TENANT, Some("0.80"), 3)).await);
+    assert!(rec(with(&model_scope(SONNET), Some("0.8"), 4)).await);
+    assert!(!rec(with(&model_scope(SONNET), Some("0.8"), 5)).await);
+    let exhausted = |scope: &str, at| AlertRecord {
+        scope: scope.to_string(),
+        ..alert("acme", PERIOD, AlertKind::Exhausted, at)
+    };
+    assert!(rec(exhausted(&model_scope(SONNET), 6)).await);
+    assert!(rec(exhausted(SCOPE_TENANT, 7)).await);
+    assert!(!rec(exhausted(SCOPE_TENANT, 8)).await);
+    let listed = s.list_alerts("acme").await.unwrap();
+    let keys: Vec<(String, Option<Decimal>, i64)> = listed
+        .iter()
+        .map(|a| (a.scope.clone(), a.threshold, a.fired_at_ms))
+        .collect();
+    let m = model_scope(SONNET);
+    assert_eq!(
+        keys,
+        vec![
+            (SCOPE_TENANT.into(), Some(d("0.5")), 1),
+            (SCOPE_TENANT.into(), Some(d("0.8")), 2),
+            (m.clone(), Some(d("0.8")), 4),
+            (m, None, 6),
+            (SCOPE_TENANT.into(), None, 7),
+        ]
+    );
+    // One outbox entry per recorded alert (the refused ones queued nothing).
+    assert_eq!(s.outbox_counts().await.unwrap(), (5, 0));
+    let ids: std::collections::BTreeSet<String> = s
+        .list_outbox(None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.alert_id)
+        .collect();
+    let expected: std::collections::BTreeSet<String> =
+        listed.iter().map(AlertRecord::alert_id).collect();
+    assert_eq!(ids, expected);
+}
+
+async fn outbox_entries_are_claimed_retried_failed_and_delivered(s: Arc<dyn Store>) {
+    let a = alert("acme", PERIOD, AlertKind::Threshold, T0);
+    let id = a.alert_id();
+    let targets = vec![
+        "webhook:aaa".to_string(),
+        "sns:arn:aws:sns:us-east-1:1:t".to_string(),
+    ];
+    assert!(s
+        .record_alert(&a, r#"{"kind":"threshold"}"#, &targets)
+        .await
+        .unwrap());
+    assert_eq!(s.outbox_counts().await.unwrap(), (2, 0));
+    // Not due before the alert fired.
+    assert!(s
+        .claim_outbox(T0 - 1, T0 + 60_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let claimed = s.claim_outbox(T0, T0 + 60_000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 2, "{claimed:?}");
+    for e in &claimed {
+        assert_eq!(e.alert_id, id);
+        assert_eq!(e.tenant_id, "acme");
+        assert_eq!(e.payload, r#"{"kind":"threshold"}"#);
+        assert_eq!(e.state, OutboxState::Pending);
+        assert_eq!(e.attempts, 0);
+        assert_eq!(e.next_attempt_ms, T0 + 60_000, "claimed until");
+    }
+    // Claimed entries are not handed out twice.
+    assert!(s
+        .claim_outbox(T0 + 1, T0 + 60_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    s.finish_outbox(&id, "webhook:aaa", &OutboxResult::Delivered, T0 + 2)
+        .await
+        .unwrap();
+    s.finish_outbox(
+        &id,
+        &targets[1],
+        &OutboxResult::Retry {
+            next_attempt_ms: T0 + 10_000,
+            error: "SNS publish failed: boom".into(),
+        },
+        T0 + 2,
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.outbox_counts().await.unwrap(), (1, 0));
+    assert!(s
+        .claim_outbox(T0 + 9_999, T0 + 70_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let again = s.claim_outbox(T0 + 10_000, T0 + 70_000, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].target, targets[1]);
+    assert_eq!(again[0].attempts, 1);
+    assert_eq!(
+        again[0].last_error.as_deref(),
+        Some("SNS publish failed: boom")
+    );
+    s.finish_outbox(
+        &id,
+        &targets[1],
+        &OutboxResult::Failed {
+            error: "gave up".into(),
+        },
+        T0 + 10_001,
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.outbox_counts().await.unwrap(), (0, 1));
+    let failed = s.list_outbox(Some(OutboxState::Failed), 10).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].attempts, 2);
+    assert!(s
+        .claim_outbox(T0 + 999_999, T0 + 1_999_999, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // An operator requeues it: pending again, attempts reset, due now.
+    assert_eq!(s.retry_outbox(&id, T0 + 20_000).await.unwrap(), 1);
+    assert_eq!(s.retry_outbox(&id, T0 + 20_000).await.unwrap(), 0);
+    let requeued = s.claim_outbox(T0 + 20_000, T0 + 80_000, 10).await.unwrap();
+    assert_eq!(requeued.len(), 1);
+    assert_eq!(requeued[0].attempts, 0);
+    s.finish_outbox(&id, &targets[1], &OutboxResult::Delivered, T0 + 20_001)
+        .await
+        .unwrap();
+    assert_eq!(s.outbox_counts().await.unwrap(), (0, 0));
+    // The alert fires once: recording it again queues nothing new.
+    assert!(!s.record_alert(&a, "{}", &targets).await.unwrap());
+    assert_eq!(s.outbox_counts().await.unwrap(), (0, 0));
+    assert!(s
+        .claim_outbox(T0 + 99_999_999, T0 + 99_999_999, 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn usage_records(s: Arc<dyn Store>) {

@@ -31,8 +31,9 @@
 
 use super::{
     AlertRecord, ApiKeyRecord, Balance, CommitApplied, Hold, LeaseOutcome, LeaseRecord,
-    LeasedCommit, Profile, RateOutcome, RateTake, RenewApplied, ReserveOutcome,
-    SigV4CredentialRecord, Store, TenantConfig, TenantDeletion, UsageRecord,
+    LeasedCommit, OutboxEntry, OutboxResult, OutboxState, Profile, RateOutcome, RateTake,
+    RenewApplied, ReserveOutcome, SigV4CredentialRecord, Store, TenantConfig, TenantDeletion,
+    UsageRecord,
 };
 use crate::error::Result;
 use crate::ledger::LeaseSizing;
@@ -540,8 +541,50 @@ impl Store for CachedStore {
     }
 
     // --- alerts and reports (delegated) --------------------------------------------
-    async fn record_alert(&self, alert: &AlertRecord) -> Result<bool> {
-        self.inner.record_alert(alert).await
+    async fn record_alert(
+        &self,
+        alert: &AlertRecord,
+        payload: &str,
+        targets: &[String],
+    ) -> Result<bool> {
+        self.inner.record_alert(alert, payload, targets).await
+    }
+
+    async fn claim_outbox(
+        &self,
+        now_ms: i64,
+        claim_until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>> {
+        self.inner.claim_outbox(now_ms, claim_until_ms, limit).await
+    }
+
+    async fn finish_outbox(
+        &self,
+        alert_id: &str,
+        target: &str,
+        result: &OutboxResult,
+        now_ms: i64,
+    ) -> Result<()> {
+        self.inner
+            .finish_outbox(alert_id, target, result, now_ms)
+            .await
+    }
+
+    async fn list_outbox(
+        &self,
+        state: Option<OutboxState>,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>> {
+        self.inner.list_outbox(state, limit).await
+    }
+
+    async fn outbox_counts(&self) -> Result<(u64, u64)> {
+        self.inner.outbox_counts().await
+    }
+
+    async fn retry_outbox(&self, alert_id: &str, now_ms: i64) -> Result<u64> {
+        self.inner.retry_outbox(alert_id, now_ms).await
     }
 
     async fn list_alerts(&self, tenant_id: &str) -> Result<Vec<AlertRecord>> {
@@ -712,8 +755,23 @@ mod tests {
             self.hit("get_lease");
             Err(crate::error::Error::Internal("fake get_lease".into()))
         }
-        async fn record_alert(&self, a: &AlertRecord) -> Result<bool> {
-            self.inner.record_alert(a).await
+        async fn record_alert(&self, a: &AlertRecord, p: &str, t: &[String]) -> Result<bool> {
+            self.inner.record_alert(a, p, t).await
+        }
+        async fn claim_outbox(&self, n: i64, c: i64, l: usize) -> Result<Vec<OutboxEntry>> {
+            self.inner.claim_outbox(n, c, l).await
+        }
+        async fn finish_outbox(&self, a: &str, t: &str, r: &OutboxResult, n: i64) -> Result<()> {
+            self.inner.finish_outbox(a, t, r, n).await
+        }
+        async fn list_outbox(&self, s: Option<OutboxState>, l: usize) -> Result<Vec<OutboxEntry>> {
+            self.inner.list_outbox(s, l).await
+        }
+        async fn outbox_counts(&self) -> Result<(u64, u64)> {
+            self.inner.outbox_counts().await
+        }
+        async fn retry_outbox(&self, a: &str, n: i64) -> Result<u64> {
+            self.inner.retry_outbox(a, n).await
         }
         async fn list_alerts(&self, t: &str) -> Result<Vec<AlertRecord>> {
             self.inner.list_alerts(t).await
@@ -776,6 +834,7 @@ mod tests {
             tenant_id: id.into(),
             budget_usd: Decimal::from(10),
             alert_threshold: Decimal::new(8, 1),
+            alert_thresholds: vec![],
             reset_cycle: ResetCycle::Monthly,
             active,
             allowed_models: vec![],

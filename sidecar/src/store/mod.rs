@@ -32,9 +32,17 @@ pub struct TenantConfig {
     pub tenant_id: String,
     #[schema(value_type = Money)]
     pub budget_usd: Decimal,
-    /// Fraction of the budget (0–1) at which the `threshold` alert fires.
+    /// The lowest of `alert_thresholds`, kept so readers of the older single
+    /// threshold (and configurations written before the list) still work.
     #[schema(value_type = Money)]
     pub alert_threshold: Decimal,
+    /// Fractions of the budget (0–1, ascending) at which a `threshold` alert
+    /// fires, each once per period and budget scope (the tenant budget and each
+    /// model budget). Empty in configurations written before the list existed:
+    /// then `alert_threshold` alone applies (see [`TenantConfig::thresholds`]).
+    #[serde(default)]
+    #[schema(value_type = Vec<Money>)]
+    pub alert_thresholds: Vec<Decimal>,
     pub reset_cycle: ResetCycle,
     pub active: bool,
     pub allowed_models: Vec<String>,
@@ -56,6 +64,17 @@ pub struct TenantConfig {
     /// the tenant-wide `rate_limit_tpm`.
     #[serde(default)]
     pub model_rate_limit_tpm: BTreeMap<String, u64>,
+}
+
+impl TenantConfig {
+    /// The thresholds in force: the list, or the single older threshold.
+    pub fn thresholds(&self) -> Vec<Decimal> {
+        if self.alert_thresholds.is_empty() {
+            vec![self.alert_threshold]
+        } else {
+            self.alert_thresholds.clone()
+        }
+    }
 }
 
 /// (tenant, application, model) → application inference profile ARN.
@@ -391,16 +410,125 @@ pub struct Balance {
     pub model_limits: BTreeMap<String, ModelLimit>,
 }
 
+/// The budget scope of the tenant's own budget ([`AlertRecord::scope`]).
+pub const SCOPE_TENANT: &str = "tenant";
+
+/// The scope of a model budget: `model:<model id>`.
+pub fn model_scope(model_id: &str) -> String {
+    format!("model:{model_id}")
+}
+
+/// A fired alert. It fires once per (tenant, period, scope, kind, threshold):
+/// that tuple is its identity, and [`AlertRecord::alert_id`] is derived from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlertRecord {
     pub tenant_id: String,
     pub period: String,
+    /// Which budget: [`SCOPE_TENANT`], `model:<id>` ([`model_scope`]); new
+    /// budget scopes plug in with their own prefix.
+    pub scope: String,
     pub kind: AlertKind,
+    /// The fraction that was crossed (`threshold` alerts only).
+    pub threshold: Option<Decimal>,
     pub fired_at_ms: i64,
     pub spent_usd: Decimal,
     pub budget_usd: Decimal,
     pub request_id: Option<String>,
     pub cost_usd: Option<Decimal>,
+}
+
+impl AlertRecord {
+    /// The threshold as the identity uses it (normalized: `0.80` is `0.8`), or
+    /// empty for kinds without one.
+    pub fn threshold_key(&self) -> String {
+        self.threshold
+            .map(|t| t.normalize().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Stable id of this alert: the same (tenant, period, scope, kind,
+    /// threshold) always gives the same id, on any sidecar, so a receiver can
+    /// drop redeliveries (at-least-once) by it. `al_` + 24 hex of a SHA-256.
+    pub fn alert_id(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for part in [
+            self.tenant_id.as_str(),
+            self.period.as_str(),
+            self.scope.as_str(),
+            self.kind.as_str(),
+            &self.threshold_key(),
+        ] {
+            // Length-prefixed, so no two tuples hash the same text.
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        format!("al_{}", &hex::encode(h.finalize())[..24])
+    }
+}
+
+/// Where an outbox entry stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboxState {
+    /// Waiting for (another) attempt at `next_attempt_at`.
+    Pending,
+    /// The target accepted it.
+    Delivered,
+    /// Every attempt failed; kept for inspection and `retry`.
+    Failed,
+}
+
+impl OutboxState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Self::Pending,
+            "delivered" => Self::Delivered,
+            "failed" => Self::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// One delivery of one alert to one target (the alert outbox).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub alert_id: String,
+    /// `webhook:<12 hex of SHA-256 of the URL>` (the URL itself may carry a
+    /// secret, so it is not stored) or `sns:<topic ARN>`.
+    pub target: String,
+    pub tenant_id: String,
+    /// The alert JSON (`alerts::AlertEvent`), as it is delivered.
+    pub payload: String,
+    pub state: OutboxState,
+    pub attempts: u32,
+    pub next_attempt_ms: i64,
+    pub last_error: Option<String>,
+    pub created_at_ms: i64,
+    pub delivered_at_ms: Option<i64>,
+}
+
+/// What an attempt at an outbox entry came to ([`Store::finish_outbox`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboxResult {
+    Delivered,
+    /// Failed; try again at `next_attempt_ms`.
+    Retry {
+        next_attempt_ms: i64,
+        error: String,
+    },
+    /// Failed for the last time.
+    Failed {
+        error: String,
+    },
 }
 
 /// One settled invocation (the usage log the reports are built from).
@@ -648,9 +776,45 @@ pub trait Store: Send + Sync + 'static {
     }
 
     // --- alerts and reports ----------------------------------------------------
-    /// Records an alert unless one of the same (tenant, period, kind) exists;
-    /// returns whether it was recorded (and so must be delivered).
-    async fn record_alert(&self, alert: &AlertRecord) -> Result<bool>;
+    /// Records an alert unless one of the same (tenant, period, scope, kind,
+    /// threshold) exists, and with it one pending outbox entry per target
+    /// (due at once, `payload` the body to deliver) — in the same transaction
+    /// where the store has one. Returns whether it was recorded.
+    async fn record_alert(
+        &self,
+        alert: &AlertRecord,
+        payload: &str,
+        targets: &[String],
+    ) -> Result<bool>;
+    /// Claims up to `limit` pending outbox entries due at `now_ms`: each one's
+    /// next attempt moves to `claim_until_ms`, so another worker (this or
+    /// another sidecar) does not take it meanwhile. A worker that dies holding
+    /// a claim leaves the entry to be retried once the claim ends.
+    async fn claim_outbox(
+        &self,
+        now_ms: i64,
+        claim_until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>>;
+    /// Records the outcome of an attempt (and counts it).
+    async fn finish_outbox(
+        &self,
+        alert_id: &str,
+        target: &str,
+        result: &OutboxResult,
+        now_ms: i64,
+    ) -> Result<()>;
+    /// Outbox entries, newest first, optionally of one state.
+    async fn list_outbox(
+        &self,
+        state: Option<OutboxState>,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>>;
+    /// (pending, failed) entry counts (metrics).
+    async fn outbox_counts(&self) -> Result<(u64, u64)>;
+    /// Makes an alert's failed entries pending again, due at `now_ms`, with
+    /// their attempts reset; returns how many.
+    async fn retry_outbox(&self, alert_id: &str, now_ms: i64) -> Result<u64>;
     async fn list_alerts(&self, tenant_id: &str) -> Result<Vec<AlertRecord>>;
     /// Usage rows with `from_ms ≤ at < to_ms`.
     async fn usage(&self, from_ms: Option<i64>, to_ms: Option<i64>) -> Result<Vec<UsageRecord>>;

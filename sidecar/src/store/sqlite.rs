@@ -206,9 +206,56 @@ CREATE TABLE leases (
 );
 CREATE INDEX leases_open_by_expiry ON leases (state, expires_at);";
 
-/// Fleet-wide rate limits: per-model TPM on the tenant, and the per-minute
+/// Version 6: several alert thresholds per tenant (`tenants.alert_thresholds`, a
+/// JSON list of decimal strings; `alert_threshold` keeps the lowest), alerts
+/// keyed by budget scope and threshold, and the alert outbox. The alerts
+/// table is rebuilt (SQLite cannot change a primary key): existing rows become
+/// scope `tenant`, and a `threshold` row gets the tenant's threshold of the
+/// time, so it does not fire again in its period. Their `alert_id` is
+/// `al_legacy_<n>` (they were delivered before the outbox existed).
+const SCHEMA_V6: &str = "ALTER TABLE tenants ADD COLUMN alert_thresholds TEXT;
+CREATE TABLE alerts_v6 (
+    tenant_id TEXT NOT NULL,
+    period TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    threshold TEXT NOT NULL,
+    alert_id TEXT NOT NULL,
+    fired_at INTEGER NOT NULL,
+    spent_usd TEXT NOT NULL,
+    budget_usd TEXT NOT NULL,
+    request_id TEXT,
+    cost_usd TEXT,
+    PRIMARY KEY (tenant_id, period, scope, kind, threshold)
+);
+INSERT INTO alerts_v6 (tenant_id, period, scope, kind, threshold, alert_id, fired_at,
+        spent_usd, budget_usd, request_id, cost_usd)
+    SELECT a.tenant_id, a.period, 'tenant', a.kind,
+        CASE WHEN a.kind = 'threshold' THEN COALESCE(
+            (SELECT t.alert_threshold FROM tenants t WHERE t.tenant_id = a.tenant_id), '')
+        ELSE '' END,
+        'al_legacy_' || a.rowid, a.fired_at, a.spent_usd, a.budget_usd, a.request_id, a.cost_usd
+    FROM alerts a;
+DROP TABLE alerts;
+ALTER TABLE alerts_v6 RENAME TO alerts;
+CREATE TABLE alert_outbox (
+    alert_id TEXT NOT NULL,
+    target TEXT NOT NULL,
+    tenant_id TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    last_error TEXT,
+    created_at INTEGER NOT NULL,
+    delivered_at INTEGER,
+    PRIMARY KEY (alert_id, target)
+);
+CREATE INDEX alert_outbox_due ON alert_outbox (state, next_attempt_at);";
+
+/// Version 8: fleet-wide rate limits: per-model TPM on the tenant, and the per-minute
 /// counters every sidecar sharing the file counts in.
-const SCHEMA_RATE_WINDOWS: &str = "ALTER TABLE tenants ADD COLUMN model_rate_limit_tpm TEXT;
+const SCHEMA_V8: &str = "ALTER TABLE tenants ADD COLUMN model_rate_limit_tpm TEXT;
 CREATE TABLE rate_windows (
     tenant_id TEXT NOT NULL,
     window INTEGER NOT NULL,
@@ -217,20 +264,14 @@ CREATE TABLE rate_windows (
     PRIMARY KEY (tenant_id, window, counter)
 );";
 
-/// Key lifecycle: an optional expiry, and when the key was last used.
-const SCHEMA_KEY_LIFECYCLE: &str = "ALTER TABLE api_keys ADD COLUMN expires_at INTEGER;
+/// Version 7: key lifecycle: an optional expiry, and when the key was last used.
+const SCHEMA_V7: &str = "ALTER TABLE api_keys ADD COLUMN expires_at INTEGER;
 ALTER TABLE api_keys ADD COLUMN last_used_at INTEGER;";
 
 /// Ordered schema migrations: entry `i` takes a database from `user_version` `i`
 /// to `i + 1`. Append only; never edit a released entry.
 pub const MIGRATIONS: &[&str] = &[
-    SCHEMA_V1,
-    SCHEMA_V2,
-    SCHEMA_V3,
-    SCHEMA_V4,
-    SCHEMA_V5,
-    SCHEMA_KEY_LIFECYCLE,
-    SCHEMA_RATE_WINDOWS,
+    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8,
 ];
 
 /// The schema version this binary writes (`PRAGMA user_version`).
@@ -646,7 +687,7 @@ impl SqliteStore {
     }
 }
 
-const TENANT_COLS: &str = "tenant_id, budget_usd, alert_threshold, reset_cycle, active, allowed_models, default_model, max_tokens_cap, rate_limit_rpm, rate_limit_tpm, model_budgets, model_rate_limit_tpm";
+const TENANT_COLS: &str = "tenant_id, budget_usd, alert_threshold, reset_cycle, active, allowed_models, default_model, max_tokens_cap, rate_limit_rpm, rate_limit_tpm, model_budgets, alert_thresholds, model_rate_limit_tpm";
 
 fn tenant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TenantConfig>> {
     let cycle: String = row.get(3)?;
@@ -663,7 +704,7 @@ fn tenant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TenantCon
         Ok(m) => m.unwrap_or_default(),
         Err(e) => return Ok(Err(e)),
     };
-    let model_tpm: Option<String> = row.get(11)?;
+    let model_tpm: Option<String> = row.get(12)?;
     let model_rate_limit_tpm = match model_tpm
         .as_deref()
         .map(|t| {
@@ -677,6 +718,11 @@ fn tenant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TenantCon
     };
     let (reset_cycle, allowed_models) = match built {
         Ok(v) => v,
+        Err(e) => return Ok(Err(e)),
+    };
+    let thresholds: Option<String> = row.get(11)?;
+    let alert_thresholds = match thresholds.as_deref().map(parse_thresholds).transpose() {
+        Ok(t) => t.unwrap_or_default(),
         Err(e) => return Ok(Err(e)),
     };
     Ok(Ok(TenantConfig {
@@ -698,7 +744,61 @@ fn tenant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TenantCon
             .map(|v| u64::try_from(v).unwrap_or(0)),
         model_budgets,
         model_rate_limit_tpm,
+        alert_thresholds,
     }))
+}
+
+fn parse_thresholds(text: &str) -> Result<Vec<Decimal>> {
+    let raw: Vec<String> =
+        serde_json::from_str(text).map_err(|e| Error::Corrupt(format!("alert_thresholds: {e}")))?;
+    raw.iter()
+        .map(|v| {
+            v.parse::<Decimal>()
+                .map_err(|e| Error::Corrupt(format!("alert_thresholds: {e}")))
+        })
+        .collect()
+}
+
+fn thresholds_json(t: &[Decimal]) -> Result<Option<String>> {
+    if t.is_empty() {
+        return Ok(None);
+    }
+    let text: Vec<String> = t.iter().map(Decimal::to_string).collect();
+    Ok(Some(serde_json::to_string(&text)?))
+}
+
+const OUTBOX_COLS: &str = "alert_id, target, tenant_id, payload, state, attempts, next_attempt_at, last_error, created_at, delivered_at";
+
+fn outbox_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, OutboxEntry)> {
+    let state: String = r.get(4)?;
+    Ok((
+        state,
+        OutboxEntry {
+            alert_id: r.get(0)?,
+            target: r.get(1)?,
+            tenant_id: r.get(2)?,
+            payload: r.get(3)?,
+            state: OutboxState::Pending,
+            attempts: u32::try_from(r.get::<_, i64>(5)?).unwrap_or(u32::MAX),
+            next_attempt_ms: r.get(6)?,
+            last_error: r.get(7)?,
+            created_at_ms: r.get(8)?,
+            delivered_at_ms: r.get(9)?,
+        },
+    ))
+}
+
+fn outbox_entries(
+    rows: impl Iterator<Item = rusqlite::Result<(String, OutboxEntry)>>,
+) -> Result<Vec<OutboxEntry>> {
+    let mut out = Vec::new();
+    for row in rows {
+        let (state, mut e) = row?;
+        e.state = OutboxState::parse(&state)
+            .ok_or_else(|| Error::Corrupt(format!("outbox state {state:?}")))?;
+        out.push(e);
+    }
+    Ok(out)
 }
 
 fn parse_model_budgets(text: &str) -> Result<BTreeMap<String, Decimal>> {
@@ -1025,7 +1125,7 @@ impl Store for SqliteStore {
             let tx = conn.savepoint()?;
             tx.execute(
                 &format!(
-                    "INSERT INTO tenants ({TENANT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                    "INSERT INTO tenants ({TENANT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
                      ON CONFLICT (tenant_id) DO UPDATE SET budget_usd = excluded.budget_usd,
                        alert_threshold = excluded.alert_threshold, reset_cycle = excluded.reset_cycle,
                        active = excluded.active, allowed_models = excluded.allowed_models,
@@ -1033,6 +1133,7 @@ impl Store for SqliteStore {
                        rate_limit_rpm = excluded.rate_limit_rpm,
                        rate_limit_tpm = excluded.rate_limit_tpm,
                        model_budgets = excluded.model_budgets,
+                       alert_thresholds = excluded.alert_thresholds,
                        model_rate_limit_tpm = excluded.model_rate_limit_tpm"
                 ),
                 params![
@@ -1047,6 +1148,7 @@ impl Store for SqliteStore {
                     cfg.rate_limit_rpm.map(i64::from),
                     cfg.rate_limit_tpm.map(i),
                     model_budgets_json(&cfg.model_budgets)?,
+                    thresholds_json(&cfg.alert_thresholds)?,
                     (!cfg.model_rate_limit_tpm.is_empty())
                         .then(|| serde_json::to_string(&cfg.model_rate_limit_tpm))
                         .transpose()?,
@@ -2041,16 +2143,30 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn record_alert(&self, alert: &AlertRecord) -> Result<bool> {
+    async fn record_alert(
+        &self,
+        alert: &AlertRecord,
+        payload: &str,
+        targets: &[String],
+    ) -> Result<bool> {
         let a = alert.clone();
+        let payload = payload.to_string();
+        let targets = targets.to_vec();
+        // One write job = one savepoint of one transaction: the alert and its
+        // outbox entries are committed together or not at all.
         self.write(move |conn| {
+            let alert_id = a.alert_id();
             let n = conn.execute(
-                "INSERT OR IGNORE INTO alerts (tenant_id, period, kind, fired_at, spent_usd, budget_usd, request_id, cost_usd)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT OR IGNORE INTO alerts (tenant_id, period, scope, kind, threshold, alert_id,
+                   fired_at, spent_usd, budget_usd, request_id, cost_usd)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
                     a.tenant_id,
                     a.period,
+                    a.scope,
                     a.kind.as_str(),
+                    a.threshold_key(),
+                    alert_id,
                     a.fired_at_ms,
                     Dec(a.spent_usd),
                     Dec(a.budget_usd),
@@ -2058,7 +2174,18 @@ impl Store for SqliteStore {
                     a.cost_usd.map(Dec)
                 ],
             )?;
-            Ok(n == 1)
+            if n != 1 {
+                return Ok(false);
+            }
+            for target in &targets {
+                conn.execute(
+                    "INSERT OR IGNORE INTO alert_outbox (alert_id, target, tenant_id, payload, state,
+                       attempts, next_attempt_at, created_at)
+                     VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5)",
+                    params![alert_id, target, a.tenant_id, payload, a.fired_at_ms],
+                )?;
+            }
+            Ok(true)
         })
         .await
     }
@@ -2067,17 +2194,22 @@ impl Store for SqliteStore {
         let t = tenant_id.to_string();
         self.with(move |conn| {
             let mut stmt = conn.prepare(
-                "SELECT tenant_id, period, kind, fired_at, spent_usd, budget_usd, request_id, cost_usd
-                 FROM alerts WHERE tenant_id = ?1 ORDER BY fired_at, kind",
+                "SELECT tenant_id, period, kind, fired_at, spent_usd, budget_usd, request_id, cost_usd,
+                   scope, threshold
+                 FROM alerts WHERE tenant_id = ?1 ORDER BY fired_at, scope, kind, threshold",
             )?;
             let rows = stmt.query_map(params![t], |r| {
                 let kind: String = r.get(2)?;
+                let threshold: String = r.get(9)?;
                 Ok((
                     kind,
+                    threshold,
                     AlertRecord {
                         tenant_id: r.get(0)?,
                         period: r.get(1)?,
+                        scope: r.get(8)?,
                         kind: AlertKind::Threshold,
+                        threshold: None,
                         fired_at_ms: r.get(3)?,
                         spent_usd: dec(r, 4)?,
                         budget_usd: dec(r, 5)?,
@@ -2088,12 +2220,141 @@ impl Store for SqliteStore {
             })?;
             let mut out = Vec::new();
             for row in rows {
-                let (kind, mut rec) = row?;
+                let (kind, threshold, mut rec) = row?;
                 rec.kind = AlertKind::parse(&kind)
                     .ok_or_else(|| Error::Corrupt(format!("alert kind {kind:?}")))?;
+                if !threshold.is_empty() {
+                    rec.threshold = Some(threshold.parse().map_err(|e| {
+                        Error::Corrupt(format!("alert threshold {threshold:?}: {e}"))
+                    })?);
+                }
                 out.push(rec);
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn claim_outbox(
+        &self,
+        now_ms: i64,
+        claim_until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // The worker asks every poll; most of the time nothing is due, and a
+        // read answers that without a turn of the writer thread.
+        let due: bool = self
+            .with(move |conn| {
+                Ok(conn
+                    .query_row(
+                        "SELECT 1 FROM alert_outbox WHERE state = 'pending' AND next_attempt_at <= ?1 LIMIT 1",
+                        params![now_ms],
+                        |_| Ok(()),
+                    )
+                    .optional()?
+                    .is_some())
+            })
+            .await?;
+        if !due {
+            return Ok(Vec::new());
+        }
+        self.write(move |conn| {
+            let mut stmt = conn.prepare(&format!(
+                "UPDATE alert_outbox SET next_attempt_at = ?2
+                 WHERE rowid IN (SELECT rowid FROM alert_outbox
+                   WHERE state = 'pending' AND next_attempt_at <= ?1
+                   ORDER BY next_attempt_at LIMIT ?3)
+                 RETURNING {OUTBOX_COLS}"
+            ))?;
+            let rows = stmt.query_map(params![now_ms, claim_until_ms, limit], outbox_from_row)?;
+            outbox_entries(rows)
+        })
+        .await
+    }
+
+    async fn finish_outbox(
+        &self,
+        alert_id: &str,
+        target: &str,
+        result: &OutboxResult,
+        now_ms: i64,
+    ) -> Result<()> {
+        let (id, target, result) = (alert_id.to_string(), target.to_string(), result.clone());
+        self.write(move |conn| {
+            match &result {
+                OutboxResult::Delivered => conn.execute(
+                    "UPDATE alert_outbox SET state = 'delivered', attempts = attempts + 1,
+                       delivered_at = ?3, last_error = NULL
+                     WHERE alert_id = ?1 AND target = ?2 AND state = 'pending'",
+                    params![id, target, now_ms],
+                )?,
+                OutboxResult::Retry {
+                    next_attempt_ms,
+                    error,
+                } => conn.execute(
+                    "UPDATE alert_outbox SET attempts = attempts + 1, next_attempt_at = ?3,
+                       last_error = ?4
+                     WHERE alert_id = ?1 AND target = ?2 AND state = 'pending'",
+                    params![id, target, next_attempt_ms, error],
+                )?,
+                OutboxResult::Failed { error } => conn.execute(
+                    "UPDATE alert_outbox SET state = 'failed', attempts = attempts + 1,
+                       last_error = ?3
+                     WHERE alert_id = ?1 AND target = ?2 AND state = 'pending'",
+                    params![id, target, error],
+                )?,
+            };
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_outbox(
+        &self,
+        state: Option<OutboxState>,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(move |conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {OUTBOX_COLS} FROM alert_outbox
+                 WHERE ?1 IS NULL OR state = ?1
+                 ORDER BY created_at DESC, alert_id, target LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(
+                params![state.map(OutboxState::as_str), limit],
+                outbox_from_row,
+            )?;
+            outbox_entries(rows)
+        })
+        .await
+    }
+
+    async fn outbox_counts(&self) -> Result<(u64, u64)> {
+        self.with(|conn| {
+            let count = |state: &str| -> Result<u64> {
+                let n: i64 = conn.query_row(
+                    "SELECT COUNT(*) FROM alert_outbox WHERE state = ?1",
+                    params![state],
+                    |r| r.get(0),
+                )?;
+                Ok(u64::try_from(n).unwrap_or(0))
+            };
+            Ok((count("pending")?, count("failed")?))
+        })
+        .await
+    }
+
+    async fn retry_outbox(&self, alert_id: &str, now_ms: i64) -> Result<u64> {
+        let id = alert_id.to_string();
+        self.write(move |conn| {
+            let n = conn.execute(
+                "UPDATE alert_outbox SET state = 'pending', attempts = 0, next_attempt_at = ?2
+                 WHERE alert_id = ?1 AND state = 'failed'",
+                params![id, now_ms],
+            )?;
+            Ok(n as u64)
         })
         .await
     }
@@ -2357,5 +2618,60 @@ mod v5_tests {
         }
         let rows = store.usage(None, None).await.unwrap();
         assert!(!rows[0].capped);
+    }
+}
+
+#[cfg(test)]
+mod v6_tests {
+    use super::*;
+
+    /// Alerts recorded before scopes keep firing once: they become the
+    /// tenant's, a threshold alert takes the tenant's threshold of the time.
+    #[tokio::test]
+    async fn alerts_of_a_v5_ledger_keep_their_once_per_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            apply_migrations(&mut conn, &MIGRATIONS[..5]).unwrap();
+            conn.execute_batch(
+                "INSERT INTO tenants (tenant_id, budget_usd, alert_threshold, reset_cycle, active,
+                   allowed_models) VALUES ('acme', '10', '0.8', 'monthly', 1, '[]');
+                 INSERT INTO alerts (tenant_id, period, kind, fired_at, spent_usd, budget_usd)
+                   VALUES ('acme', '2026-11', 'threshold', 5, '8', '10'),
+                          ('acme', '2026-11', 'exhausted', 6, '10', '10');",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let t = store.get_tenant("acme").await.unwrap().unwrap();
+        assert!(t.alert_thresholds.is_empty());
+        assert_eq!(t.thresholds(), vec![Decimal::new(8, 1)]);
+        let alerts = store.list_alerts("acme").await.unwrap();
+        assert_eq!(alerts.len(), 2);
+        assert!(alerts.iter().all(|a| a.scope == SCOPE_TENANT));
+        assert_eq!(alerts[0].threshold, Some(Decimal::new(8, 1)));
+        assert_eq!(alerts[1].threshold, None);
+        let again = AlertRecord {
+            fired_at_ms: 7,
+            request_id: None,
+            cost_usd: None,
+            ..alerts[0].clone()
+        };
+        assert!(!store
+            .record_alert(&again, "{}", &["webhook:x".into()])
+            .await
+            .unwrap());
+        assert_eq!(store.outbox_counts().await.unwrap(), (0, 0));
+        // Another threshold of the same period is a new alert.
+        let other = AlertRecord {
+            threshold: Some(Decimal::new(95, 2)),
+            ..again
+        };
+        assert!(store
+            .record_alert(&other, "{}", &["webhook:x".into()])
+            .await
+            .unwrap());
+        assert_eq!(store.outbox_counts().await.unwrap(), (1, 0));
     }
 }

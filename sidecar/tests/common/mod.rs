@@ -68,6 +68,20 @@ impl TestSidecar {
 
     /// Opens (or reopens) a sidecar on an existing database path.
     pub async fn open(db: &Path, setup: Setup) -> Self {
+        Self::open_on(db, setup, None).await
+    }
+
+    /// A sidecar on a given store (e.g. DynamoDB on dynalite), behind the
+    /// configuration cache as `serve` puts it.
+    pub async fn on_store(store: Arc<dyn tollgate_sidecar::store::Store>, setup: Setup) -> Self {
+        Self::open_on(Path::new("unused.db"), setup, Some(store)).await
+    }
+
+    async fn open_on(
+        db: &Path,
+        setup: Setup,
+        store: Option<Arc<dyn tollgate_sidecar::store::Store>>,
+    ) -> Self {
         let clock = Arc::new(ManualClock::new(datetime!(2026-11-23 12:00 UTC)));
         let opts = Options {
             db: db.to_path_buf(),
@@ -79,7 +93,18 @@ impl TestSidecar {
             metrics_token: setup.metrics_token,
             clock: clock.clone(),
         };
-        let sidecar = build(&opts).await.expect("build sidecar");
+        let sidecar = match store {
+            None => build(&opts).await.expect("build sidecar"),
+            Some(store) => tollgate_sidecar::server::build_with_store(
+                &opts,
+                tollgate_sidecar::store::cached::CachedStore::wrap(
+                    store,
+                    tollgate_sidecar::store::cached::DEFAULT_TTL,
+                ),
+            )
+            .await
+            .expect("build sidecar"),
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

@@ -45,11 +45,14 @@
 //! ## Inspection API (unsigned)
 //!
 //! `GET /_emulator/health`, `GET /_emulator/requests` (recorded requests, oldest
-//! first, at most 10,000), `DELETE /_emulator/requests`. See `README.md`.
+//! first, at most 10,000), `DELETE /_emulator/requests`, and `GET` / `DELETE
+//! /_emulator/sns` (messages published with SNS `Publish`, see `sns.rs`). See
+//! `README.md`.
 
 mod error;
 mod respond;
 mod server;
+mod sns;
 mod sts;
 mod tokens;
 

@@ -229,6 +229,19 @@ async fn handle(State(st): State<Arc<AppState>>, req: Request) -> Response {
             let e = ApiError::Validation(format!("could not read request body: {e}"));
             (error_response(&e, &request_id), e.error_type().to_owned())
         }
+        Ok(body) if crate::sns::is_sns(parts.method.as_str(), &raw_path, &body) => {
+            rec["operation"] = json!("Publish");
+            let r = crate::sns::handle(
+                &st.config.credentials,
+                &raw_path,
+                parts.uri.query(),
+                &pairs,
+                &body,
+                &request_id,
+            );
+            rec["sigv4"]["ok"] = json!(r.status() != StatusCode::FORBIDDEN);
+            (r, String::new())
+        }
         Ok(body) if crate::sts::is_sts(parts.method.as_str(), &raw_path, &body) => {
             rec["operation"] = json!("GetCallerIdentity");
             let r = crate::sts::handle(
@@ -480,6 +493,9 @@ fn inspection(st: &AppState, method: &Method, path: &str) -> Response {
             .body(Body::from(serde_json::to_vec(&body).unwrap_or_default()))
             .unwrap_or_else(|_| Response::new(Body::empty()))
     };
+    if let Some(r) = crate::sns::inspection(method.as_str(), path) {
+        return r;
+    }
     match (method.as_str(), path) {
         ("GET", "/_emulator/health") => plain(StatusCode::OK, json!({"status": "ok"})),
         ("GET", "/_emulator/requests") => {

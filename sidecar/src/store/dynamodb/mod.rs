@@ -495,6 +495,22 @@ impl<'a> Get<'a> {
         }
     }
 
+    fn decimals(&self, k: &str) -> Result<Vec<Decimal>> {
+        match self.item.get(k) {
+            None | Some(AttributeValue::Null(_)) => Ok(Vec::new()),
+            Some(AttributeValue::L(l)) => l
+                .iter()
+                .map(|v| {
+                    let one: Item = [(k.to_string(), v.clone())].into_iter().collect();
+                    Get::new(&one, self.table)
+                        .opt_dec(k)?
+                        .ok_or_else(|| corrupt(self.table, k, "null entry"))
+                })
+                .collect(),
+            Some(_) => Err(corrupt(self.table, k, "not a list")),
+        }
+    }
+
     fn decimal_map(&self, k: &str) -> Result<BTreeMap<String, Decimal>> {
         match self.item.get(k) {
             None | Some(AttributeValue::Null(_)) => Ok(BTreeMap::new()),
@@ -781,6 +797,7 @@ fn tenant_from_item(item: &Item, table: &str) -> Result<TenantConfig> {
                     .map_err(|_| corrupt(table, "modelRateLimitTpm", "not a whole number"))
             })
             .collect::<Result<_>>()?,
+        alert_thresholds: g.decimals("alertThresholds")?,
     })
 }
 
@@ -802,6 +819,11 @@ fn tenant_attributes(cfg: &TenantConfig) -> Vec<(&'static str, Option<AttributeV
         ("maxTokens", cfg.max_tokens_cap.map(nu)),
         ("rateLimit", cfg.rate_limit_rpm.map(|v| nu(u64::from(v)))),
         ("rateLimitTpm", cfg.rate_limit_tpm.map(nu)),
+        (
+            "alertThresholds",
+            (!cfg.alert_thresholds.is_empty())
+                .then(|| AttributeValue::L(cfg.alert_thresholds.iter().map(|t| n(*t)).collect())),
+        ),
         (
             "modelBudgets",
             (!cfg.model_budgets.is_empty()).then(|| {
@@ -878,12 +900,65 @@ fn sigv4_from_item(item: &Item, table: &str) -> Result<SigV4CredentialRecord> {
     })
 }
 
+/// The `TollgateAlerts` partition of the alert outbox. Tenant ids cannot
+/// contain `#`, so it never meets a tenant's partition.
+const OUTBOX_PARTITION: &str = "#outbox";
+
+/// An alert's sort key: `<period>#<kind>` for the tenant's own alerts without
+/// a threshold (as before scopes existed, so those keep firing once across an
+/// upgrade), else `<period>#<scope>#<kind>[#<threshold>]`.
+fn alert_sort_key(a: &AlertRecord) -> String {
+    if a.scope == SCOPE_TENANT && a.threshold.is_none() {
+        format!("{}#{}", a.period, a.kind.as_str())
+    } else if a.threshold.is_some() {
+        format!(
+            "{}#{}#{}#{}",
+            a.period,
+            a.scope,
+            a.kind.as_str(),
+            a.threshold_key()
+        )
+    } else {
+        format!("{}#{}#{}", a.period, a.scope, a.kind.as_str())
+    }
+}
+
+fn outbox_key(alert_id: &str, target: &str) -> Vec<(&'static str, AttributeValue)> {
+    vec![
+        ("tenantId", s(OUTBOX_PARTITION)),
+        ("periodKind", s(format!("{alert_id}#{target}"))),
+    ]
+}
+
+fn outbox_from_item(item: &Item, table: &str) -> Result<OutboxEntry> {
+    let g = Get::new(item, table);
+    let state = g.s("state")?;
+    Ok(OutboxEntry {
+        alert_id: g.s("alertId")?,
+        target: g.s("target")?,
+        tenant_id: g.s("alertTenant")?,
+        payload: g.s("payload")?,
+        state: OutboxState::parse(&state)
+            .ok_or_else(|| corrupt(table, "state", &format!("{state:?}")))?,
+        attempts: u32::try_from(g.u64("attempts")?).unwrap_or(u32::MAX),
+        next_attempt_ms: g.i64("nextAttemptAt")?,
+        last_error: g.opt_s("lastError")?,
+        created_at_ms: g.i64("createdAt")?,
+        delivered_at_ms: g.opt_i64("deliveredAt")?,
+    })
+}
+
 fn alert_from_item(item: &Item, table: &str) -> Result<AlertRecord> {
     let g = Get::new(item, table);
     let kind = g.s("kind")?;
     Ok(AlertRecord {
         tenant_id: g.s("tenantId")?,
         period: g.s("period")?,
+        // Alerts written before scopes existed are the tenant's.
+        scope: g
+            .opt_s("scope")?
+            .unwrap_or_else(|| SCOPE_TENANT.to_string()),
+        threshold: g.opt_dec("threshold")?,
         kind: AlertKind::parse(&kind)
             .ok_or_else(|| corrupt(table, "kind", &format!("{kind:?}")))?,
         fired_at_ms: g.i64("firedAt")?,
@@ -1113,6 +1188,22 @@ impl DynamoStore {
             .await
             .map_err(|e| hard(ddb_error("DeleteItem", table, e), "DeleteItem"))?;
         Ok(out.attributes.is_some_and(|a| !a.is_empty()))
+    }
+
+    /// Every entry of the alert outbox (one strongly consistent query of its
+    /// partition: it holds only pending and failed entries).
+    async fn outbox_items(&self) -> Result<Vec<OutboxEntry>> {
+        self.query_all(
+            &self.t.alerts,
+            None,
+            "#t = :t",
+            names(&[("#t", "tenantId")]),
+            vals(vec![(":t", s(OUTBOX_PARTITION))]),
+        )
+        .await?
+        .iter()
+        .map(|i| outbox_from_item(i, &self.t.alerts))
+        .collect()
     }
 
     /// Every item of `table` belonging to a tenant, through its `byTenant` index.
@@ -2503,21 +2594,225 @@ impl Store for DynamoStore {
         Ok(balance)
     }
 
-    async fn record_alert(&self, alert: &AlertRecord) -> Result<bool> {
+    /// No transaction joins the two writes (dynalite has no
+    /// `TransactWriteItems`), so the outbox entries are written *first*, each
+    /// a conditional put keyed by the alert's stable id and target, then the
+    /// alert itself (conditional: the once-per-period guard). If the alert had
+    /// already fired, the entries this call created are deleted again. A
+    /// crash between the writes therefore errs towards delivering: the entries
+    /// are delivered, and a later firing finds the alert missing and records
+    /// it (a redelivery carries the same id, so receivers drop it).
+    async fn record_alert(
+        &self,
+        alert: &AlertRecord,
+        payload: &str,
+        targets: &[String],
+    ) -> Result<bool> {
+        let alert_id = alert.alert_id();
+        let mut created = Vec::new();
+        for target in targets {
+            let mut item = Item::new();
+            item.insert("tenantId".into(), s(OUTBOX_PARTITION));
+            item.insert("periodKind".into(), s(format!("{alert_id}#{target}")));
+            item.insert("alertId".into(), s(&alert_id));
+            item.insert("target".into(), s(target));
+            item.insert("alertTenant".into(), s(&alert.tenant_id));
+            item.insert("payload".into(), s(payload));
+            item.insert("state".into(), s(OutboxState::Pending.as_str()));
+            item.insert("attempts".into(), nu(0));
+            item.insert("nextAttemptAt".into(), ni(alert.fired_at_ms));
+            item.insert("createdAt".into(), ni(alert.fired_at_ms));
+            if applied(self.put(&self.t.alerts, item, Some("tenantId")).await)?.is_some() {
+                created.push(format!("{alert_id}#{target}"));
+            }
+        }
         let mut item = Item::new();
         item.insert("tenantId".into(), s(&alert.tenant_id));
-        item.insert(
-            "periodKind".into(),
-            s(format!("{}#{}", alert.period, alert.kind.as_str())),
-        );
+        item.insert("periodKind".into(), s(alert_sort_key(alert)));
         item.insert("period".into(), s(&alert.period));
+        item.insert("scope".into(), s(&alert.scope));
         item.insert("kind".into(), s(alert.kind.as_str()));
+        put_opt(&mut item, "threshold", alert.threshold.map(n));
+        item.insert("alertId".into(), s(&alert_id));
         item.insert("firedAt".into(), ni(alert.fired_at_ms));
         item.insert("spentUsd".into(), n(alert.spent_usd));
         item.insert("budgetUsd".into(), n(alert.budget_usd));
         put_opt(&mut item, "requestId", alert.request_id.clone().map(s));
         put_opt(&mut item, "costUsd", alert.cost_usd.map(n));
-        Ok(applied(self.put(&self.t.alerts, item, Some("tenantId")).await)?.is_some())
+        let fired = applied(self.put(&self.t.alerts, item, Some("tenantId")).await)?.is_some();
+        if !fired {
+            for sk in created {
+                self.remove(
+                    &self.t.alerts,
+                    vec![("tenantId", s(OUTBOX_PARTITION)), ("periodKind", s(sk))],
+                )
+                .await?;
+            }
+        }
+        Ok(fired)
+    }
+
+    async fn claim_outbox(
+        &self,
+        now_ms: i64,
+        claim_until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>> {
+        let mut due: Vec<OutboxEntry> = self
+            .outbox_items()
+            .await?
+            .into_iter()
+            .filter(|e| e.state == OutboxState::Pending && e.next_attempt_ms <= now_ms)
+            .collect();
+        due.sort_by_key(|e| e.next_attempt_ms);
+        let mut out = Vec::new();
+        for e in due.into_iter().take(limit) {
+            // The claim is conditional on the entry still being due, so of two
+            // sidecars polling at once only one takes it.
+            let r = self
+                .update(
+                    &self.t.alerts,
+                    outbox_key(&e.alert_id, &e.target),
+                    "SET #next = :until",
+                    Some("#st = :pending AND #next <= :now"),
+                    &[("#next", "nextAttemptAt"), ("#st", "state")],
+                    vec![
+                        (":until", ni(claim_until_ms)),
+                        (":pending", s(OutboxState::Pending.as_str())),
+                        (":now", ni(now_ms)),
+                    ],
+                )
+                .await;
+            if let Some(item) = applied(r)? {
+                out.push(outbox_from_item(&item, &self.t.alerts)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A delivered entry is deleted (the alert item keeps the history), so the
+    /// outbox partition holds only pending and failed entries.
+    async fn finish_outbox(
+        &self,
+        alert_id: &str,
+        target: &str,
+        result: &OutboxResult,
+        _now_ms: i64,
+    ) -> Result<()> {
+        let key = outbox_key(alert_id, target);
+        let pending = s(OutboxState::Pending.as_str());
+        let r = match result {
+            OutboxResult::Delivered => {
+                self.remove(&self.t.alerts, key).await?;
+                return Ok(());
+            }
+            OutboxResult::Retry {
+                next_attempt_ms,
+                error,
+            } => {
+                self.update(
+                    &self.t.alerts,
+                    key,
+                    "SET #next = :next, #err = :err ADD #att :one",
+                    Some("#st = :pending"),
+                    &[
+                        ("#next", "nextAttemptAt"),
+                        ("#err", "lastError"),
+                        ("#att", "attempts"),
+                        ("#st", "state"),
+                    ],
+                    vec![
+                        (":next", ni(*next_attempt_ms)),
+                        (":err", s(error)),
+                        (":one", nu(1)),
+                        (":pending", pending),
+                    ],
+                )
+                .await
+            }
+            OutboxResult::Failed { error } => {
+                self.update(
+                    &self.t.alerts,
+                    key,
+                    "SET #st = :failed, #err = :err ADD #att :one",
+                    Some("#st = :pending"),
+                    &[
+                        ("#err", "lastError"),
+                        ("#att", "attempts"),
+                        ("#st", "state"),
+                    ],
+                    vec![
+                        (":failed", s(OutboxState::Failed.as_str())),
+                        (":err", s(error)),
+                        (":one", nu(1)),
+                        (":pending", pending),
+                    ],
+                )
+                .await
+            }
+        };
+        applied(r)?;
+        Ok(())
+    }
+
+    async fn list_outbox(
+        &self,
+        state: Option<OutboxState>,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>> {
+        let mut out: Vec<OutboxEntry> = self
+            .outbox_items()
+            .await?
+            .into_iter()
+            .filter(|e| state.is_none_or(|st| e.state == st))
+            .collect();
+        out.sort_by(|a, b| {
+            (b.created_at_ms, &a.alert_id, &a.target).cmp(&(
+                a.created_at_ms,
+                &b.alert_id,
+                &b.target,
+            ))
+        });
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn outbox_counts(&self) -> Result<(u64, u64)> {
+        let items = self.outbox_items().await?;
+        let count = |st| items.iter().filter(|e| e.state == st).count() as u64;
+        Ok((count(OutboxState::Pending), count(OutboxState::Failed)))
+    }
+
+    async fn retry_outbox(&self, alert_id: &str, now_ms: i64) -> Result<u64> {
+        let mut n = 0;
+        for e in self.outbox_items().await? {
+            if e.alert_id != alert_id || e.state != OutboxState::Failed {
+                continue;
+            }
+            let r = self
+                .update(
+                    &self.t.alerts,
+                    outbox_key(&e.alert_id, &e.target),
+                    "SET #st = :pending, #att = :zero, #next = :now",
+                    Some("#st = :failed"),
+                    &[
+                        ("#st", "state"),
+                        ("#att", "attempts"),
+                        ("#next", "nextAttemptAt"),
+                    ],
+                    vec![
+                        (":pending", s(OutboxState::Pending.as_str())),
+                        (":failed", s(OutboxState::Failed.as_str())),
+                        (":zero", nu(0)),
+                        (":now", ni(now_ms)),
+                    ],
+                )
+                .await;
+            if applied(r)?.is_some() {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     async fn list_alerts(&self, tenant_id: &str) -> Result<Vec<AlertRecord>> {
@@ -2533,7 +2828,14 @@ impl Store for DynamoStore {
             .iter()
             .map(|i| alert_from_item(i, &self.t.alerts))
             .collect::<Result<Vec<_>>>()?;
-        out.sort_by(|a, b| (a.fired_at_ms, a.kind.as_str()).cmp(&(b.fired_at_ms, b.kind.as_str())));
+        out.sort_by(|a, b| {
+            (a.fired_at_ms, &a.scope, a.kind.as_str(), a.threshold).cmp(&(
+                b.fired_at_ms,
+                &b.scope,
+                b.kind.as_str(),
+                b.threshold,
+            ))
+        });
         Ok(out)
     }
 
