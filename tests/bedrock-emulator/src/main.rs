@@ -47,7 +47,11 @@
 //! `GET /_emulator/health`, `GET /_emulator/requests` (recorded requests, oldest
 //! first, at most 10,000), `DELETE /_emulator/requests`. See `README.md`.
 
+mod aws;
+mod control;
+mod costexplorer;
 mod error;
+mod pricelist;
 mod respond;
 mod server;
 mod sts;
