@@ -65,6 +65,7 @@ impl IntoResponse for Error {
             Error::Invalid(_) | Error::Json(_) => StatusCode::BAD_REQUEST,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Upstream(_) => StatusCode::BAD_GATEWAY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {
@@ -178,6 +179,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(revoke_sigv4))
         .routes(routes!(put_profile, list_profiles))
         .routes(routes!(delete_profile))
+        .routes(routes!(crate::aws::routes::create_inference_profile))
+        .routes(routes!(crate::aws::routes::delete_inference_profile))
+        .routes(routes!(crate::aws::routes::sync_inference_profiles))
         .routes(routes!(list_prices))
         .routes(routes!(put_price, get_price, delete_price))
         .routes(routes!(list_aliases))
