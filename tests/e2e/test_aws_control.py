@@ -124,6 +124,17 @@ def test_create_tags_maps_and_routes_the_tenants_traffic_to_the_new_profile(aws,
     assert len(ours) == 1
 
 
+def test_a_geo_model_is_copied_from_its_system_profile_and_mapped_as_named(aws, tenant_id):
+    s = aws
+    s.create_tenant(tenant_id)
+    geo = f"us.{HAIKU}"
+    out = json.loads(cli(s, "profiles", "create", tenant_id, geo).stdout)
+    assert out["model_id"] == geo and out["tags"]["tollgate:model"] == geo
+    got = client(s, "bedrock").get_inference_profile(inferenceProfileIdentifier=out["arn"])
+    assert sorted(m["modelArn"].split(":")[3] for m in got["models"]) == ["us-east-1", "us-east-2", "us-west-2"]
+    assert s.admin("GET", f"/v1/tenants/{tenant_id}/profiles")["profiles"][0]["model_id"] == geo
+
+
 def test_aws_refusals_are_said_in_plain_words(aws, tenant_id):
     s = aws
     s.create_tenant(tenant_id)

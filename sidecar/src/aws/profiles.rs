@@ -368,9 +368,11 @@ mod sdk {
                     .await
                     .map_err(|e| match classify("bedrock:CreateInferenceProfile", e) {
                         AwsError::Other { code, message, .. }
+                            // Bedrock says "The provided model identifier is invalid";
+                            // a tag's ValidationException names the tag instead.
                             if code == "ValidationException"
-                                && (message.contains("model identifier")
-                                    || message.contains("model")) =>
+                                && message.contains("model")
+                                && !message.contains("tag") =>
                         {
                             AwsError::UnknownModel { model: model_id.clone(), message }
                         }
