@@ -199,7 +199,18 @@ pub async fn run(command: Command) -> Result<()> {
                     )
                     .await
                 }
-                PricesCommand::Import { file, .. } => {
+                PricesCommand::Import {
+                    file,
+                    dry_run,
+                    aws_region,
+                    ..
+                } => {
+                    if dry_run || aws_region.is_some() {
+                        // A file import writes at once; a dry run is --from-aws's.
+                        return Err(Error::invalid(
+                            "--dry-run and --aws-region go with --from-aws",
+                        ));
+                    }
                     let Some(file) = file else {
                         return Err(Error::invalid("prices import: give a FILE or --from-aws"));
                     };

@@ -535,15 +535,16 @@ pub enum PricesCommand {
         /// Read the prices from the AWS Price List API.
         #[arg(long)]
         from_aws: bool,
-        /// Only show what would change.
-        #[arg(long, requires = "from_aws")]
+        /// Only show what would change (with --from-aws).
+        #[arg(long)]
         dry_run: bool,
-        /// The Bedrock Region whose prices to read (default: AWS_REGION).
-        #[arg(long, requires = "from_aws")]
+        /// The Bedrock Region whose prices to read (with --from-aws; default:
+        /// AWS_REGION).
+        #[arg(long)]
         aws_region: Option<String>,
         /// Where the Price List API is called (it answers in us-east-1,
         /// eu-central-1 and ap-south-1).
-        #[arg(long, requires = "from_aws", default_value = "us-east-1")]
+        #[arg(long, default_value = "us-east-1")]
         pricing_api_region: String,
     },
     /// List the price table.
@@ -803,6 +804,64 @@ mod tests {
         );
         let e = parse(&["--url", "http://a:1", "openapi"]).expect_err("not an admin command");
         assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn aws_commands_check_their_arguments_before_any_call() {
+        let Command::Profiles(p) = parse(&[
+            "profiles",
+            "create",
+            "acme",
+            "claude-3-haiku",
+            "--tag",
+            "team=a=b",
+            "--tag",
+            "x=",
+            "--cost-center",
+            "cc",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not profiles")
+        };
+        let ProfilesCommand::Create {
+            tags, cost_center, ..
+        } = p.command
+        else {
+            panic!("not create")
+        };
+        // The first `=` splits; an empty value is a tag value AWS accepts.
+        assert_eq!(
+            tags,
+            vec![("team".into(), "a=b".into()), ("x".into(), String::new())]
+        );
+        assert_eq!(cost_center.as_deref(), Some("cc"));
+        assert!(parse(&["profiles", "create", "acme", "m", "--tag", "novalue"]).is_err());
+        assert!(parse(&["profiles", "create", "acme", "m", "--tag", "=v"]).is_err());
+        // `prices import` takes a file or --from-aws, not both; --dry-run is for --from-aws.
+        assert!(parse(&["prices", "import"]).is_err());
+        assert!(parse(&["prices", "import", "f.json", "--from-aws"]).is_err());
+        let Command::Prices(p) = parse(&["prices", "import", "--from-aws", "--dry-run"])
+            .unwrap()
+            .command
+        else {
+            panic!("not prices")
+        };
+        assert!(matches!(
+            p.command,
+            PricesCommand::Import { file: None, from_aws: true, dry_run: true, ref pricing_api_region, .. }
+                if pricing_api_region == "us-east-1"
+        ));
+        let Command::Reconcile(r) = parse(&["reconcile", "--month", "2026-10"]).unwrap().command
+        else {
+            panic!("not reconcile")
+        };
+        assert_eq!(
+            (r.tag_key.as_str(), r.format),
+            ("tollgate:tenant", ReportFormat::Table)
+        );
+        assert!(parse(&["reconcile"]).is_err());
     }
 
     #[test]

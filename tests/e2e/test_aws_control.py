@@ -314,6 +314,9 @@ def test_price_import_shows_the_diff_and_writes_only_without_dry_run(aws):
             Decimal("0.275"), Decimal("1.375"), Decimal("0.3"))
         again = cli(s, "prices", "import", "--from-aws", "--dry-run").stdout
         assert f"{HAIKU}: unchanged" in again, again
+        # A file import has no dry run: refused before anything is read or written.
+        r = cli(s, "prices", "import", "prices.json", "--dry-run", check=False)
+        assert r.returncode != 0 and "--dry-run and --aws-region go with --from-aws" in r.stderr, r.stderr
     finally:
         emulator(s, "PUT", f"prices/{HAIKU}", {"input": "0.25", "output": "1.25", "cache_read": "0.03", "cache_write": "0.30"})
 
