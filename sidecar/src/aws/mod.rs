@@ -103,6 +103,15 @@ where
         "ServiceQuotaExceededException" | "LimitExceededException" => AwsError::Quota(message),
         "ConflictException" => AwsError::Conflict(message),
         "ResourceNotFoundException" => AwsError::NotFound(message),
+        // Cost Explorer before its data exists: say why, not only that.
+        "DataUnavailableException" => AwsError::Other {
+            action: action.to_owned(),
+            code,
+            message: format!(
+                "Cost Explorer has no data for this period yet: it starts about 24 hours after \
+                 Cost Explorer is first enabled, and usage arrives up to about 24 hours late ({message})"
+            ),
+        },
         _ => AwsError::Other {
             action: action.to_owned(),
             code,
