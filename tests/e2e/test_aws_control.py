@@ -248,7 +248,7 @@ def test_reconcile_agrees_when_prices_match_and_measures_a_wrong_price_exactly(a
         assert Decimal(row["ledger_usd"]) > 0
         assert Decimal(row["aws_usd"]) == Decimal(row["ledger_usd"]), row
         assert Decimal(row["difference_usd"]) == 0
-        assert row["requests"] == 3 and row["estimated_requests"] == 0
+        assert row["requests"] == 3 and row["estimated_requests"] == 0 and Decimal(row["estimated_share"]) == 0
 
     # The ledger now charges Nova Lite too little: AWS's bill is above it by
     # exactly the tokens of the new requests times the price difference.

@@ -49,6 +49,8 @@ pub struct Row {
     pub difference_usd: Decimal,
     pub requests: u64,
     pub estimated_requests: u64,
+    /// `estimated_requests / requests` (0 without requests).
+    pub estimated_share: Decimal,
 }
 
 impl Row {
@@ -192,6 +194,7 @@ pub fn reconcile(
             row.ledger_usd = row.ledger_usd.normalize();
             row.aws_usd = row.aws_usd.normalize();
             row.difference_usd = (row.aws_usd - row.ledger_usd).normalize();
+            row.estimated_share = row.estimated_share().round_dp(4).normalize();
             row
         })
         .collect();
