@@ -171,7 +171,12 @@ pub fn match_models(
 ) -> BTreeMap<String, AwsRates> {
     let mut out = BTreeMap::new();
     for model in models {
-        let want = model_tokens(crate::pricing::split_geo_prefix(model).1);
+        // A cross-Region profile's price (e.g. the 10 % geo premium) is not its
+        // base model's product: never written from it.
+        if crate::pricing::split_geo_prefix(model).0.is_some() {
+            continue;
+        }
+        let want = model_tokens(model);
         if want.is_empty() {
             continue;
         }
@@ -199,8 +204,9 @@ pub fn match_models(
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PriceChange {
     pub model_id: String,
-    /// `changed`, `unchanged`, `new` (no price in the table yet) or
-    /// `not_listed` (no Price List product matched: left as it is).
+    /// `changed`, `unchanged`, `new` (no price in the table yet),
+    /// `not_listed` (no Price List product matched: left as it is) or
+    /// `cross_region` (a `us.`/`eu.`/… profile ID: left as it is).
     pub status: String,
     /// Field, current, AWS's (per 1M tokens).
     pub fields: Vec<(String, Option<Decimal>, Option<Decimal>)>,
@@ -220,9 +226,10 @@ pub fn diff(
     for model in models {
         let cur = current.iter().find(|p| &p.model_id == model);
         let Some(rates) = aws.get(model) else {
+            let geo = crate::pricing::split_geo_prefix(model).0.is_some();
             out.push(PriceChange {
                 model_id: model.clone(),
-                status: "not_listed".into(),
+                status: if geo { "cross_region" } else { "not_listed" }.into(),
                 fields: Vec::new(),
                 price: None,
             });
@@ -279,6 +286,10 @@ pub fn render(changes: &[PriceChange], region: &str) -> String {
         match c.status.as_str() {
             "not_listed" => out.push_str(&format!(
                 "  {}: no Price List product matches; left as it is\n",
+                c.model_id
+            )),
+            "cross_region" => out.push_str(&format!(
+                "  {}: a cross-Region profile ID; the Price List prices the model, not the profile: left as it is\n",
                 c.model_id
             )),
             "unchanged" => out.push_str(&format!("  {}: unchanged\n", c.model_id)),
@@ -500,6 +511,7 @@ mod tests {
             "anthropic.claude-3-haiku-20240307-v1:0",
             "amazon.nova-lite-v1:0",
             "x.unknown-v1:0",
+            "us.amazon.nova-lite-v1:0",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -523,6 +535,9 @@ mod tests {
         assert_eq!(haiku.price.as_ref().unwrap().cache_read, Some(d("0.03")));
         assert_eq!(by("amazon.nova-lite-v1:0").status, "new");
         assert_eq!(by("x.unknown-v1:0").status, "not_listed");
+        // Its base model is listed, but a geo profile's price is its own.
+        assert_eq!(by("us.amazon.nova-lite-v1:0").status, "cross_region");
+        assert!(by("us.amazon.nova-lite-v1:0").price.is_none());
         let text = render(&changes, "us-east-1");
         assert!(text.contains("input 0.3 -> 0.25"), "{text}");
     }
