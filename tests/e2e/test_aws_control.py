@@ -298,20 +298,26 @@ def price_of(stack: Stack, model: str) -> dict:
     return stack.admin("GET", f"/v1/pricing/{requests.utils.quote(model, safe='')}")
 
 
-def test_price_import_shows_the_diff_and_writes_only_without_dry_run(aws):
+def test_price_import_shows_the_diff_and_writes_only_without_dry_run(aws, tenant_id):
     s = aws
     s.set_price(HAIKU, "0.30", "1.25", cache_read="0.03")
+    # A mapped cross-Region model is in use too, but its price is not the Price List's.
+    geo = f"us.{NOVA}"
+    s.create_tenant(tenant_id)
+    s.map_profile(tenant_id, geo, APP_ARN_PREFIX + "geoimport001")
     emulator(s, "PUT", f"prices/{HAIKU}", {"input": "0.275", "output": "1.375", "cache_read": "0.03", "cache_write": "0.3"})
     try:
         out = cli(s, "prices", "import", "--from-aws", "--dry-run").stdout
         assert f"{HAIKU}: changed: input 0.3 -> 0.275, output 1.25 -> 1.375, cache_write - -> 0.3" in out, out
         assert "nothing written" in out
+        assert f"{geo}: a cross-Region profile ID; the Price List prices the model, not the profile: left as it is" in out
         assert Decimal(price_of(s, HAIKU)["input"]) == Decimal("0.30")
 
         out = cli(s, "prices", "import", "--from-aws").stdout
         p = price_of(s, HAIKU)
         assert (Decimal(p["input"]), Decimal(p["output"]), Decimal(p["cache_write"])) == (
             Decimal("0.275"), Decimal("1.375"), Decimal("0.3"))
+        assert s.admin("GET", f"/v1/pricing/{requests.utils.quote(geo, safe='')}", expect=404)
         again = cli(s, "prices", "import", "--from-aws", "--dry-run").stdout
         assert f"{HAIKU}: unchanged" in again, again
         # A file import has no dry run: refused before anything is read or written.
