@@ -171,6 +171,9 @@ def test_delete_removes_the_profile_in_aws_and_the_mapping(aws, tenant_id):
         client(s, "bedrock").get_inference_profile(inferenceProfileIdentifier=arn)
     assert e.value.response["Error"]["Code"] == "ResourceNotFoundException"
     assert s.admin("GET", f"/v1/tenants/{tenant_id}/profiles")["profiles"] == []
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        client(s, "bedrock-runtime").converse(modelId=arn, messages=[{"role": "user", "content": [{"text": "hi"}]}])
+    assert e.value.response["Error"]["Code"] == "ValidationException"
     # Another tenant's profile is not deleted through this tenant's mapping.
     other = f"{tenant_id}-other"
     s.create_tenant(other)

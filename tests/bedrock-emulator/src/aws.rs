@@ -55,11 +55,16 @@ impl AwsState {
     }
 
     /// The model a runtime request runs: an application profile's copied
-    /// model, else the identifier as given.
-    pub fn runtime_model(&self, model: &str) -> String {
-        lock(&self.control)
-            .resolve(model)
-            .unwrap_or_else(|| model.to_owned())
+    /// model, else the identifier as given. A profile deleted here is refused,
+    /// as Bedrock refuses it.
+    pub fn runtime_model(&self, model: &str) -> Result<String, String> {
+        let c = lock(&self.control);
+        if c.was_deleted(model) {
+            return Err(format!(
+                "The provided model identifier is invalid: {model} was deleted."
+            ));
+        }
+        Ok(c.resolve(model).unwrap_or_else(|| model.to_owned()))
     }
 
     /// Records what a served runtime request costs at the emulator's prices.

@@ -49,6 +49,8 @@ pub struct ControlPlane {
     region: String,
     /// By id, in creation order of ids (ids sort by creation: see `new_id`).
     profiles: BTreeMap<String, AppProfile>,
+    /// ARNs of deleted application profiles (runtime calls on them fail).
+    deleted: std::collections::BTreeSet<String>,
     counter: u64,
     pub max_application_profiles: usize,
 }
@@ -165,6 +167,7 @@ impl ControlPlane {
         Self {
             region: region.to_owned(),
             profiles: BTreeMap::new(),
+            deleted: std::collections::BTreeSet::new(),
             counter: 0,
             max_application_profiles: DEFAULT_MAX_APPLICATION_PROFILES,
         }
@@ -199,6 +202,10 @@ impl ControlPlane {
         self.profiles
             .get(ident)
             .or_else(|| self.profiles.values().find(|p| p.arn == ident))
+    }
+
+    pub fn was_deleted(&self, arn: &str) -> bool {
+        self.deleted.contains(arn)
     }
 
     pub fn profile_by_arn(&self, arn: &str) -> Option<&AppProfile> {
@@ -367,7 +374,9 @@ pub fn handle(
                 }
                 return Err(not_found(&ident));
             };
-            cp.profiles.remove(&id);
+            if let Some(p) = cp.profiles.remove(&id) {
+                cp.deleted.insert(p.arn);
+            }
             Ok((200, json!({})))
         }
         Route::Tag => {
@@ -575,7 +584,7 @@ mod tests {
         let arn = out["inferenceProfileArn"].as_str().unwrap().to_owned();
         assert!(arn
             .starts_with("arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/"));
-        assert_eq!(st.runtime_model(&arn), "amazon.nova-lite-v1:0");
+        assert_eq!(st.runtime_model(&arn).unwrap(), "amazon.nova-lite-v1:0");
         let encoded = arn.replace(':', "%3A").replace('/', "%2F");
         let got = call(
             &st,
@@ -651,6 +660,13 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!((e.status, e.code), (404, "ResourceNotFoundException"));
+        assert!(st.runtime_model(&arn).is_err());
+        // ARNs it never made still pass through (the other suites use made-up ones).
+        assert!(st
+            .runtime_model(
+                "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/other"
+            )
+            .is_ok());
     }
 
     #[test]
@@ -669,7 +685,7 @@ mod tests {
         .unwrap();
         let arn = out["inferenceProfileArn"].as_str().unwrap();
         assert_eq!(
-            st.runtime_model(arn),
+            st.runtime_model(arn).unwrap(),
             "anthropic.claude-3-haiku-20240307-v1:0"
         );
         let e = call(

@@ -364,7 +364,8 @@ async fn process(
         ))
     })?;
     // An application profile's ARN runs (and is read as) its copied model.
-    let plan = tokens::plan(op.is_converse(), &st.aws.runtime_model(&model), &body_json)?;
+    let runs = st.aws.runtime_model(&model).map_err(ApiError::Validation)?;
+    let plan = tokens::plan(op.is_converse(), &runs, &body_json)?;
     rec["family"] = json!(plan.family.as_str());
 
     let fault_name = headers
