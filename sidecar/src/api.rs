@@ -66,6 +66,7 @@ impl IntoResponse for Error {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Upstream(_) => StatusCode::BAD_GATEWAY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {
@@ -180,6 +181,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(revoke_sigv4))
         .routes(routes!(put_profile, list_profiles))
         .routes(routes!(delete_profile))
+        .routes(routes!(crate::aws::routes::create_inference_profile))
+        .routes(routes!(crate::aws::routes::delete_inference_profile))
+        .routes(routes!(crate::aws::routes::sync_inference_profiles))
         .routes(routes!(list_prices))
         .routes(routes!(put_price, get_price, delete_price))
         .routes(routes!(list_aliases))

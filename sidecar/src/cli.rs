@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
     base: String,
     token: String,
@@ -25,12 +25,12 @@ const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'@');
 
 /// Percent-encodes one path segment or query value.
-fn seg(s: &str) -> String {
+pub(crate) fn seg(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
 }
 
 impl Client {
-    fn new(args: &ClientArgs) -> Result<Self> {
+    pub(crate) fn new(args: &ClientArgs) -> Result<Self> {
         let token = args
             .admin_token
             .clone()
@@ -45,7 +45,12 @@ impl Client {
         })
     }
 
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<String> {
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<String> {
         let mut req = self
             .http
             .request(method, format!("{}{}", self.base, path))
@@ -198,7 +203,37 @@ pub async fn run(command: Command) -> Result<()> {
                     )
                     .await
                 }
-                PricesCommand::Import { file } => {
+                PricesCommand::Import {
+                    from_aws: true,
+                    dry_run,
+                    aws_region,
+                    pricing_api_region,
+                    ..
+                } => {
+                    crate::aws::price_import::command(
+                        &c,
+                        a.region.as_deref(),
+                        aws_region,
+                        &pricing_api_region,
+                        dry_run,
+                    )
+                    .await
+                }
+                PricesCommand::Import {
+                    file,
+                    dry_run,
+                    aws_region,
+                    ..
+                } => {
+                    if dry_run || aws_region.is_some() {
+                        // A file import writes at once; a dry run is --from-aws's.
+                        return Err(Error::invalid(
+                            "--dry-run and --aws-region go with --from-aws",
+                        ));
+                    }
+                    let Some(file) = file else {
+                        return Err(Error::invalid("prices import: give a FILE or --from-aws"));
+                    };
                     let text = std::fs::read_to_string(&file).map_err(|e| {
                         Error::invalid(format!("cannot read {}: {e}", file.display()))
                     })?;
@@ -249,6 +284,60 @@ pub async fn run(command: Command) -> Result<()> {
                         Method::PUT,
                         &format!("/v1/tenants/{}/profiles", seg(&tenant)),
                         Some(body),
+                    )
+                    .await
+                }
+                ProfilesCommand::Create {
+                    tenant,
+                    model,
+                    application,
+                    tags,
+                    cost_center,
+                    environment,
+                } => {
+                    let tags: serde_json::Map<String, Value> = tags
+                        .into_iter()
+                        .map(|(k, v)| (k, Value::String(v)))
+                        .collect();
+                    let body = json!({
+                        "model": model,
+                        "application_id": application,
+                        "cost_center": cost_center,
+                        "environment": environment,
+                        "tags": tags,
+                    });
+                    c.print(
+                        Method::POST,
+                        &format!("/v1/tenants/{}/inference-profiles", seg(&tenant)),
+                        Some(body),
+                    )
+                    .await
+                }
+                ProfilesCommand::Sync { tenant } => {
+                    c.print(
+                        Method::POST,
+                        "/v1/inference-profiles/sync",
+                        Some(json!({ "tenant_id": tenant })),
+                    )
+                    .await
+                }
+                ProfilesCommand::Delete {
+                    tenant,
+                    model,
+                    application,
+                } => {
+                    let q = application
+                        .as_deref()
+                        .map(|a| format!("?application={}", seg(a)))
+                        .unwrap_or_default();
+                    c.print(
+                        Method::DELETE,
+                        &format!(
+                            "/v1/tenants/{}/inference-profiles/{}{q}",
+                            seg(&tenant),
+                            seg(&model)
+                        ),
+                        None,
                     )
                     .await
                 }
@@ -323,6 +412,10 @@ pub async fn run(command: Command) -> Result<()> {
                     .await
                 }
             }
+        }
+        Command::Reconcile(a) => {
+            let c = Client::new(&a.client)?;
+            crate::aws::reconcile::command(&c, &a).await
         }
         Command::Usage(a) => {
             let c = Client::new(&a.client)?;

@@ -92,6 +92,10 @@ pub enum Command {
     Alerts(AlertsArgs),
     /// Usage and cost report.
     Usage(UsageArgs),
+    /// Compare the ledger's spend of a month with Cost Explorer's, per value of
+    /// a cost-allocation tag of the profiles (default tollgate:tenant), and say
+    /// the usual causes of a gap.
+    Reconcile(ReconcileArgs),
     /// Check a deployment and say what to fix: the sidecar's health, store and
     /// clock, prices, aliases and profile ARNs, and (with --envoy-admin) the
     /// filter's live Envoy configuration and counters. Exits non-zero when a
@@ -125,6 +129,7 @@ impl Command {
             Command::Aliases(a) => Some(&mut a.client),
             Command::Alerts(a) => Some(&mut a.client),
             Command::Usage(a) => Some(&mut a.client),
+            Command::Reconcile(a) => Some(&mut a.client),
             Command::Doctor(a) => Some(&mut a.client),
             Command::Serve(_) | Command::Dynamodb(_) | Command::Rewrap(_) | Command::Openapi => {
                 None
@@ -482,6 +487,32 @@ fn parse_model_tpm(s: &str) -> Result<(String, u64), String> {
     Ok((model.to_string(), n))
 }
 
+/// `KEY=VALUE` of `profiles create --tag`.
+fn parse_tag(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))?;
+    if k.is_empty() {
+        return Err(format!("expected KEY=VALUE, got {s:?}"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// `tollgate-sidecar reconcile`.
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The month, YYYY-MM (UTC, as Cost Explorer's months).
+    #[arg(long)]
+    pub month: String,
+    /// The cost-allocation tag to group by.
+    #[arg(long, default_value = "tollgate:tenant")]
+    pub tag_key: String,
+    #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+    pub format: ReportFormat,
+}
+
 /// `MODEL=USD` of `tenants set --model-budget`.
 fn parse_model_budget(s: &str) -> Result<(String, Decimal), String> {
     let (model, usd) = s
@@ -554,7 +585,28 @@ pub enum PricesCommand {
     /// Import prices from a JSON file: a seed file (`{"pricing": [...]}`; other
     /// seed sections are ignored) or a bare array of `{"model_id", "input",
     /// "output", "cache_read", "cache_write"}` entries. Decimals are read exactly.
-    Import { file: PathBuf },
+    /// With --from-aws instead: the on-demand prices of the models in use (the
+    /// price table, mapped profiles, aliases) from the AWS Price List API
+    /// (pricing:GetProducts), shown as a diff against the table and written
+    /// unless --dry-run.
+    Import {
+        #[arg(required_unless_present = "from_aws", conflicts_with = "from_aws")]
+        file: Option<PathBuf>,
+        /// Read the prices from the AWS Price List API.
+        #[arg(long)]
+        from_aws: bool,
+        /// Only show what would change (with --from-aws).
+        #[arg(long)]
+        dry_run: bool,
+        /// The Bedrock Region whose prices to read (with --from-aws; default:
+        /// AWS_REGION).
+        #[arg(long)]
+        aws_region: Option<String>,
+        /// Where the Price List API is called (it answers in us-east-1,
+        /// eu-central-1 and ap-south-1).
+        #[arg(long, default_value = "us-east-1")]
+        pricing_api_region: String,
+    },
     /// List the price table.
     List,
     /// Remove a model's price: its requests are refused from then on.
@@ -581,6 +633,40 @@ pub enum ProfilesCommand {
     },
     /// List a tenant's mappings.
     List { tenant: String },
+    /// Create the tenant's application inference profile in AWS (copying the
+    /// model, or a geo-prefixed system profile such as us.anthropic…), tagged
+    /// tollgate:tenant, tollgate:application, tollgate:model, cost-center,
+    /// environment and --tag's, and map it. An existing profile with the same
+    /// Tollgate tags is reused. Runs in the sidecar, with its AWS credentials.
+    Create {
+        tenant: String,
+        model: String,
+        #[arg(long)]
+        application: Option<String>,
+        /// More tags, as KEY=VALUE (repeatable).
+        #[arg(long = "tag", value_parser = parse_tag)]
+        tags: Vec<(String, String)>,
+        /// The cost-center tag.
+        #[arg(long)]
+        cost_center: Option<String>,
+        /// The environment tag.
+        #[arg(long)]
+        environment: Option<String>,
+    },
+    /// Map every application inference profile tagged tollgate:tenant
+    /// (e.g. to rebuild the mappings of a new ledger).
+    Sync {
+        /// Only this tenant's profiles.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Delete the mapped application inference profile in AWS and unmap it.
+    Delete {
+        tenant: String,
+        model: String,
+        #[arg(long)]
+        application: Option<String>,
+    },
     /// Remove a mapping: the tenant's requests then use its tenant-wide
     /// mapping (for an application's), or the model itself.
     Unmap {
@@ -692,6 +778,14 @@ pub enum GroupBy {
 pub enum UsageFormat {
     Json,
     Csv,
+}
+
+/// `reconcile --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// A table and the causes, for people.
+    Table,
+    Json,
 }
 
 /// The name a value has on the command line (and in the API).
@@ -833,6 +927,64 @@ mod tests {
         );
         let e = parse(&["--url", "http://a:1", "openapi"]).expect_err("not an admin command");
         assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn aws_commands_check_their_arguments_before_any_call() {
+        let Command::Profiles(p) = parse(&[
+            "profiles",
+            "create",
+            "acme",
+            "claude-3-haiku",
+            "--tag",
+            "team=a=b",
+            "--tag",
+            "x=",
+            "--cost-center",
+            "cc",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not profiles")
+        };
+        let ProfilesCommand::Create {
+            tags, cost_center, ..
+        } = p.command
+        else {
+            panic!("not create")
+        };
+        // The first `=` splits; an empty value is a tag value AWS accepts.
+        assert_eq!(
+            tags,
+            vec![("team".into(), "a=b".into()), ("x".into(), String::new())]
+        );
+        assert_eq!(cost_center.as_deref(), Some("cc"));
+        assert!(parse(&["profiles", "create", "acme", "m", "--tag", "novalue"]).is_err());
+        assert!(parse(&["profiles", "create", "acme", "m", "--tag", "=v"]).is_err());
+        // `prices import` takes a file or --from-aws, not both; --dry-run is for --from-aws.
+        assert!(parse(&["prices", "import"]).is_err());
+        assert!(parse(&["prices", "import", "f.json", "--from-aws"]).is_err());
+        let Command::Prices(p) = parse(&["prices", "import", "--from-aws", "--dry-run"])
+            .unwrap()
+            .command
+        else {
+            panic!("not prices")
+        };
+        assert!(matches!(
+            p.command,
+            PricesCommand::Import { file: None, from_aws: true, dry_run: true, ref pricing_api_region, .. }
+                if pricing_api_region == "us-east-1"
+        ));
+        let Command::Reconcile(r) = parse(&["reconcile", "--month", "2026-10"]).unwrap().command
+        else {
+            panic!("not reconcile")
+        };
+        assert_eq!(
+            (r.tag_key.as_str(), r.format),
+            ("tollgate:tenant", ReportFormat::Table)
+        );
+        assert!(parse(&["reconcile"]).is_err());
     }
 
     #[test]

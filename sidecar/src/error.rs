@@ -38,6 +38,10 @@ pub enum Error {
     RewrapIncomplete(#[from] crate::rewrap::Incomplete),
     #[error("internal error: {0}")]
     Internal(String),
+    /// An AWS service the sidecar called refused or failed (HTTP 502); the
+    /// message says what to do (`aws::AwsError`).
+    #[error("{0}")]
+    Upstream(String),
 }
 
 impl Error {

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod alerts;
 pub mod api;
 pub mod audit;
+pub mod aws;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -49,7 +49,11 @@
 //! /_emulator/sns` (messages published with SNS `Publish`, see `sns.rs`). See
 //! `README.md`.
 
+mod aws;
+mod control;
+mod costexplorer;
 mod error;
+mod pricelist;
 mod respond;
 mod server;
 mod sns;

@@ -33,6 +33,8 @@ pub struct Config {
 
 pub struct AppState {
     pub config: Config,
+    /// Control plane, Cost Explorer and Price List state (`crate::aws`).
+    pub aws: crate::aws::AwsState,
     records: Mutex<VecDeque<Value>>,
     counter: AtomicU64,
 }
@@ -40,6 +42,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(config: Config) -> Arc<Self> {
         Arc::new(Self {
+            aws: crate::aws::AwsState::new(&config.credentials.region),
             config,
             records: Mutex::new(VecDeque::new()),
             counter: AtomicU64::new(0),
@@ -205,6 +208,12 @@ async fn handle(State(st): State<Arc<AppState>>, req: Request) -> Response {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let raw_path = parts.uri.path().to_owned();
+    if crate::aws::owns_inspection(&raw_path) {
+        let body = axum::body::to_bytes(body, MAX_BODY_BYTES)
+            .await
+            .unwrap_or_default();
+        return crate::aws::inspection(&st.aws, &parts.method, &raw_path, &body);
+    }
     if raw_path.starts_with("/_emulator/") {
         return inspection(&st, &parts.method, &raw_path);
     }
@@ -224,6 +233,7 @@ async fn handle(State(st): State<Arc<AppState>>, req: Request) -> Response {
         "status": 0,
         "request_id": request_id,
     });
+    let aws_api = crate::aws::classify(parts.method.as_str(), &raw_path, &pairs);
     let (response, usage_note) = match body {
         Err(e) => {
             let e = ApiError::Validation(format!("could not read request body: {e}"));
@@ -255,6 +265,23 @@ async fn handle(State(st): State<Arc<AppState>>, req: Request) -> Response {
             rec["sigv4"]["ok"] = json!(r.status() == StatusCode::OK);
             (r, String::new())
         }
+        Ok(body) if aws_api.is_some() => {
+            let (r, op, signed) = crate::aws::handle(
+                &st.aws,
+                &st.config.credentials,
+                aws_api.unwrap_or(crate::aws::Api::Control),
+                &parts.method,
+                &raw_path,
+                parts.uri.query(),
+                &pairs,
+                &body,
+                &request_id,
+            );
+            rec["operation"] = json!(op);
+            rec["sigv4"]["ok"] = json!(signed);
+            rec["body_json"] = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            (r, String::new())
+        }
         Ok(body) => {
             let out = process(
                 &st,
@@ -274,6 +301,11 @@ async fn handle(State(st): State<Arc<AppState>>, req: Request) -> Response {
         }
     };
     rec["status"] = json!(response.status().as_u16());
+    if response.status() == StatusCode::OK && !rec["usage"].is_null() {
+        if let Some(model) = rec["model"].as_str() {
+            st.aws.bill(model, &rec["usage"]);
+        }
+    }
     eprintln!(
         "{} {} {} op={} model={} sigv4={} fault={} usage={} {}{}ms",
         OffsetDateTime::now_utc()
@@ -344,7 +376,9 @@ async fn process(
             "Malformed input request, please reformat your input and try again: {e}"
         ))
     })?;
-    let plan = tokens::plan(op.is_converse(), &model, &body_json)?;
+    // An application profile's ARN runs (and is read as) its copied model.
+    let runs = st.aws.runtime_model(&model).map_err(ApiError::Validation)?;
+    let plan = tokens::plan(op.is_converse(), &runs, &body_json)?;
     rec["family"] = json!(plan.family.as_str());
 
     let fault_name = headers
