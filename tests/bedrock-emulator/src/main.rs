@@ -54,6 +54,7 @@ mod control;
 mod costexplorer;
 mod error;
 mod pricelist;
+mod query;
 mod respond;
 mod server;
 mod sns;

@@ -7,15 +7,15 @@
 //! cleared by `DELETE /_emulator/sns`. A topic whose name ends in `-fail`
 //! answers 500 `InternalError`, to exercise retries.
 
+use crate::query::xml;
 use axum::body::Body;
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::Response;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use time::OffsetDateTime;
-use tollgate_wire::sigv4::{self, Credentials, SigV4Error, SignedRequest};
+use tollgate_wire::sigv4::Credentials;
 
 const MAX_KEPT: usize = 10_000;
 
@@ -74,29 +74,16 @@ pub fn handle(
     body: &[u8],
     request_id: &str,
 ) -> Response {
-    let sns = Credentials {
-        service: "sns".into(),
-        ..creds.clone()
-    };
-    let req = SignedRequest {
-        method: "POST",
+    let call = crate::query::QueryCall {
         raw_path,
         raw_query,
         headers,
-        payload_sha256: &sigv4::sha256_hex(body),
+        body,
     };
-    let access_key_id = match sigv4::verify(&req, &sns, OffsetDateTime::now_utc()) {
-        Ok(_) => sns.access_key_id.clone(),
-        Err(e) => {
-            let code = match e {
-                SigV4Error::Missing => "MissingAuthenticationToken",
-                SigV4Error::Malformed(_) => "IncompleteSignature",
-                SigV4Error::UnknownAccessKey(_) => "InvalidClientTokenId",
-                _ => "SignatureDoesNotMatch",
-            };
-            return error(403, code, &e.to_string(), request_id);
-        }
-    };
+    if let Err((code, message)) = crate::query::verify(creds, "sns", &call) {
+        return error(403, code, &message, request_id);
+    }
+    let access_key_id = creds.access_key_id.clone();
     let f = form(body);
     let topic = f.get("TopicArn").cloned().unwrap_or_default();
     let parts: Vec<&str> = topic.split(':').collect();
@@ -193,44 +180,20 @@ pub fn inspection(method: &str, path: &str) -> Option<Response> {
 }
 
 fn error(status: u16, code: &str, message: &str, request_id: &str) -> Response {
-    let kind = if status >= 500 { "Receiver" } else { "Sender" };
-    xml(
+    crate::query::error(
+        "http://sns.amazonaws.com/doc/2010-03-31/",
         status,
-        format!(
-            "<ErrorResponse xmlns=\"http://sns.amazonaws.com/doc/2010-03-31/\">\n\
-             \x20 <Error>\n\
-             \x20   <Type>{kind}</Type>\n\
-             \x20   <Code>{code}</Code>\n\
-             \x20   <Message>{}</Message>\n\
-             \x20 </Error>\n\
-             \x20 <RequestId>{request_id}</RequestId>\n\
-             </ErrorResponse>\n",
-            escape(message)
-        ),
+        code,
+        message,
+        request_id,
     )
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('\'', "&apos;")
-        .replace('"', "&quot;")
-}
-
-fn xml(status: u16, body: String) -> Response {
-    let mut r = Response::new(Body::from(body));
-    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/xml"),
-    );
-    r
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use time::OffsetDateTime;
+    use tollgate_wire::sigv4::{self, SignedRequest};
 
     fn creds(service: &str) -> Credentials {
         Credentials {
