@@ -1173,6 +1173,7 @@ async fn delete_tenant(
     Path(tenant): Path<String>,
 ) -> ApiResult<Response> {
     s.service.admin().delete_tenant(&tenant).await?;
+    s.service.metrics.forget_remaining(&tenant);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

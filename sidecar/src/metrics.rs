@@ -333,6 +333,13 @@ impl Metrics {
             .set(available.to_f64().unwrap_or(0.0));
     }
 
+    /// Drops a deleted tenant's budget gauge (its counters stay: they are history).
+    pub fn forget_remaining(&self, tenant: &str) {
+        self.remaining.remove(&TenantLabels {
+            tenant: self.guard.value("tenant", tenant),
+        });
+    }
+
     /// A store operation failed.
     pub fn store_error(&self, op: &'static str) {
         self.store_errors

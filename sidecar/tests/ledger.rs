@@ -1198,8 +1198,17 @@ async fn deleting_a_tenant_waits_for_its_holds_and_keeps_its_history() {
         json!({"request_id": "open", "reason": "client gone"}),
     )
     .await;
+    let gauge = r#"tollgate_budget_remaining_usd{tenant="acme"}"#;
+    assert!(s.metrics().await.contains(gauge));
     let (st, v) = s.admin("DELETE", "/v1/tenants/acme", None).await;
     assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+    // Its budget gauge goes; its counters stay (history).
+    let m = s.metrics().await;
+    assert!(!m.contains(gauge), "{m}");
+    assert!(
+        m.contains(r#"tollgate_requests_total{tenant="acme""#),
+        "{m}"
+    );
     let (st, _) = s.admin("GET", "/v1/tenants/acme", None).await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     let (st, _) = s.admin("DELETE", "/v1/tenants/acme", None).await;
