@@ -326,10 +326,7 @@ pub async fn run(command: Command) -> Result<()> {
                     model,
                     application,
                 } => {
-                    let q = application
-                        .as_deref()
-                        .map(|a| format!("?application={}", seg(a)))
-                        .unwrap_or_default();
+                    let q = application_query(application.as_deref());
                     c.print(
                         Method::DELETE,
                         &format!(
@@ -354,10 +351,7 @@ pub async fn run(command: Command) -> Result<()> {
                     model,
                     application,
                 } => {
-                    let q = application
-                        .as_deref()
-                        .map(|a| format!("?application={}", seg(a)))
-                        .unwrap_or_default();
+                    let q = application_query(application.as_deref());
                     c.call(
                         Method::DELETE,
                         &format!("/v1/tenants/{}/profiles/{}{q}", seg(&tenant), seg(&model)),
@@ -491,4 +485,11 @@ async fn credentials(a: &KeysArgs, collection: &str, secret_name: &str) -> Resul
             Ok(())
         }
     }
+}
+
+/// `?application=A` for the per-application profile routes (empty without one).
+fn application_query(application: Option<&str>) -> String {
+    application
+        .map(|a| format!("?application={}", seg(a)))
+        .unwrap_or_default()
 }

@@ -4,7 +4,6 @@
 //! about its tenant only: there is no parameter naming another.
 
 use crate::api::BalanceView;
-use crate::clock::to_millis;
 use crate::error::{Error, Result};
 use crate::ledger::{self, ResetCycle};
 use crate::service::{Admission, Caller, Service};
@@ -85,7 +84,7 @@ impl Service {
             },
             credential_expires_at: credential_expires_ms.map(crate::clock::rfc3339),
         };
-        tracing::debug!(tenant = %tenant.tenant_id, at = to_millis(now), "self view");
+        tracing::debug!(tenant = %tenant.tenant_id, "self view");
         Ok(SelfResponse::Allow {
             view: serde_json::to_value(&view)?,
             budget_remaining_usd: remaining,

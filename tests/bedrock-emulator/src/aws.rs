@@ -170,6 +170,24 @@ impl AwsError {
     }
 }
 
+/// An awsJson1_1 call's body, when `op` is the one operation `supported`.
+pub fn json_call(op: &str, supported: &str, body: &[u8]) -> Result<Value, AwsError> {
+    if op != supported {
+        return Err(AwsError::new(
+            400,
+            "UnknownOperationException",
+            format!("Operation {op} is not supported by this emulator"),
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        AwsError::new(
+            400,
+            "SerializationException",
+            format!("Malformed request body: {e}"),
+        )
+    })
+}
+
 /// A restJson1 (control plane) or awsJson1_1 (CE, Price List) response.
 pub fn respond(api: Api, request_id: &str, result: Result<(u16, Value), AwsError>) -> Response {
     let (status, body, error) = match result {

@@ -112,20 +112,7 @@ fn passes(filter: &Value, c: &CostEntry) -> Result<bool, AwsError> {
 }
 
 pub fn handle(st: &AwsState, op: &str, body: &[u8]) -> Result<(u16, Value), AwsError> {
-    if op != "GetCostAndUsage" {
-        return Err(AwsError::new(
-            400,
-            "UnknownOperationException",
-            format!("Operation {op} is not supported by this emulator"),
-        ));
-    }
-    let req: Value = serde_json::from_slice(body).map_err(|e| {
-        AwsError::new(
-            400,
-            "SerializationException",
-            format!("Malformed request body: {e}"),
-        )
-    })?;
+    let req = crate::aws::json_call(op, "GetCostAndUsage", body)?;
     let start = parse_day(
         req["TimePeriod"]["Start"].as_str().unwrap_or_default(),
         "Start",

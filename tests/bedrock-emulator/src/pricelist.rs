@@ -396,20 +396,7 @@ fn matches(filter: &Value, attrs: &BTreeMap<String, String>) -> Result<bool, Aws
 
 /// `GetProducts` (the only Price List operation the emulator has).
 pub fn handle(st: &AwsState, op: &str, body: &[u8]) -> Result<(u16, Value), AwsError> {
-    if op != "GetProducts" {
-        return Err(AwsError::new(
-            400,
-            "UnknownOperationException",
-            format!("Operation {op} is not supported by this emulator"),
-        ));
-    }
-    let req: Value = serde_json::from_slice(body).map_err(|e| {
-        AwsError::new(
-            400,
-            "SerializationException",
-            format!("Malformed request body: {e}"),
-        )
-    })?;
+    let req = crate::aws::json_call(op, "GetProducts", body)?;
     let Some(service) = req["ServiceCode"].as_str() else {
         return Err(AwsError::new(
             400,

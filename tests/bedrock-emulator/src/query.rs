@@ -5,6 +5,7 @@
 use axum::body::Body;
 use axum::http::{header, StatusCode};
 use axum::response::Response;
+use std::collections::BTreeMap;
 use time::OffsetDateTime;
 use tollgate_wire::sigv4::{self, Credentials, SigV4Error, SignedRequest};
 
@@ -14,6 +15,43 @@ pub struct QueryCall<'a> {
     pub raw_query: Option<&'a str>,
     pub headers: &'a [(String, String)],
     pub body: &'a [u8],
+}
+
+/// `application/x-www-form-urlencoded` decoding (`+` is a space).
+fn form_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            // Digits read as bytes: slicing the str could split a character.
+            b'%' if i + 2 < bytes.len() => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn form(body: &[u8]) -> BTreeMap<String, String> {
+    String::from_utf8_lossy(body)
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (form_decode(k), form_decode(v))
+        })
+        .collect()
 }
 
 /// Checks the call's signature for `service` with the emulator's credentials:
@@ -91,4 +129,19 @@ pub fn xml(status: u16, body: String) -> Response {
         header::HeaderValue::from_static("text/xml"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_bodies_decode() {
+        let f = form(b"Action=Publish&Message=%7B%22a%22%3A1%7D+x&Subject=a%20b&Bad=%zz&End=%4");
+        assert_eq!(f["Action"], "Publish");
+        assert_eq!(f["Message"], r#"{"a":1} x"#);
+        assert_eq!(f["Subject"], "a b");
+        assert_eq!(f["Bad"], "%zz");
+        assert_eq!(f["End"], "%4");
+    }
 }

@@ -12,7 +12,6 @@ use axum::body::Body;
 use axum::http::header;
 use axum::response::Response;
 use serde_json::{json, Map, Value};
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use tollgate_wire::sigv4::Credentials;
@@ -26,43 +25,6 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// Whether a request is an SNS call (`Action=Publish…` form body on `/`).
 pub fn is_sns(method: &str, raw_path: &str, body: &[u8]) -> bool {
     method == "POST" && raw_path == "/" && body.starts_with(b"Action=Publish")
-}
-
-/// `application/x-www-form-urlencoded` decoding (`+` is a space).
-fn form_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            // Digits read as bytes: slicing the str could split a character.
-            b'%' if i + 2 < bytes.len() => {
-                let hex = |b: u8| (b as char).to_digit(16);
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn form(body: &[u8]) -> BTreeMap<String, String> {
-    String::from_utf8_lossy(body)
-        .split('&')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (form_decode(k), form_decode(v))
-        })
-        .collect()
 }
 
 /// Answers an SNS call.
@@ -84,7 +46,7 @@ pub fn handle(
         return error(403, code, &message, request_id);
     }
     let access_key_id = creds.access_key_id.clone();
-    let f = form(body);
+    let f = crate::query::form(body);
     let topic = f.get("TopicArn").cloned().unwrap_or_default();
     let parts: Vec<&str> = topic.split(':').collect();
     if parts.len() != 6 || parts[0] != "arn" || parts[2] != "sns" {
@@ -284,13 +246,7 @@ mod tests {
     }
 
     #[test]
-    fn form_bodies_decode() {
-        let f = form(b"Action=Publish&Message=%7B%22a%22%3A1%7D+x&Subject=a%20b&Bad=%zz&End=%4");
-        assert_eq!(f["Action"], "Publish");
-        assert_eq!(f["Message"], r#"{"a":1} x"#);
-        assert_eq!(f["Subject"], "a b");
-        assert_eq!(f["Bad"], "%zz");
-        assert_eq!(f["End"], "%4");
+    fn only_publish_is_sns() {
         assert!(is_sns("POST", "/", b"Action=Publish&x"));
         assert!(!is_sns("POST", "/", b"Action=GetCallerIdentity"));
     }

@@ -25,11 +25,8 @@ pub fn handle(
     body: &[u8],
     request_id: &str,
 ) -> Response {
-    let form = String::from_utf8_lossy(body);
-    let action = form
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("Action="))
-        .unwrap_or_default();
+    let form = crate::query::form(body);
+    let action = form.get("Action").map(String::as_str).unwrap_or_default();
     if action != "GetCallerIdentity" {
         return error(
             400,
