@@ -24,6 +24,7 @@ from harness import REPO, Stack
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (tests/requirements.txt)")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -196,7 +197,10 @@ def test_the_dashboard_shows_the_demo_tenant_after_real_traffic(seeded, browser)
     converse(stack, key, HAIKU, "chat", 99)
     after = stack.settled(tenant_id, len(calls) + 1)["balance"]
     assert after["spent_usd"] != bal["spent_usd"]
-    WebDriverWait(browser, 20, poll_frequency=0.5).until(
+    # The live update replaces the figures: an element found just before it
+    # goes stale, so the wait looks again rather than failing.
+    WebDriverWait(browser, 20, poll_frequency=0.5,
+                  ignored_exceptions=(StaleElementReferenceException,)).until(
         lambda d: d.find_element(By.CSS_SELECTOR, '#budget [data-field="spent_usd"] [data-usd]')
         .get_attribute("data-usd") == after["spent_usd"])
     assert browser.execute_script("return window.__noReload") == 1, "the page was reloaded, not updated"
