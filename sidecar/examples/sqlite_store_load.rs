@@ -73,6 +73,8 @@ async fn main() {
                     expires_at_ms: i64::MAX,
                     state: HoldState::Open,
                     model_budget_usd: None,
+                    app_budget_usd: None,
+                    user_budget_usd: None,
                     input_tokens_estimate: 1200,
                 };
                 let t0 = Instant::now();

@@ -67,6 +67,22 @@ pub struct TenantInput {
     /// resolved), beside the tenant-wide `rate_limit_tpm`.
     #[serde(default)]
     pub model_rate_limit_tpm: BTreeMap<String, u64>,
+    /// Per-application budgets (USD per period) inside the tenant budget, keyed
+    /// by application ID (a key's or credential's bound application, else the
+    /// request's `x-application-id`). At most 500.
+    #[serde(default, deserialize_with = "de_decimal_map")]
+    #[schema(value_type = BTreeMap<String, DecimalInput>)]
+    pub application_budgets: BTreeMap<String, Decimal>,
+    /// Per-user budgets (USD per period) inside the tenant budget, keyed by the
+    /// request's user ID (`x-user-id`, `requestMetadata.user_id`). At most 500;
+    /// for more users, use `default_user_budget_usd`.
+    #[serde(default, deserialize_with = "de_decimal_map")]
+    #[schema(value_type = BTreeMap<String, DecimalInput>)]
+    pub user_budgets: BTreeMap<String, Decimal>,
+    /// The budget of every user not in `user_budgets` (requests that name a user).
+    #[serde(default, deserialize_with = "de_opt_decimal")]
+    #[schema(value_type = Option<DecimalInput>)]
+    pub default_user_budget_usd: Option<Decimal>,
     /// Profile ARNs to map (upserted; existing mappings not listed stay).
     #[serde(default)]
     pub profiles: Vec<ProfileInput>,
@@ -234,6 +250,20 @@ impl Admin {
                 (*n > 0).then_some(()).ok_or("must be at least 1")
             })
             .await?;
+        for (field, budgets) in [
+            ("application_budgets", &input.application_budgets),
+            ("user_budgets", &input.user_budgets),
+        ] {
+            check_scope_budgets(field, budgets)?;
+        }
+        if input
+            .default_user_budget_usd
+            .is_some_and(|b| b.is_sign_negative() && !b.is_zero())
+        {
+            return Err(Error::invalid(
+                "default_user_budget_usd must not be negative",
+            ));
+        }
         let cfg = TenantConfig {
             tenant_id: tenant_id.to_string(),
             budget_usd: input.budget_usd,
@@ -248,6 +278,9 @@ impl Admin {
             rate_limit_tpm: input.rate_limit_tpm,
             model_budgets,
             model_rate_limit_tpm,
+            application_budgets: input.application_budgets,
+            user_budgets: input.user_budgets,
+            default_user_budget_usd: input.default_user_budget_usd,
         };
         // Validate everything before writing anything.
         for p in &input.profiles {
@@ -307,7 +340,7 @@ impl Admin {
             .store
             .balance(tenant_id, &period, config.budget_usd)
             .await?;
-        Self::current_model_limits(&config, &mut balance);
+        balance.apply_config(&config);
         Ok(TenantDetails {
             balance,
             alerts: self.store.list_alerts(tenant_id).await?,
@@ -325,26 +358,9 @@ impl Admin {
             .balance(tenant_id, period, config.budget_usd)
             .await?;
         if period == self.current_period(&config) {
-            Self::current_model_limits(&config, &mut balance);
+            balance.apply_config(&config);
         }
         Ok(balance)
-    }
-
-    /// In the current period the configured model budgets are the ones that apply
-    /// (a model row takes a changed budget at its next reserve); earlier periods
-    /// show what their rows recorded.
-    fn current_model_limits(config: &TenantConfig, balance: &mut Balance) {
-        balance
-            .model_limits
-            .retain(|m, _| config.model_budgets.contains_key(m));
-        for (m, b) in &config.model_budgets {
-            balance.by_model.entry(m.clone()).or_default();
-            balance
-                .model_limits
-                .entry(m.clone())
-                .or_default()
-                .budget_usd = *b;
-        }
     }
 
     /// Issues a SigV4 credential; the secret is returned once and stored sealed.
@@ -544,4 +560,36 @@ impl Admin {
         }
         self.store.put_alias(alias, model_id).await
     }
+}
+
+/// Most application or user budgets one tenant holds: the configuration is one
+/// row (one DynamoDB item, at most 400 KB). Many users share
+/// `default_user_budget_usd` instead.
+const MAX_SCOPE_BUDGETS: usize = 500;
+
+/// Application and user budgets: keys as the gateway passes attribution (at
+/// most 256 characters of `[a-zA-Z0-9 :_@$#=/+,-.]`), amounts not negative.
+fn check_scope_budgets(field: &str, budgets: &BTreeMap<String, Decimal>) -> Result<()> {
+    if budgets.len() > MAX_SCOPE_BUDGETS {
+        return Err(Error::invalid(format!(
+            "{field} has {} entries; at most {MAX_SCOPE_BUDGETS} (use default_user_budget_usd for many users)",
+            budgets.len()
+        )));
+    }
+    for (id, budget) in budgets {
+        let ok = !id.trim().is_empty()
+            && id.len() <= 256
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || " :_@$#=/+,-.".contains(c));
+        if !ok {
+            return Err(Error::invalid(format!(
+                "{field}: {id:?} must be 1 to 256 characters of [a-zA-Z0-9 :_@$#=/+,-.]"
+            )));
+        }
+        if budget.is_sign_negative() && !budget.is_zero() {
+            return Err(Error::invalid(format!("{field}.{id} must not be negative")));
+        }
+    }
+    Ok(())
 }

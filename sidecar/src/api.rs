@@ -10,8 +10,8 @@ use crate::ledger::AlertKind;
 use crate::pricing::{self, ModelPrice, PriceInput};
 use crate::service::Service;
 use crate::store::{
-    AlertRecord, ApiKeyRecord, Balance, Counters, OutboxEntry, OutboxState, Profile,
-    SigV4CredentialRecord, TenantConfig, UsageRecord,
+    AlertRecord, ApiKeyRecord, Balance, Counters, ModelLimit, OutboxEntry, OutboxState, Profile,
+    ScopeRow, SigV4CredentialRecord, TenantConfig, UsageRecord,
 };
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
@@ -469,12 +469,18 @@ pub struct BalanceView {
     pub cache_read_input_tokens: u64,
     pub cache_write_input_tokens: u64,
     pub requests: u64,
-    pub by_model: BTreeMap<String, ModelView>,
+    pub by_model: BTreeMap<String, ScopeView>,
+    /// Applications with a budget, by application ID (counted while one is set).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_application: BTreeMap<String, ScopeView>,
+    /// Users with a budget (their own or the default), by user ID.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_user: BTreeMap<String, ScopeView>,
 }
 
-/// One model's counters, with its budget when the tenant has one for it.
+/// One model's, application's or user's counters, with its budget when it has one.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ModelView {
+pub struct ScopeView {
     #[serde(flatten)]
     pub counters: Counters,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -508,18 +514,31 @@ impl From<Balance> for BalanceView {
             by_model: b
                 .by_model
                 .into_iter()
-                .map(|(m, mut c)| {
-                    c.spent_usd = c.spent_usd.normalize();
-                    let limit = b.model_limits.get(&m);
-                    let view = ModelView {
-                        budget_usd: limit.map(|l| l.budget_usd),
-                        reserved_usd: limit.map(|l| l.reserved_usd.normalize()),
-                        available_usd: limit.map(|l| l.available(c.spent_usd).normalize()),
-                        counters: c,
-                    };
+                .map(|(m, c)| {
+                    let view = ScopeView::of(c, b.model_limits.get(&m));
                     (m, view)
                 })
                 .collect(),
+            by_application: scope_views(b.by_application),
+            by_user: scope_views(b.by_user),
+        }
+    }
+}
+
+fn scope_views(rows: BTreeMap<String, ScopeRow>) -> BTreeMap<String, ScopeView> {
+    rows.into_iter()
+        .map(|(id, r)| (id, ScopeView::of(r.counters, Some(&r.limit))))
+        .collect()
+}
+
+impl ScopeView {
+    fn of(mut c: Counters, limit: Option<&ModelLimit>) -> Self {
+        c.spent_usd = c.spent_usd.normalize();
+        Self {
+            budget_usd: limit.map(|l| l.budget_usd),
+            reserved_usd: limit.map(|l| l.reserved_usd.normalize()),
+            available_usd: limit.map(|l| l.available(c.spent_usd).normalize()),
+            counters: c,
         }
     }
 }
@@ -531,7 +550,8 @@ pub struct AlertView {
     #[schema(value_type = AlertKind)]
     pub kind: &'static str,
     pub period: String,
-    /// The budget: `tenant`, or `model:<model id>` for a model budget.
+    /// The budget: `tenant`, `model:<model id>`, `app:<application id>` or
+    /// `user:<user id>`.
     pub scope: String,
     /// The fraction crossed (`threshold` alerts).
     #[serde(skip_serializing_if = "Option::is_none")]

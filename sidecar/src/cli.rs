@@ -116,13 +116,18 @@ pub async fn run(command: Command) -> Result<()> {
                     inactive,
                     model_budgets,
                     model_tpm,
+                    app_budgets,
+                    user_budgets,
+                    default_user_budget,
                 } => {
                     let model_tpm: serde_json::Map<String, Value> =
                         model_tpm.into_iter().map(|(m, n)| (m, json!(n))).collect();
-                    let model_budgets: serde_json::Map<String, Value> = model_budgets
-                        .into_iter()
-                        .map(|(m, b)| (m, Value::String(b.to_string())))
-                        .collect();
+                    // Exact decimals go as strings.
+                    let budgets = |list: Vec<(String, rust_decimal::Decimal)>| -> serde_json::Map<String, Value> {
+                        list.into_iter()
+                            .map(|(id, b)| (id, Value::String(b.to_string())))
+                            .collect()
+                    };
                     let mut body = json!({
                         "budget_usd": budget.to_string(),
                         "reset_cycle": arg_name(&reset_cycle),
@@ -132,8 +137,11 @@ pub async fn run(command: Command) -> Result<()> {
                         "max_tokens_cap": max_tokens_cap,
                         "rate_limit_rpm": rpm,
                         "rate_limit_tpm": tpm,
-                        "model_budgets": model_budgets,
+                        "model_budgets": budgets(model_budgets),
                         "model_rate_limit_tpm": model_tpm,
+                        "application_budgets": budgets(app_budgets),
+                        "user_budgets": budgets(user_budgets),
+                        "default_user_budget_usd": default_user_budget.map(|b| b.to_string()),
                     });
                     // Without the flag the sidecar's default applies (0.8).
                     if !alert_thresholds.is_empty() {

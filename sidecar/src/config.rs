@@ -416,6 +416,8 @@ pub struct TenantsArgs {
     pub command: TenantsCommand,
 }
 
+// Parsed once per CLI run: `Set`'s size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum TenantsCommand {
     /// Create or replace a tenant's configuration.
@@ -455,8 +457,20 @@ pub enum TenantsCommand {
         inactive: bool,
         /// Budget per period for one model inside the tenant budget, as
         /// MODEL=USD (alias or ID; repeatable).
-        #[arg(long = "model-budget", value_parser = parse_model_budget)]
+        #[arg(long = "model-budget", value_parser = parse_scoped_budget)]
         model_budgets: Vec<(String, Decimal)>,
+        /// Budget per period for one application inside the tenant budget, as
+        /// APP=USD (the key's bound application, else `x-application-id`;
+        /// repeatable).
+        #[arg(long = "app-budget", value_parser = parse_scoped_budget)]
+        app_budgets: Vec<(String, Decimal)>,
+        /// Budget per period for one end user inside the tenant budget, as
+        /// USER=USD (`x-user-id` / `requestMetadata.user_id`; repeatable).
+        #[arg(long = "user-budget", value_parser = parse_scoped_budget)]
+        user_budgets: Vec<(String, Decimal)>,
+        /// Budget per period of every user not given one by --user-budget.
+        #[arg(long, value_parser = parse_decimal_arg)]
+        default_user_budget: Option<Decimal>,
     },
     /// Show a tenant's configuration, live balance and alerts.
     Get {
@@ -513,15 +527,16 @@ pub struct ReconcileArgs {
     pub format: ReportFormat,
 }
 
-/// `MODEL=USD` of `tenants set --model-budget`.
-fn parse_model_budget(s: &str) -> Result<(String, Decimal), String> {
-    let (model, usd) = s
+/// `ID=USD` of `tenants set --model-budget`, `--app-budget`, `--user-budget`
+/// (split at the last `=`: an ID may hold one, an amount cannot).
+fn parse_scoped_budget(s: &str) -> Result<(String, Decimal), String> {
+    let (id, usd) = s
         .rsplit_once('=')
-        .ok_or_else(|| format!("expected MODEL=USD, got {s:?}"))?;
-    if model.is_empty() {
-        return Err(format!("expected MODEL=USD, got {s:?}"));
+        .ok_or_else(|| format!("expected ID=USD, got {s:?}"))?;
+    if id.is_empty() {
+        return Err(format!("expected ID=USD, got {s:?}"));
     }
-    Ok((model.to_string(), parse_decimal_arg(usd)?))
+    Ok((id.to_string(), parse_decimal_arg(usd)?))
 }
 
 #[derive(Debug, Args)]

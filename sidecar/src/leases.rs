@@ -66,10 +66,19 @@ pub(crate) struct LeaseAsk<'a> {
     pub attribution: Attribution,
 }
 
-/// RPM/TPM buckets and model budgets are checked per request by the sidecar,
-/// so a tenant or model that has one is never leased.
-fn limits_allow_leases(tenant: &TenantConfig, model_id: &str) -> bool {
-    !crate::rate_limits::limited(tenant, model_id) && !tenant.model_budgets.contains_key(model_id)
+/// Rate limits and budgets inside the tenant's (model, application, user) are
+/// checked per request by the sidecar, so requests under one are never leased.
+/// A lease serves one application, so only its budget matters; it serves any
+/// user, so a tenant with user budgets is never leased.
+fn limits_allow_leases(
+    tenant: &TenantConfig,
+    model_id: &str,
+    application_id: Option<&str>,
+) -> bool {
+    !crate::rate_limits::limited(tenant, model_id)
+        && !tenant.model_budgets.contains_key(model_id)
+        && tenant.application_budget(application_id).is_none()
+        && !tenant.has_user_budgets()
 }
 
 fn new_lease_id() -> String {
@@ -82,6 +91,7 @@ impl Service {
         &self,
         tenant: &TenantConfig,
         model_id: &str,
+        application_id: Option<&str>,
         credential: &Credential,
     ) -> bool {
         self.settings.leases.enabled
@@ -92,7 +102,7 @@ impl Service {
                     | Credential::Jwt { .. }
                     | Credential::TrustedHeader { .. }
             )
-            && limits_allow_leases(tenant, model_id)
+            && limits_allow_leases(tenant, model_id, application_id)
     }
 
     fn terms(
@@ -371,10 +381,12 @@ impl Service {
                 Ok(m) => m,
                 Err(d) => return Ok(Err(d.message)),
             };
-        if !limits_allow_leases(tenant, &model_id) {
-            return Ok(Err("tenant now has rate limits or a model budget".into()));
-        }
         let application_id = key_application.or_else(|| lease.terms.application_id.clone());
+        if !limits_allow_leases(tenant, &model_id, application_id.as_deref()) {
+            return Ok(Err(
+                "tenant now has rate limits or a model, application or user budget".into(),
+            ));
+        }
         let target_model = match profile_arn {
             Some(arn) => arn,
             None => self

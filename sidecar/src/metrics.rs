@@ -12,6 +12,7 @@
 //! made-up ids cannot grow the exposition without bound. An absent attribution is
 //! the empty string (which Prometheus treats as an absent label).
 
+use crate::store::ScopedBudget;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -119,6 +120,13 @@ struct TenantLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScopeLabels {
+    tenant: String,
+    /// `model:<id>`, `app:<id>`, `user:<id>`.
+    scope: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LeaseLabels {
     /// `granted`, `renewed`, `closed`.
     event: String,
@@ -146,6 +154,7 @@ pub struct Metrics {
     tokens: Family<TokenLabels, Counter>,
     cost: Family<CostLabels, Counter<f64, AtomicU64>>,
     remaining: Family<TenantLabels, Gauge<f64, AtomicU64>>,
+    scope_remaining: Family<ScopeLabels, Gauge<f64, AtomicU64>>,
     alerts: Family<AlertLabels, Counter>,
     store_errors: Family<StoreErrorLabels, Counter>,
     capped: Family<TenantLabels, Counter>,
@@ -174,6 +183,12 @@ impl Metrics {
         let tokens = Family::<TokenLabels, Counter>::default();
         let cost = Family::<CostLabels, Counter<f64, AtomicU64>>::default();
         let remaining = Family::<TenantLabels, Gauge<f64, AtomicU64>>::default();
+        let scope_remaining = Family::<ScopeLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "tollgate_scope_budget_remaining_usd",
+            "Available USD of a budget inside a tenant's (model, application, user) after its last commit or refusal (float view)",
+            scope_remaining.clone(),
+        );
         let alerts = Family::<AlertLabels, Counter>::default();
         let store_errors = Family::<StoreErrorLabels, Counter>::default();
         let capped = Family::<TenantLabels, Counter>::default();
@@ -257,6 +272,7 @@ impl Metrics {
             tokens,
             cost,
             remaining,
+            scope_remaining,
             alerts,
             store_errors,
             capped,
@@ -329,6 +345,17 @@ impl Metrics {
         self.remaining
             .get_or_create(&TenantLabels {
                 tenant: self.guard.value("tenant", tenant),
+            })
+            .set(available.to_f64().unwrap_or(0.0));
+    }
+
+    /// A scoped budget's available amount (`scope`: `model:<id>`, `app:<id>`,
+    /// `user:<id>`; its values are capped like every label's).
+    pub fn scope_remaining(&self, tenant: &str, scope: &ScopedBudget, available: Decimal) {
+        self.scope_remaining
+            .get_or_create(&ScopeLabels {
+                tenant: self.guard.value("tenant", tenant),
+                scope: self.guard.value("scope", &scope.scope()),
             })
             .set(available.to_f64().unwrap_or(0.0));
     }

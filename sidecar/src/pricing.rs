@@ -206,6 +206,12 @@ pub fn validate_model_id(id: &str) -> Result<(), String> {
             "model id {id:?} contains whitespace, '/' or control characters"
         ));
     }
+    // A model's budget row is keyed by its bare ID, beside `app:` and `user:` rows.
+    if id.starts_with("app:") || id.starts_with("user:") {
+        return Err(format!(
+            "model id {id:?} starts with app: or user:, which name application and user budgets"
+        ));
+    }
     Ok(())
 }
 

@@ -20,7 +20,8 @@ pub struct SelfView {
     /// The application the credential is bound to, if any.
     pub application_id: Option<String>,
     pub reset_cycle: ResetCycle,
-    /// The current period's balance, with its per-model breakdown.
+    /// The current period's balance, with its per-model breakdown and the
+    /// tenant's application and user budgets.
     pub balance: BalanceView,
     pub limits: SelfLimits,
     /// When the credential stops working (bearer keys with an expiry).
@@ -64,10 +65,11 @@ impl Service {
             ..
         } = caller;
         let period = ledger::period_key(tenant.reset_cycle, now);
-        let balance = self
+        let mut balance = self
             .store
             .balance(&tenant.tenant_id, &period, tenant.budget_usd)
             .await?;
+        balance.apply_config(&tenant);
         let remaining = balance.totals.available();
         let view = SelfView {
             tenant_id: tenant.tenant_id.clone(),

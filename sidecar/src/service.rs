@@ -364,7 +364,12 @@ impl Service {
         let mut rate_limits = Vec::new();
         if admission == Admission::Checked {
             if let Some(want) = req.lease {
-                if self.lease_eligible(&tenant, &model_id, &req.credential) {
+                if self.lease_eligible(
+                    &tenant,
+                    &model_id,
+                    attribution.application_id.as_deref(),
+                    &req.credential,
+                ) {
                     let grant = crate::leases::LeaseAsk {
                         req: &req,
                         want,
@@ -475,7 +480,9 @@ impl Service {
         let now_ms = to_millis(now);
         let ttl_ms =
             i64::try_from(self.settings.hold_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-        let model_id_key = model_id.clone();
+        let model_budget_usd = tenant.model_budgets.get(&model_id).copied();
+        let app_budget_usd = tenant.application_budget(attribution.application_id.as_deref());
+        let user_budget_usd = tenant.user_budget(attribution.user_id.as_deref());
         let hold = Hold {
             request_id: req.request_id.clone(),
             tenant_id: tid.clone(),
@@ -490,7 +497,9 @@ impl Service {
             created_at_ms: now_ms,
             expires_at_ms: now_ms.saturating_add(ttl_ms),
             state: HoldState::Open,
-            model_budget_usd: tenant.model_budgets.get(&model_id_key).copied(),
+            model_budget_usd,
+            app_budget_usd,
+            user_budget_usd,
             input_tokens_estimate: req.input_tokens_estimate,
         };
         match self.store.reserve(&hold, tenant.budget_usd).await? {
@@ -511,17 +520,18 @@ impl Service {
                 ))
             }
             ReserveOutcome::Existing(existing) => Ok((self.replay(&tid, &existing), false)),
-            ReserveOutcome::ModelInsufficient {
-                model_id,
+            ReserveOutcome::ScopeInsufficient {
+                scope,
                 available,
                 spent,
                 budget,
             } => {
-                // The model budget's own `exhausted` alert (once per period).
+                self.metrics.scope_remaining(&tid, &scope, available);
+                // The scoped budget's own `exhausted` alert (once per period).
                 self.fire(AlertRecord {
                     tenant_id: tid.clone(),
                     period,
-                    scope: crate::store::model_scope(&model_id),
+                    scope: scope.scope(),
                     kind: AlertKind::Exhausted,
                     threshold: None,
                     fired_at_ms: now_ms,
@@ -535,7 +545,10 @@ impl Service {
                     402,
                     "BudgetExceededException",
                     format!(
-                        "Model budget exhausted for tenant {tid}, model {model_id}: available ${}, this request needs up to ${}",
+                        "{} budget exhausted for tenant {tid}, {} {}: available ${}, this request needs up to ${}",
+                        scope.level.title(),
+                        scope.level.noun(),
+                        scope.id,
                         available.max(Decimal::ZERO).normalize(),
                         hold_usd.normalize()
                     ),
@@ -808,6 +821,7 @@ impl Service {
                 totals,
                 capped,
                 usage,
+                scopes,
             } => {
                 if capped {
                     self.metrics.capped(&hold.tenant_id);
@@ -882,27 +896,17 @@ impl Service {
                         totals.budget_usd,
                     ));
                 }
-                // The model budget's scope: its spent comes from the model row,
-                // read only for a tenant with a budget on this model (the
-                // commit itself returns the tenant's totals only).
-                let model_budget = cfg
-                    .as_ref()
-                    .and_then(|t| t.model_budgets.get(&hold.model_id).copied());
-                if let Some(budget) = model_budget {
-                    let spent = self
-                        .store
-                        .balance(&hold.tenant_id, &hold.period, totals.budget_usd)
-                        .await?
-                        .by_model
-                        .get(&hold.model_id)
-                        .map(|c| c.spent_usd)
-                        .unwrap_or_default();
-                    for k in ledger::budget_alerts(spent, budget, &thresholds) {
+                // Each scoped budget the hold was admitted under, as its row
+                // stands after the commit.
+                for st in &scopes {
+                    self.metrics
+                        .scope_remaining(&hold.tenant_id, &st.scope, st.available());
+                    for k in ledger::budget_alerts(st.spent_usd, st.scope.budget_usd, &thresholds) {
                         fired.push(alert(
-                            crate::store::model_scope(&hold.model_id),
+                            st.scope.scope(),
                             k,
-                            spent,
-                            budget,
+                            st.spent_usd,
+                            st.scope.budget_usd,
                         ));
                     }
                 }

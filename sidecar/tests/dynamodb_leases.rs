@@ -234,6 +234,7 @@ async fn lease_lifecycle(s: Arc<DynamoStore>) {
             usage: charged,
             hold,
             totals,
+            ..
         } => {
             assert_eq!(cost, d("0.0105"));
             assert!(!capped);
@@ -535,6 +536,8 @@ async fn hold_commits_are_capped(s: Arc<DynamoStore>) {
         expires_at_ms: T0 + TTL,
         state: HoldState::Open,
         model_budget_usd: None,
+        app_budget_usd: None,
+        user_budget_usd: None,
         input_tokens_estimate: 1000,
     };
     assert_eq!(

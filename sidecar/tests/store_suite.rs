@@ -70,6 +70,9 @@ fn all_cases() -> Vec<(&'static str, Case)> {
         late_leased_commit_after_expiry_charges_once,
         tenant_deletion_waits_for_holds_and_keeps_history,
         rate_windows_count_exactly_under_concurrency,
+        nested_budget_config_round_trips,
+        each_nested_cap_holds_under_200_way_concurrency,
+        nested_levels_stay_exact_through_commits_releases_and_expiry,
     ]
 }
 
@@ -107,6 +110,8 @@ fn hold(id: &str, tenant: &str, model: &str, hold_usd: &str) -> Hold {
         expires_at_ms: T0 + 600_000,
         state: HoldState::Open,
         model_budget_usd: None,
+        app_budget_usd: None,
+        user_budget_usd: None,
         input_tokens_estimate: 1000,
     }
 }
@@ -158,6 +163,9 @@ fn tenant(id: &str, budget: &str) -> TenantConfig {
         rate_limit_tpm: Some(50_000),
         model_budgets: Default::default(),
         model_rate_limit_tpm: Default::default(),
+        application_budgets: Default::default(),
+        user_budgets: Default::default(),
+        default_user_budget_usd: None,
     }
 }
 
@@ -1116,13 +1124,13 @@ async fn alerts_are_keyed_by_scope_and_threshold(s: Arc<dyn Store>) {
     assert!(rec(with(SCOPE_TENANT, Some("0.8"), 2)).await);
     // 0.80 is the same threshold as 0.8.
     assert!(!rec(with(SCOPE_TENANT, Some("0.80"), 3)).await);
-    assert!(rec(with(&model_scope(SONNET), Some("0.8"), 4)).await);
-    assert!(!rec(with(&model_scope(SONNET), Some("0.8"), 5)).await);
+    assert!(rec(with(&format!("model:{SONNET}"), Some("0.8"), 4)).await);
+    assert!(!rec(with(&format!("model:{SONNET}"), Some("0.8"), 5)).await);
     let exhausted = |scope: &str, at| AlertRecord {
         scope: scope.to_string(),
         ..alert("acme", PERIOD, AlertKind::Exhausted, at)
     };
-    assert!(rec(exhausted(&model_scope(SONNET), 6)).await);
+    assert!(rec(exhausted(&format!("model:{SONNET}"), 6)).await);
     assert!(rec(exhausted(SCOPE_TENANT, 7)).await);
     assert!(!rec(exhausted(SCOPE_TENANT, 8)).await);
     let listed = s.list_alerts("acme").await.unwrap();
@@ -1130,7 +1138,7 @@ async fn alerts_are_keyed_by_scope_and_threshold(s: Arc<dyn Store>) {
         .iter()
         .map(|a| (a.scope.clone(), a.threshold, a.fired_at_ms))
         .collect();
-    let m = model_scope(SONNET);
+    let m = format!("model:{SONNET}");
     assert_eq!(
         keys,
         vec![
@@ -1868,7 +1876,9 @@ async fn leased_commits_move_the_hold_and_are_idempotent(s: Arc<dyn Store>) {
             usage,
             hold,
             totals,
+            scopes,
         } => {
+            assert!(scopes.is_empty(), "{scopes:?}");
             assert_eq!(cost, d("0.0105"));
             assert!(!capped);
             assert_eq!(usage, leased("r1", "l1", "0.05").usage);
@@ -2015,18 +2025,18 @@ async fn model_budgets_cap_holds_inside_the_tenant_budget(s: Arc<dyn Store>) {
         Some(d("0.05"))
     );
     match reserve(&s, &capped("r2", "acme", SONNET, "0.03", "0.05"), "10").await {
-        ReserveOutcome::ModelInsufficient {
-            model_id,
+        ReserveOutcome::ScopeInsufficient {
+            scope,
             available,
             spent,
             budget,
         } => {
-            assert_eq!(model_id, SONNET);
+            assert_eq!((scope.level, scope.id.as_str()), (Level::Model, SONNET));
             assert_eq!(available, d("0.02"));
             assert_eq!(spent, Decimal::ZERO);
             assert_eq!(budget, d("0.05"));
         }
-        other => panic!("expected ModelInsufficient, got {other:?}"),
+        other => panic!("expected ScopeInsufficient, got {other:?}"),
     }
     assert_eq!(
         s.get_hold("r2").await.unwrap(),
@@ -2083,7 +2093,7 @@ async fn model_budgets_cap_holds_inside_the_tenant_budget(s: Arc<dyn Store>) {
     assert_model_identity(&b);
     assert!(matches!(
         reserve(&s, &capped("r4", "acme", SONNET, "0.0396", "0.05"), "10").await,
-        ReserveOutcome::ModelInsufficient { .. }
+        ReserveOutcome::ScopeInsufficient { .. }
     ));
     // Expiry too; a late commit is charged once, without touching reserved.
     let r5 = capped("r5", "acme", SONNET, "0.0395", "0.05");
@@ -2141,13 +2151,13 @@ async fn model_budget_rows_follow_config_and_history(s: Arc<dyn Store>) {
     s.commit("u1", &usage(), false, T0).await.unwrap();
     assert!(bal(&s, "acme").await.model_limits.is_empty());
     match reserve(&s, &capped("c1", "acme", SONNET, "0.01", "0.02"), "10").await {
-        ReserveOutcome::ModelInsufficient {
+        ReserveOutcome::ScopeInsufficient {
             available, spent, ..
         } => {
             assert_eq!(available, d("0.0095"));
             assert_eq!(spent, d("0.0105"));
         }
-        other => panic!("expected ModelInsufficient, got {other:?}"),
+        other => panic!("expected ScopeInsufficient, got {other:?}"),
     }
     // A raised budget applies at the next reserve, with what is spent kept.
     assert_eq!(
@@ -2173,7 +2183,7 @@ async fn model_budget_rows_follow_config_and_history(s: Arc<dyn Store>) {
     assert_identity(&b);
     assert!(matches!(
         reserve(&s, &capped("c3", "acme", SONNET, "0.001", "0.01"), "10").await,
-        ReserveOutcome::ModelInsufficient { .. }
+        ReserveOutcome::ScopeInsufficient { .. }
     ));
     let b = bal(&s, "acme").await;
     assert_eq!(b.model_limits[SONNET].budget_usd, d("0.01"));
@@ -2215,7 +2225,7 @@ async fn concurrent_capped_reserves_never_overspend_the_model(s: Arc<dyn Store>)
         match t.await.unwrap() {
             (i, ReserveOutcome::Admitted) if i < 30 => sonnet += 1,
             (_, ReserveOutcome::Admitted) => haiku += 1,
-            (i, ReserveOutcome::ModelInsufficient { .. }) if i < 30 => {}
+            (i, ReserveOutcome::ScopeInsufficient { .. }) if i < 30 => {}
             (i, other) => panic!("{i}: {other:?}"),
         }
     }
@@ -2431,7 +2441,7 @@ async fn sweeper_returns_the_model_count_of_a_reserve_that_died(
     // The model row is blocked until the sweeper runs.
     assert!(matches!(
         reserve(&s, &capped("next", "acme", SONNET, "0.02", "0.05"), "10").await,
-        ReserveOutcome::ModelInsufficient { .. }
+        ReserveOutcome::ScopeInsufficient { .. }
     ));
     assert_eq!(s.expire_holds(h.expires_at_ms).await.unwrap(), 1);
     let b = bal(&s, "acme").await;
@@ -2584,4 +2594,294 @@ async fn check_budget_rows(client: &aws_sdk_dynamodb::Client, table: &str) {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------- nested budgets
+
+/// A hold on `model` by `app` and `user`, each with its budget when given.
+fn nested(
+    id: &str,
+    tenant: &str,
+    model: &str,
+    app: (&str, Option<&str>),
+    user: (&str, Option<&str>),
+) -> Hold {
+    let mut h = hold(id, tenant, model, "0.01");
+    h.attribution.application_id = Some(app.0.into());
+    h.attribution.user_id = Some(user.0.into());
+    h.app_budget_usd = app.1.map(d);
+    h.user_budget_usd = user.1.map(d);
+    h
+}
+
+/// `spent + reserved + available = budget` and `0 ≤ reserved`, `spent ≤
+/// budget` on every application and user row.
+fn assert_scope_identity(b: &Balance) {
+    for (what, rows) in [("app", &b.by_application), ("user", &b.by_user)] {
+        for (id, r) in rows {
+            let spent = r.counters.spent_usd;
+            assert_eq!(
+                spent + r.limit.reserved_usd + r.limit.available(spent),
+                r.limit.budget_usd,
+                "{what} {id}: {r:?}"
+            );
+            assert!(r.limit.reserved_usd >= Decimal::ZERO, "{what} {id}: {r:?}");
+            assert!(
+                spent + r.limit.reserved_usd <= r.limit.budget_usd,
+                "{what} {id} over its budget: {r:?}"
+            );
+        }
+    }
+}
+
+async fn nested_budget_config_round_trips(s: Arc<dyn Store>) {
+    let mut t = tenant("nest-cfg", "10");
+    t.application_budgets = [("app-a".to_string(), d("2.5"))].into();
+    t.user_budgets = [("alice@example.com".to_string(), d("0.75"))].into();
+    t.default_user_budget_usd = Some(d("0.1"));
+    s.put_tenant(&t, PERIOD).await.unwrap();
+    assert_eq!(s.get_tenant("nest-cfg").await.unwrap(), Some(t.clone()));
+    assert_eq!(t.user_budget(Some("alice@example.com")), Some(d("0.75")));
+    assert_eq!(t.user_budget(Some("bob")), Some(d("0.1")));
+    assert_eq!(t.user_budget(None), None);
+    // Cleared again: the attributes go.
+    t.application_budgets.clear();
+    t.user_budgets.clear();
+    t.default_user_budget_usd = None;
+    s.put_tenant(&t, PERIOD).await.unwrap();
+    assert_eq!(s.get_tenant("nest-cfg").await.unwrap(), Some(t));
+}
+
+async fn each_nested_cap_holds_under_200_way_concurrency(s: Arc<dyn Store>) {
+    // 200 holds of 0.01 at once on each tenant, the tenant budget far away:
+    // - one application with a 0.5 budget: exactly 50 fit;
+    // - four users with 0.3 each: exactly 30 each;
+    // - both levels and a 0.9 model budget at once: no level is passed.
+    let mut tasks = Vec::new();
+    for i in 0..200usize {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let user = format!("u{}", i % 4);
+            let app_only = nested(
+                &format!("a{i}"),
+                "nest-app",
+                SONNET,
+                ("app-a", Some("0.5")),
+                (&user, None),
+            );
+            let user_only = nested(
+                &format!("u{i}"),
+                "nest-user",
+                SONNET,
+                ("app-a", None),
+                (&user, Some("0.3")),
+            );
+            let mut all = nested(
+                &format!("m{i}"),
+                "nest-all",
+                if i % 3 == 0 { HAIKU } else { SONNET },
+                (
+                    if i % 2 == 0 { "app-a" } else { "app-b" },
+                    (i % 2 == 0).then_some("0.6"),
+                ),
+                (&user, Some("0.35")),
+            );
+            if all.model_id == SONNET {
+                all.model_budget_usd = Some(d("0.9"));
+            }
+            let out = [
+                s.reserve(&app_only, d("100")).await.expect("reserve"),
+                s.reserve(&user_only, d("100")).await.expect("reserve"),
+                s.reserve(&all, d("100")).await.expect("reserve"),
+            ];
+            (i, out, all)
+        }));
+    }
+    let (mut apps, mut users) = (0, [0u32; 4]);
+    let mut admitted_all = Vec::new();
+    for t in tasks {
+        let (i, [a, u, m], all) = t.await.unwrap();
+        match a {
+            ReserveOutcome::Admitted => apps += 1,
+            ReserveOutcome::ScopeInsufficient { scope, .. } => {
+                assert_eq!(
+                    (scope.level, scope.id.as_str()),
+                    (Level::Application, "app-a")
+                )
+            }
+            other => panic!("a{i}: {other:?}"),
+        }
+        match u {
+            ReserveOutcome::Admitted => users[i % 4] += 1,
+            ReserveOutcome::ScopeInsufficient { scope, .. } => {
+                assert_eq!(scope.level, Level::User, "u{i}");
+                assert_eq!(scope.id, format!("u{}", i % 4));
+            }
+            other => panic!("u{i}: {other:?}"),
+        }
+        match m {
+            ReserveOutcome::Admitted => admitted_all.push(all),
+            ReserveOutcome::ScopeInsufficient { .. } => {}
+            other => panic!("m{i}: {other:?}"),
+        }
+    }
+    assert_eq!(apps, 50);
+    assert_eq!(users, [30; 4]);
+    let b = bal(&s, "nest-app").await;
+    assert_eq!(b.by_application["app-a"].limit.reserved_usd, d("0.5"));
+    assert_eq!(b.by_application["app-a"].limit.budget_usd, d("0.5"));
+    assert_eq!(b.totals.reserved_usd, d("0.5"));
+    assert!(b.by_user.is_empty(), "{:?}", b.by_user);
+    assert_scope_identity(&b);
+    let b = bal(&s, "nest-user").await;
+    assert_eq!(b.totals.reserved_usd, d("1.2"));
+    for u in 0..4 {
+        assert_eq!(b.by_user[&format!("u{u}")].limit.reserved_usd, d("0.3"));
+    }
+    assert!(b.by_application.is_empty());
+    assert_scope_identity(&b);
+
+    // The mixed tenant: every row's `reserved` is exactly the sum of the holds
+    // admitted under it, and within its budget.
+    let b = bal(&s, "nest-all").await;
+    let sum = |f: &dyn Fn(&Hold) -> bool| -> Decimal {
+        admitted_all
+            .iter()
+            .filter(|h| f(h))
+            .map(|h| h.hold_usd)
+            .sum()
+    };
+    assert_eq!(b.totals.reserved_usd, sum(&|_| true));
+    assert_eq!(
+        b.by_application["app-a"].limit.reserved_usd,
+        sum(&|h| h.attribution.application_id.as_deref() == Some("app-a"))
+    );
+    assert!(
+        !b.by_application.contains_key("app-b"),
+        "app-b has no budget: no row"
+    );
+    for u in 0..4 {
+        let id = format!("u{u}");
+        assert_eq!(
+            b.by_user[&id].limit.reserved_usd,
+            sum(&|h| h.attribution.user_id.as_deref() == Some(id.as_str())),
+            "{id}"
+        );
+    }
+    assert_eq!(
+        b.model_limits[SONNET].reserved_usd,
+        sum(&|h| h.model_id == SONNET)
+    );
+    assert!(b.model_limits[SONNET].reserved_usd <= d("0.9"));
+    assert_identity(&b);
+    assert_model_identity(&b);
+    assert_scope_identity(&b);
+    // The user caps alone (4 × 0.35) refuse at least 60 of the 200.
+    assert!(admitted_all.len() <= 140, "{}", admitted_all.len());
+}
+
+async fn nested_levels_stay_exact_through_commits_releases_and_expiry(s: Arc<dyn Store>) {
+    // 200 holds of 0.01 by two applications (0.8 each) and five users (0.3
+    // each): admitted ones are committed, released or left to expire, all at
+    // once. Every level's row ends with reserved 0 and spent = the sum of its
+    // commits' costs.
+    let mut tasks = Vec::new();
+    for i in 0..200usize {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let app = if i % 2 == 0 { "app-x" } else { "app-y" };
+            let user = format!("v{}", i % 5);
+            let mut h = nested(
+                &format!("n{i}"),
+                "nest-exact",
+                SONNET,
+                (app, Some("0.8")),
+                (&user, Some("0.3")),
+            );
+            h.expires_at_ms = if i % 7 == 0 { T0 + 10 } else { T0 + 600_000 };
+            match s.reserve(&h, d("100")).await.expect("reserve") {
+                ReserveOutcome::Admitted => {}
+                ReserveOutcome::ScopeInsufficient { .. } => return None,
+                other => panic!("n{i}: {other:?}"),
+            }
+            if i % 7 == 0 {
+                return None; // left to expire
+            }
+            if i % 3 == 0 {
+                assert!(s.release(&h.request_id, T0 + 1).await.expect("release"));
+                return None;
+            }
+            let u = Usage {
+                input_tokens: 100 + i as u64,
+                output_tokens: 10 + (i % 11) as u64,
+                cache_read_input_tokens: 0,
+                cache_write_input_tokens: 0,
+            };
+            match s
+                .commit(&h.request_id, &u, false, T0 + 2)
+                .await
+                .expect("commit")
+            {
+                CommitApplied::Committed { cost, scopes, .. } => {
+                    let named: Vec<String> = scopes.iter().map(|t| t.scope.scope()).collect();
+                    assert_eq!(named, vec![format!("app:{app}"), format!("user:{user}")]);
+                    for t in &scopes {
+                        assert!(t.spent_usd + t.reserved_usd <= t.scope.budget_usd, "{t:?}");
+                    }
+                    Some((app, user, cost))
+                }
+                other => panic!("n{i}: {other:?}"),
+            }
+        }));
+    }
+    let mut committed = Vec::new();
+    for t in tasks {
+        committed.extend(t.await.unwrap());
+    }
+    assert!(!committed.is_empty());
+    s.expire_holds(T0 + 1_000).await.unwrap();
+    let b = bal(&s, "nest-exact").await;
+    let total: Decimal = committed.iter().map(|c| c.2).sum();
+    assert_eq!(b.totals.counters.spent_usd, total);
+    assert_eq!(b.totals.reserved_usd, Decimal::ZERO);
+    for app in ["app-x", "app-y"] {
+        let r = &b.by_application[app];
+        assert_eq!(r.limit.reserved_usd, Decimal::ZERO, "{app}");
+        assert_eq!(
+            r.counters.spent_usd,
+            committed
+                .iter()
+                .filter(|c| c.0 == app)
+                .map(|c| c.2)
+                .sum::<Decimal>(),
+            "{app}"
+        );
+        assert_eq!(
+            r.counters.requests,
+            committed.iter().filter(|c| c.0 == app).count() as u64,
+            "{app}"
+        );
+    }
+    for u in 0..5 {
+        let id = format!("v{u}");
+        let r = &b.by_user[&id];
+        assert_eq!(r.limit.reserved_usd, Decimal::ZERO, "{id}");
+        assert_eq!(
+            r.counters.spent_usd,
+            committed
+                .iter()
+                .filter(|c| c.1 == id)
+                .map(|c| c.2)
+                .sum::<Decimal>(),
+            "{id}"
+        );
+    }
+    assert_identity(&b);
+    assert_scope_identity(&b);
+    let usage = s.usage(None, None).await.unwrap();
+    let mine: Vec<_> = usage
+        .iter()
+        .filter(|u| u.tenant_id == "nest-exact")
+        .collect();
+    assert_eq!(mine.len(), committed.len());
 }

@@ -844,6 +844,9 @@ mod tests {
             rate_limit_tpm: None,
             model_budgets: BTreeMap::new(),
             model_rate_limit_tpm: BTreeMap::new(),
+            application_budgets: Default::default(),
+            user_budgets: Default::default(),
+            default_user_budget_usd: None,
         }
     }
 

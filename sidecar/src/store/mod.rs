@@ -64,6 +64,22 @@ pub struct TenantConfig {
     /// the tenant-wide `rate_limit_tpm`.
     #[serde(default)]
     pub model_rate_limit_tpm: BTreeMap<String, u64>,
+    /// Optional budgets (USD per period) per application inside the tenant
+    /// budget, keyed by application ID: the application a key or SigV4
+    /// credential is bound to, else the request's `x-application-id`.
+    #[serde(default)]
+    #[schema(value_type = BTreeMap<String, Money>)]
+    pub application_budgets: BTreeMap<String, Decimal>,
+    /// Optional budgets (USD per period) per end user inside the tenant budget,
+    /// keyed by the request's user ID (`x-user-id` or `requestMetadata.user_id`).
+    #[serde(default)]
+    #[schema(value_type = BTreeMap<String, Money>)]
+    pub user_budgets: BTreeMap<String, Decimal>,
+    /// The budget of every user ID not listed in `user_budgets`. Requests
+    /// without a user ID are capped by the other levels only.
+    #[serde(default)]
+    #[schema(value_type = Option<Money>)]
+    pub default_user_budget_usd: Option<Decimal>,
 }
 
 impl TenantConfig {
@@ -74,6 +90,25 @@ impl TenantConfig {
         } else {
             self.alert_thresholds.clone()
         }
+    }
+
+    /// The budget of an application, if it has one.
+    pub fn application_budget(&self, application_id: Option<&str>) -> Option<Decimal> {
+        self.application_budgets.get(application_id?).copied()
+    }
+
+    /// The budget of a user: their own, else the default user budget.
+    pub fn user_budget(&self, user_id: Option<&str>) -> Option<Decimal> {
+        let user = user_id?;
+        self.user_budgets
+            .get(user)
+            .copied()
+            .or(self.default_user_budget_usd)
+    }
+
+    /// Whether any user has a budget (then the user of each request matters).
+    pub fn has_user_budgets(&self) -> bool {
+        !self.user_budgets.is_empty() || self.default_user_budget_usd.is_some()
     }
 }
 
@@ -174,12 +209,42 @@ pub struct Hold {
     /// The model budget the hold was admitted under, when the tenant has one for
     /// its model: the hold is then also counted in the model row's `reserved`.
     pub model_budget_usd: Option<Decimal>,
+    /// The application budget the hold was admitted under (the application is
+    /// `attribution.application_id`): counted in the `app:<id>` row too.
+    pub app_budget_usd: Option<Decimal>,
+    /// The user budget the hold was admitted under (the user is
+    /// `attribution.user_id`): counted in the `user:<id>` row too.
+    pub user_budget_usd: Option<Decimal>,
     /// The input-token estimate the hold was priced with. An estimated commit
     /// never charges more input than this.
     pub input_tokens_estimate: u64,
 }
 
 impl Hold {
+    /// The budgets inside the tenant's that this hold is counted in, in the
+    /// order they are checked: model, application, user.
+    pub fn scoped_budgets(&self) -> Vec<ScopedBudget> {
+        let a = &self.attribution;
+        [
+            (Level::Model, Some(&self.model_id), self.model_budget_usd),
+            (
+                Level::Application,
+                a.application_id.as_ref(),
+                self.app_budget_usd,
+            ),
+            (Level::User, a.user_id.as_ref(), self.user_budget_usd),
+        ]
+        .into_iter()
+        .filter_map(|(level, id, budget)| {
+            Some(ScopedBudget {
+                level,
+                id: id?.clone(),
+                budget_usd: budget?,
+            })
+        })
+        .collect()
+    }
+
     pub fn reservation(&self) -> Reservation {
         Reservation {
             request_id: self.request_id.clone(),
@@ -330,9 +395,10 @@ pub enum ReserveOutcome {
         spent: Decimal,
         budget: Decimal,
     },
-    /// The hold does not fit the model's budget (`Hold::model_budget_usd`).
-    ModelInsufficient {
-        model_id: String,
+    /// The hold does not fit one of its scoped budgets
+    /// ([`Hold::scoped_budgets`]): the first that refused.
+    ScopeInsufficient {
+        scope: ScopedBudget,
         available: Decimal,
         spent: Decimal,
         budget: Decimal,
@@ -352,6 +418,8 @@ pub enum CommitApplied {
         hold: Box<Hold>,
         /// The period's totals after the commit.
         totals: Totals,
+        /// Each scoped budget the hold was admitted under, after the commit.
+        scopes: Vec<ScopeTotals>,
     },
     Duplicate {
         cost: Option<Decimal>,
@@ -401,6 +469,29 @@ impl ModelLimit {
     }
 }
 
+/// A scoped budget's row right after a commit charged it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopeTotals {
+    pub scope: ScopedBudget,
+    pub spent_usd: Decimal,
+    pub reserved_usd: Decimal,
+}
+
+impl ScopeTotals {
+    /// The row's own budget (as applied to the row; see [`ScopedBudget`]).
+    pub fn available(&self) -> Decimal {
+        crate::ledger::available(self.scope.budget_usd, self.spent_usd, self.reserved_usd)
+    }
+}
+
+/// An application's or a user's row in a period (rows exist for scopes that
+/// ever had a budget in the period).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScopeRow {
+    pub limit: ModelLimit,
+    pub counters: Counters,
+}
+
 /// A period's balance with its per-model breakdown.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Balance {
@@ -408,15 +499,147 @@ pub struct Balance {
     pub by_model: BTreeMap<String, Counters>,
     /// Budget and reserved of model rows that carry a model budget.
     pub model_limits: BTreeMap<String, ModelLimit>,
+    /// Application rows by application ID (`app:<id>` rows).
+    pub by_application: BTreeMap<String, ScopeRow>,
+    /// User rows by user ID (`user:<id>` rows).
+    pub by_user: BTreeMap<String, ScopeRow>,
+}
+
+impl Balance {
+    /// In the current period the configured model, application and user
+    /// budgets are the ones that apply (a row takes a changed budget at its
+    /// next reserve); earlier periods show what their rows recorded.
+    pub fn apply_config(&mut self, config: &TenantConfig) {
+        self.model_limits
+            .retain(|m, _| config.model_budgets.contains_key(m));
+        for (m, b) in &config.model_budgets {
+            self.by_model.entry(m.clone()).or_default();
+            self.model_limits.entry(m.clone()).or_default().budget_usd = *b;
+        }
+        // Rows of applications and users without a budget now are partial
+        // (they count only while one was set): not shown.
+        self.by_application
+            .retain(|app, _| config.application_budgets.contains_key(app));
+        for (app, b) in &config.application_budgets {
+            self.by_application
+                .entry(app.clone())
+                .or_default()
+                .limit
+                .budget_usd = *b;
+        }
+        self.by_user
+            .retain(|user, _| config.user_budget(Some(user)).is_some());
+        for user in config.user_budgets.keys() {
+            self.by_user.entry(user.clone()).or_default();
+        }
+        for (user, row) in self.by_user.iter_mut() {
+            row.limit.budget_usd = config.user_budget(Some(user)).unwrap_or_default();
+        }
+    }
+
+    /// Files a period row that is not `ALL` by its key: an `app:`/`user:` row
+    /// goes to its map, any other is a model's.
+    pub fn add_row(&mut self, key: &str, counters: Counters, limit: Option<ModelLimit>) {
+        match Level::of_row(key) {
+            (Level::Model, model) => {
+                if let Some(l) = limit {
+                    self.model_limits.insert(model.to_string(), l);
+                }
+                self.by_model.insert(model.to_string(), counters);
+            }
+            (level, id) => {
+                let row = ScopeRow {
+                    limit: limit.unwrap_or_default(),
+                    counters,
+                };
+                let map = if level == Level::Application {
+                    &mut self.by_application
+                } else {
+                    &mut self.by_user
+                };
+                map.insert(id.to_string(), row);
+            }
+        }
+    }
+}
+
+/// A level of budget inside the tenant's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Level {
+    Model,
+    Application,
+    User,
+}
+
+impl Level {
+    /// The prefix of this level's scope (`model:`, `app:`, `user:`).
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Self::Model => "model:",
+            Self::Application => "app:",
+            Self::User => "user:",
+        }
+    }
+
+    /// A budget row's level and ID from its key within the period: `app:<id>`,
+    /// `user:<id>`, else a model ID (model rows kept their bare key when the
+    /// other levels arrived; no model ID starts with either prefix, see
+    /// `pricing::validate_model_id`).
+    pub fn of_row(key: &str) -> (Self, &str) {
+        for level in [Self::Application, Self::User] {
+            if let Some(id) = key.strip_prefix(level.prefix()) {
+                return (level, id);
+            }
+        }
+        (Self::Model, key)
+    }
+
+    /// The word refusals start with.
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::Model => "Model",
+            Self::Application => "Application",
+            Self::User => "User",
+        }
+    }
+
+    /// The word refusals use.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Self::Model => "model",
+            Self::Application => "application",
+            Self::User => "user",
+        }
+    }
+}
+
+/// One budget inside the tenant's that a hold is counted in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopedBudget {
+    pub level: Level,
+    /// Model ID, application ID or user ID.
+    pub id: String,
+    pub budget_usd: Decimal,
+}
+
+impl ScopedBudget {
+    /// The budget row's key within the period: the bare model ID for a model
+    /// budget, `app:<id>`, `user:<id>`.
+    pub fn row(&self) -> String {
+        match self.level {
+            Level::Model => self.id.clone(),
+            level => format!("{}{}", level.prefix(), self.id),
+        }
+    }
+
+    /// The scope as alerts name it: `model:<id>`, `app:<id>`, `user:<id>`.
+    pub fn scope(&self) -> String {
+        format!("{}{}", self.level.prefix(), self.id)
+    }
 }
 
 /// The budget scope of the tenant's own budget ([`AlertRecord::scope`]).
 pub const SCOPE_TENANT: &str = "tenant";
-
-/// The scope of a model budget: `model:<model id>`.
-pub fn model_scope(model_id: &str) -> String {
-    format!("model:{model_id}")
-}
 
 /// A fired alert. It fires once per (tenant, period, scope, kind, threshold):
 /// that tuple is its identity, and [`AlertRecord::alert_id`] is derived from it.
@@ -424,8 +647,8 @@ pub fn model_scope(model_id: &str) -> String {
 pub struct AlertRecord {
     pub tenant_id: String,
     pub period: String,
-    /// Which budget: [`SCOPE_TENANT`], `model:<id>` ([`model_scope`]); new
-    /// budget scopes plug in with their own prefix.
+    /// Which budget: [`SCOPE_TENANT`], `model:<id>`,
+    /// `app:<id>` or `user:<id>` ([`ScopedBudget::scope`]).
     pub scope: String,
     pub kind: AlertKind,
     /// The fraction that was crossed (`threshold` alerts only).
@@ -658,9 +881,10 @@ pub trait Store: Send + Sync + 'static {
     /// Atomically: create the period row with `period_budget` if missing, check
     /// `budget − spent − reserved ≥ hold`, add the hold to `reserved` and record
     /// it (with `budget_remaining_usd` set to the available amount after it).
-    /// With `hold.model_budget_usd` set, the model row (budget set to it) must
-    /// admit the hold too and counts it in its `reserved`; commit, release and
-    /// expiry give it back there as well.
+    /// Each of [`Hold::scoped_budgets`] (model, application, user) must admit
+    /// the hold too in its own row (budget set to the scope's), which counts it
+    /// in its `reserved`; commit, release and expiry give it back there as
+    /// well, and a commit charges each of those rows.
     async fn reserve(&self, hold: &Hold, period_budget: Decimal) -> Result<ReserveOutcome>;
     /// Atomically settles a hold at its price snapshot: `spent += cost`, and
     /// `reserved −= hold` when it was still open. Idempotent per request id.

@@ -264,6 +264,16 @@ CREATE TABLE rate_windows (
     PRIMARY KEY (tenant_id, window, counter)
 );";
 
+/// Version 9: nested budgets: application and user budgets on the tenant
+/// (JSON objects of decimal strings, and the default user budget), and on each
+/// hold the application and user budgets it was admitted under. Their rows are
+/// budget rows with scope `app:<id>` / `user:<id>`.
+const SCHEMA_V9: &str = "ALTER TABLE tenants ADD COLUMN application_budgets TEXT;
+ALTER TABLE tenants ADD COLUMN user_budgets TEXT;
+ALTER TABLE tenants ADD COLUMN default_user_budget TEXT;
+ALTER TABLE holds ADD COLUMN app_budget_usd TEXT;
+ALTER TABLE holds ADD COLUMN user_budget_usd TEXT;";
+
 /// Version 7: key lifecycle: an optional expiry, and when the key was last used.
 const SCHEMA_V7: &str = "ALTER TABLE api_keys ADD COLUMN expires_at INTEGER;
 ALTER TABLE api_keys ADD COLUMN last_used_at INTEGER;";
@@ -272,6 +282,7 @@ ALTER TABLE api_keys ADD COLUMN last_used_at INTEGER;";
 /// to `i + 1`. Append only; never edit a released entry.
 pub const MIGRATIONS: &[&str] = &[
     SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8,
+    SCHEMA_V9,
 ];
 
 /// The schema version this binary writes (`PRAGMA user_version`).
@@ -687,7 +698,7 @@ impl SqliteStore {
     }
 }
 
-const TENANT_COLS: &str = "tenant_id, budget_usd, alert_threshold, reset_cycle, active, allowed_models, default_model, max_tokens_cap, rate_limit_rpm, rate_limit_tpm, model_budgets, alert_thresholds, model_rate_limit_tpm";
+const TENANT_COLS: &str = "tenant_id, budget_usd, alert_threshold, reset_cycle, active, allowed_models, default_model, max_tokens_cap, rate_limit_rpm, rate_limit_tpm, model_budgets, alert_thresholds, model_rate_limit_tpm, application_budgets, user_budgets, default_user_budget";
 
 fn tenant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TenantConfig>> {
     let cycle: String = row.get(3)?;
@@ -699,9 +710,25 @@ fn tenant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TenantCon
             .map_err(|e| Error::Corrupt(format!("allowed_models: {e}")))?;
         Ok::<_, Error>((reset_cycle, allowed_models))
     })();
-    let budgets: Option<String> = row.get(10)?;
-    let model_budgets = match budgets.as_deref().map(parse_model_budgets).transpose() {
-        Ok(m) => m.unwrap_or_default(),
+    let budget_map =
+        |col: usize, name: &str| -> rusqlite::Result<Result<BTreeMap<String, Decimal>>> {
+            let text: Option<String> = row.get(col)?;
+            Ok(text
+                .as_deref()
+                .map(|t| parse_budget_map(name, t))
+                .transpose()
+                .map(Option::unwrap_or_default))
+        };
+    let model_budgets = match budget_map(10, "model_budgets")? {
+        Ok(m) => m,
+        Err(e) => return Ok(Err(e)),
+    };
+    let application_budgets = match budget_map(13, "application_budgets")? {
+        Ok(m) => m,
+        Err(e) => return Ok(Err(e)),
+    };
+    let user_budgets = match budget_map(14, "user_budgets")? {
+        Ok(m) => m,
         Err(e) => return Ok(Err(e)),
     };
     let model_tpm: Option<String> = row.get(12)?;
@@ -745,6 +772,9 @@ fn tenant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TenantCon
         model_budgets,
         model_rate_limit_tpm,
         alert_thresholds,
+        application_budgets,
+        user_budgets,
+        default_user_budget_usd: opt_dec(row, 15)?,
     }))
 }
 
@@ -801,19 +831,20 @@ fn outbox_entries(
     Ok(out)
 }
 
-fn parse_model_budgets(text: &str) -> Result<BTreeMap<String, Decimal>> {
+/// A tenant column holding budgets by model, application or user.
+fn parse_budget_map(column: &str, text: &str) -> Result<BTreeMap<String, Decimal>> {
     let raw: BTreeMap<String, String> =
-        serde_json::from_str(text).map_err(|e| Error::Corrupt(format!("model_budgets: {e}")))?;
+        serde_json::from_str(text).map_err(|e| Error::Corrupt(format!("{column}: {e}")))?;
     raw.into_iter()
         .map(|(m, v)| {
             v.parse::<Decimal>()
                 .map(|d| (m, d))
-                .map_err(|e| Error::Corrupt(format!("model_budgets: {e}")))
+                .map_err(|e| Error::Corrupt(format!("{column}: {e}")))
         })
         .collect()
 }
 
-fn model_budgets_json(m: &BTreeMap<String, Decimal>) -> Result<Option<String>> {
+fn budget_map_json(m: &BTreeMap<String, Decimal>) -> Result<Option<String>> {
     if m.is_empty() {
         return Ok(None);
     }
@@ -821,7 +852,7 @@ fn model_budgets_json(m: &BTreeMap<String, Decimal>) -> Result<Option<String>> {
     Ok(Some(serde_json::to_string(&text)?))
 }
 
-const HOLD_COLS: &str = "request_id, tenant_id, period, model_id, target_model, application_id, cost_center, environment, user_id, max_output_tokens, hold_usd, budget_remaining_usd, rate_input, rate_output, rate_cache_read, rate_cache_write, created_at, expires_at, state, model_budget_usd, input_tokens_estimate";
+const HOLD_COLS: &str = "request_id, tenant_id, period, model_id, target_model, application_id, cost_center, environment, user_id, max_output_tokens, hold_usd, budget_remaining_usd, rate_input, rate_output, rate_cache_read, rate_cache_write, created_at, expires_at, state, model_budget_usd, input_tokens_estimate, app_budget_usd, user_budget_usd";
 
 fn hold_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Hold> {
     let state: String = row.get(18)?;
@@ -858,6 +889,8 @@ fn hold_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Hold> {
         state,
         model_budget_usd: opt_dec(row, 19)?,
         input_tokens_estimate: u(row, 20)?,
+        app_budget_usd: opt_dec(row, 21)?,
+        user_budget_usd: opt_dec(row, 22)?,
     })
 }
 
@@ -954,17 +987,18 @@ fn set_state(tx: &Connection, request_id: &str, state: HoldState, now_ms: i64) -
     Ok(())
 }
 
-/// `reserved −= hold` on the hold's period row (never below zero), and on its
-/// model row when the hold was admitted under a model budget.
+/// `reserved −= hold` on the hold's period row (never below zero), and on the
+/// row of each scoped budget it was admitted under.
 fn unreserve(tx: &Connection, hold: &Hold) -> Result<()> {
-    if let Some(mut t) = load_row(tx, &hold.tenant_id, &hold.period, "ALL")? {
-        t.reserved_usd = (t.reserved_usd - hold.hold_usd).max(Decimal::ZERO);
-        store_row(tx, &hold.tenant_id, "ALL", &t)?;
-    }
-    if hold.model_budget_usd.is_some() {
-        if let Some(mut m) = load_row(tx, &hold.tenant_id, &hold.period, &hold.model_id)? {
-            m.reserved_usd = (m.reserved_usd - hold.hold_usd).max(Decimal::ZERO);
-            store_row(tx, &hold.tenant_id, &hold.model_id, &m)?;
+    let scopes = hold
+        .scoped_budgets()
+        .iter()
+        .map(ScopedBudget::row)
+        .collect::<Vec<_>>();
+    for scope in std::iter::once("ALL").chain(scopes.iter().map(String::as_str)) {
+        if let Some(mut t) = load_row(tx, &hold.tenant_id, &hold.period, scope)? {
+            t.reserved_usd = (t.reserved_usd - hold.hold_usd).max(Decimal::ZERO);
+            store_row(tx, &hold.tenant_id, scope, &t)?;
         }
     }
     Ok(())
@@ -1125,7 +1159,7 @@ impl Store for SqliteStore {
             let tx = conn.savepoint()?;
             tx.execute(
                 &format!(
-                    "INSERT INTO tenants ({TENANT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                    "INSERT INTO tenants ({TENANT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
                      ON CONFLICT (tenant_id) DO UPDATE SET budget_usd = excluded.budget_usd,
                        alert_threshold = excluded.alert_threshold, reset_cycle = excluded.reset_cycle,
                        active = excluded.active, allowed_models = excluded.allowed_models,
@@ -1134,7 +1168,10 @@ impl Store for SqliteStore {
                        rate_limit_tpm = excluded.rate_limit_tpm,
                        model_budgets = excluded.model_budgets,
                        alert_thresholds = excluded.alert_thresholds,
-                       model_rate_limit_tpm = excluded.model_rate_limit_tpm"
+                       model_rate_limit_tpm = excluded.model_rate_limit_tpm,
+                       application_budgets = excluded.application_budgets,
+                       user_budgets = excluded.user_budgets,
+                       default_user_budget = excluded.default_user_budget"
                 ),
                 params![
                     cfg.tenant_id,
@@ -1147,11 +1184,14 @@ impl Store for SqliteStore {
                     cfg.max_tokens_cap.map(i),
                     cfg.rate_limit_rpm.map(i64::from),
                     cfg.rate_limit_tpm.map(i),
-                    model_budgets_json(&cfg.model_budgets)?,
+                    budget_map_json(&cfg.model_budgets)?,
                     thresholds_json(&cfg.alert_thresholds)?,
                     (!cfg.model_rate_limit_tpm.is_empty())
                         .then(|| serde_json::to_string(&cfg.model_rate_limit_tpm))
                         .transpose()?,
+                    budget_map_json(&cfg.application_budgets)?,
+                    budget_map_json(&cfg.user_budgets)?,
+                    cfg.default_user_budget_usd.map(Dec),
                 ],
             )?;
             tx.execute(
@@ -1668,29 +1708,31 @@ impl Store for SqliteStore {
             if let Some(existing) = get_hold_tx(&tx, &h.request_id)? {
                 return Ok(ReserveOutcome::Existing(Box::new(existing)));
             }
-            let mut model_row = None;
-            if let Some(mb) = h.model_budget_usd {
-                ensure_row(&tx, &h.tenant_id, &h.period, &h.model_id, mb)?;
+            // Every scoped budget (model, application, user) must admit it.
+            let mut scope_rows = Vec::new();
+            for scope in h.scoped_budgets() {
+                let key = scope.row();
+                ensure_row(&tx, &h.tenant_id, &h.period, &key, scope.budget_usd)?;
                 tx.execute(
                     "UPDATE budgets SET budget_usd = ?4, has_budget = 1
                      WHERE tenant_id = ?1 AND period = ?2 AND scope = ?3",
-                    params![h.tenant_id, h.period, h.model_id, Dec(mb)],
+                    params![h.tenant_id, h.period, key, Dec(scope.budget_usd)],
                 )?;
-                let m = load_row(&tx, &h.tenant_id, &h.period, &h.model_id)?
-                    .ok_or_else(|| Error::Internal("model row vanished".into()))?;
-                let available = m.available();
+                let row = load_row(&tx, &h.tenant_id, &h.period, &key)?
+                    .ok_or_else(|| Error::Internal("scope row vanished".into()))?;
+                let available = row.available();
                 if !crate::ledger::admits(available, h.hold_usd) {
-                    // Keep the row's budget in step with the configuration, as
+                    // Keep the rows' budgets in step with the configuration, as
                     // an admitted hold would.
                     tx.commit()?;
-                    return Ok(ReserveOutcome::ModelInsufficient {
-                        model_id: h.model_id.clone(),
+                    return Ok(ReserveOutcome::ScopeInsufficient {
+                        scope,
                         available,
-                        spent: m.counters.spent_usd,
-                        budget: m.budget_usd,
+                        spent: row.counters.spent_usd,
+                        budget: row.budget_usd,
                     });
                 }
-                model_row = Some(m);
+                scope_rows.push((key, row));
             }
             ensure_row(&tx, &h.tenant_id, &h.period, "ALL", period_budget)?;
             let mut t = load_row(&tx, &h.tenant_id, &h.period, "ALL")?
@@ -1705,14 +1747,14 @@ impl Store for SqliteStore {
             }
             t.reserved_usd += h.hold_usd;
             store_row(&tx, &h.tenant_id, "ALL", &t)?;
-            if let Some(mut m) = model_row {
-                m.reserved_usd += h.hold_usd;
-                store_row(&tx, &h.tenant_id, &h.model_id, &m)?;
+            for (key, mut row) in scope_rows {
+                row.reserved_usd += h.hold_usd;
+                store_row(&tx, &h.tenant_id, &key, &row)?;
             }
             let remaining = t.available();
             tx.prepare_cached(&format!(
                 "INSERT INTO holds ({HOLD_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
-                 ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"
+                 ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"
             ))?
             .execute(params![
                 h.request_id,
@@ -1736,6 +1778,8 @@ impl Store for SqliteStore {
                 HoldState::Open.as_str(),
                 h.model_budget_usd.map(Dec),
                 i(h.input_tokens_estimate),
+                h.app_budget_usd.map(Dec),
+                h.user_budget_usd.map(Dec),
             ])?;
             tx.commit()?;
             Ok(ReserveOutcome::Admitted)
@@ -1796,6 +1840,33 @@ impl Store for SqliteStore {
             }
             add_usage(&mut per_model.counters, &usage, cost);
             store_row(&tx, &hold.tenant_id, &hold.model_id, &per_model)?;
+            // The application and user rows the hold was admitted under (the
+            // model row, always charged, is above).
+            let mut scopes = Vec::new();
+            for scope in hold.scoped_budgets() {
+                let row = if scope.level == Level::Model {
+                    per_model.clone()
+                } else {
+                    let key = scope.row();
+                    ensure_row(&tx, &hold.tenant_id, &hold.period, &key, scope.budget_usd)?;
+                    let mut row = load_row(&tx, &hold.tenant_id, &hold.period, &key)?
+                        .ok_or_else(|| Error::Internal("scope row vanished".into()))?;
+                    if hold.state == HoldState::Open {
+                        row.reserved_usd = (row.reserved_usd - hold.hold_usd).max(Decimal::ZERO);
+                    }
+                    add_usage(&mut row.counters, &usage, cost);
+                    store_row(&tx, &hold.tenant_id, &key, &row)?;
+                    row
+                };
+                scopes.push(ScopeTotals {
+                    scope: ScopedBudget {
+                        budget_usd: row.budget_usd,
+                        ..scope
+                    },
+                    spent_usd: row.counters.spent_usd,
+                    reserved_usd: row.reserved_usd,
+                });
+            }
             set_state(&tx, &id, HoldState::Committed, now_ms)?;
             insert_usage(
                 &tx,
@@ -1818,6 +1889,7 @@ impl Store for SqliteStore {
                 usage,
                 hold: Box::new(hold),
                 totals: total,
+                scopes,
             })
         })
         .await
@@ -2083,6 +2155,8 @@ impl Store for SqliteStore {
                 expires_at_ms: lease.expires_at_ms,
                 state: HoldState::Committed,
                 model_budget_usd: None,
+                app_budget_usd: None,
+                user_budget_usd: None,
                 input_tokens_estimate: 0,
             };
             Ok(CommitApplied::Committed {
@@ -2091,6 +2165,7 @@ impl Store for SqliteStore {
                 usage: c.usage,
                 hold: Box::new(hold),
                 totals: total,
+                scopes: Vec::new(),
             })
         })
         .await
@@ -2119,26 +2194,19 @@ impl Store for SqliteStore {
                     row.get::<_, i64>(9)? != 0,
                 ))
             })?;
-            let mut by_model = BTreeMap::new();
-            let mut model_limits = BTreeMap::new();
-            for r in rows {
-                let (model, row, has_budget) = r?;
-                if has_budget {
-                    model_limits.insert(
-                        model.clone(),
-                        ModelLimit {
-                            budget_usd: row.budget_usd,
-                            reserved_usd: row.reserved_usd,
-                        },
-                    );
-                }
-                by_model.insert(model, row.counters);
-            }
-            Ok(Balance {
+            let mut balance = Balance {
                 totals,
-                by_model,
-                model_limits,
-            })
+                ..Balance::default()
+            };
+            for r in rows {
+                let (key, row, has_budget) = r?;
+                let limit = has_budget.then_some(ModelLimit {
+                    budget_usd: row.budget_usd,
+                    reserved_usd: row.reserved_usd,
+                });
+                balance.add_row(&key, row.counters, limit);
+            }
+            Ok(balance)
         })
         .await
     }

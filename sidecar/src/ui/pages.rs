@@ -4,7 +4,7 @@
 use super::charts;
 use super::data::TenantSummary;
 use super::html::{esc, opt, percent, url_part, usd};
-use crate::api::{BalanceView, UsageTotals};
+use crate::api::{BalanceView, ScopeView, UsageTotals};
 use crate::clock::rfc3339;
 use crate::store::{AlertRecord, ApiKeyRecord, Profile, SigV4CredentialRecord, TenantConfig};
 use rust_decimal::Decimal;
@@ -156,6 +156,7 @@ pub fn tenant(p: &TenantPage<'_>) -> String {
     );
     out.push_str(&limits(cfg));
     out.push_str(&model_budgets(b));
+    out.push_str(&nested_budgets(b));
     let _ = writeln!(
         out,
         r#"<section class="card" id="alerts"><h2>Recent alerts</h2>{}</section>"#,
@@ -205,32 +206,65 @@ fn limits(cfg: &TenantConfig) -> String {
 }
 
 fn model_budgets(b: &BalanceView) -> String {
-    let rows: String = b
-        .by_model
-        .iter()
-        .filter_map(|(m, v)| {
-            let budget = v.budget_usd?;
-            Some(format!(
-                r#"<tr data-model="{me}"><td><code>{me}</code></td><td class="num" data-field="budget_usd">{}</td><td class="num" data-field="spent_usd">{}</td><td class="num" data-field="reserved_usd">{}</td><td class="num" data-field="available_usd">{}</td></tr>"#,
-                usd(budget),
-                usd(v.counters.spent_usd),
-                usd(v.reserved_usd.unwrap_or_default()),
-                usd(v.available_usd.unwrap_or_default()),
-                me = esc(m),
-            ))
-        })
-        .collect();
+    let rows = scope_rows(
+        "model",
+        b.by_model.iter().filter(|(_, v)| v.budget_usd.is_some()),
+    );
     let body = if rows.is_empty() {
         r#"<p class="empty">No model budgets: every model draws on the tenant budget.</p>"#
             .to_string()
     } else {
-        format!(
-            r#"<table><thead><tr><th>Model</th><th class="num">Budget</th><th class="num">Spent</th><th class="num">Reserved</th><th class="num">Available</th></tr></thead><tbody>{rows}</tbody></table>"#
-        )
+        scope_table("Model", &rows)
     };
     format!(
         r#"<section class="card" id="model-budgets"><h2>Model budgets</h2>{body}</section>
 "#
+    )
+}
+
+/// The application and user budgets inside the tenant's (shown when set).
+fn nested_budgets(b: &BalanceView) -> String {
+    let mut out = String::new();
+    for (id, title, column, attr, rows) in [
+        (
+            "application-budgets",
+            "Application budgets",
+            "Application",
+            "application",
+            &b.by_application,
+        ),
+        ("user-budgets", "User budgets", "User", "user", &b.by_user),
+    ] {
+        let rows = scope_rows(attr, rows.iter());
+        if !rows.is_empty() {
+            let table = scope_table(column, &rows);
+            out.push_str(&format!(
+                r#"<section class="card" id="{id}"><h2>{title}</h2>{table}</section>
+"#
+            ));
+        }
+    }
+    out
+}
+
+/// One table row per budgeted model, application or user.
+fn scope_rows<'a>(attr: &str, rows: impl Iterator<Item = (&'a String, &'a ScopeView)>) -> String {
+    rows.map(|(id, v)| {
+        format!(
+            r#"<tr data-{attr}="{me}"><td><code>{me}</code></td><td class="num" data-field="budget_usd">{}</td><td class="num" data-field="spent_usd">{}</td><td class="num" data-field="reserved_usd">{}</td><td class="num" data-field="available_usd">{}</td></tr>"#,
+            usd(v.budget_usd.unwrap_or_default()),
+            usd(v.counters.spent_usd),
+            usd(v.reserved_usd.unwrap_or_default()),
+            usd(v.available_usd.unwrap_or_default()),
+            me = esc(id),
+        )
+    })
+    .collect()
+}
+
+fn scope_table(column: &str, rows: &str) -> String {
+    format!(
+        r#"<table><thead><tr><th>{column}</th><th class="num">Budget</th><th class="num">Spent</th><th class="num">Reserved</th><th class="num">Available</th></tr></thead><tbody>{rows}</tbody></table>"#
     )
 }
 

@@ -207,15 +207,25 @@ impl DynamoStore {
         Ok(None)
     }
 
-    /// C2–C6 for a `committing` hold; idempotent. Returns the period totals.
-    pub(super) async fn finish_commit(&self, d: &DHold, now_ms: i64) -> Result<Totals> {
+    /// C2–C6 for a `committing` hold; idempotent. Returns the period totals
+    /// and the hold's scoped budgets after the charge.
+    pub(super) async fn finish_commit(
+        &self,
+        d: &DHold,
+        now_ms: i64,
+    ) -> Result<(Totals, Vec<ScopeTotals>)> {
         self.finish_commits(&[d], now_ms).await
     }
 
     /// C2–C6 for a settlement group (see the module docs): `committing` holds of
     /// one tenant, period, model and lease, or a single held commit. Idempotent
-    /// per hold. Returns the period totals after the charge.
-    pub(super) async fn finish_commits(&self, ds: &[&DHold], now_ms: i64) -> Result<Totals> {
+    /// per hold. Returns the period totals after the charge, and (for a held
+    /// commit) the rows of the scoped budgets it was admitted under.
+    pub(super) async fn finish_commits(
+        &self,
+        ds: &[&DHold],
+        now_ms: i64,
+    ) -> Result<(Totals, Vec<ScopeTotals>)> {
         let Some(first) = ds.first() else {
             return Err(Error::Internal("an empty settlement group".into()));
         };
@@ -249,8 +259,34 @@ impl DynamoStore {
                 ))
             })?;
 
-        // C3: the per-model row.
-        self.charge_model_row(&charge).await?;
+        // C3: the per-model row, always; the application and user rows of a
+        // hold admitted under their budgets (held commits only: such requests
+        // are never leased).
+        let single = ds.len() == 1;
+        let model_row = self
+            .charge_scope_row(&charge, &h.model_id, single && h.model_budget_usd.is_some())
+            .await?;
+        let mut scopes = Vec::new();
+        let mut rows = vec![self.all_key(&h.tenant_id, &h.period), self.model_key(h)];
+        for scope in h.scoped_budgets() {
+            let row = match scope.level {
+                Level::Model => model_row.clone(),
+                _ if single => {
+                    rows.push(self.row_key(h, &scope.row()));
+                    self.charge_scope_row(&charge, &scope.row(), true).await?
+                }
+                _ => continue,
+            };
+            let g = Get::new(&row, &self.t.budgets);
+            scopes.push(ScopeTotals {
+                scope: ScopedBudget {
+                    budget_usd: g.opt_dec("totalBudget")?.unwrap_or(scope.budget_usd),
+                    ..scope
+                },
+                spent_usd: g.dec("totalCost")?,
+                reserved_usd: g.dec("reserved")?,
+            });
+        }
 
         // C4: the usage records, written whole (the same content on a retry).
         self.put_usage_records(ds).await?;
@@ -275,7 +311,7 @@ impl DynamoStore {
 
         // C6: the hold states guard from now on; drop the markers.
         let ids = AttributeValue::Ss(ds.iter().map(|d| d.hold.request_id.clone()).collect());
-        for key in [self.all_key(&h.tenant_id, &h.period), self.model_key(h)] {
+        for key in rows {
             applied(
                 self.update(
                     &self.t.budgets,
@@ -288,18 +324,24 @@ impl DynamoStore {
                 .await,
             )?;
         }
-        Ok(totals)
+        Ok((totals, scopes))
     }
 
-    /// C3: the per-model row (created by the update if missing). A row with a
-    /// model budget keeps `reserved`/`available` like the ALL row: open-style
-    /// when the hold is still counted there, else late-style. A row without one
-    /// takes the plain counters (one update, as before model budgets).
-    async fn charge_model_row(&self, group: &Charge<'_>) -> Result<()> {
+    /// C3: a per-model, application or user row (created by the update if
+    /// missing), as it stands after the charge. A row with a budget keeps
+    /// `reserved`/`available` like the ALL row: open-style when the hold is
+    /// still counted there (`counted_there`: a held commit admitted under that
+    /// budget), else late-style. A row without one takes the plain counters
+    /// (one update, as before model budgets).
+    async fn charge_scope_row(
+        &self,
+        group: &Charge<'_>,
+        row_id: &str,
+        counted_there: bool,
+    ) -> Result<Item> {
         let table = self.t.budgets.as_str();
         let h = &group.holds[0].hold;
-        // Only a held commit (a group of one) can be counted in the model row.
-        let counted_there = group.holds.len() == 1 && h.model_budget_usd.is_some();
+        let key = self.row_key(h, row_id);
         // What an earlier attempt (or the sweeper) has not charged yet.
         let mut rest: Option<Charge<'_>> = None;
         let extra = [
@@ -313,7 +355,7 @@ impl DynamoStore {
             let free = charge.free();
             let mut values = charge.values();
             values.push((":p".into(), s(&h.period)));
-            values.push((":m".into(), s(&h.model_id)));
+            values.push((":m".into(), s(row_id)));
             values.push((":nh".into(), n(-charge.hold)));
             values.push((":delta".into(), n(charge.hold - charge.cost)));
             values.push((":nc".into(), n(-charge.cost)));
@@ -338,25 +380,24 @@ impl DynamoStore {
                 ),
             ));
             for (update, cond) in &styles {
-                if self
-                    .charge_row(self.model_key(h), update, cond, &extra, &values)
+                if let Some(row) = self
+                    .charge_row(key.clone(), update, cond, &extra, &values)
                     .await?
-                    .is_some()
                 {
-                    return Ok(());
+                    return Ok(row);
                 }
             }
             // A give-back or a budget being set moved the row between our tries,
             // or an earlier attempt charged some of the group already.
-            if let Some(row) = self.get(table, self.model_key(h)).await? {
+            if let Some(row) = self.get(table, key.clone()).await? {
                 match charge.remaining(&row, table)? {
-                    None => return Ok(()),
+                    None => return Ok(row),
                     Some(r) => rest = Some(r),
                 }
             }
         }
         Err(Error::Internal(format!(
-            "commit {}: too much contention on the model budget row (transient; retry)",
+            "commit {}: too much contention on the budget row {row_id} (transient; retry)",
             h.request_id
         )))
     }

@@ -676,7 +676,8 @@ impl DynamoStore {
         for group in claimed.chunks(super::commit::MAX_GROUP) {
             let ds: Vec<&DHold> = group.iter().map(|(.., d)| d).collect();
             match self.finish_commits(&ds, now_ms).await {
-                Ok(totals) => {
+                // Leased requests have no scoped budgets (never leased).
+                Ok((totals, _)) => {
                     for (i, hold, cost, _) in group {
                         let c = commits[*i];
                         let mut hold = hold.clone();
@@ -687,6 +688,7 @@ impl DynamoStore {
                             usage: c.usage,
                             hold: Box::new(hold),
                             totals: totals.clone(),
+                            scopes: Vec::new(),
                         }));
                     }
                 }
@@ -869,6 +871,8 @@ fn leased_claim(l: &DLease, c: &LeasedCommit, now_ms: i64) -> Result<(Hold, Item
         expires_at_ms: l.lease.expires_at_ms,
         state: HoldState::Committed,
         model_budget_usd: None,
+        app_budget_usd: None,
+        user_budget_usd: None,
         input_tokens_estimate: 0,
     };
     let mut item = hold_item(&hold);

@@ -682,6 +682,8 @@ fn hold_item(h: &Hold) -> Item {
     item.insert("sweepShard".into(), s(shard(&h.request_id)));
     item.insert("sweepAt".into(), ni(h.expires_at_ms));
     put_opt(&mut item, "modelBudgetUsd", h.model_budget_usd.map(n));
+    put_opt(&mut item, "appBudgetUsd", h.app_budget_usd.map(n));
+    put_opt(&mut item, "userBudgetUsd", h.user_budget_usd.map(n));
     item.insert("inputTokensEstimate".into(), nu(h.input_tokens_estimate));
     item
 }
@@ -706,6 +708,8 @@ fn hold_from_item(item: &Item, table: &str) -> Result<DHold> {
         expires_at_ms: g.i64("expiresAt")?,
         state: state.public(),
         model_budget_usd: g.opt_dec("modelBudgetUsd")?,
+        app_budget_usd: g.opt_dec("appBudgetUsd")?,
+        user_budget_usd: g.opt_dec("userBudgetUsd")?,
         // Holds written before the attribute existed: no input cap.
         input_tokens_estimate: g.opt_u64("inputTokensEstimate")?.unwrap_or(u64::MAX),
     };
@@ -798,7 +802,17 @@ fn tenant_from_item(item: &Item, table: &str) -> Result<TenantConfig> {
             })
             .collect::<Result<_>>()?,
         alert_thresholds: g.decimals("alertThresholds")?,
+        application_budgets: g.decimal_map("applicationBudgets")?,
+        user_budgets: g.decimal_map("userBudgets")?,
+        default_user_budget_usd: g.opt_dec("defaultUserBudgetUsd")?,
     })
+}
+
+/// A map of budgets (by model, application or user) as one attribute; `None`
+/// (the attribute removed) when empty.
+fn budget_map(budgets: &BTreeMap<String, Decimal>) -> Option<AttributeValue> {
+    (!budgets.is_empty())
+        .then(|| AttributeValue::M(budgets.iter().map(|(k, b)| (k.clone(), n(*b))).collect()))
 }
 
 /// The `TenantConfigs` attributes Tollgate owns (besides the key), with their
@@ -824,17 +838,10 @@ fn tenant_attributes(cfg: &TenantConfig) -> Vec<(&'static str, Option<AttributeV
             (!cfg.alert_thresholds.is_empty())
                 .then(|| AttributeValue::L(cfg.alert_thresholds.iter().map(|t| n(*t)).collect())),
         ),
-        (
-            "modelBudgets",
-            (!cfg.model_budgets.is_empty()).then(|| {
-                AttributeValue::M(
-                    cfg.model_budgets
-                        .iter()
-                        .map(|(m, b)| (m.clone(), n(*b)))
-                        .collect(),
-                )
-            }),
-        ),
+        ("modelBudgets", budget_map(&cfg.model_budgets)),
+        ("applicationBudgets", budget_map(&cfg.application_budgets)),
+        ("userBudgets", budget_map(&cfg.user_budgets)),
+        ("defaultUserBudgetUsd", cfg.default_user_budget_usd.map(n)),
         (
             "modelRateLimitTpm",
             (!cfg.model_rate_limit_tpm.is_empty()).then(|| {
@@ -1440,29 +1447,35 @@ impl DynamoStore {
         )
     }
 
-    fn model_key(&self, h: &Hold) -> Vec<(&'static str, AttributeValue)> {
+    /// The key of a hold's budget row within its period: `ALL`, a model ID,
+    /// `app:<id>`, `user:<id>` (see [`ScopedBudget::row`]).
+    fn row_key(&self, h: &Hold, row: &str) -> Vec<(&'static str, AttributeValue)> {
         vec![
             ("tenantId", s(&h.tenant_id)),
-            ("modelId", s(budget_sk(&h.period, &h.model_id))),
+            ("modelId", s(budget_sk(&h.period, row))),
         ]
     }
 
-    /// Gives a counted hold back to the period row, then (for a hold admitted
-    /// under a model budget) to its model row. `true` if this call did the former.
+    fn model_key(&self, h: &Hold) -> Vec<(&'static str, AttributeValue)> {
+        self.row_key(h, &h.model_id)
+    }
+
+    /// Gives a counted hold back to the period row, then to the row of each
+    /// scoped budget it was admitted under. `true` if this call did the former.
     async fn give_back(&self, h: &Hold) -> Result<bool> {
         let done = self
             .give_back_row(h, self.all_key(&h.tenant_id, &h.period))
             .await?;
-        self.give_back_model(h).await?;
+        self.give_back_scopes(h).await?;
         Ok(done)
     }
 
-    /// The model row's give-back (no-op for an uncapped hold or one not counted).
-    async fn give_back_model(&self, h: &Hold) -> Result<bool> {
-        if h.model_budget_usd.is_none() {
-            return Ok(false);
+    /// The scoped rows' give-backs (each a no-op where the hold is not counted).
+    async fn give_back_scopes(&self, h: &Hold) -> Result<()> {
+        for scope in h.scoped_budgets() {
+            self.give_back_row(h, self.row_key(h, &scope.row())).await?;
         }
-        self.give_back_row(h, self.model_key(h)).await
+        Ok(())
     }
 
     async fn give_back_row(&self, h: &Hold, key: Vec<(&str, AttributeValue)>) -> Result<bool> {
@@ -1531,8 +1544,10 @@ impl DynamoStore {
 
     /// R2 (+R3): counts a pending hold in `reserved` if it fits. Idempotent.
     async fn count_hold(&self, h: &Hold, period_budget: Decimal) -> Result<ReserveOutcome> {
-        if let Some(budget) = h.model_budget_usd {
-            if let Some(refused) = self.count_model_hold(h, budget).await? {
+        // Scoped budgets first (model, application, user), each refusing on
+        // its own; a refusal gives back the ones already counted.
+        for scope in h.scoped_budgets() {
+            if let Some(refused) = self.count_scope_hold(h, &scope).await? {
                 return Ok(refused);
             }
         }
@@ -1616,13 +1631,14 @@ impl DynamoStore {
         )))
     }
 
-    /// Sets the model row's budget to `budget` (creating the row if missing),
-    /// keeping `available = budget − totalCost − reserved`.
-    async fn ensure_model_budget(&self, h: &Hold, budget: Decimal) -> Result<()> {
-        let key = self.model_key(h);
+    /// Sets a scoped row's budget to the scope's (creating the row if
+    /// missing), keeping `available = budget − totalCost − reserved`.
+    async fn ensure_scope_budget(&self, h: &Hold, scope: &ScopedBudget) -> Result<()> {
+        let (row_id, budget) = (scope.row(), scope.budget_usd);
+        let key = self.row_key(h, &row_id);
         for _ in 0..MAX_ATTEMPTS {
             let Some(row) = self.get(&self.t.budgets, key.clone()).await? else {
-                let item = budget_row_item(&h.tenant_id, &h.period, &h.model_id, budget);
+                let item = budget_row_item(&h.tenant_id, &h.period, &row_id, budget);
                 if applied(self.put(&self.t.budgets, item, Some("tenantId")).await)?.is_some() {
                     return Ok(());
                 }
@@ -1633,7 +1649,7 @@ impl DynamoStore {
                 Some(old) if old == budget => return Ok(()),
                 // The budget changed: `available` moves by the difference.
                 Some(old) => self.move_budget(key.clone(), old, budget).await?,
-                // A row so far without a model budget (only commits touched it,
+                // A row so far without a budget (only commits touched it,
                 // never `reserved`): start `available` from its spend, provided
                 // no commit lands in between.
                 None => {
@@ -1675,22 +1691,29 @@ impl DynamoStore {
             }
         }
         Err(Error::Internal(format!(
-            "reserve {}: the model budget row kept changing (transient; retry)",
-            h.request_id
+            "reserve {}: the {} budget row kept changing (transient; retry)",
+            h.request_id,
+            scope.level.noun()
         )))
     }
 
-    /// M1: counts a pending hold in its model row's `reserved` if it fits the
-    /// model budget. `Some(refusal)` when it does not (the pending hold is then
-    /// dropped). Idempotent through the model row's `openHolds`.
-    async fn count_model_hold(&self, h: &Hold, budget: Decimal) -> Result<Option<ReserveOutcome>> {
-        self.ensure_model_budget(h, budget).await?;
+    /// M1: counts a pending hold in a scoped row's `reserved` (model,
+    /// application, user) if it fits that budget. `Some(refusal)` when it does
+    /// not (the pending hold is then dropped, and what earlier scopes counted
+    /// given back). Idempotent through the row's `openHolds`.
+    async fn count_scope_hold(
+        &self,
+        h: &Hold,
+        scope: &ScopedBudget,
+    ) -> Result<Option<ReserveOutcome>> {
+        let key = self.row_key(h, &scope.row());
+        self.ensure_scope_budget(h, scope).await?;
         for _ in 0..MAX_ATTEMPTS {
-            if self.count_in_row(h, self.model_key(h)).await?.is_some() {
+            if self.count_in_row(h, key.clone()).await?.is_some() {
                 return Ok(None);
             }
-            let Some(row) = self.get(&self.t.budgets, self.model_key(h)).await? else {
-                self.ensure_model_budget(h, budget).await?;
+            let Some(row) = self.get(&self.t.budgets, key.clone()).await? else {
+                self.ensure_scope_budget(h, scope).await?;
                 continue;
             };
             let g = Get::new(&row, &self.t.budgets);
@@ -1699,32 +1722,33 @@ impl DynamoStore {
             }
             let available = g.dec("available")?;
             if g.opt_dec("totalBudget")?.is_none() {
-                self.ensure_model_budget(h, budget).await?;
+                self.ensure_scope_budget(h, scope).await?;
                 continue;
             }
             if crate::ledger::admits(available, h.hold_usd) {
                 continue; // freed since the update: try again
             }
             self.drop_pending(h).await?;
-            return Ok(Some(ReserveOutcome::ModelInsufficient {
-                model_id: h.model_id.clone(),
+            return Ok(Some(ReserveOutcome::ScopeInsufficient {
+                scope: scope.clone(),
                 available,
                 spent: g.dec("totalCost")?,
                 budget: g.dec("totalBudget")?,
             }));
         }
         Err(Error::Internal(format!(
-            "reserve {}: too much contention on the model budget row (transient; retry)",
-            h.request_id
+            "reserve {}: too much contention on the {} budget row (transient; retry)",
+            h.request_id,
+            scope.level.noun()
         )))
     }
 
     /// Deletes a denied `pending` hold, so a later retry is evaluated afresh.
-    /// The model row's count (if any) is given back *before* the item goes: a
+    /// The scoped rows' counts (if any) are given back *before* the item goes: a
     /// crash in between leaves a pending hold the sweeper expires, repeating
     /// the give-back; after the delete nothing would point at the money.
     async fn drop_pending(&self, h: &Hold) -> Result<()> {
-        self.give_back_model(h).await?;
+        self.give_back_scopes(h).await?;
         let r = self
             .client
             .delete_item()
@@ -2395,7 +2419,7 @@ impl Store for DynamoStore {
                 continue; // the state moved (sweeper, release, duplicate): re-read
             };
             let claimed = hold_from_item(&item, &self.t.holds)?;
-            let totals = self.finish_commit(&claimed, now_ms).await?;
+            let (totals, scopes) = self.finish_commit(&claimed, now_ms).await?;
             let mut hold = d.hold;
             hold.state = d.state.public();
             return Ok(CommitApplied::Committed {
@@ -2404,6 +2428,7 @@ impl Store for DynamoStore {
                 usage: *usage,
                 hold: Box::new(hold),
                 totals,
+                scopes,
             });
         }
         Err(Error::Internal(format!(
@@ -2568,8 +2593,7 @@ impl Store for DynamoStore {
                 budget_usd: default_budget,
                 ..Default::default()
             },
-            by_model: BTreeMap::new(),
-            model_limits: BTreeMap::new(),
+            ..Balance::default()
         };
         let all_sk = budget_sk(period, ALL);
         for row in &rows {
@@ -2578,17 +2602,14 @@ impl Store for DynamoStore {
             if sk == all_sk {
                 balance.totals = totals_from_item(row, &self.t.budgets, period)?;
             } else {
-                let model = sk[period.len() + 1..].to_string();
-                if let Some(budget_usd) = g.opt_dec("totalBudget")? {
-                    balance.model_limits.insert(
-                        model.clone(),
-                        ModelLimit {
-                            budget_usd,
-                            reserved_usd: g.dec("reserved")?,
-                        },
-                    );
-                }
-                balance.by_model.insert(model, counters_from(&g)?);
+                let limit = match g.opt_dec("totalBudget")? {
+                    Some(budget_usd) => Some(ModelLimit {
+                        budget_usd,
+                        reserved_usd: g.dec("reserved")?,
+                    }),
+                    None => None,
+                };
+                balance.add_row(&sk[period.len() + 1..], counters_from(&g)?, limit);
             }
         }
         Ok(balance)
