@@ -143,6 +143,7 @@ async fn the_dashboard_shows_the_api_numbers_and_no_secret() {
         .tenant(
             "acme",
             json!({"rate_limit_rpm": 60, "model_budgets": {HAIKU: "2.5"},
+                   "application_budgets": {"bot": "3"}, "user_budgets": {"alice": "1.25"},
                    "model_rate_limit_tpm": {HAIKU: 5000},
                    "profiles": [{"application_id": "bot", "model": HAIKU,
                    "arn": "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/acmebot"}]}),
@@ -209,6 +210,14 @@ async fn the_dashboard_shows_the_api_numbers_and_no_secret() {
     assert_eq!(
         field_usd(&page, r#"id="model-budgets""#, "budget_usd"),
         common::d("2.5")
+    );
+    assert_eq!(
+        field_usd(&page, r#"id="application-budgets""#, "budget_usd"),
+        common::d("3")
+    );
+    assert_eq!(
+        field_usd(&page, r#"data-user="alice""#, "available_usd"),
+        common::d("1.25")
     );
 
     // The usage table and its CSV export match GET /v1/usage.
