@@ -73,6 +73,11 @@ pub struct JwtConfig {
     /// Claim holding the tenant id.
     #[serde(default = "default_claim")]
     pub tenant_claim: String,
+    /// Claim holding the end user's id. When set, a JWT-authenticated
+    /// request's user (what user budgets and attribution use) is this claim,
+    /// never the caller's `x-user-id` or `requestMetadata.user_id`.
+    #[serde(default)]
+    pub user_claim: Option<String>,
 }
 
 fn default_claim() -> String {
@@ -186,7 +191,17 @@ mod tests {
                 .failure_mode,
             FailureMode::Open
         );
-        assert_eq!(c.jwt.unwrap().tenant_claim, "sub");
+        let jwt = c.jwt.unwrap();
+        assert_eq!(jwt.tenant_claim, "sub");
+        assert_eq!(
+            jwt.user_claim, None,
+            "users come from the request by default"
+        );
+        let c = FilterConfig::parse(
+            br#"{"jwt":{"payload_in_metadata":"p","tenant_claim":"org","user_claim":"email"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.jwt.unwrap().user_claim.as_deref(), Some("email"));
         assert!(FilterConfig::parse(br#"{"failure_mode":"maybe"}"#).is_err());
         assert!(FilterConfig::parse(br#"{"reserve_timeout_ms":0}"#).is_err());
     }

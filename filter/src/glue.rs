@@ -467,6 +467,9 @@ struct Exchange {
     route: Option<BedrockRoute>,
     credential: Credential,
     attribution: Attribution,
+    /// The user named by a verified JWT claim (`jwt.user_claim`): wins over
+    /// what the request says. `Some(None)`: the token names no user.
+    jwt_user: Option<Option<String>>,
     body: Vec<u8>,
     facts: Option<RequestFacts>,
     reserve_token: Option<u32>,
@@ -501,6 +504,7 @@ impl Exchange {
             route: None,
             credential: Credential::None,
             attribution: Attribution::default(),
+            jwt_user: None,
             body: Vec::new(),
             facts: None,
             reserve_token: None,
@@ -577,14 +581,38 @@ impl Exchange {
 
     fn jwt_tenant(&self) -> Option<String> {
         let jwt = self.shared.config.jwt.as_ref()?;
+        self.jwt_claim(&jwt.tenant_claim)
+    }
+
+    fn jwt_claim(&self, claim: &str) -> Option<String> {
+        let jwt = self.shared.config.jwt.as_ref()?;
         let bytes = self.get_property(vec![
             "metadata",
             "filter_metadata",
             "envoy.filters.http.jwt_authn",
             &jwt.payload_in_metadata,
-            &jwt.tenant_claim,
+            claim,
         ])?;
         String::from_utf8(bytes).ok()
+    }
+
+    /// The user a JWT-authenticated request's token names, when the gateway
+    /// takes users from a claim; `Err` for a value Bedrock could not log.
+    fn pinned_jwt_user(&self) -> Result<Option<Option<String>>, LocalReply> {
+        let claim = match (&self.credential, &self.shared.config.jwt) {
+            (Credential::Jwt { .. }, Some(jwt)) => match &jwt.user_claim {
+                Some(c) => c,
+                None => return Ok(None),
+            },
+            _ => return Ok(None),
+        };
+        match self.jwt_claim(claim) {
+            Some(u) if !request::valid_metadata_value(&u) => Err(LocalReply::validation(
+                400,
+                format!("the token's {claim} claim is not a valid user id: at most 256 characters of [a-zA-Z0-9 :_@$#=/+,-.]"),
+            )),
+            user => Ok(Some(user.filter(|u| !u.is_empty()))),
+        }
     }
 
     fn start_reserve(&mut self, body: Vec<u8>) -> Action {
@@ -613,6 +641,9 @@ impl Exchange {
             Err(e) => return self.reject(LocalReply::validation(400, e.to_string())),
         };
         identity::merge_body_attribution(&mut self.attribution, &facts.metadata);
+        if let Some(user) = &self.jwt_user {
+            self.attribution.user_id = user.clone();
+        }
         if let Err(e) =
             request::check_metadata_limits(&facts.metadata, &self.attribution, &self.request_id)
         {
@@ -1252,6 +1283,13 @@ impl HttpContext for Exchange {
             Ok(c) => c,
             Err(r) => return self.reject(r),
         };
+        self.jwt_user = match self.pinned_jwt_user() {
+            Ok(u) => u,
+            Err(r) => return self.reject(r),
+        };
+        if let Some(user) = &self.jwt_user {
+            self.attribution.user_id = user.clone();
+        }
         if self_lookup {
             return self.ask_self();
         }

@@ -69,7 +69,8 @@ def stack(tmp_path_factory):
 def jwt_gateway(stack):
     stack.set_price(HAIKU, **PRICE)
     return stack.start_edge_envoy(
-        "jwt", {"jwt": {"payload_in_metadata": "jwt_payload", "tenant_claim": "tenant"}}, JWT_AUTHN)
+        "jwt", {"jwt": {"payload_in_metadata": "jwt_payload", "tenant_claim": "tenant", "user_claim": "sub"}},
+        JWT_AUTHN)
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +116,36 @@ def test_bad_jwts_are_refused_bedrock_style(stack, jwt_gateway, tenant_id):
         {"iss": ISSUER, "aud": AUDIENCE, "exp": now + 600, "tenant": tenant_id + "-nope"})})
     assert r.status_code == 403 and r.headers["x-amzn-errortype"] == "AccessDeniedException"
     assert stack.emulator_requests() == []
+
+
+def test_the_user_claim_is_the_user_budgets_and_bedrock_see(stack, jwt_gateway, tenant_id):
+    """With `user_claim`, the token names the user: a caller cannot pick
+    another user in `x-user-id` or `requestMetadata` to escape its budget."""
+    stack.create_tenant(tenant_id, budget="1.00", user_budgets={"capped-user": "0.000001"})
+    now = int(time.time())
+
+    def token(sub: str) -> str:
+        return jwt({"iss": ISSUER, "aud": AUDIENCE, "exp": now + 600, "sub": sub, "tenant": tenant_id})
+
+    def call(sub: str, claimed: str) -> requests.Response:
+        return requests.post(
+            f"{jwt_gateway}/model/{HAIKU}/converse", verify=CA, timeout=15,
+            headers={"content-type": "application/json", "Authorization": f"Bearer {token(sub)}",
+                     "x-user-id": claimed},
+            json={"messages": [{"role": "user", "content": [{"text": "who am I"}]}],
+                  "requestMetadata": {"user_id": claimed}})
+
+    stack.clear_emulator()
+    r = call("capped-user", "someone-else")
+    assert r.status_code == 402, r.text
+    assert r.json()["message"].startswith(f"User budget exhausted for tenant {tenant_id}, user capped-user:")
+    assert stack.emulator_requests() == []
+
+    r = call("free-user", "capped-user")
+    assert r.status_code == 200, r.text
+    rec = stack.emulator_requests()[-1]
+    assert rec["body_json"]["requestMetadata"]["user_id"] == "free-user"
+    stack.settled(tenant_id, 1)
 
 
 def test_bearer_keys_still_work_behind_jwt_authn(stack, jwt_gateway, tenant_id):
