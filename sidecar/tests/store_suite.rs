@@ -2844,37 +2844,26 @@ async fn nested_levels_stay_exact_through_commits_releases_and_expiry(s: Arc<dyn
     let total: Decimal = committed.iter().map(|c| c.2).sum();
     assert_eq!(b.totals.counters.spent_usd, total);
     assert_eq!(b.totals.reserved_usd, Decimal::ZERO);
+    // Cost and count of the commits under one application or user.
+    let charged = |under: &dyn Fn(&(&str, String, Decimal)) -> bool| {
+        let mine = committed.iter().filter(|c| under(c));
+        (
+            mine.clone().map(|c| c.2).sum::<Decimal>(),
+            mine.count() as u64,
+        )
+    };
     for app in ["app-x", "app-y"] {
         let r = &b.by_application[app];
         assert_eq!(r.limit.reserved_usd, Decimal::ZERO, "{app}");
-        assert_eq!(
-            r.counters.spent_usd,
-            committed
-                .iter()
-                .filter(|c| c.0 == app)
-                .map(|c| c.2)
-                .sum::<Decimal>(),
-            "{app}"
-        );
-        assert_eq!(
-            r.counters.requests,
-            committed.iter().filter(|c| c.0 == app).count() as u64,
-            "{app}"
-        );
+        let want = charged(&|c| c.0 == app);
+        assert_eq!((r.counters.spent_usd, r.counters.requests), want, "{app}");
     }
     for u in 0..5 {
         let id = format!("v{u}");
         let r = &b.by_user[&id];
         assert_eq!(r.limit.reserved_usd, Decimal::ZERO, "{id}");
-        assert_eq!(
-            r.counters.spent_usd,
-            committed
-                .iter()
-                .filter(|c| c.1 == id)
-                .map(|c| c.2)
-                .sum::<Decimal>(),
-            "{id}"
-        );
+        let want = charged(&|c| c.1 == id);
+        assert_eq!((r.counters.spent_usd, r.counters.requests), want, "{id}");
     }
     assert_identity(&b);
     assert_scope_identity(&b);

@@ -113,8 +113,10 @@ def login(driver, stack) -> None:
     box = driver.find_element(By.ID, "token")
     box.send_keys(stack.admin_token)
     driver.find_element(By.ID, "login").click()
-    WebDriverWait(driver, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "main h1") and
-                                    d.find_element(By.CSS_SELECTOR, "main h1").text == "Tenants")
+    # The login form's page is replaced while the wait looks: look again then.
+    WebDriverWait(driver, 10, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "main h1") and
+        d.find_element(By.CSS_SELECTOR, "main h1").text == "Tenants")
 
 
 def test_the_dashboard_shows_the_demo_tenant_after_real_traffic(seeded, browser):
