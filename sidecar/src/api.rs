@@ -10,7 +10,7 @@ use crate::ledger::AlertKind;
 use crate::pricing::{self, ModelPrice, PriceInput};
 use crate::service::Service;
 use crate::store::{
-    AlertRecord, ApiKeyRecord, Balance, Counters, ModelLimit, OutboxEntry, OutboxState, Profile,
+    AlertRecord, ApiKeyRecord, Balance, BudgetLimit, Counters, OutboxEntry, OutboxState, Profile,
     ScopeRow, SigV4CredentialRecord, TenantConfig, UsageRecord,
 };
 use axum::body::Bytes;
@@ -532,7 +532,7 @@ fn scope_views(rows: BTreeMap<String, ScopeRow>) -> BTreeMap<String, ScopeView> 
 }
 
 impl ScopeView {
-    fn of(mut c: Counters, limit: Option<&ModelLimit>) -> Self {
+    fn of(mut c: Counters, limit: Option<&BudgetLimit>) -> Self {
         c.spent_usd = c.spent_usd.normalize();
         Self {
             budget_usd: limit.map(|l| l.budget_usd),

@@ -454,15 +454,16 @@ impl Totals {
     }
 }
 
-/// A model row's budget state (rows that were ever reserved under a model budget).
+/// The budget state of a model, application or user row (rows that were ever
+/// reserved under such a budget).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ModelLimit {
-    /// The model budget last applied to the row.
+pub struct BudgetLimit {
+    /// The budget last applied to the row.
     pub budget_usd: Decimal,
     pub reserved_usd: Decimal,
 }
 
-impl ModelLimit {
+impl BudgetLimit {
     /// `budget − spent − reserved`.
     pub fn available(&self, spent: Decimal) -> Decimal {
         crate::ledger::available(self.budget_usd, spent, self.reserved_usd)
@@ -488,7 +489,7 @@ impl ScopeTotals {
 /// ever had a budget in the period).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScopeRow {
-    pub limit: ModelLimit,
+    pub limit: BudgetLimit,
     pub counters: Counters,
 }
 
@@ -498,7 +499,7 @@ pub struct Balance {
     pub totals: Totals,
     pub by_model: BTreeMap<String, Counters>,
     /// Budget and reserved of model rows that carry a model budget.
-    pub model_limits: BTreeMap<String, ModelLimit>,
+    pub model_limits: BTreeMap<String, BudgetLimit>,
     /// Application rows by application ID (`app:<id>` rows).
     pub by_application: BTreeMap<String, ScopeRow>,
     /// User rows by user ID (`user:<id>` rows).
@@ -539,7 +540,7 @@ impl Balance {
 
     /// Files a period row that is not `ALL` by its key: an `app:`/`user:` row
     /// goes to its map, any other is a model's.
-    pub fn add_row(&mut self, key: &str, counters: Counters, limit: Option<ModelLimit>) {
+    pub fn add_row(&mut self, key: &str, counters: Counters, limit: Option<BudgetLimit>) {
         match Level::of_row(key) {
             (Level::Model, model) => {
                 if let Some(l) = limit {

@@ -2200,7 +2200,7 @@ impl Store for SqliteStore {
             };
             for r in rows {
                 let (key, row, has_budget) = r?;
-                let limit = has_budget.then_some(ModelLimit {
+                let limit = has_budget.then_some(BudgetLimit {
                     budget_usd: row.budget_usd,
                     reserved_usd: row.reserved_usd,
                 });

@@ -2603,7 +2603,7 @@ impl Store for DynamoStore {
                 balance.totals = totals_from_item(row, &self.t.budgets, period)?;
             } else {
                 let limit = match g.opt_dec("totalBudget")? {
-                    Some(budget_usd) => Some(ModelLimit {
+                    Some(budget_usd) => Some(BudgetLimit {
                         budget_usd,
                         reserved_usd: g.dec("reserved")?,
                     }),
