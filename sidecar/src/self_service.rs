@@ -70,6 +70,11 @@ impl Service {
             .balance(&tenant.tenant_id, &period, tenant.budget_usd)
             .await?;
         balance.apply_config(&tenant);
+        // A credential bound to an application sees that application's budget,
+        // not its sibling applications' (the tenant's totals bind it too).
+        if let Some(app) = &key_application {
+            balance.by_application.retain(|a, _| a == app);
+        }
         let remaining = balance.totals.available();
         let view = SelfView {
             tenant_id: tenant.tenant_id.clone(),

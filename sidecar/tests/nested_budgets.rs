@@ -178,6 +178,32 @@ async fn application_and_user_budgets_cap_inside_the_tenant_budget() {
         "{m}"
     );
 
+    // Self-service: a key bound to an application sees its own application's
+    // budget and not its siblings'; an unbound key sees every level.
+    let me =
+        |key: &str| json!({"request_id": "self", "credential": {"type": "bearer", "key": key}});
+    s.tenant(
+        "acme",
+        json!({"budget_usd": "10", "alert_threshold": "0.5",
+               "application_budgets": {"app-a": "0.05", "app-c": "1"},
+               "user_budgets": {"alice@example.com": "0.04"}, "default_user_budget_usd": "0.02"}),
+    )
+    .await;
+    let view = &s.data("/v1/self", me(&app_key)).await["view"];
+    let apps = view["balance"]["by_application"].as_object().unwrap();
+    assert_eq!(apps.keys().collect::<Vec<_>>(), ["app-a"], "{view}");
+    assert_eq!(dec(&apps["app-a"]["spent_usd"]), d("0.0105"), "{view}");
+    let view = &s.data("/v1/self", me(&key)).await["view"];
+    assert_eq!(
+        view["balance"]["by_application"].as_object().unwrap().len(),
+        2,
+        "{view}"
+    );
+    assert_eq!(
+        dec(&view["balance"]["by_user"]["alice@example.com"]["spent_usd"]),
+        d("0.021")
+    );
+
     // Lifting the application budget admits the application again.
     s.tenant("acme", json!({"budget_usd": "10"})).await;
     let r = reserve(&s, "a6", &app_key, json!({})).await;
