@@ -1300,9 +1300,9 @@ async fn usage_records(s: Arc<dyn Store>) {
 }
 
 async fn concurrent_reserves_never_overspend(s: Arc<dyn Store>) {
-    // 100 concurrent holds of 0.04 against 1.00: exactly 25 fit.
+    // 200 concurrent holds of 0.04 against 1.00: exactly 25 fit.
     let mut tasks = Vec::new();
-    for i in 0..100 {
+    for i in 0..200 {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
             let h = hold(&format!("c{i}"), "acme", SONNET, "0.04");
@@ -2205,13 +2205,13 @@ async fn model_budget_rows_follow_config_and_history(s: Arc<dyn Store>) {
 }
 
 async fn concurrent_capped_reserves_never_overspend_the_model(s: Arc<dyn Store>) {
-    // 30 holds of 0.01 against a 0.1 model budget inside a 1.0 tenant budget
-    // (10 fit), with 10 haiku holds of 0.01 beside them (all fit).
+    // 190 holds of 0.01 against a 0.1 model budget inside a 1.0 tenant budget
+    // (10 fit), with 10 haiku holds of 0.01 beside them (all fit): 200 at once.
     let mut tasks = Vec::new();
-    for i in 0..40 {
+    for i in 0..200 {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
-            let h = if i < 30 {
+            let h = if i < 190 {
                 capped(&format!("c{i}"), "acme", SONNET, "0.01", "0.1")
             } else {
                 hold(&format!("h{i}"), "acme", HAIKU, "0.01")
@@ -2223,9 +2223,9 @@ async fn concurrent_capped_reserves_never_overspend_the_model(s: Arc<dyn Store>)
     let (mut sonnet, mut haiku) = (0, 0);
     for t in tasks {
         match t.await.unwrap() {
-            (i, ReserveOutcome::Admitted) if i < 30 => sonnet += 1,
+            (i, ReserveOutcome::Admitted) if i < 190 => sonnet += 1,
             (_, ReserveOutcome::Admitted) => haiku += 1,
-            (i, ReserveOutcome::ScopeInsufficient { .. }) if i < 30 => {}
+            (i, ReserveOutcome::ScopeInsufficient { .. }) if i < 190 => {}
             (i, other) => panic!("{i}: {other:?}"),
         }
     }
