@@ -50,7 +50,7 @@ impl AppState {
     }
 
     fn record(&self, rec: Value) {
-        let mut r = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        let mut r = crate::aws::lock(&self.records);
         while r.len() >= MAX_RECORDS {
             r.pop_front();
         }
@@ -239,30 +239,27 @@ async fn handle(State(st): State<Arc<AppState>>, req: Request) -> Response {
             let e = ApiError::Validation(format!("could not read request body: {e}"));
             (error_response(&e, &request_id), e.error_type().to_owned())
         }
-        Ok(body) if crate::sns::is_sns(parts.method.as_str(), &raw_path, &body) => {
-            rec["operation"] = json!("Publish");
-            let r = crate::sns::handle(
-                &st.config.credentials,
-                &raw_path,
-                parts.uri.query(),
-                &pairs,
-                &body,
-                &request_id,
-            );
-            rec["sigv4"]["ok"] = json!(r.status() != StatusCode::FORBIDDEN);
-            (r, String::new())
-        }
+        // The Query protocol (`Action=…` form on `/`): SNS Publish, else STS.
         Ok(body) if crate::sts::is_sts(parts.method.as_str(), &raw_path, &body) => {
-            rec["operation"] = json!("GetCallerIdentity");
-            let r = crate::sts::handle(
-                &st.config.credentials,
-                &raw_path,
-                parts.uri.query(),
-                &pairs,
-                &body,
-                &request_id,
-            );
-            rec["sigv4"]["ok"] = json!(r.status() == StatusCode::OK);
+            let call = crate::query::QueryCall {
+                raw_path: &raw_path,
+                raw_query: parts.uri.query(),
+                headers: &pairs,
+                body: &body,
+            };
+            let creds = &st.config.credentials;
+            let (operation, r, signed) =
+                if crate::sns::is_sns(parts.method.as_str(), &raw_path, &body) {
+                    let r = crate::sns::handle(creds, &call, &request_id);
+                    let signed = r.status() != StatusCode::FORBIDDEN;
+                    ("Publish", r, signed)
+                } else {
+                    let r = crate::sts::handle(creds, &call, &request_id);
+                    let signed = r.status() == StatusCode::OK;
+                    ("GetCallerIdentity", r, signed)
+                };
+            rec["operation"] = json!(operation);
+            rec["sigv4"]["ok"] = json!(signed);
             (r, String::new())
         }
         Ok(body) if aws_api.is_some() => {
@@ -533,11 +530,11 @@ fn inspection(st: &AppState, method: &Method, path: &str) -> Response {
     match (method.as_str(), path) {
         ("GET", "/_emulator/health") => plain(StatusCode::OK, json!({"status": "ok"})),
         ("GET", "/_emulator/requests") => {
-            let r = st.records.lock().unwrap_or_else(|p| p.into_inner());
+            let r = crate::aws::lock(&st.records);
             plain(StatusCode::OK, Value::Array(r.iter().cloned().collect()))
         }
         ("DELETE", "/_emulator/requests") => {
-            let mut r = st.records.lock().unwrap_or_else(|p| p.into_inner());
+            let mut r = crate::aws::lock(&st.records);
             let n = r.len();
             r.clear();
             plain(StatusCode::OK, json!({"cleared": n}))

@@ -8,6 +8,7 @@
 //! answers 500 `InternalError`, to exercise retries.
 
 use crate::query::xml;
+use crate::query::QueryCall;
 use axum::body::Body;
 use axum::http::header;
 use axum::response::Response;
@@ -28,25 +29,12 @@ pub fn is_sns(method: &str, raw_path: &str, body: &[u8]) -> bool {
 }
 
 /// Answers an SNS call.
-pub fn handle(
-    creds: &Credentials,
-    raw_path: &str,
-    raw_query: Option<&str>,
-    headers: &[(String, String)],
-    body: &[u8],
-    request_id: &str,
-) -> Response {
-    let call = crate::query::QueryCall {
-        raw_path,
-        raw_query,
-        headers,
-        body,
-    };
-    if let Err((code, message)) = crate::query::verify(creds, "sns", &call) {
+pub fn handle(creds: &Credentials, call: &QueryCall<'_>, request_id: &str) -> Response {
+    if let Err((code, message)) = crate::query::verify(creds, "sns", call) {
         return error(403, code, &message, request_id);
     }
     let access_key_id = creds.access_key_id.clone();
-    let f = crate::query::form(body);
+    let f = crate::query::form(call.body);
     let topic = f.get("TopicArn").cloned().unwrap_or_default();
     let parts: Vec<&str> = topic.split(':').collect();
     if parts.len() != 6 || parts[0] != "arn" || parts[2] != "sns" {
@@ -96,7 +84,7 @@ pub fn handle(
         "access_key_id": access_key_id,
     });
     {
-        let mut kept = PUBLISHED.lock().unwrap_or_else(|p| p.into_inner());
+        let mut kept = crate::aws::lock(&PUBLISHED);
         if kept.len() >= MAX_KEPT {
             kept.remove(0);
         }
@@ -123,7 +111,7 @@ pub fn inspection(method: &str, path: &str) -> Option<Response> {
     if path != "/_emulator/sns" {
         return None;
     }
-    let mut kept = PUBLISHED.lock().unwrap_or_else(|p| p.into_inner());
+    let mut kept = crate::aws::lock(&PUBLISHED);
     let body = match method {
         "GET" => Value::Array(kept.clone()),
         "DELETE" => {
@@ -190,14 +178,13 @@ mod tests {
             &amz_date,
         );
         headers.push(("authorization".to_string(), auth));
-        let r = handle(
-            &creds("bedrock"),
-            "/",
-            None,
-            &headers,
-            body.as_bytes(),
-            "rid",
-        );
+        let call = QueryCall {
+            raw_path: "/",
+            raw_query: None,
+            headers: &headers,
+            body: body.as_bytes(),
+        };
+        let r = handle(&creds("bedrock"), &call, "rid");
         let status = r.status().as_u16();
         let bytes = axum::body::to_bytes(r.into_body(), 1 << 20)
             .await

@@ -3,7 +3,7 @@
 //! does against AWS. The request must be SigV4-signed for service `sts` with the
 //! emulator's credentials; answers and errors are STS's XML.
 
-use crate::query::xml;
+use crate::query::{xml, QueryCall};
 use axum::response::Response;
 use tollgate_wire::sigv4::Credentials;
 
@@ -17,15 +17,8 @@ pub fn is_sts(method: &str, raw_path: &str, body: &[u8]) -> bool {
 }
 
 /// Answers an STS call.
-pub fn handle(
-    creds: &Credentials,
-    raw_path: &str,
-    raw_query: Option<&str>,
-    headers: &[(String, String)],
-    body: &[u8],
-    request_id: &str,
-) -> Response {
-    let form = crate::query::form(body);
+pub fn handle(creds: &Credentials, call: &QueryCall<'_>, request_id: &str) -> Response {
+    let form = crate::query::form(call.body);
     let action = form.get("Action").map(String::as_str).unwrap_or_default();
     if action != "GetCallerIdentity" {
         return error(
@@ -35,13 +28,7 @@ pub fn handle(
             request_id,
         );
     }
-    let call = crate::query::QueryCall {
-        raw_path,
-        raw_query,
-        headers,
-        body,
-    };
-    if let Err((code, message)) = crate::query::verify(creds, "sts", &call) {
+    if let Err((code, message)) = crate::query::verify(creds, "sts", call) {
         return error(403, code, &message, request_id);
     }
     xml(
