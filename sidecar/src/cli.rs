@@ -29,7 +29,34 @@ pub(crate) fn seg(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
 }
 
+/// The body of `PUT /v1/pricing/{model}`: exact decimals as strings.
+fn price_body(p: &crate::pricing::ModelPrice) -> Value {
+    json!({
+        "input": p.input.to_string(),
+        "output": p.output.to_string(),
+        "cache_read": p.cache_read.map(|d| d.to_string()),
+        "cache_write": p.cache_write.map(|d| d.to_string()),
+    })
+}
+
 impl Client {
+    /// Writes one price of an import (`query`: `?region=…` or empty); a
+    /// failure names the model.
+    pub(crate) async fn put_price(
+        &self,
+        p: &crate::pricing::ModelPrice,
+        query: &str,
+    ) -> Result<()> {
+        self.call(
+            Method::PUT,
+            &format!("/v1/pricing/{}{query}", seg(&p.model_id)),
+            Some(price_body(p)),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::invalid(format!("{}: {e}", p.model_id)))
+    }
+
     pub(crate) fn new(args: &ClientArgs) -> Result<Self> {
         let token = args
             .admin_token
@@ -198,11 +225,12 @@ pub async fn run(command: Command) -> Result<()> {
                     cache_read,
                     cache_write,
                 } => {
-                    let body = json!({
-                        "input": input.to_string(),
-                        "output": output.to_string(),
-                        "cache_read": cache_read.map(|d| d.to_string()),
-                        "cache_write": cache_write.map(|d| d.to_string()),
+                    let body = price_body(&crate::pricing::ModelPrice {
+                        model_id: model.clone(),
+                        input,
+                        output,
+                        cache_read,
+                        cache_write,
                     });
                     c.print(
                         Method::PUT,
@@ -247,20 +275,7 @@ pub async fn run(command: Command) -> Result<()> {
                     })?;
                     let prices = crate::seed::parse_price_file(&text)?;
                     for p in &prices {
-                        let price = p.to_price()?;
-                        let body = json!({
-                            "input": price.input.to_string(),
-                            "output": price.output.to_string(),
-                            "cache_read": price.cache_read.map(|d| d.to_string()),
-                            "cache_write": price.cache_write.map(|d| d.to_string()),
-                        });
-                        c.call(
-                            Method::PUT,
-                            &format!("/v1/pricing/{}{q}", seg(&price.model_id)),
-                            Some(body),
-                        )
-                        .await
-                        .map_err(|e| Error::invalid(format!("{}: {e}", price.model_id)))?;
+                        c.put_price(&p.to_price()?, &q).await?;
                     }
                     println!("imported {} prices", prices.len());
                     Ok(())

@@ -394,19 +394,7 @@ pub(crate) async fn command(
             return Ok(());
         }
         for p in &to_write {
-            let body = serde_json::json!({
-                "input": p.input.to_string(),
-                "output": p.output.to_string(),
-                "cache_read": p.cache_read.map(|d| d.to_string()),
-                "cache_write": p.cache_write.map(|d| d.to_string()),
-            });
-            c.call(
-                Method::PUT,
-                &format!("/v1/pricing/{}{q}", crate::cli::seg(&p.model_id)),
-                Some(body),
-            )
-            .await
-            .map_err(|e| crate::error::Error::invalid(format!("{}: {e}", p.model_id)))?;
+            c.put_price(p, &q).await?;
         }
         println!("updated {} price(s)", to_write.len());
         Ok(())
