@@ -1004,6 +1004,29 @@ fn unreserve(tx: &Connection, hold: &Hold) -> Result<()> {
     Ok(())
 }
 
+/// Charges a settled hold's usage to one of its period's rows (created with
+/// `budget_if_new` when missing), and takes the hold off the row's `reserved`
+/// when it is still counted there. Returns the row as stored.
+fn charge_row(
+    tx: &Connection,
+    hold: &Hold,
+    key: &str,
+    budget_if_new: Decimal,
+    counted: bool,
+    usage: &Usage,
+    cost: Decimal,
+) -> Result<Totals> {
+    ensure_row(tx, &hold.tenant_id, &hold.period, key, budget_if_new)?;
+    let mut row = load_row(tx, &hold.tenant_id, &hold.period, key)?
+        .ok_or_else(|| Error::Internal(format!("budget row {key} vanished")))?;
+    if counted {
+        row.reserved_usd = (row.reserved_usd - hold.hold_usd).max(Decimal::ZERO);
+    }
+    add_usage(&mut row.counters, usage, cost);
+    store_row(tx, &hold.tenant_id, key, &row)?;
+    Ok(row)
+}
+
 /// The cost recorded for a settled request, if any.
 fn usage_cost(conn: &Connection, request_id: &str) -> Result<Option<Decimal>> {
     let cost: Option<Dec> = conn
@@ -1817,46 +1840,27 @@ impl Store for SqliteStore {
                     "usage of request {id} overflows the cost arithmetic"
                 ))
             })?;
-            ensure_row(&tx, &hold.tenant_id, &hold.period, "ALL", Decimal::ZERO)?;
-            let mut total = load_row(&tx, &hold.tenant_id, &hold.period, "ALL")?
-                .ok_or_else(|| Error::Internal("period row vanished".into()))?;
-            if hold.state == HoldState::Open {
-                total.reserved_usd = (total.reserved_usd - hold.hold_usd).max(Decimal::ZERO);
-            }
-            add_usage(&mut total.counters, &usage, cost);
-            store_row(&tx, &hold.tenant_id, "ALL", &total)?;
-            ensure_row(
+            // The period's row, the model's (counted there under a model
+            // budget), and the application and user rows it was admitted under.
+            let open = hold.state == HoldState::Open;
+            let total = charge_row(&tx, &hold, "ALL", Decimal::ZERO, open, &usage, cost)?;
+            let model_counted = open && hold.model_budget_usd.is_some();
+            let per_model = charge_row(
                 &tx,
-                &hold.tenant_id,
-                &hold.period,
+                &hold,
                 &hold.model_id,
                 Decimal::ZERO,
+                model_counted,
+                &usage,
+                cost,
             )?;
-            let mut per_model = load_row(&tx, &hold.tenant_id, &hold.period, &hold.model_id)?
-                .ok_or_else(|| Error::Internal("model row vanished".into()))?;
-            if hold.state == HoldState::Open && hold.model_budget_usd.is_some() {
-                per_model.reserved_usd =
-                    (per_model.reserved_usd - hold.hold_usd).max(Decimal::ZERO);
-            }
-            add_usage(&mut per_model.counters, &usage, cost);
-            store_row(&tx, &hold.tenant_id, &hold.model_id, &per_model)?;
-            // The application and user rows the hold was admitted under (the
-            // model row, always charged, is above).
             let mut scopes = Vec::new();
             for scope in hold.scoped_budgets() {
                 let row = if scope.level == Level::Model {
                     per_model.clone()
                 } else {
                     let key = scope.row();
-                    ensure_row(&tx, &hold.tenant_id, &hold.period, &key, scope.budget_usd)?;
-                    let mut row = load_row(&tx, &hold.tenant_id, &hold.period, &key)?
-                        .ok_or_else(|| Error::Internal("scope row vanished".into()))?;
-                    if hold.state == HoldState::Open {
-                        row.reserved_usd = (row.reserved_usd - hold.hold_usd).max(Decimal::ZERO);
-                    }
-                    add_usage(&mut row.counters, &usage, cost);
-                    store_row(&tx, &hold.tenant_id, &key, &row)?;
-                    row
+                    charge_row(&tx, &hold, &key, scope.budget_usd, open, &usage, cost)?
                 };
                 scopes.push(ScopeTotals {
                     scope: ScopedBudget {
