@@ -1283,13 +1283,12 @@ impl HttpContext for Exchange {
             Ok(c) => c,
             Err(r) => return self.reject(r),
         };
+        // Read here so a bad claim is refused before the body; it replaces the
+        // request's user once the body's metadata is merged (start_reserve).
         self.jwt_user = match self.pinned_jwt_user() {
             Ok(u) => u,
             Err(r) => return self.reject(r),
         };
-        if let Some(user) = &self.jwt_user {
-            self.attribution.user_id = user.clone();
-        }
         if self_lookup {
             return self.ask_self();
         }
