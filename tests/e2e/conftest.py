@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import Stack  # noqa: E402
+from harness import HAIKU, HAIKU_PRICE, Stack  # noqa: E402
 
 _ids = itertools.count()
 
@@ -15,6 +15,13 @@ def stack(tmp_path_factory):
     s = Stack(tmp_path_factory.mktemp("stack")).start()
     yield s
     s.stop()
+
+
+@pytest.fixture
+def priced(stack):
+    """The shared stack with HAIKU priced at HAIKU_PRICE."""
+    stack.set_price(HAIKU, HAIKU_PRICE["input"], HAIKU_PRICE["output"])
+    return stack
 
 
 @pytest.fixture

@@ -47,6 +47,9 @@ CA = TLS_DIR / "ca.pem"
 EMULATOR_AKID = "AKIATOLLGATEEMULATOR"
 EMULATOR_SECRET = "tollgate-emulator-secret"
 REGION = "us-east-1"
+HAIKU = "anthropic.claude-3-haiku-20240307-v1:0"
+# Per 1M tokens: what the `priced` fixture (conftest.py) sets for HAIKU.
+HAIKU_PRICE = {"input": "0.25", "output": "1.25"}
 MILLION = Decimal(1_000_000)
 FILTER_TOKEN_HEADER = "x-tollgate-filter-token"
 

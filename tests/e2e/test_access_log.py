@@ -11,16 +11,8 @@ from decimal import Decimal
 import pytest
 import requests
 
-from harness import CA
-
-HAIKU = "anthropic.claude-3-haiku-20240307-v1:0"
-PRICE = {"input": "0.25", "output": "1.25"}
-
-
-@pytest.fixture
-def priced(stack):
-    stack.set_price(HAIKU, PRICE["input"], PRICE["output"])
-    return stack
+from harness import CA, HAIKU
+from harness import HAIKU_PRICE as PRICE
 
 
 def access_log_line(stack, request_id: str, timeout: float = 10) -> dict:

@@ -11,10 +11,8 @@ from decimal import Decimal
 import pytest
 import requests
 
-from harness import CA, cost
-
-HAIKU = "anthropic.claude-3-haiku-20240307-v1:0"
-PRICE = {"input": "0.25", "output": "1.25"}
+from harness import CA, HAIKU, cost
+from harness import HAIKU_PRICE as PRICE
 
 
 def converse(gateway: str, key: str, text: str = "hello", max_tokens: int = 64, model: str = HAIKU):
@@ -37,12 +35,6 @@ def envoy_stat(admin_port: int, name: str) -> int:
 def usage_cost(resp: requests.Response) -> Decimal:
     u = resp.json()["usage"]
     return cost({"input_tokens": u["inputTokens"], "output_tokens": u["outputTokens"]}, PRICE)
-
-
-@pytest.fixture
-def priced(stack):
-    stack.set_price(HAIKU, PRICE["input"], PRICE["output"])
-    return stack
 
 
 def test_warm_requests_are_admitted_locally_and_the_ledger_is_exact(priced, tenant_id):

@@ -16,16 +16,8 @@ import botocore.exceptions
 import httpx2
 import pytest
 
-from harness import CA, REGION, cost
-
-HAIKU = "anthropic.claude-3-haiku-20240307-v1:0"
-PRICE = {"input": "0.25", "output": "1.25"}
-
-
-@pytest.fixture
-def priced(stack):
-    stack.set_price(HAIKU, PRICE["input"], PRICE["output"])
-    return stack
+from harness import CA, HAIKU, REGION, cost
+from harness import HAIKU_PRICE as PRICE
 
 
 def converse(stack, key: str, user: str | None, text: str = "hello") -> dict:
