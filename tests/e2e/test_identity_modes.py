@@ -147,6 +147,20 @@ def test_the_user_claim_is_the_user_budgets_and_bedrock_see(stack, jwt_gateway, 
     assert rec["body_json"]["requestMetadata"]["user_id"] == "free-user"
     stack.settled(tenant_id, 1)
 
+    # A token without the claim names no user: the request's claim is still ignored.
+    r = requests.post(
+        f"{jwt_gateway}/model/{HAIKU}/converse", verify=CA, timeout=15,
+        headers={"content-type": "application/json", "x-user-id": "capped-user", "Authorization": "Bearer " + jwt(
+            {"iss": ISSUER, "aud": AUDIENCE, "exp": now + 600, "tenant": tenant_id})},
+        json={"messages": [{"role": "user", "content": [{"text": "nobody"}]}]})
+    assert r.status_code == 200, r.text
+    assert "user_id" not in stack.emulator_requests()[-1]["body_json"]["requestMetadata"]
+    # A claim Bedrock could not log is refused before anything is reserved.
+    r = call("no<angle>brackets", "x")
+    assert r.status_code == 400, r.text
+    assert "sub claim is not a valid user id" in r.json()["message"]
+    stack.settled(tenant_id, 2)
+
 
 def test_bearer_keys_still_work_behind_jwt_authn(stack, jwt_gateway, tenant_id):
     key = stack.create_tenant(tenant_id, budget="1.00")
